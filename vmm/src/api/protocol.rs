@@ -1,0 +1,93 @@
+//! Requests and replies of the control socket.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// A request, one JSON object per line: `{"cmd": "status"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// State, uptime, vCPUs, memory, agent.
+    Status,
+    /// Stop running guest code.
+    Pause,
+    /// Run guest code again.
+    Resume,
+    /// End the VMM (the guest is stopped, not shut down).
+    Stop,
+    /// Write a snapshot into `dir`.
+    Snapshot {
+        /// Directory to create or fill.
+        dir: String,
+    },
+    /// Ask the agent to answer (round trip through the guest).
+    PingAgent,
+    /// Turn this connection into an event stream.
+    Events,
+}
+
+/// Parses one request line; the error says what is wrong.
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let Some(cmd) = v.get("cmd") else {
+        return Err("missing \"cmd\"".into());
+    };
+    let Some(cmd) = cmd.as_str().map(str::to_owned) else {
+        return Err("\"cmd\" must be a string".into());
+    };
+    let cmd = cmd.as_str();
+    const KNOWN: &[&str] = &[
+        "status", "pause", "resume", "stop", "snapshot", "ping-agent", "events",
+    ];
+    if !KNOWN.contains(&cmd) {
+        return Err(format!(
+            "unknown cmd {cmd:?} (known: {})",
+            KNOWN.join(", ")
+        ));
+    }
+    serde_json::from_value(v).map_err(|e| format!("bad {cmd} request: {e}"))
+}
+
+/// A success reply with extra fields.
+pub fn ok(fields: Value) -> Value {
+    let mut v = json!({ "ok": true });
+    if let (Some(o), Value::Object(extra)) = (v.as_object_mut(), fields) {
+        o.extend(extra);
+    }
+    v
+}
+
+/// An error reply.
+pub fn error(msg: impl Into<String>) -> Value {
+    json!({ "ok": false, "error": msg.into() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_known_requests() {
+        assert_eq!(parse_request(r#"{"cmd":"status"}"#), Ok(Request::Status));
+        assert_eq!(
+            parse_request(r#"{"cmd":"snapshot","dir":"/tmp/s"}"#),
+            Ok(Request::Snapshot { dir: "/tmp/s".into() })
+        );
+        assert_eq!(parse_request(r#"{"cmd":"ping-agent"}"#), Ok(Request::PingAgent));
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        assert!(parse_request("status").unwrap_err().starts_with("not JSON"));
+        assert_eq!(parse_request("{}").unwrap_err(), "missing \"cmd\"");
+        assert!(parse_request(r#"{"cmd":"fly"}"#).unwrap_err().contains("unknown cmd \"fly\""));
+        assert!(parse_request(r#"{"cmd":"snapshot"}"#).unwrap_err().contains("dir"));
+        assert!(parse_request(r#"{"cmd":7}"#).unwrap_err().contains("string"));
+    }
+
+    #[test]
+    fn replies_have_ok_flag() {
+        assert_eq!(ok(json!({"a": 1})), json!({"ok": true, "a": 1}));
+        assert_eq!(error("x"), json!({"ok": false, "error": "x"}));
+    }
+}

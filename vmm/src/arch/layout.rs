@@ -1,0 +1,68 @@
+//! Where things go in guest-physical memory at boot (x86-64).
+
+/// GDT used to enter the kernel.
+pub const BOOT_GDT_START: u64 = 0x500;
+/// IDT (empty) used to enter the kernel.
+pub const BOOT_IDT_START: u64 = 0x520;
+/// The zero page (`struct boot_params`).
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Initial stack pointer.
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// Identity page tables: PML4, PDPT and PD.
+pub const PML4_START: u64 = 0x9000;
+/// Page-directory-pointer table.
+pub const PDPTE_START: u64 = 0xa000;
+/// Page directory (2 MiB pages).
+pub const PDE_START: u64 = 0xb000;
+/// Kernel command line.
+pub const CMDLINE_START: u64 = 0x20000;
+/// Longest command line the VMM accepts (the kernel's own limit on x86 is 2048 by default).
+pub const CMDLINE_MAX_SIZE: usize = 2048;
+/// MP floating pointer and configuration table (top of base memory, like an EBDA).
+pub const MPTABLE_START: u64 = 0x9fc00;
+/// End of the low RAM block below the legacy hole.
+pub const EBDA_START: u64 = 0x9fc00;
+/// Start of high memory: the kernel is loaded at or above this.
+pub const HIMEM_START: u64 = 0x10_0000;
+/// Start of the 32-bit MMIO hole (LAPIC, IOAPIC live at its top).
+pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+/// End of the 32-bit MMIO hole.
+pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
+/// Highest address an initrd may end at (`initrd_addr_max` of old kernels).
+pub const INITRD_ADDR_MAX: u64 = 0x3800_0000;
+/// Local APIC physical address.
+pub const APIC_BASE: u32 = 0xfee0_0000;
+/// IO APIC physical address.
+pub const IOAPIC_BASE: u32 = 0xfec0_0000;
+/// KVM's TSS (three pages) and identity map page, inside the MMIO hole.
+pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
+
+/// The guest RAM ranges for `mem_size` bytes: one block below the MMIO hole, and the
+/// rest above 4 GiB.
+pub fn ram_ranges(mem_size: u64) -> Vec<(u64, u64)> {
+    if mem_size <= MMIO_HOLE_START {
+        vec![(0, mem_size)]
+    } else {
+        vec![
+            (0, MMIO_HOLE_START),
+            (MMIO_HOLE_END, mem_size - MMIO_HOLE_START),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_memory_is_one_range() {
+        assert_eq!(ram_ranges(128 << 20), vec![(0, 128 << 20)]);
+    }
+
+    #[test]
+    fn large_memory_skips_the_hole() {
+        let r = ram_ranges(4 << 30);
+        assert_eq!(r, vec![(0, MMIO_HOLE_START), (MMIO_HOLE_END, 1 << 30)]);
+        assert_eq!(r.iter().map(|x| x.1).sum::<u64>(), 4 << 30);
+    }
+}

@@ -1,0 +1,6 @@
+//! x86-64 specifics: memory layout, boot protocol, vCPU boot state, MP table.
+
+pub mod boot;
+pub mod layout;
+pub mod mptable;
+pub mod regs;

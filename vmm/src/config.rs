@@ -1,0 +1,252 @@
+//! What the user asked for, checked before anything starts (Firecracker-style: one struct
+//! per resource, validated as a whole).
+
+use std::path::{Path, PathBuf};
+
+use crate::arch::boot::{min_memory_for, probe_kernel, BootError};
+
+/// Boot source: kernel, initramfs, command line.
+#[derive(Debug, Clone, Default)]
+pub struct BootConfig {
+    /// vmlinux (ELF) or bzImage.
+    pub kernel: PathBuf,
+    /// Initramfs (cpio, possibly compressed).
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (host-specific options are added at boot).
+    pub cmdline: String,
+}
+
+/// CPUs and memory.
+#[derive(Debug, Clone)]
+pub struct MachineConfig {
+    /// Guest RAM in MiB.
+    pub mem_mib: u64,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+}
+
+/// A file copied into the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddFile {
+    /// On the host.
+    pub host: PathBuf,
+    /// Absolute path in the guest.
+    pub guest: String,
+}
+
+/// Everything `owvmm run` needs.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// What to boot (ignored on restore).
+    pub boot: BootConfig,
+    /// CPUs and memory (ignored on restore: the snapshot's are used).
+    pub machine: MachineConfig,
+    /// Control socket path.
+    pub api_sock: Option<PathBuf>,
+    /// Files to put into the guest.
+    pub add: Vec<AddFile>,
+    /// Commands the agent starts at boot.
+    pub exec: Vec<String>,
+    /// Snapshot to resume instead of booting.
+    pub restore: Option<PathBuf>,
+    /// Seconds without agent heartbeat before an `agent-silent` event (0 = never).
+    pub heartbeat_timeout_s: u64,
+}
+
+/// A configuration refused before anything starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--vcpus` out of range.
+    #[error("--vcpus must be between 1 and 64, not {0}")]
+    Vcpus(u8),
+    /// `--mem` too small or too large.
+    #[error("--mem {got} MiB is too small: kernel and initramfs need at least {need} MiB")]
+    MemTooSmall {
+        /// Asked.
+        got: u64,
+        /// Needed.
+        need: u64,
+    },
+    /// `--mem` over the limit.
+    #[error("--mem {0} MiB is more than the 65536 MiB owvmm supports")]
+    MemTooLarge(u64),
+    /// A file the configuration names cannot be read.
+    #[error("{what} {path} cannot be read")]
+    Unreadable {
+        /// Which option.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel image is unusable.
+    #[error("kernel image refused")]
+    Kernel(#[source] BootError),
+    /// An `--add` argument is malformed.
+    #[error("--add {0:?}: expected HOST:GUEST with an absolute guest path")]
+    AddSyntax(String),
+    /// An `--exec` command is empty or has a newline.
+    #[error("--exec {0:?}: a command must be one non-empty line")]
+    Exec(String),
+    /// The control socket cannot be used.
+    #[error("--api-sock refused")]
+    ApiSock(#[source] crate::api::server::ApiError),
+    /// The snapshot cannot be used.
+    #[error("--restore refused")]
+    Restore(#[source] crate::snapshot::SnapshotError),
+}
+
+/// Parses `HOST:GUEST`.
+pub fn parse_add(s: &str) -> Result<AddFile, ConfigError> {
+    let (host, guest) = s
+        .rsplit_once(':')
+        .ok_or_else(|| ConfigError::AddSyntax(s.into()))?;
+    if host.is_empty() || !guest.starts_with('/') || guest.ends_with('/') || guest.contains("/../")
+    {
+        return Err(ConfigError::AddSyntax(s.into()));
+    }
+    Ok(AddFile {
+        host: host.into(),
+        guest: guest.into(),
+    })
+}
+
+fn file_size(what: &'static str, path: &Path) -> Result<u64, ConfigError> {
+    let unreadable = |source| ConfigError::Unreadable {
+        what,
+        path: path.into(),
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(unreadable)?;
+    let m = f.metadata().map_err(unreadable)?;
+    if !m.is_file() {
+        return Err(unreadable(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
+    Ok(m.len())
+}
+
+impl VmConfig {
+    /// Checks everything that can be checked before starting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for cmd in &self.exec {
+            if cmd.trim().is_empty() || cmd.contains('\n') {
+                return Err(ConfigError::Exec(cmd.clone()));
+            }
+        }
+        for a in &self.add {
+            file_size("--add file", &a.host)?;
+        }
+        if let Some(p) = &self.api_sock {
+            crate::api::server::check_path(p).map_err(ConfigError::ApiSock)?;
+        }
+        if let Some(dir) = &self.restore {
+            crate::snapshot::read(dir).map_err(ConfigError::Restore)?;
+            return Ok(());
+        }
+        let m = &self.machine;
+        if m.vcpus == 0 || m.vcpus > 64 {
+            return Err(ConfigError::Vcpus(m.vcpus));
+        }
+        if m.mem_mib > 65536 {
+            return Err(ConfigError::MemTooLarge(m.mem_mib));
+        }
+        let ksize = file_size("kernel", &self.boot.kernel)?;
+        probe_kernel(&self.boot.kernel).map_err(ConfigError::Kernel)?;
+        let isize = match &self.boot.initrd {
+            Some(p) => file_size("initrd", p)?,
+            None => 0,
+        };
+        let extra: u64 = self
+            .add
+            .iter()
+            .map(|a| std::fs::metadata(&a.host).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        let need = min_memory_for(ksize, isize + extra).div_ceil(1 << 20);
+        if m.mem_mib < need {
+            return Err(ConfigError::MemTooSmall {
+                got: m.mem_mib,
+                need,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_syntax() {
+        let a = parse_add("/tmp/x:/opt/x").expect("ok");
+        assert_eq!(a.guest, "/opt/x");
+        assert!(parse_add("nocolon").is_err());
+        assert!(parse_add("/tmp/x:relative").is_err());
+        assert!(parse_add(":/x").is_err());
+        assert!(parse_add("/tmp/x:/opt/").is_err());
+    }
+
+    fn base() -> VmConfig {
+        VmConfig {
+            boot: BootConfig {
+                kernel: "/nonexistent/vmlinux".into(),
+                initrd: None,
+                cmdline: String::new(),
+            },
+            machine: MachineConfig {
+                mem_mib: 128,
+                vcpus: 1,
+            },
+            api_sock: None,
+            add: vec![],
+            exec: vec![],
+            restore: None,
+            heartbeat_timeout_s: 0,
+        }
+    }
+
+    #[test]
+    fn refuses_bad_input_with_reason() {
+        let mut c = base();
+        c.machine.vcpus = 0;
+        assert!(matches!(c.validate(), Err(ConfigError::Vcpus(0))));
+        let c = base();
+        let e = c.validate().expect_err("missing kernel");
+        assert!(e.to_string().contains("kernel /nonexistent/vmlinux cannot be read"));
+        let mut c = base();
+        c.exec = vec!["".into()];
+        assert!(matches!(c.validate(), Err(ConfigError::Exec(_))));
+        let mut c = base();
+        c.add = vec![parse_add("/nonexistent/f:/f").expect("syntax")];
+        assert!(c.validate().expect_err("missing add").to_string().contains("--add file"));
+    }
+
+    #[test]
+    fn refuses_non_kernel_and_small_memory() {
+        let dir = std::env::temp_dir().join(format!("owvmm-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let junk = dir.join("junk");
+        std::fs::write(&junk, b"#!/bin/sh\necho not a kernel\n").expect("write");
+        let mut c = base();
+        c.boot.kernel = junk;
+        let e = c.validate().expect_err("junk kernel");
+        assert!(matches!(e, ConfigError::Kernel(_)));
+
+        let mut elf = vec![0u8; 4096];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        elf[18] = 62;
+        let k = dir.join("vmlinux");
+        std::fs::write(&k, &elf).expect("write");
+        let mut c = base();
+        c.boot.kernel = k;
+        c.machine.mem_mib = 8;
+        assert!(matches!(c.validate(), Err(ConfigError::MemTooSmall { got: 8, .. })));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

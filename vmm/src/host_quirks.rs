@@ -1,0 +1,66 @@
+//! Every workaround for this workplace's KVM (`kvm_pvm`: guest kernel code is emulated, and
+//! a few instructions are not) lives here, each with the reason. None is applied on
+//! hardware KVM. The guest-kernel side of the same workarounds is the patch series in
+//! `guest-kernel/patches/`.
+
+use std::path::Path;
+
+/// The kind of KVM this host provides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKvm {
+    /// VMX/SVM hardware virtualization.
+    Hardware,
+    /// `kvm_pvm`: shadow paging, guest kernel mode emulated.
+    Pvm,
+}
+
+/// Detects the host's KVM flavour.
+pub fn detect() -> HostKvm {
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        HostKvm::Pvm
+    } else {
+        HostKvm::Hardware
+    }
+}
+
+/// Kernel command-line options a guest needs on this host, each with why.
+pub const PVM_CMDLINE: &[(&str, &str)] = &[
+    ("noxsave", "xsave/xrstor are not emulated in guest kernel mode"),
+    ("clearcpuid=popcnt,smap", "popcnt and clac/stac are not emulated; CPUID cannot be filtered here, so the kernel is told"),
+    ("nopti", "page-table isolation doubles the emulated work of every kernel entry"),
+];
+
+/// Adds the options `host` needs to a user's command line, skipping ones already there.
+pub fn adjust_cmdline(host: HostKvm, cmdline: &str) -> String {
+    let mut out = cmdline.trim().to_string();
+    if host == HostKvm::Pvm {
+        for (opt, _why) in PVM_CMDLINE {
+            let key = opt.split('=').next().unwrap_or(opt);
+            let present = out
+                .split_whitespace()
+                .any(|w| w == *opt || w.split('=').next() == Some(key));
+            if !present {
+                out.push(' ');
+                out.push_str(opt);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adds_missing_options_once() {
+        let c = adjust_cmdline(HostKvm::Pvm, "console=ttyS0 noxsave");
+        assert_eq!(c, "console=ttyS0 noxsave clearcpuid=popcnt,smap nopti");
+        assert_eq!(adjust_cmdline(HostKvm::Pvm, &c), c);
+        assert_eq!(adjust_cmdline(HostKvm::Hardware, "console=ttyS0"), "console=ttyS0");
+        // A user's own clearcpuid wins.
+        let c = adjust_cmdline(HostKvm::Pvm, "clearcpuid=pku");
+        assert!(c.contains("clearcpuid=pku") && !c.contains("popcnt"));
+    }
+}

@@ -1,0 +1,46 @@
+//! owvmm: a virtual machine monitor on the rust-vmm crates that lets the programs in a
+//! Linux guest survive a crash of the guest's kernel.
+//!
+//! The layout follows the design map: `arch` (x86-64 boot), `vstate` (KVM VM and vCPU
+//! threads), `devices`, `api` (control socket), `snapshot`, `image` (default guest kernel and
+//! initramfs), and `host_quirks` (every workaround for this host's KVM, in one place).
+
+pub mod agent;
+pub mod api;
+pub mod arch;
+pub mod config;
+pub mod cpio;
+pub mod devices;
+pub mod events;
+pub mod host_quirks;
+pub mod image;
+pub mod memory;
+pub mod snapshot;
+pub mod terminal;
+pub mod vmm;
+pub mod vstate;
+
+/// Formats an error and all its causes on one line: `a: b: c`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn chain_lists_every_cause_once() {
+        let e = Outer(std::io::Error::other("inner"));
+        assert_eq!(super::error_chain(&e), "outer: inner");
+    }
+}

@@ -1,0 +1,289 @@
+//! The `owvmm` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use owvmm::api::client::Client;
+use owvmm::config::{parse_add, BootConfig, MachineConfig, VmConfig};
+use owvmm::error_chain;
+use owvmm::vmm::{ConsoleOut, Vmm};
+use serde_json::json;
+
+mod demo;
+
+/// Exit code for a VMM error at run time.
+const EXIT_VMM_ERROR: u8 = 1;
+/// Exit code for arguments or configuration refused before starting.
+const EXIT_BAD_ARGS: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "owvmm",
+    version,
+    about = "A VMM whose guests' programs survive a crash of the guest kernel",
+    long_about = "owvmm runs a Linux guest on KVM. With no command it boots the default guest \
+(built on first use into ~/.cache/owvmm) with a shell on the console; Ctrl-A x quits.",
+    after_help = "Exit codes of `run`: 0 guest powered off, 1 VMM error, 2 bad arguments, \
+3 guest reset/reboot, 4 guest kernel crash, 5 stopped (ctl stop, Ctrl-A x)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Boot a guest (or restore a snapshot) and run it until it powers off.
+    Run(RunArgs),
+    /// Talk to a running owvmm through its control socket.
+    Ctl(CtlArgs),
+    /// Build or locate the default guest kernel and initramfs.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Show what owvmm does on the default guest: boot, agent, snapshot, restore.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Args, Clone, Default)]
+struct RunArgs {
+    /// Kernel: uncompressed vmlinux (ELF) or bzImage [default: the default image's vmlinux]
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs (newc cpio) [default: the default image's, with busybox and ow-agent]
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line [default: guest-kernel/cmdline]; options this host's KVM needs are added
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Guest memory in MiB
+    #[arg(long, default_value_t = 128)]
+    mem: u64,
+    /// Number of vCPUs
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// Control socket path (Unix socket, mode 0600, JSON lines; see docs/control-socket.md)
+    #[arg(long)]
+    api_sock: Option<PathBuf>,
+    /// Copy a host file into the guest: HOST:GUEST (GUEST absolute; repeatable)
+    #[arg(long = "add", value_name = "HOST:GUEST")]
+    add: Vec<String>,
+    /// Start a command at boot, output on the console (repeatable). With --exec the guest
+    /// powers off when all commands have exited; without, you get a shell.
+    #[arg(long = "exec", value_name = "CMD")]
+    exec: Vec<String>,
+    /// Resume a snapshot written by `owvmm ctl snapshot` instead of booting
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "cmdline", "add", "exec"])]
+    restore: Option<PathBuf>,
+    /// Report `agent-silent` after this many seconds without an agent heartbeat (0: never)
+    #[arg(long, default_value_t = 10)]
+    heartbeat_timeout: u64,
+    /// Do not show the guest console
+    #[arg(long)]
+    no_console: bool,
+}
+
+#[derive(Args)]
+struct CtlArgs {
+    /// The VMM's control socket
+    #[arg(long)]
+    api_sock: PathBuf,
+    #[command(subcommand)]
+    what: CtlCmd,
+}
+
+#[derive(Subcommand)]
+enum CtlCmd {
+    /// State, uptime, vCPUs, memory, agent
+    Status,
+    /// Stop running guest code
+    Pause,
+    /// Run guest code again
+    Resume,
+    /// End the VMM (exit code 5)
+    Stop,
+    /// Write memory, vCPU and device state into DIR
+    Snapshot {
+        /// Directory to write
+        dir: PathBuf,
+    },
+    /// Round trip through the guest agent
+    PingAgent,
+    /// Print events as they happen (one JSON object per line)
+    Events,
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Build the default kernel and initramfs (cached by a hash of their inputs)
+    Build {
+        /// Rebuild the kernel even if cached
+        #[arg(long)]
+        force: bool,
+        /// Use this static ow-agent binary instead of building one
+        #[arg(long)]
+        agent: Option<PathBuf>,
+    },
+    /// Print where the default image is (building it if needed)
+    Path,
+}
+
+fn fail(code: u8, e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("owvmm: error: {}", error_chain(e));
+    ExitCode::from(code)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Cmd::Run(RunArgs::default_run())) {
+        Cmd::Run(a) => run(a),
+        Cmd::Ctl(a) => ctl(a),
+        Cmd::Image(ImageCmd::Build { force, agent }) => {
+            match owvmm::image::build(force, agent.as_deref()) {
+                Ok(img) => {
+                    println!("kernel    {}", img.vmlinux.display());
+                    println!("initramfs {}", img.initramfs.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(EXIT_VMM_ERROR, &e),
+            }
+        }
+        Cmd::Image(ImageCmd::Path) => match owvmm::image::build(false, None) {
+            Ok(img) => {
+                println!("{}", img.kernel_dir.display());
+                println!("{}", img.initramfs.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(EXIT_VMM_ERROR, &e),
+        },
+        Cmd::Demo(a) => demo::run(a),
+    }
+}
+
+impl RunArgs {
+    fn default_run() -> Self {
+        RunArgs {
+            mem: 128,
+            vcpus: 1,
+            heartbeat_timeout: 10,
+            ..Default::default()
+        }
+    }
+}
+
+fn build_config(a: RunArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
+    let add = a
+        .add
+        .iter()
+        .map(|s| parse_add(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (kernel, initrd) = match (&a.restore, a.kernel, a.initrd) {
+        (Some(_), _, _) => (PathBuf::new(), None),
+        (None, Some(k), i) => (k, i),
+        (None, None, i) => {
+            let img = owvmm::image::build(false, None)?;
+            (img.vmlinux, Some(i.unwrap_or(img.initramfs)))
+        }
+    };
+    Ok(VmConfig {
+        boot: BootConfig {
+            kernel,
+            initrd,
+            cmdline: a.cmdline.unwrap_or_else(owvmm::image::default_cmdline),
+        },
+        machine: MachineConfig {
+            mem_mib: a.mem,
+            vcpus: a.vcpus,
+        },
+        api_sock: a.api_sock,
+        add,
+        exec: a.exec,
+        restore: a.restore,
+        heartbeat_timeout_s: a.heartbeat_timeout,
+    })
+}
+
+fn run(a: RunArgs) -> ExitCode {
+    let console = if a.no_console {
+        ConsoleOut::Null
+    } else {
+        ConsoleOut::Stdout
+    };
+    let cfg = match build_config(a) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_BAD_ARGS, e.as_ref()),
+    };
+    if let Err(e) = cfg.validate() {
+        return fail(EXIT_BAD_ARGS, &e);
+    }
+    let vmm = match Vmm::new(&cfg, console) {
+        Ok(v) => v,
+        Err(e) => return fail(EXIT_VMM_ERROR, &e),
+    };
+    let sock = cfg.api_sock.clone();
+    let result = vmm.run();
+    if let Some(p) = sock {
+        let _ = std::fs::remove_file(p);
+    }
+    match result {
+        Ok(reason) => {
+            eprintln!("\r\nowvmm: guest {}\r", describe(&reason));
+            ExitCode::from(u8::try_from(reason.code()).unwrap_or(EXIT_VMM_ERROR))
+        }
+        Err(e) => fail(EXIT_VMM_ERROR, &e),
+    }
+}
+
+fn describe(r: &owvmm::vmm::ExitReason) -> String {
+    use owvmm::vmm::ExitReason::*;
+    match r {
+        PowerOff => "powered off".into(),
+        Reset => "reset (reboot requested)".into(),
+        GuestCrash(why) => format!("kernel crashed: {why}"),
+        Stopped => "stopped".into(),
+    }
+}
+
+fn ctl(a: CtlArgs) -> ExitCode {
+    let req = match &a.what {
+        CtlCmd::Status => json!({"cmd": "status"}),
+        CtlCmd::Pause => json!({"cmd": "pause"}),
+        CtlCmd::Resume => json!({"cmd": "resume"}),
+        CtlCmd::Stop => json!({"cmd": "stop"}),
+        CtlCmd::Snapshot { dir } => {
+            // The VMM may run in another directory: send an absolute path.
+            let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+            json!({"cmd": "snapshot", "dir": dir.display().to_string()})
+        }
+        CtlCmd::PingAgent => json!({"cmd": "ping-agent"}),
+        CtlCmd::Events => json!({"cmd": "events"}),
+    };
+    let mut c = match Client::connect(&a.api_sock) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_VMM_ERROR, &e),
+    };
+    let reply = match c.call(&req) {
+        Ok(r) => r,
+        Err(e) => return fail(EXIT_VMM_ERROR, &e),
+    };
+    if reply["ok"] != json!(true) {
+        eprintln!(
+            "owvmm: error: {}",
+            reply["error"].as_str().unwrap_or("request failed")
+        );
+        return ExitCode::from(EXIT_VMM_ERROR);
+    }
+    if matches!(a.what, CtlCmd::Events) {
+        loop {
+            match c.next() {
+                Ok(ev) => println!("{ev}"),
+                Err(_) => return ExitCode::SUCCESS,
+            }
+        }
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&reply).unwrap_or_else(|_| reply.to_string())
+    );
+    ExitCode::SUCCESS
+}

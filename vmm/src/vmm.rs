@@ -1,0 +1,785 @@
+//! The running VMM: builds a VM (fresh boot or snapshot restore), then runs the event loop
+//! that serves the console, the agent channel, the control socket and the vCPUs' reports.
+
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_ioctls::VmFd;
+use ow_agent::proto::{UnixTime, VmmMsg};
+use owvmm_recovery::paging::{read_virt, PhysRead};
+use owvmm_recovery::symbols::SymbolTable;
+use serde_json::{json, Value};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::agent::{AgentLink, AgentState};
+use crate::api::protocol::{error, ok, Request};
+use crate::api::server::ApiCall;
+use crate::arch::{boot, mptable, regs};
+use crate::config::VmConfig;
+use crate::devices::bus::{lock, PioBus};
+use crate::devices::i8042::I8042;
+use crate::devices::serial::{SerialOut, SerialPort};
+use crate::events::EventBus;
+use crate::host_quirks::{self, HostKvm};
+use crate::snapshot::{self, MachineInfo, SnapshotState};
+use crate::vstate::vcpu::{
+    restore_state, FaultInfo, Vcpu, VcpuEvent, VcpuHandle, VcpuRequest, VcpuResponse,
+};
+use crate::vstate::vm::{restore_vm_state, save_vm_state, KvmContext};
+
+/// Errors while building or running the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// KVM set-up failed.
+    #[error("KVM set-up failed")]
+    Vm(#[from] crate::vstate::vm::VmError),
+    /// Guest memory failed.
+    #[error("guest memory set-up failed")]
+    Memory(#[from] crate::memory::MemoryError),
+    /// Loading the kernel or initramfs failed.
+    #[error("boot set-up failed")]
+    Boot(#[from] boot::BootError),
+    /// vCPU set-up failed.
+    #[error("vCPU set-up failed")]
+    Regs(#[from] regs::RegsError),
+    /// vCPU thread failure.
+    #[error("vCPU failure")]
+    Vcpu(#[from] crate::vstate::vcpu::VcpuError),
+    /// MP table failure.
+    #[error("MP table set-up failed")]
+    Mptable(#[from] mptable::MptableError),
+    /// Device set-up failed.
+    #[error("device set-up failed")]
+    Bus(#[from] crate::devices::bus::BusError),
+    /// A serial port could not be restored.
+    #[error("serial port set-up failed")]
+    Serial(#[from] crate::devices::serial::SerialError),
+    /// Snapshot read or write failed.
+    #[error("snapshot failed")]
+    Snapshot(#[from] snapshot::SnapshotError),
+    /// Control socket failed.
+    #[error("control socket failed")]
+    Api(#[from] crate::api::server::ApiError),
+    /// An initramfs or added file could not be read.
+    #[error("cannot read {0}")]
+    ReadFile(PathBuf, #[source] std::io::Error),
+    /// The event loop failed.
+    #[error("event loop failed: {0}")]
+    EventLoop(String),
+    /// A host resource (eventfd, timerfd) could not be made.
+    #[error("cannot create {0}")]
+    Host(&'static str, #[source] std::io::Error),
+}
+
+/// How a VMM run ended; each has its own process exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest powered off (exit code 0).
+    PowerOff,
+    /// The guest reset itself / rebooted (exit code 3).
+    Reset,
+    /// The guest kernel died: triple fault, emulation failure (exit code 4).
+    GuestCrash(String),
+    /// `owvmm ctl stop` or Ctrl-A x (exit code 5).
+    Stopped,
+}
+
+impl ExitReason {
+    /// The process exit code.
+    pub fn code(&self) -> i32 {
+        match self {
+            ExitReason::PowerOff => 0,
+            ExitReason::Reset => 3,
+            ExitReason::GuestCrash(_) => 4,
+            ExitReason::Stopped => 5,
+        }
+    }
+
+    /// A short name for events and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ExitReason::PowerOff => "poweroff",
+            ExitReason::Reset => "reset",
+            ExitReason::GuestCrash(_) => "guest-crash",
+            ExitReason::Stopped => "stopped",
+        }
+    }
+}
+
+/// Where the console's output goes.
+pub enum ConsoleOut {
+    /// The terminal (standard output).
+    Stdout,
+    /// Discard.
+    Null,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Running,
+    Paused,
+}
+
+struct GuestMem<'a>(&'a GuestMemoryMmap);
+
+impl PhysRead for GuestMem<'_> {
+    fn read_phys(&self, addr: u64, buf: &mut [u8]) -> bool {
+        self.0.read_slice(buf, GuestAddress(addr)).is_ok()
+    }
+}
+
+/// The VMM.
+pub struct Vmm {
+    vm: VmFd,
+    mem: GuestMemoryMmap,
+    vcpus: Vec<VcpuHandle>,
+    com1: Arc<Mutex<SerialPort>>,
+    com2: Arc<Mutex<SerialPort>>,
+    agent: Arc<Mutex<AgentState>>,
+    agent_tx: VecDeque<u8>,
+    events: EventBus,
+    vcpu_events: Receiver<VcpuEvent>,
+    vcpu_evt: EventFd,
+    reset_evt: EventFd,
+    api_rx: Receiver<ApiCall>,
+    api_evt: EventFd,
+    timer: TimerFd,
+    stdin_open: bool,
+    ctrl_a: bool,
+    state: State,
+    started: Instant,
+    exit: Option<ExitReason>,
+    symbols: Option<SymbolTable>,
+    machine: MachineInfo,
+    host: HostKvm,
+    restored_from: Option<PathBuf>,
+    heartbeat_timeout: Option<Duration>,
+    silent_reported: bool,
+    poweroff_since: Option<Instant>,
+    clock_synced: bool,
+}
+
+const DATA_STDIN: u32 = 1;
+const DATA_VCPU: u32 = 2;
+const DATA_RESET: u32 = 3;
+const DATA_API: u32 = 4;
+const DATA_TIMER: u32 = 5;
+
+/// Serial ports: COM1 is the console, COM2 the agent channel.
+const COM1: (u16, u32) = (0x3f8, 4);
+const COM2: (u16, u32) = (0x2f8, 3);
+/// Longest a powering-off guest may take to halt before the VMM ends it anyway.
+const POWEROFF_GRACE: Duration = Duration::from_secs(30);
+const TICK: Duration = Duration::from_millis(100);
+
+fn eventfd(what: &'static str) -> Result<EventFd, VmmError> {
+    EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::Host(what, e))
+}
+
+struct Devices {
+    bus: PioBus,
+    com1: Arc<Mutex<SerialPort>>,
+    com2: Arc<Mutex<SerialPort>>,
+    reset_evt: EventFd,
+}
+
+fn console_writer(out: ConsoleOut) -> SerialOut {
+    match out {
+        ConsoleOut::Stdout => Box::new(std::io::stdout()),
+        ConsoleOut::Null => Box::new(std::io::sink()),
+    }
+}
+
+fn make_devices(
+    vm: &VmFd,
+    console: ConsoleOut,
+    link: AgentLink,
+    saved: Option<&[crate::devices::serial::SerialSnapshot]>,
+) -> Result<Devices, VmmError> {
+    let irq1 = eventfd("COM1 irqfd")?;
+    let irq2 = eventfd("COM2 irqfd")?;
+    vm.register_irqfd(&irq1, COM1.1)
+        .map_err(|e| crate::vstate::vm::VmError::Kvm("IRQFD", e))?;
+    vm.register_irqfd(&irq2, COM2.1)
+        .map_err(|e| crate::vstate::vm::VmError::Kvm("IRQFD", e))?;
+    let out1 = console_writer(console);
+    let out2: SerialOut = Box::new(link);
+    let (p1, p2) = match saved {
+        Some([s1, s2]) => (
+            SerialPort::from_snapshot(s1, irq1, out1)?,
+            SerialPort::from_snapshot(s2, irq2, out2)?,
+        ),
+        _ => (SerialPort::new(irq1, out1), SerialPort::new(irq2, out2)),
+    };
+    let com1 = Arc::new(Mutex::new(p1));
+    let com2 = Arc::new(Mutex::new(p2));
+    let reset_evt = eventfd("reset eventfd")?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(
+        reset_evt.try_clone().map_err(|e| VmmError::Host("reset eventfd", e))?,
+    )));
+    let mut bus = PioBus::default();
+    bus.insert(COM1.0, 8, com1.clone())?;
+    bus.insert(COM2.0, 8, com2.clone())?;
+    bus.insert(0x60, 5, i8042)?;
+    Ok(Devices {
+        bus,
+        com1,
+        com2,
+        reset_evt,
+    })
+}
+
+/// The run-time overlay appended to the initramfs: `--add` files and the `--exec` list.
+fn overlay(cfg: &VmConfig) -> Result<Vec<u8>, VmmError> {
+    let mut w = crate::cpio::CpioWriter::new();
+    for a in &cfg.add {
+        let data = std::fs::read(&a.host).map_err(|e| VmmError::ReadFile(a.host.clone(), e))?;
+        let perm = std::fs::metadata(&a.host)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+            .unwrap_or(0o644);
+        w.parents(&a.guest);
+        w.file(&a.guest, perm, &data);
+    }
+    if !cfg.exec.is_empty() {
+        let mut list = cfg.exec.join("\n");
+        list.push('\n');
+        w.parents("/etc/owvmm/exec");
+        w.file("/etc/owvmm/exec", 0o644, list.as_bytes());
+    }
+    Ok(w.finish())
+}
+
+fn load_symbols(kernel: &str) -> Option<SymbolTable> {
+    let dir = std::path::Path::new(kernel).parent()?;
+    let text = std::fs::read_to_string(dir.join("System.map")).ok()?;
+    SymbolTable::parse_system_map(&text).ok()
+}
+
+fn unix_now() -> UnixTime {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    UnixTime {
+        secs: d.as_secs(),
+        nanos: d.subsec_nanos(),
+    }
+}
+
+impl Vmm {
+    /// Boots a fresh guest (`cfg.restore` unset) or restores a snapshot.
+    pub fn new(cfg: &VmConfig, console: ConsoleOut) -> Result<Self, VmmError> {
+        let started = Instant::now();
+        let host = host_quirks::detect();
+        let kvm = KvmContext::open()?;
+        let events = EventBus::new(started);
+        let agent = Arc::new(Mutex::new(AgentState::default()));
+        let link = AgentLink::new(agent.clone(), events.clone());
+        let (vtx, vcpu_events) = channel();
+        let vcpu_evt = eventfd("vCPU eventfd")?;
+
+        let (vm, mem, devices, fds, machine, saved) = if let Some(dir) = &cfg.restore {
+            let (st, file) = snapshot::read(dir)?;
+            let mem = crate::memory::from_file(&file, st.memory_bytes)?;
+            let vm = kvm.create_vm(&mem)?;
+            restore_vm_state(&vm, &st.vm)?;
+            let devices = make_devices(&vm, console, link, Some(&st.serial))?;
+            let mut fds = Vec::new();
+            for (i, vs) in st.vcpus.iter().enumerate() {
+                let id = u8::try_from(i).unwrap_or(u8::MAX);
+                let fd = vm
+                    .create_vcpu(u64::from(id))
+                    .map_err(|e| crate::vstate::vm::VmError::Kvm("CREATE_VCPU", e))?;
+                regs::setup_cpuid(&fd, &kvm.cpuid, id, st.machine.vcpus)?;
+                restore_state(&fd, id, vs)?;
+                fds.push(fd);
+            }
+            lock(&agent).ready = st.agent_ready;
+            (vm, mem, devices, fds, st.machine, true)
+        } else {
+            let mem_bytes = cfg.machine.mem_mib << 20;
+            let mem = crate::memory::anonymous(mem_bytes)?;
+            let vm = kvm.create_vm(&mem)?;
+            let devices = make_devices(&vm, console, link, None)?;
+            let kernel = boot::load_kernel(&mem, &cfg.boot.kernel)?;
+            let initrd = match &cfg.boot.initrd {
+                Some(p) => {
+                    let mut data =
+                        std::fs::read(p).map_err(|e| VmmError::ReadFile(p.clone(), e))?;
+                    if !cfg.add.is_empty() || !cfg.exec.is_empty() {
+                        // The kernel wants each archive to start 4-byte aligned.
+                        while data.len() % 4 != 0 {
+                            data.push(0);
+                        }
+                        data.extend_from_slice(&overlay(cfg)?);
+                    }
+                    Some(boot::load_initrd(&mem, &data, kernel.end)?)
+                }
+                None => None,
+            };
+            let cmdline = host_quirks::adjust_cmdline(host, &cfg.boot.cmdline);
+            let c = boot::make_cmdline(&cmdline)?;
+            boot::write_boot_params(&mem, &kernel, &c, initrd)?;
+            mptable::setup(&mem, cfg.machine.vcpus)?;
+            let mut fds = Vec::new();
+            for id in 0..cfg.machine.vcpus {
+                let fd = vm
+                    .create_vcpu(u64::from(id))
+                    .map_err(|e| crate::vstate::vm::VmError::Kvm("CREATE_VCPU", e))?;
+                regs::setup_cpuid(&fd, &kvm.cpuid, id, cfg.machine.vcpus)?;
+                regs::setup_msrs(&fd)?;
+                regs::setup_regs(&fd, kernel.entry)?;
+                regs::setup_sregs(&mem, &fd)?;
+                regs::setup_fpu(&fd)?;
+                regs::setup_lapic(&fd)?;
+                fds.push(fd);
+            }
+            let machine = MachineInfo {
+                mem_mib: cfg.machine.mem_mib,
+                vcpus: cfg.machine.vcpus,
+                kernel: cfg.boot.kernel.display().to_string(),
+                cmdline,
+            };
+            (vm, mem, devices, fds, machine, false)
+        };
+
+        let bus = Arc::new(devices.bus);
+        let mut vcpus = Vec::new();
+        for (i, fd) in fds.into_iter().enumerate() {
+            let id = u8::try_from(i).unwrap_or(u8::MAX);
+            let evt = vcpu_evt
+                .try_clone()
+                .map_err(|e| VmmError::Host("vCPU eventfd", e))?;
+            let v = Vcpu::new(id, fd, bus.clone(), vtx.clone(), evt);
+            vcpus.push(v.start(false)?);
+        }
+
+        let (api_tx, api_rx) = channel();
+        let api_evt = eventfd("API eventfd")?;
+        if let Some(path) = &cfg.api_sock {
+            crate::api::server::start(
+                path,
+                api_tx,
+                api_evt
+                    .try_clone()
+                    .map_err(|e| VmmError::Host("API eventfd", e))?,
+                events.clone(),
+            )?;
+        }
+        let mut timer = TimerFd::new().map_err(|e| VmmError::Host("timerfd", std::io::Error::from_raw_os_error(e.errno())))?;
+        timer
+            .reset(TICK, Some(TICK))
+            .map_err(|e| VmmError::Host("timerfd", std::io::Error::from_raw_os_error(e.errno())))?;
+
+        let symbols = load_symbols(&machine.kernel);
+        let restored_from = if saved { cfg.restore.clone() } else { None };
+        let vmm = Vmm {
+            vm,
+            mem,
+            vcpus,
+            com1: devices.com1,
+            com2: devices.com2,
+            agent,
+            agent_tx: VecDeque::new(),
+            events,
+            vcpu_events,
+            vcpu_evt,
+            reset_evt: devices.reset_evt,
+            api_rx,
+            api_evt,
+            timer,
+            stdin_open: true,
+            ctrl_a: false,
+            state: State::Running,
+            started,
+            exit: None,
+            symbols,
+            machine,
+            host,
+            restored_from,
+            heartbeat_timeout: (cfg.heartbeat_timeout_s > 0)
+                .then(|| Duration::from_secs(cfg.heartbeat_timeout_s)),
+            silent_reported: false,
+            poweroff_since: None,
+            clock_synced: false,
+        };
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        if let Some(dir) = &vmm.restored_from {
+            vmm.events.publish(
+                "restored",
+                json!({ "snapshot": dir.display().to_string(), "restore_ms": ms }),
+            );
+        } else {
+            vmm.events.publish("booting", json!({ "setup_ms": ms }));
+        }
+        Ok(vmm)
+    }
+
+    /// The event bus (to subscribe before running).
+    pub fn events(&self) -> EventBus {
+        self.events.clone()
+    }
+
+    /// Runs until the guest powers off, resets, crashes, or the VMM is stopped.
+    pub fn run(self) -> Result<ExitReason, VmmError> {
+        let mut em: EventManager<Arc<Mutex<Vmm>>> =
+            EventManager::new().map_err(|e| VmmError::EventLoop(format!("{e:?}")))?;
+        let vmm = Arc::new(Mutex::new(self));
+        em.add_subscriber(vmm.clone());
+        let raw = crate::terminal::RawMode::enter();
+        let result = loop {
+            if let Err(e) = em.run() {
+                break Err(VmmError::EventLoop(format!("{e:?}")));
+            }
+            if let Some(reason) = lock(&vmm).exit.clone() {
+                break Ok(reason);
+            }
+        };
+        drop(raw);
+        let mut v = lock(&vmm);
+        for h in v.vcpus.drain(..) {
+            h.finish();
+        }
+        result
+    }
+
+    fn uptime_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn finish_with(&mut self, reason: ExitReason) {
+        if self.exit.is_none() {
+            let detail = match &reason {
+                ExitReason::GuestCrash(d) => d.clone(),
+                _ => String::new(),
+            };
+            self.events.publish(
+                "vmm-exit",
+                json!({ "reason": reason.name(), "code": reason.code(), "detail": detail }),
+            );
+            self.exit = Some(reason);
+        }
+    }
+
+    fn send_agent(&mut self, msg: &VmmMsg) {
+        self.agent_tx.extend(msg.encode().bytes());
+        if !self.agent_tx.ends_with_newline() {
+            self.agent_tx.push_back(b'\n');
+        }
+        self.flush_agent();
+    }
+
+    fn flush_agent(&mut self) {
+        if self.agent_tx.is_empty() {
+            return;
+        }
+        let mut port = lock(&self.com2);
+        let room = port.input_room();
+        let n = room.min(self.agent_tx.len());
+        if n == 0 {
+            return;
+        }
+        let chunk: Vec<u8> = self.agent_tx.drain(..n).collect();
+        if let Ok(taken) = port.input(&chunk) {
+            // Put back what did not fit, in order.
+            for b in chunk[taken..].iter().rev() {
+                self.agent_tx.push_front(*b);
+            }
+        }
+    }
+
+    fn pause_all(&mut self) -> Result<(), VmmError> {
+        for h in &self.vcpus {
+            h.request(VcpuRequest::Pause)?;
+        }
+        self.state = State::Paused;
+        Ok(())
+    }
+
+    fn resume_all(&mut self) -> Result<(), VmmError> {
+        for h in &self.vcpus {
+            h.request(VcpuRequest::Resume)?;
+        }
+        self.state = State::Running;
+        Ok(())
+    }
+
+    fn take_snapshot(&mut self, dir: &std::path::Path) -> Result<Value, VmmError> {
+        let t0 = Instant::now();
+        let was_running = self.state == State::Running;
+        if was_running {
+            self.pause_all()?;
+        }
+        let result = (|| {
+            let mut vcpus = Vec::new();
+            for h in &self.vcpus {
+                match h.request(VcpuRequest::SaveState)? {
+                    VcpuResponse::State(s) => vcpus.push(*s),
+                    other => {
+                        return Err(VmmError::EventLoop(format!(
+                            "vCPU {} answered {other:?} to save-state",
+                            h.id
+                        )))
+                    }
+                }
+            }
+            let st = SnapshotState {
+                format: snapshot::FORMAT.into(),
+                version: snapshot::VERSION,
+                created_unix: unix_now().secs,
+                machine: self.machine.clone(),
+                memory_bytes: self.machine.mem_mib << 20,
+                vm: save_vm_state(&self.vm)?,
+                vcpus,
+                serial: vec![lock(&self.com1).snapshot(), lock(&self.com2).snapshot()],
+                agent_ready: lock(&self.agent).ready,
+            };
+            Ok(snapshot::write(dir, &st, &self.mem)?)
+        })();
+        if was_running {
+            self.resume_all()?;
+        }
+        let bytes = result?;
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let info = json!({ "dir": dir.display().to_string(), "bytes": bytes, "ms": ms });
+        self.events.publish("snapshot-done", info.clone());
+        Ok(info)
+    }
+
+    fn status(&self) -> Value {
+        let a = lock(&self.agent).clone();
+        let now = Instant::now();
+        json!({
+            "state": match self.state { State::Running => "running", State::Paused => "paused" },
+            "uptime_ms": self.uptime_ms(),
+            "vcpus": self.machine.vcpus,
+            "memory_mib": self.machine.mem_mib,
+            "kernel": self.machine.kernel,
+            "host_kvm": self.host,
+            "restored_from": self.restored_from.as_ref().map(|p| p.display().to_string()),
+            "agent": {
+                "ready": a.ready,
+                "version": a.version,
+                "heartbeats": a.heartbeats,
+                "guest_uptime_ms": a.guest_uptime_ms,
+                "last_seen_ms_ago": a.last_seen.map(|t| now.duration_since(t).as_millis() as u64),
+            },
+        })
+    }
+
+    fn handle_api(&mut self, call: ApiCall) {
+        let reply = match call.request {
+            Request::Status => ok(self.status()),
+            Request::Pause => match self.pause_all() {
+                Ok(()) => {
+                    self.events.publish("paused", json!({}));
+                    ok(json!({}))
+                }
+                Err(e) => error(crate::error_chain(&e)),
+            },
+            Request::Resume => match self.resume_all() {
+                Ok(()) => {
+                    self.events.publish("resumed", json!({}));
+                    ok(json!({}))
+                }
+                Err(e) => error(crate::error_chain(&e)),
+            },
+            Request::Stop => {
+                self.finish_with(ExitReason::Stopped);
+                ok(json!({}))
+            }
+            Request::Snapshot { dir } => match self.take_snapshot(std::path::Path::new(&dir)) {
+                Ok(info) => ok(info),
+                Err(e) => error(crate::error_chain(&e)),
+            },
+            Request::PingAgent => {
+                if !lock(&self.agent).ready {
+                    error("the agent is not ready yet")
+                } else {
+                    let token = format!("{}", self.uptime_ms());
+                    self.send_agent(&VmmMsg::Ping {
+                        token: token.clone(),
+                    });
+                    ok(json!({ "sent": token, "note": "the answer arrives as an agent-pong event" }))
+                }
+            }
+            Request::Events => error("events is handled by the connection"),
+        };
+        let _ = call.reply.send(reply);
+    }
+
+    fn describe_fault(&self, f: &FaultInfo) -> String {
+        let mut bytes = [0u8; 16];
+        let la57 = false;
+        let n = read_virt(&GuestMem(&self.mem), f.cr3, f.rip, la57, &mut bytes);
+        let hex: Vec<String> = bytes[..n].iter().map(|b| format!("{b:02x}")).collect();
+        let sym = self
+            .symbols
+            .as_ref()
+            .and_then(|s| s.resolve(f.rip, 0))
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "?".into());
+        format!(
+            "{} on vCPU {} at RIP {:#x} ({sym}) CPL {} bytes [{}] {}",
+            f.kind,
+            f.vcpu,
+            f.rip,
+            f.cpl,
+            hex.join(" "),
+            f.detail
+        )
+    }
+
+    fn handle_vcpu_events(&mut self) {
+        while let Ok(e) = self.vcpu_events.try_recv() {
+            match e {
+                VcpuEvent::Shutdown(id) => {
+                    self.events
+                        .publish("guest-fault", json!({ "kind": "triple-fault", "vcpu": id }));
+                    self.finish_with(ExitReason::GuestCrash(format!(
+                        "triple fault (shutdown) on vCPU {id}"
+                    )));
+                }
+                VcpuEvent::Fault(f) => {
+                    let text = self.describe_fault(&f);
+                    eprintln!("\r\nowvmm: guest stopped: {text}\r");
+                    self.events.publish(
+                        "guest-fault",
+                        json!({ "kind": f.kind, "vcpu": f.vcpu, "rip": format!("{:#x}", f.rip), "description": text }),
+                    );
+                    self.finish_with(ExitReason::GuestCrash(text));
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        self.flush_agent();
+        let a = lock(&self.agent).clone();
+        if a.ready && !self.clock_synced {
+            self.clock_synced = true;
+            let ready_ms = self.uptime_ms();
+            eprintln!(
+                "\r\nowvmm: agent ready after {:.1} s{}\r",
+                ready_ms as f64 / 1000.0,
+                if self.restored_from.is_some() { " (restored)" } else { "" }
+            );
+            self.send_agent(&VmmMsg::Time(unix_now()));
+        }
+        if let (Some(limit), Some(seen)) = (self.heartbeat_timeout, a.last_seen) {
+            let silent = seen.elapsed() > limit && self.state == State::Running;
+            if silent && !self.silent_reported {
+                self.events.publish(
+                    "agent-silent",
+                    json!({ "seconds": seen.elapsed().as_secs() }),
+                );
+            }
+            self.silent_reported = silent;
+        }
+        if a.poweroff {
+            let since = *self.poweroff_since.get_or_insert_with(Instant::now);
+            let halted = self.vcpus.iter().all(|h| {
+                matches!(h.request(VcpuRequest::ProbeHalted), Ok(VcpuResponse::Halted(true)))
+            });
+            if halted {
+                self.finish_with(ExitReason::PowerOff);
+            } else if since.elapsed() > POWEROFF_GRACE {
+                eprintln!("\r\nowvmm: guest announced power-off but did not halt within {} s; stopping it\r", POWEROFF_GRACE.as_secs());
+                self.finish_with(ExitReason::PowerOff);
+            }
+        }
+    }
+
+    fn handle_stdin(&mut self, ops: &mut EventOps) {
+        let mut buf = [0u8; 64];
+        // SAFETY: reads into a local buffer of the given length from fd 0.
+        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+        let Ok(n) = usize::try_from(n) else {
+            return;
+        };
+        if n == 0 {
+            let _ = ops.remove(Events::with_data_raw(0, DATA_STDIN, EventSet::IN));
+            self.stdin_open = false;
+            return;
+        }
+        let mut out = Vec::with_capacity(n);
+        for &b in &buf[..n] {
+            if self.ctrl_a {
+                self.ctrl_a = false;
+                match b {
+                    b'x' | b'X' => {
+                        self.finish_with(ExitReason::Stopped);
+                        return;
+                    }
+                    0x01 => out.push(0x01),
+                    _ => out.push(b),
+                }
+            } else if b == 0x01 && crate::terminal::is_tty() {
+                self.ctrl_a = true;
+            } else {
+                out.push(b);
+            }
+        }
+        // Input beyond the FIFO's room is dropped, as on a real UART.
+        let _ = lock(&self.com1).input(&out);
+    }
+}
+
+trait EndsWithNewline {
+    fn ends_with_newline(&self) -> bool;
+}
+
+impl EndsWithNewline for VecDeque<u8> {
+    fn ends_with_newline(&self) -> bool {
+        self.back() == Some(&b'\n')
+    }
+}
+
+impl MutEventSubscriber for Vmm {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            DATA_STDIN => self.handle_stdin(ops),
+            DATA_VCPU => {
+                let _ = self.vcpu_evt.read();
+                self.handle_vcpu_events();
+            }
+            DATA_RESET => {
+                let _ = self.reset_evt.read();
+                self.events.publish("guest-reset", json!({}));
+                self.finish_with(ExitReason::Reset);
+            }
+            DATA_API => {
+                let _ = self.api_evt.read();
+                while let Ok(call) = self.api_rx.try_recv() {
+                    self.handle_api(call);
+                }
+            }
+            DATA_TIMER => {
+                let _ = self.timer.wait();
+                self.tick();
+            }
+            _ => {}
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::with_data(&self.vcpu_evt, DATA_VCPU, EventSet::IN));
+        let _ = ops.add(Events::with_data(&self.reset_evt, DATA_RESET, EventSet::IN));
+        let _ = ops.add(Events::with_data(&self.api_evt, DATA_API, EventSet::IN));
+        let _ = ops.add(Events::with_data_raw(
+            self.timer.as_raw_fd(),
+            DATA_TIMER,
+            EventSet::IN,
+        ));
+        if self.stdin_open && ops.add(Events::with_data_raw(0, DATA_STDIN, EventSet::IN)).is_err() {
+            self.stdin_open = false;
+        }
+    }
+}

@@ -1,0 +1,504 @@
+//! One thread per vCPU, driven by messages (Firecracker's pattern): requests go in, responses
+//! come out, and a request reaches a vCPU inside `KVM_RUN` by a kick: `immediate_exit` set
+//! from a signal handler, so `KVM_RUN` returns `EINTR`.
+
+use std::cell::Cell;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_bindings::{
+    kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_run, kvm_sregs,
+    kvm_vcpu_events, kvm_xcrs, kvm_xsave, Msrs,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use serde::{Deserialize, Serialize};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::devices::bus::PioBus;
+
+/// Errors of the vCPU layer.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// A KVM vCPU ioctl failed.
+    #[error("vCPU {id}: KVM {what} failed")]
+    Kvm {
+        /// vCPU index.
+        id: u8,
+        /// The ioctl.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// The vCPU thread could not be started.
+    #[error("cannot start vCPU thread {0}")]
+    Spawn(u8, #[source] std::io::Error),
+    /// The kick signal handler could not be installed.
+    #[error("cannot install the vCPU kick signal handler")]
+    Signal(#[source] vmm_sys_util::errno::Error),
+    /// The vCPU thread is gone or did not answer in time.
+    #[error("vCPU {0} did not answer")]
+    NoAnswer(u8),
+    /// The vCPU answered something else than asked.
+    #[error("vCPU {id}: {msg}")]
+    Refused {
+        /// vCPU index.
+        id: u8,
+        /// What it said.
+        msg: String,
+    },
+}
+
+/// Everything KVM keeps about a vCPU that a snapshot must carry.
+#[derive(Serialize, Deserialize)]
+pub struct VcpuState {
+    /// General registers.
+    pub regs: kvm_regs,
+    /// Segment and control registers.
+    pub sregs: kvm_sregs,
+    /// FPU/SSE/AVX state.
+    pub xsave: kvm_xsave,
+    /// Extended control registers.
+    pub xcrs: kvm_xcrs,
+    /// Local APIC.
+    pub lapic: kvm_lapic_state,
+    /// Model-specific registers.
+    pub msrs: Vec<kvm_msr_entry>,
+    /// Multiprocessing state.
+    pub mp_state: kvm_mp_state,
+    /// Pending exceptions, interrupts, NMIs.
+    pub events: kvm_vcpu_events,
+    /// Debug registers.
+    pub debugregs: kvm_debugregs,
+}
+
+impl std::fmt::Debug for VcpuState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VcpuState {{ rip: {:#x}, msrs: {} }}", self.regs.rip, self.msrs.len())
+    }
+}
+
+/// Facts about a guest that stopped on an instruction KVM could not emulate, or another
+/// fatal exit.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultInfo {
+    /// vCPU index.
+    pub vcpu: u8,
+    /// What kind of exit.
+    pub kind: String,
+    /// Instruction pointer.
+    pub rip: u64,
+    /// Privilege level (0 kernel, 3 user).
+    pub cpl: u8,
+    /// CR3, to translate the RIP.
+    pub cr3: u64,
+    /// Extra data KVM gave (suberror, hardware reason).
+    pub detail: String,
+}
+
+/// Requests to a vCPU thread.
+#[derive(Debug)]
+pub enum VcpuRequest {
+    /// Stop running guest code and wait.
+    Pause,
+    /// Run guest code again.
+    Resume,
+    /// Read the full state (only when paused).
+    SaveState,
+    /// Is the vCPU halted with interrupts off (dead halt, e.g. after power-off)?
+    ProbeHalted,
+    /// Leave the thread.
+    Finish,
+}
+
+/// Responses from a vCPU thread.
+#[derive(Debug)]
+pub enum VcpuResponse {
+    /// Now paused.
+    Paused,
+    /// Now running.
+    Resumed,
+    /// The saved state.
+    State(Box<VcpuState>),
+    /// Halted with interrupts off.
+    Halted(bool),
+    /// The request could not be carried out.
+    Error(String),
+}
+
+/// Things a vCPU reports without being asked.
+#[derive(Debug, Clone)]
+pub enum VcpuEvent {
+    /// Triple fault (KVM_EXIT_SHUTDOWN).
+    Shutdown(u8),
+    /// A fatal exit: emulation failure, failed entry, KVM error.
+    Fault(FaultInfo),
+}
+
+thread_local! {
+    static KVM_RUN_PTR: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    KVM_RUN_PTR.with(|p| {
+        let run = p.get();
+        if !run.is_null() {
+            // SAFETY: the pointer was set by this very thread to its own VcpuFd's kvm_run
+            // mapping, which lives as long as the thread's run loop; a volatile byte store is
+            // async-signal-safe.
+            unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+        }
+    });
+}
+
+/// Installs the kick handler once per process.
+pub fn install_kick_handler() -> Result<(), VcpuError> {
+    static ONCE: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| register_signal_handler(SIGRTMIN(), kick_handler).map_err(|e| e.errno()))
+        .map_err(|e| VcpuError::Signal(vmm_sys_util::errno::Error::new(e)))
+}
+
+/// The VMM's end of a vCPU thread.
+pub struct VcpuHandle {
+    /// vCPU index.
+    pub id: u8,
+    tx: Sender<VcpuRequest>,
+    rx: Receiver<VcpuResponse>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// How long a vCPU may take to answer a request.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl VcpuHandle {
+    fn send(&self, req: VcpuRequest) -> Result<(), VcpuError> {
+        self.tx.send(req).map_err(|_| VcpuError::NoAnswer(self.id))?;
+        if let Some(t) = &self.thread {
+            // A failed kick only means the thread already left.
+            let _ = t.kill(SIGRTMIN());
+        }
+        Ok(())
+    }
+
+    /// Sends a request and waits for its answer.
+    pub fn request(&self, req: VcpuRequest) -> Result<VcpuResponse, VcpuError> {
+        // Drop answers left over from a request that timed out.
+        while self.rx.try_recv().is_ok() {}
+        self.send(req)?;
+        match self.rx.recv_timeout(ANSWER_TIMEOUT) {
+            Ok(VcpuResponse::Error(msg)) => Err(VcpuError::Refused { id: self.id, msg }),
+            Ok(r) => Ok(r),
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                Err(VcpuError::NoAnswer(self.id))
+            }
+        }
+    }
+
+    /// Asks the thread to finish and joins it.
+    pub fn finish(mut self) {
+        let _ = self.send(VcpuRequest::Finish);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A vCPU and what its thread needs.
+pub struct Vcpu {
+    /// vCPU index.
+    pub id: u8,
+    fd: VcpuFd,
+    bus: Arc<PioBus>,
+    events: Sender<VcpuEvent>,
+    events_evt: EventFd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunState {
+    Running,
+    Paused,
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Vcpu {
+    /// Wraps a configured vCPU.
+    pub fn new(
+        id: u8,
+        fd: VcpuFd,
+        bus: Arc<PioBus>,
+        events: Sender<VcpuEvent>,
+        events_evt: EventFd,
+    ) -> Self {
+        Vcpu {
+            id,
+            fd,
+            bus,
+            events,
+            events_evt,
+        }
+    }
+
+    /// Starts the thread; `paused` keeps it from running guest code until resumed.
+    pub fn start(self, paused: bool) -> Result<VcpuHandle, VcpuError> {
+        install_kick_handler()?;
+        let (req_tx, req_rx) = channel();
+        let (resp_tx, resp_rx) = channel();
+        let id = self.id;
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || self.run_loop(req_rx, resp_tx, paused))
+            .map_err(|e| VcpuError::Spawn(id, e))?;
+        Ok(VcpuHandle {
+            id,
+            tx: req_tx,
+            rx: resp_rx,
+            thread: Some(thread),
+        })
+    }
+
+    fn report(&self, e: VcpuEvent) {
+        let _ = self.events.send(e);
+        let _ = self.events_evt.write(1);
+    }
+
+    fn run_loop(mut self, req: Receiver<VcpuRequest>, resp: Sender<VcpuResponse>, paused: bool) {
+        let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
+        KVM_RUN_PTR.with(|p| p.set(run_ptr));
+        let mut state = if paused {
+            RunState::Paused
+        } else {
+            RunState::Running
+        };
+        loop {
+            match state {
+                RunState::Running => {
+                    // Requests that arrived while not in KVM_RUN.
+                    while let Ok(r) = req.try_recv() {
+                        match self.handle_request(r, &mut state, &resp) {
+                            Flow::Continue => {}
+                            Flow::Stop => return self.leave(),
+                        }
+                    }
+                    if state != RunState::Running {
+                        continue;
+                    }
+                    if let Some(fatal) = self.run_once() {
+                        self.report(fatal);
+                        state = RunState::Paused;
+                    }
+                }
+                RunState::Paused => match req.recv() {
+                    Ok(r) => {
+                        if let Flow::Stop = self.handle_request(r, &mut state, &resp) {
+                            return self.leave();
+                        }
+                    }
+                    Err(_) => return self.leave(),
+                },
+            }
+        }
+    }
+
+    fn leave(&self) {
+        KVM_RUN_PTR.with(|p| p.set(std::ptr::null_mut()));
+    }
+
+    fn handle_request(
+        &mut self,
+        r: VcpuRequest,
+        state: &mut RunState,
+        resp: &Sender<VcpuResponse>,
+    ) -> Flow {
+        let answer = match r {
+            VcpuRequest::Pause => {
+                *state = RunState::Paused;
+                VcpuResponse::Paused
+            }
+            VcpuRequest::Resume => {
+                *state = RunState::Running;
+                VcpuResponse::Resumed
+            }
+            VcpuRequest::SaveState if *state == RunState::Paused => match self.save_state() {
+                Ok(s) => VcpuResponse::State(Box::new(s)),
+                Err(e) => VcpuResponse::Error(crate::error_chain(&e)),
+            },
+            VcpuRequest::SaveState => VcpuResponse::Error("not paused".into()),
+            VcpuRequest::ProbeHalted => VcpuResponse::Halted(self.dead_halted()),
+            VcpuRequest::Finish => return Flow::Stop,
+        };
+        let _ = resp.send(answer);
+        Flow::Continue
+    }
+
+    fn dead_halted(&self) -> bool {
+        const KVM_MP_STATE_HALTED: u32 = 3;
+        const X86_EFLAGS_IF: u64 = 1 << 9;
+        let halted = self
+            .fd
+            .get_mp_state()
+            .map(|m| m.mp_state == KVM_MP_STATE_HALTED)
+            .unwrap_or(false);
+        let if_off = self
+            .fd
+            .get_regs()
+            .map(|r| r.rflags & X86_EFLAGS_IF == 0)
+            .unwrap_or(false);
+        halted && if_off
+    }
+
+    /// Runs guest code until one exit is handled; returns a fatal event if the guest
+    /// cannot go on.
+    fn run_once(&mut self) -> Option<VcpuEvent> {
+        let result = self.fd.run();
+        let fault = |kind: &str, detail: String| (kind.to_string(), detail);
+        let failed = match result {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                self.bus.read(port, data);
+                None
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                self.bus.write(port, data);
+                None
+            }
+            Ok(VcpuExit::MmioRead(_, data)) => {
+                data.fill(0xff);
+                None
+            }
+            Ok(VcpuExit::MmioWrite(..)) | Ok(VcpuExit::IrqWindowOpen) | Ok(VcpuExit::Hlt) => None,
+            Ok(VcpuExit::Shutdown) => return Some(VcpuEvent::Shutdown(self.id)),
+            Ok(VcpuExit::InternalError) => {
+                let run = self.fd.get_kvm_run();
+                // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
+                // active member of the union.
+                let internal = unsafe { run.__bindgen_anon_1.internal };
+                let n = usize::try_from(internal.ndata).unwrap_or(0).min(internal.data.len());
+                let data: Vec<String> =
+                    internal.data[..n].iter().map(|d| format!("{d:#x}")).collect();
+                let kind = if internal.suberror == 1 {
+                    "emulation-failure"
+                } else {
+                    "internal-error"
+                };
+                Some(fault(
+                    kind,
+                    format!("suberror {} data [{}]", internal.suberror, data.join(", ")),
+                ))
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Some(fault(
+                "entry-failure",
+                format!("hardware reason {reason:#x} on host cpu {cpu}"),
+            )),
+            Ok(VcpuExit::SystemEvent(kind, _)) => Some(fault("system-event", format!("type {kind}"))),
+            Ok(other) => Some(fault("unexpected-exit", format!("{other:?}"))),
+            Err(e) if e.errno() == libc::EINTR => {
+                self.fd.set_kvm_immediate_exit(0);
+                None
+            }
+            Err(e) if e.errno() == libc::EAGAIN => None,
+            Err(e) => Some(fault("kvm-run-error", e.to_string())),
+        };
+        let (kind, detail) = failed?;
+        let regs = self.fd.get_regs().unwrap_or_default();
+        let sregs = self.fd.get_sregs().unwrap_or_default();
+        Some(VcpuEvent::Fault(FaultInfo {
+            vcpu: self.id,
+            kind,
+            rip: regs.rip,
+            cpl: sregs.cs.dpl,
+            cr3: sregs.cr3,
+            detail,
+        }))
+    }
+
+    fn kvm<T>(&self, what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, VcpuError> {
+        r.map_err(|source| VcpuError::Kvm {
+            id: self.id,
+            what,
+            source,
+        })
+    }
+
+    fn save_state(&self) -> Result<VcpuState, VcpuError> {
+        let fd = &self.fd;
+        Ok(VcpuState {
+            regs: self.kvm("GET_REGS", fd.get_regs())?,
+            sregs: self.kvm("GET_SREGS", fd.get_sregs())?,
+            xsave: self.kvm("GET_XSAVE", fd.get_xsave())?,
+            xcrs: self.kvm("GET_XCRS", fd.get_xcrs())?,
+            lapic: self.kvm("GET_LAPIC", fd.get_lapic())?,
+            msrs: read_msrs(fd, &crate::vstate::vm::msr_indices())
+                .map_err(|source| VcpuError::Kvm {
+                    id: self.id,
+                    what: "GET_MSRS",
+                    source,
+                })?,
+            mp_state: self.kvm("GET_MP_STATE", fd.get_mp_state())?,
+            events: self.kvm("GET_VCPU_EVENTS", fd.get_vcpu_events())?,
+            debugregs: self.kvm("GET_DEBUGREGS", fd.get_debug_regs())?,
+        })
+    }
+}
+
+/// Reads the given MSRs, skipping any this KVM refuses (it stops at the first it cannot
+/// read, so the rest are read one batch at a time past it).
+pub fn read_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<kvm_msr_entry>, kvm_ioctls::Error> {
+    let mut out = Vec::with_capacity(indices.len());
+    let mut rest = indices;
+    while !rest.is_empty() {
+        let entries: Vec<kvm_msr_entry> = rest
+            .iter()
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = Msrs::from_entries(&entries)
+            .map_err(|_| kvm_ioctls::Error::new(libc::E2BIG))?;
+        let n = fd.get_msrs(&mut msrs)?;
+        out.extend_from_slice(&msrs.as_slice()[..n.min(rest.len())]);
+        // Skip the one that stopped the batch.
+        rest = rest.get(n + 1..).unwrap_or(&[]);
+    }
+    Ok(out)
+}
+
+/// Puts a saved state back into a vCPU (CPUID must already be set).
+pub fn restore_state(fd: &VcpuFd, id: u8, s: &VcpuState) -> Result<(), VcpuError> {
+    let kvm = |what, r: Result<(), kvm_ioctls::Error>| {
+        r.map_err(|source| VcpuError::Kvm { id, what, source })
+    };
+    kvm("SET_MP_STATE", fd.set_mp_state(s.mp_state))?;
+    kvm("SET_SREGS", fd.set_sregs(&s.sregs))?;
+    kvm("SET_REGS", fd.set_regs(&s.regs))?;
+    // SAFETY: `s.xsave` is a plain kvm_xsave of the legacy 4 KiB size, which is what
+    // KVM_SET_XSAVE reads; no extended (XSAVE2) area follows it.
+    kvm("SET_XSAVE", unsafe { fd.set_xsave(&s.xsave) })?;
+    kvm("SET_XCRS", fd.set_xcrs(&s.xcrs))?;
+    kvm("SET_DEBUGREGS", fd.set_debug_regs(&s.debugregs))?;
+    kvm("SET_LAPIC", fd.set_lapic(&s.lapic))?;
+    let msrs = Msrs::from_entries(&s.msrs).map_err(|_| VcpuError::Refused {
+        id,
+        msg: format!("{} MSRs are too many", s.msrs.len()),
+    })?;
+    let set = fd.set_msrs(&msrs).map_err(|source| VcpuError::Kvm {
+        id,
+        what: "SET_MSRS",
+        source,
+    })?;
+    if set != s.msrs.len() {
+        let which = s.msrs.get(set).map(|e| e.index).unwrap_or(0);
+        return Err(VcpuError::Refused {
+            id,
+            msg: format!("KVM refused MSR {which:#x} ({set} of {} set)", s.msrs.len()),
+        });
+    }
+    kvm("SET_VCPU_EVENTS", fd.set_vcpu_events(&s.events))?;
+    Ok(())
+}
