@@ -1,1 +1,288 @@
-//! Integration tests live in `tests/`; see README.md.
+//! Harness for the integration tests in `tests/`: runs the real `owvmm` binary on real
+//! KVM, watches its console and talks to its control socket.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// The `owvmm` binary under test: `$OWVMM_BIN`, else the workspace's release build, else
+/// the debug build.
+pub fn owvmm_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("OWVMM_BIN") {
+        return p.into();
+    }
+    let root = workspace_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let release = target.join("release/owvmm");
+    if release.exists() {
+        release
+    } else {
+        target.join("debug/owvmm")
+    }
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("owvmm-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+/// Runs `owvmm` with `args` to completion; returns (exit code, stdout, stderr).
+pub fn run_to_end(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(owvmm_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run owvmm");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The default image's kernel directory and initramfs (built on first use).
+pub fn default_image() -> (PathBuf, PathBuf) {
+    let (code, out, err) = run_to_end(&["image", "path"]);
+    assert_eq!(code, 0, "owvmm image path failed: {err}");
+    let mut lines = out.lines();
+    let kdir = PathBuf::from(lines.next().expect("kernel dir"));
+    let initrd = PathBuf::from(lines.next().expect("initramfs"));
+    (kdir, initrd)
+}
+
+/// A running `owvmm run`.
+pub struct Vm {
+    child: Child,
+    /// Its control socket.
+    pub sock: PathBuf,
+    /// File receiving its console (stdout).
+    pub console: PathBuf,
+    /// File receiving its stderr.
+    pub log: PathBuf,
+    exit: Option<ExitStatus>,
+}
+
+impl Vm {
+    /// Starts `owvmm run` with `args` plus a control socket in `dir`.
+    pub fn start(dir: &Path, args: &[&str]) -> Vm {
+        let sock = dir.join("api.sock");
+        let console = dir.join("console.log");
+        let log = dir.join("stderr.log");
+        let child = Command::new(owvmm_bin())
+            .arg("run")
+            .args(args)
+            .arg("--api-sock")
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&console).expect("console file"))
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn owvmm");
+        let vm = Vm {
+            child,
+            sock,
+            console,
+            log,
+            exit: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while UnixStream::connect(&vm.sock).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "control socket never appeared; stderr: {}",
+                vm.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        vm
+    }
+
+    /// Sends one request on a new connection and returns the reply.
+    pub fn call(&self, req: Value) -> Value {
+        let mut c = Conn::open(&self.sock);
+        c.send(&req);
+        c.recv(Duration::from_secs(120)).expect("reply")
+    }
+
+    /// Opens an event stream.
+    pub fn events(&self) -> Conn {
+        let mut c = Conn::open(&self.sock);
+        c.send(&json!({"cmd": "events"}));
+        let r = c.recv(Duration::from_secs(10)).expect("events ack");
+        assert_eq!(r["ok"], json!(true), "events refused: {r}");
+        c
+    }
+
+    /// The console so far.
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
+    }
+
+    /// The VMM's stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the console contains `needle`.
+    pub fn wait_console(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.console();
+            if c.contains(needle) {
+                return c;
+            }
+            if let Some(st) = self.try_exit() {
+                panic!(
+                    "VM exited ({st}) before {needle:?} showed; console tail: {}\nstderr: {}",
+                    tail(&c, 2000),
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} on the console in {timeout:?}; tail: {}",
+                tail(&c, 2000)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until the agent is ready (status says so).
+    pub fn wait_agent_ready(&mut self, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = self.call(json!({"cmd": "status"}));
+            if st["agent"]["ready"] == json!(true) {
+                return st;
+            }
+            if let Some(code) = self.try_exit() {
+                panic!("VM exited ({code}) before the agent was ready; stderr: {}", self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready after {timeout:?}; console tail: {}",
+                tail(&self.console(), 2000)
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// The exit status, if it has exited.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().ok().flatten();
+        }
+        self.exit
+    }
+
+    /// Waits for the process to end; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.try_exit() {
+                return st.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "VM still running after {timeout:?}; console tail: {}",
+                    tail(&self.console(), 2000)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the VM through the control socket and returns the exit code.
+    pub fn stop(&mut self) -> i32 {
+        if self.try_exit().is_none() {
+            let r = self.call(json!({"cmd": "stop"}));
+            assert_eq!(r["ok"], json!(true), "stop refused: {r}");
+        }
+        self.wait_exit(Duration::from_secs(30))
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if self.try_exit().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The last `n` bytes of `s` (on a character boundary).
+pub fn tail(s: &str, n: usize) -> &str {
+    let mut start = s.len().saturating_sub(n);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// A control-socket connection.
+pub struct Conn {
+    w: UnixStream,
+    r: BufReader<UnixStream>,
+}
+
+impl Conn {
+    /// Connects.
+    pub fn open(sock: &Path) -> Conn {
+        let w = UnixStream::connect(sock).expect("connect control socket");
+        let r = BufReader::new(w.try_clone().expect("clone"));
+        Conn { w, r }
+    }
+
+    /// Sends raw bytes.
+    pub fn send_raw(&mut self, b: &[u8]) {
+        self.w.write_all(b).expect("send");
+    }
+
+    /// Sends a JSON request.
+    pub fn send(&mut self, v: &Value) {
+        self.send_raw(format!("{v}\n").as_bytes());
+    }
+
+    /// Next JSON line, or None on timeout/EOF.
+    pub fn recv(&mut self, timeout: Duration) -> Option<Value> {
+        self.w.set_read_timeout(Some(timeout)).ok()?;
+        let mut s = String::new();
+        match self.r.read_line(&mut s) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => serde_json::from_str(&s).ok(),
+        }
+    }
+
+    /// Reads events until one named `name` arrives (panics after `timeout`).
+    pub fn wait_event(&mut self, name: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no {name} event within {timeout:?}");
+            if let Some(ev) = self.recv(left) {
+                if ev["event"] == json!(name) {
+                    return ev;
+                }
+            }
+        }
+    }
+}

@@ -27,8 +27,9 @@ pub fn detect() -> HostKvm {
 /// Kernel command-line options a guest needs on this host, each with why.
 pub const PVM_CMDLINE: &[(&str, &str)] = &[
     ("noxsave", "xsave/xrstor are not emulated in guest kernel mode"),
-    ("clearcpuid=popcnt,smap", "popcnt and clac/stac are not emulated; CPUID cannot be filtered here, so the kernel is told"),
+    ("clearcpuid=popcnt,smap,cx16", "popcnt, clac/stac and cmpxchg16b (SLUB) are not emulated; CPUID cannot be filtered here, so the kernel is told"),
     ("nopti", "page-table isolation doubles the emulated work of every kernel entry"),
+    ("no-kvm-hypercalls", "CPUID leaks the host's KVM PV features but vmcall never completes here (guest-kernel patch 0004); without it a second vCPU hangs"),
 ];
 
 /// Adds the options `host` needs to a user's command line, skipping ones already there.
@@ -56,7 +57,7 @@ mod tests {
     #[test]
     fn adds_missing_options_once() {
         let c = adjust_cmdline(HostKvm::Pvm, "console=ttyS0 noxsave");
-        assert_eq!(c, "console=ttyS0 noxsave clearcpuid=popcnt,smap nopti");
+        assert_eq!(c, "console=ttyS0 noxsave clearcpuid=popcnt,smap,cx16 nopti no-kvm-hypercalls");
         assert_eq!(adjust_cmdline(HostKvm::Pvm, &c), c);
         assert_eq!(adjust_cmdline(HostKvm::Hardware, "console=ttyS0"), "console=ttyS0");
         // A user's own clearcpuid wins.

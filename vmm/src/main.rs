@@ -109,6 +109,8 @@ enum CtlCmd {
     },
     /// Round trip through the guest agent
     PingAgent,
+    /// Where each vCPU is: instruction pointer, kernel symbol, mode, MP state
+    Vcpus,
     /// Print events as they happen (one JSON object per line)
     Events,
 }
@@ -256,6 +258,7 @@ fn ctl(a: CtlArgs) -> ExitCode {
             json!({"cmd": "snapshot", "dir": dir.display().to_string()})
         }
         CtlCmd::PingAgent => json!({"cmd": "ping-agent"}),
+        CtlCmd::Vcpus => json!({"cmd": "vcpus"}),
         CtlCmd::Events => json!({"cmd": "events"}),
     };
     let mut c = match Client::connect(&a.api_sock) {

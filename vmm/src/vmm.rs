@@ -610,9 +610,32 @@ impl Vmm {
                     ok(json!({ "sent": token, "note": "the answer arrives as an agent-pong event" }))
                 }
             }
+            Request::Vcpus => self.describe_vcpus(),
             Request::Events => error("events is handled by the connection"),
         };
         let _ = call.reply.send(reply);
+    }
+
+    fn describe_vcpus(&self) -> Value {
+        let mut out = Vec::new();
+        for h in &self.vcpus {
+            match h.request(VcpuRequest::Describe) {
+                Ok(VcpuResponse::Description(b)) => {
+                    let sym = self
+                        .symbols
+                        .as_ref()
+                        .and_then(|s| s.resolve(b.rip, 0))
+                        .map(|r| r.to_string());
+                    let mut v = serde_json::to_value(&b).unwrap_or_default();
+                    v["rip"] = json!(format!("{:#x}", b.rip));
+                    v["symbol"] = json!(sym);
+                    out.push(v);
+                }
+                Ok(other) => out.push(json!({ "vcpu": h.id, "error": format!("{other:?}") })),
+                Err(e) => out.push(json!({ "vcpu": h.id, "error": crate::error_chain(&e) })),
+            }
+        }
+        ok(json!({ "vcpus": out }))
     }
 
     fn describe_fault(&self, f: &FaultInfo) -> String {

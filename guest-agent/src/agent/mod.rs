@@ -29,7 +29,10 @@ const DRAIN_MS: u64 = 2000;
 
 /// Writes `ow-agent: ...` to our standard error (the console when we are PID 1).
 pub fn log_line(args: fmt::Arguments<'_>) {
-    let _ = writeln!(io::stderr().lock(), "ow-agent: {args}");
+    // One write(2) per line: each system call is expensive in the guest, and whole lines
+    // do not interleave with the output of other programs on the console.
+    let line = format!("ow-agent: {args}\n");
+    let _ = io::stderr().write_all(line.as_bytes());
 }
 
 /// Where things are. Each path can be overridden through the environment (the kernel
@@ -177,8 +180,8 @@ impl Agent {
         self.reap_due = true;
     }
 
-    fn started(&mut self, command: String, result: io::Result<u32>) {
-        match result.and_then(|pid| libc::pid_t::try_from(pid).map_err(io::Error::other)) {
+    fn started(&mut self, command: String, result: io::Result<libc::pid_t>) {
+        match result {
             Ok(pid) => {
                 crate::log!("started {pid}: {command}");
                 self.chan.send(&AgentMsg::Started {
@@ -207,6 +210,14 @@ impl Agent {
     }
 
     fn step(&mut self) {
+        if self.reap_due {
+            self.reap();
+        }
+        if self.programs.is_empty() {
+            crate::log!("all programs have exited");
+            self.stop = Some(Stop::Poweroff);
+            return;
+        }
         let now = sys::uptime_ms();
         if self.next_hb > now.saturating_add(HB_MS) {
             // The clock went backwards (a restored snapshot): do not wait for it to catch up.
@@ -261,13 +272,6 @@ impl Agent {
                     self.chan.close();
                 }
             }
-        }
-        if self.reap_due {
-            self.reap();
-        }
-        if self.programs.is_empty() && self.stop.is_none() {
-            crate::log!("all programs have exited");
-            self.stop = Some(Stop::Poweroff);
         }
     }
 
@@ -430,7 +434,10 @@ impl Agent {
             // Never signal -1 outside a guest: only our own programs' process groups.
             for sig in [libc::SIGTERM, libc::SIGKILL] {
                 for p in &self.programs {
+                    // The group, and the process itself in case it has not called
+                    // setsid yet.
                     let _ = sys::kill(-p.pid, sig);
+                    let _ = sys::kill(p.pid, sig);
                 }
                 self.wait_children(if sig == libc::SIGTERM {
                     TERM_GRACE_MS
@@ -444,10 +451,10 @@ impl Agent {
             Stop::Reboot => AgentMsg::Reboot,
         });
         self.chan.drain(DRAIN_MS);
-        sys::sync();
         if !self.cfg.pid1 {
             return 0;
         }
+        sys::sync();
         let cmd = match stop {
             Stop::Poweroff => libc::RB_POWER_OFF,
             Stop::Reboot => libc::RB_AUTOBOOT,

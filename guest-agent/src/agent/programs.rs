@@ -1,12 +1,12 @@
 //! Starting the guest's programs: the commands of `/etc/owvmm/exec`, or an interactive
 //! shell on the first serial port.
 
+use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use super::sys;
 
@@ -42,21 +42,15 @@ pub fn read_exec_file(path: &Path) -> Vec<String> {
     }
 }
 
-fn base_command() -> Command {
-    let mut c = Command::new(SHELL);
-    c.env_clear().envs(ENV.iter().copied()).current_dir("/");
-    c
-}
-
-/// Standard input that reads as empty: /dev/null, or the read end of a closed pipe when
-/// /dev/null is missing.
-fn null_input() -> io::Result<Stdio> {
+/// Standard input that reads as empty: /dev/null, or the read end of a pipe whose write
+/// end is closed when /dev/null is missing.
+fn null_input() -> io::Result<OwnedFd> {
     match File::open("/dev/null") {
-        Ok(f) => Ok(Stdio::from(f)),
+        Ok(f) => Ok(f.into()),
         Err(_) => {
-            // The write end is closed when `_wr` drops here, so reads see end-of-file at once.
+            // `_wr` is closed when it drops here, so reads see end-of-file at once.
             let (rd, _wr) = sys::pipe()?;
-            Ok(Stdio::from(rd))
+            Ok(rd)
         }
     }
 }
@@ -70,50 +64,111 @@ fn open_rw_noctty(path: &Path) -> io::Result<File> {
 }
 
 /// Starts `/bin/sh -c CMD` in a new session, stdin from /dev/null, stdout and stderr on
-/// `console`. Returns its PID.
-pub fn spawn_command(cmd: &str, console: &Path) -> io::Result<u32> {
-    let mut c = base_command();
-    c.arg("-c").arg(cmd).stdin(null_input()?);
-    match open_rw_noctty(console) {
-        Ok(out) => {
-            let err = out.try_clone()?;
-            c.stdout(out).stderr(err);
+/// `console` (or on ours if that cannot be opened). Returns its PID.
+pub fn spawn_command(cmd: &str, console: &Path) -> io::Result<libc::pid_t> {
+    let stdin = null_input()?;
+    let out: OwnedFd = match open_rw_noctty(console) {
+        Ok(f) => f.into(),
+        Err(e) => {
+            crate::log!("{}: {e}; output goes where ours does", console.display());
+            io::stderr().as_fd().try_clone_to_owned()?
         }
-        Err(e) => crate::log!("{}: {e}; output goes where ours does", console.display()),
-    }
-    // SAFETY: the closure runs between fork and exec and only calls setsid, which is
-    // async-signal-safe; it allocates nothing and touches no locks.
-    unsafe {
-        c.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    Ok(c.spawn()?.id())
+    };
+    let spec = Spec::new(&[SHELL, "-c", cmd])?;
+    spec.spawn([stdin.as_raw_fd(), out.as_raw_fd(), out.as_raw_fd()], false)
 }
 
 /// Starts an interactive `/bin/sh` with `tty` as its controlling terminal and its
 /// standard descriptors. Returns its PID.
-pub fn spawn_shell(tty: &Path) -> io::Result<u32> {
+pub fn spawn_shell(tty: &Path) -> io::Result<libc::pid_t> {
     let t = open_rw_noctty(tty)?;
-    let mut c = base_command();
-    c.stdin(t.try_clone()?).stdout(t.try_clone()?).stderr(t);
-    // SAFETY: the closure runs between fork and exec (after std has set up descriptors 0-2)
-    // and only calls setsid and ioctl, both async-signal-safe; it allocates nothing.
-    unsafe {
-        c.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // Take the terminal as our controlling tty (stealing it if another session has
-            // it); a shell without job control is still better than none, so ignore errors.
-            libc::ioctl(0, libc::TIOCSCTTY, 1);
-            Ok(())
-        });
+    let fd = t.as_raw_fd();
+    Spec::new(&[SHELL])?.spawn([fd, fd, fd], true)
+}
+
+/// Everything the child needs, prepared before fork: the child may not allocate.
+struct Spec {
+    _strings: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+impl Spec {
+    fn new(args: &[&str]) -> io::Result<Self> {
+        let cstring = |s: String| {
+            CString::new(s)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in argument"))
+        };
+        let mut strings = Vec::new();
+        for a in args {
+            strings.push(cstring((*a).to_owned())?);
+        }
+        let argc = strings.len();
+        for (k, v) in ENV {
+            strings.push(cstring(format!("{k}={v}"))?);
+        }
+        // The CStrings' heap buffers do not move when `strings` is moved into Self.
+        let mut argv: Vec<_> = strings[..argc].iter().map(|s| s.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<_> = strings[argc..].iter().map(|s| s.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        Ok(Self {
+            _strings: strings,
+            argv,
+            envp,
+        })
     }
-    Ok(c.spawn()?.id())
+
+    /// fork + exec with `stdio` as descriptors 0, 1 and 2, in a new session; with `ctty`,
+    /// descriptor 0 (a terminal) becomes the controlling terminal. An exec failure shows up
+    /// as exit status 127.
+    ///
+    /// Not `std::process::Command`: std reports exec errors over a `socketpair(AF_UNIX)`,
+    /// which a kernel without `CONFIG_UNIX` (such as our tiny guest kernel) fails with
+    /// ENOSYS.
+    fn spawn(&self, stdio: [RawFd; 3], ctty: bool) -> io::Result<libc::pid_t> {
+        // SAFETY: we are single-threaded, so the child is a faithful copy of this thread;
+        // it only makes async-signal-safe calls on data prepared before the fork
+        // (see `child`) and never returns into Rust code.
+        let pid = unsafe { libc::fork() };
+        match pid {
+            -1 => Err(io::Error::last_os_error()),
+            // SAFETY: we are the new child; `child` never returns.
+            0 => unsafe { self.child(stdio, ctty) },
+            pid => Ok(pid),
+        }
+    }
+
+    /// The child side of [`Spec::spawn`].
+    ///
+    /// # Safety
+    /// Call only in a freshly forked child of a single-threaded process.
+    unsafe fn child(&self, stdio: [RawFd; 3], ctty: bool) -> ! {
+        // SAFETY: only async-signal-safe system calls on valid, pre-built arguments; the
+        // process ends in execve or _exit.
+        unsafe {
+            sys::in_child_after_fork();
+            libc::setsid();
+            for (target, fd) in (0..).zip(stdio) {
+                if fd == target {
+                    // dup2 onto itself would keep FD_CLOEXEC: clear it instead.
+                    libc::fcntl(fd, libc::F_SETFD, 0);
+                } else {
+                    libc::dup2(fd, target);
+                }
+            }
+            if ctty {
+                // Take the terminal (stealing it from another session if need be); a shell
+                // without job control is better than none, so failure is ignored.
+                libc::ioctl(0, libc::TIOCSCTTY, 1);
+            }
+            libc::chdir(c"/".as_ptr());
+            libc::execve(self.argv[0], self.argv.as_ptr(), self.envp.as_ptr());
+            let msg = b"ow-agent: cannot exec /bin/sh\n";
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+            libc::_exit(127)
+        }
+    }
 }
 
 #[cfg(test)]

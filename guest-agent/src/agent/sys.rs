@@ -6,7 +6,7 @@
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 /// Turns a `-1` return into the current `errno`.
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -247,6 +247,10 @@ extern "C" fn on_signal(sig: libc::c_int) {
     if fd < 0 {
         return;
     }
+    if IN_CHILD.load(Ordering::Relaxed) {
+        // A forked child between fork and exec: the pipe belongs to the parent.
+        return;
+    }
     let byte = u8::try_from(sig).unwrap_or(0);
     // SAFETY: errno is thread-local; __errno_location always returns a valid pointer. We
     // save and restore it so the interrupted code does not see a changed errno. write(2) is
@@ -257,6 +261,20 @@ extern "C" fn on_signal(sig: libc::c_int) {
         let saved = *errno;
         libc::write(fd, std::ptr::addr_of!(byte).cast(), 1);
         *errno = saved;
+    }
+}
+
+/// Set in a forked child before it execs, so that the inherited handler stays quiet.
+static IN_CHILD: AtomicBool = AtomicBool::new(false);
+
+/// Call first thing in a forked child (async-signal-safe).
+pub fn in_child_after_fork() {
+    IN_CHILD.store(true, Ordering::Relaxed);
+    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: closing the child's copy of the pipe's write end; the handler no longer
+        // uses it (IN_CHILD is set).
+        unsafe { libc::close(fd) };
     }
 }
 

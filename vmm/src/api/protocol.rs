@@ -22,6 +22,8 @@ pub enum Request {
     },
     /// Ask the agent to answer (round trip through the guest).
     PingAgent,
+    /// Where each vCPU is (instruction pointer, symbol, mode, MP state).
+    Vcpus,
     /// Turn this connection into an event stream.
     Events,
 }
@@ -37,7 +39,7 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
     };
     let cmd = cmd.as_str();
     const KNOWN: &[&str] = &[
-        "status", "pause", "resume", "stop", "snapshot", "ping-agent", "events",
+        "status", "pause", "resume", "stop", "snapshot", "ping-agent", "events", "vcpus",
     ];
     if !KNOWN.contains(&cmd) {
         return Err(format!(

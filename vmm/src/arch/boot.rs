@@ -280,9 +280,10 @@ mod tests {
             .expect("memory");
         let map = e820_map(&mem);
         assert_eq!(map.len(), 3);
-        assert_eq!((map[0].addr, map[0].size), (0, EBDA_START));
-        assert_eq!(map[1].r#type, 2);
-        assert_eq!((map[2].addr, map[2].size), (HIMEM_START, (64 << 20) - HIMEM_START));
+        let (a0, s0, t1) = (map[0].addr, map[0].size, map[1].r#type);
+        let (a2, s2) = (map[2].addr, map[2].size);
+        assert_eq!((a0, s0, t1), (0, EBDA_START, 2));
+        assert_eq!((a2, s2), (HIMEM_START, (64 << 20) - HIMEM_START));
     }
 
     #[test]

@@ -99,6 +99,25 @@ pub struct FaultInfo {
     pub detail: String,
 }
 
+/// A short description of where a vCPU is.
+#[derive(Debug, Clone, Serialize)]
+pub struct VcpuBrief {
+    /// vCPU index.
+    pub vcpu: u8,
+    /// Instruction pointer.
+    pub rip: u64,
+    /// Privilege level.
+    pub cpl: u8,
+    /// CR0 (bit 0: protected mode, bit 31: paging).
+    pub cr0: u64,
+    /// CR3, to translate the RIP.
+    pub cr3: u64,
+    /// RFLAGS.
+    pub rflags: u64,
+    /// KVM multiprocessing state: runnable, uninitialized (waiting for INIT/SIPI), halted...
+    pub mp_state: String,
+}
+
 /// Requests to a vCPU thread.
 #[derive(Debug)]
 pub enum VcpuRequest {
@@ -110,6 +129,8 @@ pub enum VcpuRequest {
     SaveState,
     /// Is the vCPU halted with interrupts off (dead halt, e.g. after power-off)?
     ProbeHalted,
+    /// Where is it: instruction pointer, mode, multiprocessing state.
+    Describe,
     /// Leave the thread.
     Finish,
 }
@@ -125,6 +146,8 @@ pub enum VcpuResponse {
     State(Box<VcpuState>),
     /// Halted with interrupts off.
     Halted(bool),
+    /// Where the vCPU is.
+    Description(VcpuBrief),
     /// The request could not be carried out.
     Error(String),
 }
@@ -331,10 +354,35 @@ impl Vcpu {
             },
             VcpuRequest::SaveState => VcpuResponse::Error("not paused".into()),
             VcpuRequest::ProbeHalted => VcpuResponse::Halted(self.dead_halted()),
+            VcpuRequest::Describe => VcpuResponse::Description(self.describe()),
             VcpuRequest::Finish => return Flow::Stop,
         };
         let _ = resp.send(answer);
         Flow::Continue
+    }
+
+    fn describe(&self) -> VcpuBrief {
+        let regs = self.fd.get_regs().unwrap_or_default();
+        let sregs = self.fd.get_sregs().unwrap_or_default();
+        let mp = self.fd.get_mp_state().map(|m| m.mp_state).ok();
+        let mp_state = match mp {
+            Some(0) => "runnable",
+            Some(1) => "uninitialized (waiting for INIT/SIPI)",
+            Some(2) => "init-received",
+            Some(3) => "halted",
+            Some(4) => "sipi-received",
+            Some(_) => "other",
+            None => "unknown",
+        };
+        VcpuBrief {
+            vcpu: self.id,
+            rip: regs.rip,
+            cpl: sregs.cs.dpl,
+            cr0: sregs.cr0,
+            cr3: sregs.cr3,
+            rflags: regs.rflags,
+            mp_state: mp_state.into(),
+        }
     }
 
     fn dead_halted(&self) -> bool {

@@ -1,0 +1,245 @@
+//! Real guests on real KVM. One guest is cold-booted (default image, 2 vCPUs, an added
+//! file, two `--exec` programs), snapshotted while its counter runs, and every other test
+//! restores that snapshot instead of booting again.
+//!
+//! Enabled by the `kvm` feature (the README's test command turns it on).
+#![cfg(feature = "kvm")]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use owvmm_tests::{default_image, run_to_end, scratch, tail, Conn, Vm};
+use serde_json::json;
+
+/// Counts to 40, a second apart, then exits (so the guest powers off).
+const COUNTER: &str =
+    "i=0; while [ $i -lt 40 ]; do i=$((i+1)); echo \"count $i\"; sleep 1; done; echo counter-done";
+const ADDED: &str = "owvmm-added-file-7f3a";
+
+struct Booted {
+    snapshot: PathBuf,
+    console: String,
+    /// Highest count seen before the snapshot.
+    count_at_snapshot: u32,
+    boot_secs: f64,
+}
+
+fn last_count(console: &str) -> u32 {
+    console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("count "))
+        .filter_map(|n| n.trim().parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+fn booted() -> &'static Booted {
+    static B: OnceLock<Booted> = OnceLock::new();
+    B.get_or_init(|| {
+        let (kdir, initrd) = default_image();
+        let dir = scratch("boot");
+        let added = dir.join("hello.txt");
+        std::fs::write(&added, ADDED).expect("write added file");
+        let add = format!("{}:/opt/owvmm/hello.txt", added.display());
+        let t0 = Instant::now();
+        let mut vm = Vm::start(
+            &dir,
+            &[
+                "--kernel",
+                &kdir.join("vmlinux").display().to_string(),
+                "--initrd",
+                &initrd.display().to_string(),
+                "--vcpus",
+                "2",
+                "--add",
+                &add,
+                "--exec",
+                "echo added: $(cat /opt/owvmm/hello.txt); echo cpus: $(grep -c ^processor /proc/cpuinfo)",
+                "--exec",
+                COUNTER,
+            ],
+        );
+        vm.wait_agent_ready(Duration::from_secs(1200));
+        let boot_secs = t0.elapsed().as_secs_f64();
+        vm.wait_console("count 2", Duration::from_secs(300));
+        let snapshot = dir.join("snap");
+        let r = vm.call(json!({"cmd": "snapshot", "dir": snapshot.display().to_string()}));
+        assert_eq!(r["ok"], json!(true), "snapshot failed: {r}");
+        // The counter keeps running until stop; read the count the snapshot holds from
+        // the console as it was at snapshot time (the guest is paused while it is taken).
+        let console = vm.console();
+        let code = vm.stop();
+        assert_eq!(code, 5, "stop must end with exit code 5");
+        Booted {
+            count_at_snapshot: last_count(&console),
+            snapshot,
+            console,
+            boot_secs,
+        }
+    })
+}
+
+fn restore(name: &str) -> Vm {
+    let b = booted();
+    let dir = scratch(name);
+    Vm::start(&dir, &["--restore", &b.snapshot.display().to_string()])
+}
+
+#[test]
+fn cold_boot_runs_exec_programs_with_added_file_on_two_vcpus() {
+    let b = booted();
+    assert!(b.console.contains(&format!("added: {ADDED}")), "{}", tail(&b.console, 3000));
+    assert!(b.console.contains("cpus: 2"), "guest did not see 2 vCPUs: {}", tail(&b.console, 3000));
+    assert!(b.console.contains("count 1"));
+    assert!(b.count_at_snapshot >= 2);
+    eprintln!("cold boot to agent ready: {:.1} s", b.boot_secs);
+}
+
+#[test]
+fn restore_continues_the_program_and_the_agent_answers() {
+    let b = booted();
+    let mut vm = restore("restore");
+    let mut ev = vm.events();
+    // The VMM resynchronises the guest clock through the agent after a restore.
+    let set = ev.wait_event("guest-clock-set", Duration::from_secs(60));
+    let guest_now: f64 = set["unix_time"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("unix_time");
+    let host_now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!((host_now - guest_now).abs() < 30.0, "guest clock {guest_now} vs host {host_now}");
+
+    let r = vm.call(json!({"cmd": "ping-agent"}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let pong = ev.wait_event("agent-pong", Duration::from_secs(60));
+    assert_eq!(pong["token"], r["sent"]);
+
+    // The counter goes on from where the snapshot left it, without starting over.
+    let next = format!("count {}", b.count_at_snapshot + 1);
+    let console = vm.wait_console(&next, Duration::from_secs(120));
+    assert!(!console.contains("count 1\n"), "the program restarted: {}", tail(&console, 2000));
+
+    let st = vm.call(json!({"cmd": "status"}));
+    assert_eq!(st["state"], "running");
+    assert_eq!(st["vcpus"], 2);
+    assert_eq!(st["memory_mib"], 128);
+    assert_eq!(st["agent"]["ready"], true);
+    assert!(st["restored_from"].is_string());
+
+    // When the counter ends, the agent powers the guest off: exit code 0.
+    vm.wait_console("counter-done", Duration::from_secs(600));
+    let code = vm.wait_exit(Duration::from_secs(120));
+    assert_eq!(code, 0, "expected power-off; stderr: {}", vm.stderr());
+}
+
+#[test]
+fn pause_stops_the_guest_and_resume_restarts_it() {
+    let mut vm = restore("pause");
+    let mut ev = vm.events();
+    ev.wait_event("heartbeat", Duration::from_secs(60));
+    let r = vm.call(json!({"cmd": "pause"}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    assert_eq!(vm.call(json!({"cmd": "status"}))["state"], "paused");
+    let before = vm.call(json!({"cmd": "status"}))["agent"]["heartbeats"].clone();
+    let count_before = last_count(&vm.console());
+    std::thread::sleep(Duration::from_secs(4));
+    let after = vm.call(json!({"cmd": "status"}))["agent"]["heartbeats"].clone();
+    assert_eq!(before, after, "heartbeats went on while paused");
+    assert_eq!(count_before, last_count(&vm.console()), "guest ran while paused");
+    assert_eq!(vm.call(json!({"cmd": "resume"}))["ok"], json!(true));
+    ev.wait_event("heartbeat", Duration::from_secs(60));
+    assert_eq!(vm.call(json!({"cmd": "status"}))["state"], "running");
+    // Where the vCPUs are is visible to the user.
+    let v = vm.call(json!({"cmd": "vcpus"}));
+    assert_eq!(v["vcpus"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(vm.stop(), 5);
+}
+
+#[test]
+fn control_socket_serves_ten_clients_and_survives_bad_requests() {
+    let vm = restore("clients");
+    let sock = vm.sock.clone();
+    let threads: Vec<_> = (0..10)
+        .map(|_| {
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                let mut c = Conn::open(&sock);
+                for _ in 0..5 {
+                    c.send(&json!({"cmd": "status"}));
+                    let r = c.recv(Duration::from_secs(30)).expect("reply");
+                    assert_eq!(r["ok"], json!(true));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    let mut c = Conn::open(&sock);
+    for (bad, says) in [
+        ("this is not json\n", "not JSON"),
+        ("{}\n", "missing \"cmd\""),
+        ("{\"cmd\":\"fly\"}\n", "unknown cmd \"fly\""),
+        ("{\"cmd\":\"snapshot\"}\n", "dir"),
+    ] {
+        c.send_raw(bad.as_bytes());
+        let r = c.recv(Duration::from_secs(10)).expect("error reply");
+        assert_eq!(r["ok"], json!(false));
+        let msg = r["error"].as_str().unwrap_or("");
+        assert!(msg.contains(says), "{bad:?} -> {msg:?}");
+    }
+    // Still alive and serving on the same connection.
+    c.send(&json!({"cmd": "status"}));
+    assert_eq!(c.recv(Duration::from_secs(10)).expect("status")["ok"], json!(true));
+    // Mode 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock).expect("sock").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let mut vm = vm;
+    assert_eq!(vm.stop(), 5);
+}
+
+#[test]
+fn a_restored_guest_can_be_snapshotted_and_restored_again() {
+    let b = booted();
+    let mut vm = restore("chain");
+    let mut ev = vm.events();
+    ev.wait_event("guest-clock-set", Duration::from_secs(60));
+    let next = format!("count {}", b.count_at_snapshot + 2);
+    vm.wait_console(&next, Duration::from_secs(120));
+    let snap2 = scratch("chain-snap").join("snap");
+    let r = vm.call(json!({"cmd": "snapshot", "dir": snap2.display().to_string()}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let at = last_count(&vm.console());
+    assert_eq!(vm.stop(), 5);
+    let dir = scratch("chain-2");
+    let mut vm2 = Vm::start(&dir, &["--restore", &snap2.display().to_string()]);
+    vm2.wait_console(&format!("count {}", at + 1), Duration::from_secs(120));
+    assert_eq!(vm2.stop(), 5);
+}
+
+#[test]
+fn corrupt_or_truncated_snapshots_are_refused() {
+    let b = booted();
+    let bad = scratch("corrupt");
+    let state = std::fs::read_to_string(b.snapshot.join("state.json")).expect("state");
+    std::fs::write(bad.join("state.json"), state.replacen("\"vcpus\"", "\"vCPUs\"", 1))
+        .expect("write");
+    std::fs::copy(b.snapshot.join("state.sha256"), bad.join("state.sha256")).expect("copy");
+    std::fs::write(bad.join("memory.bin"), b"").expect("write");
+    let (code, _, err) = run_to_end(&["run", "--restore", &bad.display().to_string()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("corrupt"), "{err}");
+
+    let trunc = scratch("truncated");
+    std::fs::copy(b.snapshot.join("state.json"), trunc.join("state.json")).expect("copy");
+    std::fs::copy(b.snapshot.join("state.sha256"), trunc.join("state.sha256")).expect("copy");
+    std::fs::write(trunc.join("memory.bin"), vec![0u8; 1 << 20]).expect("write");
+    let (code, _, err) = run_to_end(&["run", "--restore", &trunc.display().to_string()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("truncated"), "{err}");
+}
