@@ -29,6 +29,7 @@ pub const PVM_CMDLINE: &[(&str, &str)] = &[
     ("noxsave", "xsave/xrstor are not emulated in guest kernel mode"),
     ("clearcpuid=popcnt,smap,cx16", "popcnt, clac/stac and cmpxchg16b (SLUB) are not emulated; CPUID cannot be filtered here, so the kernel is told"),
     ("nopti", "page-table isolation doubles the emulated work of every kernel entry"),
+    ("nofsgsbase", "with wrfsbase the FS base of user tasks on a second vCPU stayed 0 and their first TLS access crashed"),
     ("no-kvm-hypercalls", "CPUID leaks the host's KVM PV features but vmcall never completes here (guest-kernel patch 0004); without it a second vCPU hangs"),
 ];
 
@@ -57,7 +58,7 @@ mod tests {
     #[test]
     fn adds_missing_options_once() {
         let c = adjust_cmdline(HostKvm::Pvm, "console=ttyS0 noxsave");
-        assert_eq!(c, "console=ttyS0 noxsave clearcpuid=popcnt,smap,cx16 nopti no-kvm-hypercalls");
+        assert_eq!(c, "console=ttyS0 noxsave clearcpuid=popcnt,smap,cx16 nopti nofsgsbase no-kvm-hypercalls");
         assert_eq!(adjust_cmdline(HostKvm::Pvm, &c), c);
         assert_eq!(adjust_cmdline(HostKvm::Hardware, "console=ttyS0"), "console=ttyS0");
         // A user's own clearcpuid wins.
