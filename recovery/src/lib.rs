@@ -3,5 +3,5 @@
 //! Everything here is a pure function over data taken from the guest, so it can be tested
 //! without a VM. Nothing read from the guest is trusted.
 
-pub mod symbols;
 pub mod paging;
+pub mod symbols;

@@ -153,6 +153,9 @@ mod tests {
             Err(WalkError::Unreadable(_))
         ));
         let mut buf = [0u8; 16];
-        assert_eq!(read_virt(&m, 0x1000, 0xffff_ffff_8100_5000, false, &mut buf), 0);
+        assert_eq!(
+            read_virt(&m, 0x1000, 0xffff_ffff_8100_5000, false, &mut buf),
+            0
+        );
     }
 }

@@ -173,7 +173,10 @@ impl Vm {
                 return st;
             }
             if let Some(code) = self.try_exit() {
-                panic!("VM exited ({code}) before the agent was ready; stderr: {}", self.stderr());
+                panic!(
+                    "VM exited ({code}) before the agent was ready; stderr: {}",
+                    self.stderr()
+                );
             }
             assert!(
                 Instant::now() < deadline,

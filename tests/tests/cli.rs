@@ -18,7 +18,10 @@ fn fake_elf(dir: &std::path::Path, machine: u8) -> String {
 
 fn refused(args: &[&str], needle: &str) {
     let (code, _out, err) = run_to_end(args);
-    assert_eq!(code, 2, "expected exit 2 for {args:?}, got {code}; stderr: {err}");
+    assert_eq!(
+        code, 2,
+        "expected exit 2 for {args:?}, got {code}; stderr: {err}"
+    );
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line for {args:?}, got: {err}");
     assert!(
@@ -32,7 +35,10 @@ fn refused(args: &[&str], needle: &str) {
 fn missing_or_unreadable_kernel_and_initrd() {
     let d = scratch("cli-missing");
     let k = fake_elf(&d, 62);
-    refused(&["run", "--kernel", "/nonexistent/vmlinux"], "kernel /nonexistent/vmlinux cannot be read");
+    refused(
+        &["run", "--kernel", "/nonexistent/vmlinux"],
+        "kernel /nonexistent/vmlinux cannot be read",
+    );
     refused(
         &["run", "--kernel", &k, "--initrd", "/nonexistent/initrd"],
         "initrd /nonexistent/initrd cannot be read",
@@ -57,8 +63,14 @@ fn kernel_that_is_not_x86_64() {
 fn bad_machine_sizes() {
     let d = scratch("cli-size");
     let k = fake_elf(&d, 62);
-    refused(&["run", "--kernel", &k, "--vcpus", "0"], "--vcpus must be between 1 and 64");
-    refused(&["run", "--kernel", &k, "--mem", "4"], "--mem 4 MiB is too small");
+    refused(
+        &["run", "--kernel", &k, "--vcpus", "0"],
+        "--vcpus must be between 1 and 64",
+    );
+    refused(
+        &["run", "--kernel", &k, "--mem", "4"],
+        "--mem 4 MiB is too small",
+    );
 }
 
 #[test]
@@ -66,10 +78,19 @@ fn add_path_that_does_not_exist_and_bad_add_syntax() {
     let d = scratch("cli-add");
     let k = fake_elf(&d, 62);
     refused(
-        &["run", "--kernel", &k, "--add", "/nonexistent/file:/opt/file"],
+        &[
+            "run",
+            "--kernel",
+            &k,
+            "--add",
+            "/nonexistent/file:/opt/file",
+        ],
         "--add file /nonexistent/file cannot be read",
     );
-    refused(&["run", "--kernel", &k, "--add", "relative-guest"], "expected HOST:GUEST");
+    refused(
+        &["run", "--kernel", &k, "--add", "relative-guest"],
+        "expected HOST:GUEST",
+    );
 }
 
 #[test]
@@ -79,27 +100,45 @@ fn socket_path_already_in_use() {
     let sock = d.join("busy.sock");
     let _listener = UnixListener::bind(&sock).expect("bind");
     refused(
-        &["run", "--kernel", &k, "--api-sock", &sock.display().to_string()],
+        &[
+            "run",
+            "--kernel",
+            &k,
+            "--api-sock",
+            &sock.display().to_string(),
+        ],
         "already in use",
     );
     let file = d.join("plain");
     std::fs::write(&file, "x").expect("write");
     refused(
-        &["run", "--kernel", &k, "--api-sock", &file.display().to_string()],
+        &[
+            "run",
+            "--kernel",
+            &k,
+            "--api-sock",
+            &file.display().to_string(),
+        ],
         "is not a socket",
     );
 }
 
 #[test]
 fn restore_of_missing_snapshot() {
-    refused(&["run", "--restore", "/nonexistent/snap"], "cannot read /nonexistent/snap/state.json");
+    refused(
+        &["run", "--restore", "/nonexistent/snap"],
+        "cannot read /nonexistent/snap/state.json",
+    );
 }
 
 #[test]
 fn ctl_without_vmm_says_why() {
     let (code, _, err) = run_to_end(&["ctl", "--api-sock", "/nonexistent/sock", "status"]);
     assert_eq!(code, 1);
-    assert!(err.contains("cannot connect to control socket /nonexistent/sock"), "{err}");
+    assert!(
+        err.contains("cannot connect to control socket /nonexistent/sock"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -89,8 +89,16 @@ fn restore(name: &str) -> Vm {
 #[test]
 fn cold_boot_runs_exec_programs_with_added_file_on_two_vcpus() {
     let b = booted();
-    assert!(b.console.contains(&format!("added: {ADDED}")), "{}", tail(&b.console, 3000));
-    assert!(b.console.contains("cpus: 2"), "guest did not see 2 vCPUs: {}", tail(&b.console, 3000));
+    assert!(
+        b.console.contains(&format!("added: {ADDED}")),
+        "{}",
+        tail(&b.console, 3000)
+    );
+    assert!(
+        b.console.contains("cpus: 2"),
+        "guest did not see 2 vCPUs: {}",
+        tail(&b.console, 3000)
+    );
     assert!(b.console.contains("count 1"));
     assert!(b.count_at_snapshot >= 2);
     eprintln!("cold boot to agent ready: {:.1} s", b.boot_secs);
@@ -111,7 +119,10 @@ fn restore_continues_the_program_and_the_agent_answers() {
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_secs_f64();
-    assert!((host_now - guest_now).abs() < 30.0, "guest clock {guest_now} vs host {host_now}");
+    assert!(
+        (host_now - guest_now).abs() < 30.0,
+        "guest clock {guest_now} vs host {host_now}"
+    );
 
     let r = vm.call(json!({"cmd": "ping-agent"}));
     assert_eq!(r["ok"], json!(true), "{r}");
@@ -121,7 +132,11 @@ fn restore_continues_the_program_and_the_agent_answers() {
     // The counter goes on from where the snapshot left it, without starting over.
     let next = format!("count {}", b.count_at_snapshot + 1);
     let console = vm.wait_console(&next, Duration::from_secs(120));
-    assert!(!console.contains("count 1\n"), "the program restarted: {}", tail(&console, 2000));
+    assert!(
+        !console.contains("count 1\n"),
+        "the program restarted: {}",
+        tail(&console, 2000)
+    );
 
     let st = vm.call(json!({"cmd": "status"}));
     assert_eq!(st["state"], "running");
@@ -149,7 +164,11 @@ fn pause_stops_the_guest_and_resume_restarts_it() {
     std::thread::sleep(Duration::from_secs(4));
     let after = vm.call(json!({"cmd": "status"}))["agent"]["heartbeats"].clone();
     assert_eq!(before, after, "heartbeats went on while paused");
-    assert_eq!(count_before, last_count(&vm.console()), "guest ran while paused");
+    assert_eq!(
+        count_before,
+        last_count(&vm.console()),
+        "guest ran while paused"
+    );
     assert_eq!(vm.call(json!({"cmd": "resume"}))["ok"], json!(true));
     ev.wait_event("heartbeat", Duration::from_secs(60));
     assert_eq!(vm.call(json!({"cmd": "status"}))["state"], "running");
@@ -194,7 +213,10 @@ fn control_socket_serves_ten_clients_and_survives_bad_requests() {
     }
     // Still alive and serving on the same connection.
     c.send(&json!({"cmd": "status"}));
-    assert_eq!(c.recv(Duration::from_secs(10)).expect("status")["ok"], json!(true));
+    assert_eq!(
+        c.recv(Duration::from_secs(10)).expect("status")["ok"],
+        json!(true)
+    );
     // Mode 0600.
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&sock).expect("sock").permissions().mode() & 0o777;
@@ -227,8 +249,11 @@ fn corrupt_or_truncated_snapshots_are_refused() {
     let b = booted();
     let bad = scratch("corrupt");
     let state = std::fs::read_to_string(b.snapshot.join("state.json")).expect("state");
-    std::fs::write(bad.join("state.json"), state.replacen("\"vcpus\"", "\"vCPUs\"", 1))
-        .expect("write");
+    std::fs::write(
+        bad.join("state.json"),
+        state.replacen("\"vcpus\"", "\"vCPUs\"", 1),
+    )
+    .expect("write");
     std::fs::copy(b.snapshot.join("state.sha256"), bad.join("state.sha256")).expect("copy");
     std::fs::write(bad.join("memory.bin"), b"").expect("write");
     let (code, _, err) = run_to_end(&["run", "--restore", &bad.display().to_string()]);

@@ -97,8 +97,10 @@ impl AgentLink {
                 // A restored guest's agent goes on with heartbeats, not `ready`.
                 st.ready = true;
                 drop(st);
-                self.events
-                    .publish("heartbeat", json!({ "seq": seq, "guest_uptime_ms": uptime_ms }));
+                self.events.publish(
+                    "heartbeat",
+                    json!({ "seq": seq, "guest_uptime_ms": uptime_ms }),
+                );
             }
             AgentMsg::Started { pid, command } => {
                 drop(st);

@@ -217,13 +217,19 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::Vcpus(0))));
         let c = base();
         let e = c.validate().expect_err("missing kernel");
-        assert!(e.to_string().contains("kernel /nonexistent/vmlinux cannot be read"));
+        assert!(e
+            .to_string()
+            .contains("kernel /nonexistent/vmlinux cannot be read"));
         let mut c = base();
         c.exec = vec!["".into()];
         assert!(matches!(c.validate(), Err(ConfigError::Exec(_))));
         let mut c = base();
         c.add = vec![parse_add("/nonexistent/f:/f").expect("syntax")];
-        assert!(c.validate().expect_err("missing add").to_string().contains("--add file"));
+        assert!(c
+            .validate()
+            .expect_err("missing add")
+            .to_string()
+            .contains("--add file"));
     }
 
     #[test]
@@ -246,7 +252,10 @@ mod tests {
         let mut c = base();
         c.boot.kernel = k;
         c.machine.mem_mib = 8;
-        assert!(matches!(c.validate(), Err(ConfigError::MemTooSmall { got: 8, .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::MemTooSmall { got: 8, .. })
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

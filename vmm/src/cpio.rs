@@ -28,7 +28,7 @@ impl CpioWriter {
     }
 
     fn pad4(&mut self) {
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
     }
@@ -99,7 +99,7 @@ impl CpioWriter {
     pub fn finish(mut self) -> Vec<u8> {
         self.entry("TRAILER!!!", 0, &[]);
         // Pad to 512 bytes like cpio(1) does, so archives concatenate cleanly.
-        while self.buf.len() % 512 != 0 {
+        while !self.buf.len().is_multiple_of(512) {
             self.buf.push(0);
         }
         self.buf
@@ -126,7 +126,10 @@ mod tests {
         assert_eq!(field(&out, 1), S_IFDIR | 0o755);
         // First entry name: "etc".
         assert_eq!(&out[110..113], b"etc");
-        let pos = out.windows(14).position(|w| w == b"etc/owvmm/exec").expect("file entry");
+        let pos = out
+            .windows(14)
+            .position(|w| w == b"etc/owvmm/exec")
+            .expect("file entry");
         let hdr = &out[pos - 110..];
         assert_eq!(field(hdr, 1), S_IFREG | 0o644);
         assert_eq!(field(hdr, 6), 8);
@@ -136,7 +139,11 @@ mod tests {
     #[test]
     fn can_be_read_by_cpio_tool_if_present() {
         // Cross-check with the real cpio(1) when the host has it.
-        if std::process::Command::new("cpio").arg("--version").output().is_err() {
+        if std::process::Command::new("cpio")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
             return;
         }
         let mut w = CpioWriter::new();

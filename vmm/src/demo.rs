@@ -33,8 +33,7 @@ enum DemoError {
     Step(String),
 }
 
-const COUNTER: &str =
-    "i=0; while true; do i=$((i+1)); echo \"demo counter: $i\"; sleep 1; done";
+const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo \"demo counter: $i\"; sleep 1; done";
 
 fn spawn(args: &[&str]) -> Result<Child, DemoError> {
     let exe = std::env::current_exe().map_err(DemoError::Spawn)?;
@@ -71,7 +70,7 @@ fn wait_event(sock: &Path, name: &str, deadline: Instant) -> Result<Value, DemoE
         if Instant::now() > deadline {
             return Err(DemoError::Step(format!("no {name} event in time")));
         }
-        let ev = c.next()?;
+        let ev = c.next_message()?;
         if ev["event"] == json!(name) {
             return Ok(ev);
         }
@@ -111,7 +110,10 @@ fn steps(a: &DemoArgs) -> Result<(), DemoError> {
     }
     std::thread::sleep(Duration::from_secs(3));
 
-    eprintln!("\n== 3/4 snapshot of the running guest into {}", snap.display());
+    eprintln!(
+        "\n== 3/4 snapshot of the running guest into {}",
+        snap.display()
+    );
     let mut c = connect(&sock, deadline)?;
     let r = c.call(&json!({"cmd": "snapshot", "dir": snap.display().to_string()}))?;
     stop(&sock, child);

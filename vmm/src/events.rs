@@ -34,7 +34,7 @@ impl EventBus {
 
     /// Publishes `event` with `fields` (a JSON object), stamped with the VMM's uptime.
     pub fn publish(&self, event: &str, fields: Value) {
-        let mut v = json!({ "event": event, "t_ms": self.start.elapsed().as_millis() as u64 });
+        let mut v = json!({ "event": event, "t_ms": u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX) });
         if let (Some(obj), Value::Object(extra)) = (v.as_object_mut(), fields) {
             obj.extend(extra);
         }

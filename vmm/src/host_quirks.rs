@@ -58,9 +58,15 @@ mod tests {
     #[test]
     fn adds_missing_options_once() {
         let c = adjust_cmdline(HostKvm::Pvm, "console=ttyS0 noxsave");
-        assert_eq!(c, "console=ttyS0 noxsave clearcpuid=popcnt,smap,cx16 nopti nofsgsbase no-kvm-hypercalls");
+        assert_eq!(
+            c,
+            "console=ttyS0 noxsave clearcpuid=popcnt,smap,cx16 nopti nofsgsbase no-kvm-hypercalls"
+        );
         assert_eq!(adjust_cmdline(HostKvm::Pvm, &c), c);
-        assert_eq!(adjust_cmdline(HostKvm::Hardware, "console=ttyS0"), "console=ttyS0");
+        assert_eq!(
+            adjust_cmdline(HostKvm::Hardware, "console=ttyS0"),
+            "console=ttyS0"
+        );
         // A user's own clearcpuid wins.
         let c = adjust_cmdline(HostKvm::Pvm, "clearcpuid=pku");
         assert!(c.contains("clearcpuid=pku") && !c.contains("popcnt"));

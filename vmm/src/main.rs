@@ -278,7 +278,7 @@ fn ctl(a: CtlArgs) -> ExitCode {
     }
     if matches!(a.what, CtlCmd::Events) {
         loop {
-            match c.next() {
+            match c.next_message() {
                 Ok(ev) => println!("{ev}"),
                 Err(_) => return ExitCode::SUCCESS,
             }

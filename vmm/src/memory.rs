@@ -52,8 +52,9 @@ pub fn from_file(file: &File, size: u64) -> Result<GuestMemoryMmap, MemoryError>
     let mut offset = 0u64;
     for (start, len) in ram_ranges(size) {
         let fo = FileOffset::new(
-            file.try_clone()
-                .map_err(|e| MemoryError::Map(size >> 20, vm_memory::mmap::MmapRegionError::Mmap(e)))?,
+            file.try_clone().map_err(|e| {
+                MemoryError::Map(size >> 20, vm_memory::mmap::MmapRegionError::Mmap(e))
+            })?,
             offset,
         );
         let r = MmapRegionBuilder::new(to_usize(len)?)

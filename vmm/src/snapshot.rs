@@ -114,7 +114,11 @@ fn atomic_write(path: &Path, data: &[u8]) -> Result<(), SnapshotError> {
 
 /// Writes the snapshot into `dir` (created if missing). Memory first, state last, so a
 /// directory with a valid state always has its memory.
-pub fn write(dir: &Path, state: &SnapshotState, mem: &GuestMemoryMmap) -> Result<u64, SnapshotError> {
+pub fn write(
+    dir: &Path,
+    state: &SnapshotState,
+    mem: &GuestMemoryMmap,
+) -> Result<u64, SnapshotError> {
     std::fs::create_dir_all(dir).map_err(|e| SnapshotError::Write(dir.into(), e))?;
     let mem_path = dir.join(MEMORY_FILE);
     let tmp = mem_path.with_extension("tmp");
@@ -129,13 +133,17 @@ pub fn write(dir: &Path, state: &SnapshotState, mem: &GuestMemoryMmap) -> Result
             .map_err(|e| SnapshotError::WriteMemory(tmp.clone(), e))?;
         total += region.len();
     }
-    f.sync_all().map_err(|e| SnapshotError::Write(tmp.clone(), e))?;
+    f.sync_all()
+        .map_err(|e| SnapshotError::Write(tmp.clone(), e))?;
     std::fs::rename(&tmp, &mem_path).map_err(|e| SnapshotError::Write(mem_path.clone(), e))?;
 
-    let json = serde_json::to_vec(state)
-        .map_err(|e| SnapshotError::Parse(dir.join(STATE_FILE), e))?;
+    let json =
+        serde_json::to_vec(state).map_err(|e| SnapshotError::Parse(dir.join(STATE_FILE), e))?;
     let sum = hex(&Sha256::digest(&json));
-    atomic_write(&dir.join(CHECKSUM_FILE), format!("{sum}  {STATE_FILE}\n").as_bytes())?;
+    atomic_write(
+        &dir.join(CHECKSUM_FILE),
+        format!("{sum}  {STATE_FILE}\n").as_bytes(),
+    )?;
     atomic_write(&dir.join(STATE_FILE), &json)?;
     Ok(total + json.len() as u64)
 }
@@ -148,9 +156,10 @@ fn hex(b: &[u8]) -> String {
 pub fn read(dir: &Path) -> Result<(SnapshotState, File), SnapshotError> {
     let state_path = dir.join(STATE_FILE);
     let sum_path = dir.join(CHECKSUM_FILE);
-    let json = std::fs::read(&state_path).map_err(|e| SnapshotError::Read(state_path.clone(), e))?;
-    let sum = std::fs::read_to_string(&sum_path)
-        .map_err(|e| SnapshotError::Read(sum_path.clone(), e))?;
+    let json =
+        std::fs::read(&state_path).map_err(|e| SnapshotError::Read(state_path.clone(), e))?;
+    let sum =
+        std::fs::read_to_string(&sum_path).map_err(|e| SnapshotError::Read(sum_path.clone(), e))?;
     let want = sum.split_whitespace().next().unwrap_or("");
     if hex(&Sha256::digest(&json)) != want {
         return Err(SnapshotError::Checksum(state_path));

@@ -223,7 +223,9 @@ fn make_devices(
     let com2 = Arc::new(Mutex::new(p2));
     let reset_evt = eventfd("reset eventfd")?;
     let i8042 = Arc::new(Mutex::new(I8042::new(
-        reset_evt.try_clone().map_err(|e| VmmError::Host("reset eventfd", e))?,
+        reset_evt
+            .try_clone()
+            .map_err(|e| VmmError::Host("reset eventfd", e))?,
     )));
     let mut bus = PioBus::default();
     bus.insert(COM1.0, 8, com1.clone())?;
@@ -315,7 +317,7 @@ impl Vmm {
                         std::fs::read(p).map_err(|e| VmmError::ReadFile(p.clone(), e))?;
                     if !cfg.add.is_empty() || !cfg.exec.is_empty() {
                         // The kernel wants each archive to start 4-byte aligned.
-                        while data.len() % 4 != 0 {
+                        while !data.len().is_multiple_of(4) {
                             data.push(0);
                         }
                         data.extend_from_slice(&overlay(cfg)?);
@@ -373,7 +375,8 @@ impl Vmm {
                 events.clone(),
             )?;
         }
-        let mut timer = TimerFd::new().map_err(|e| VmmError::Host("timerfd", std::io::Error::from_raw_os_error(e.errno())))?;
+        let mut timer = TimerFd::new()
+            .map_err(|e| VmmError::Host("timerfd", std::io::Error::from_raw_os_error(e.errno())))?;
         timer
             .reset(TICK, Some(TICK))
             .map_err(|e| VmmError::Host("timerfd", std::io::Error::from_raw_os_error(e.errno())))?;
@@ -569,7 +572,7 @@ impl Vmm {
                 "version": a.version,
                 "heartbeats": a.heartbeats,
                 "guest_uptime_ms": a.guest_uptime_ms,
-                "last_seen_ms_ago": a.last_seen.map(|t| now.duration_since(t).as_millis() as u64),
+                "last_seen_ms_ago": a.last_seen.map(|t| u64::try_from(now.duration_since(t).as_millis()).unwrap_or(u64::MAX)),
             },
         })
     }
@@ -607,7 +610,9 @@ impl Vmm {
                     self.send_agent(&VmmMsg::Ping {
                         token: token.clone(),
                     });
-                    ok(json!({ "sent": token, "note": "the answer arrives as an agent-pong event" }))
+                    ok(
+                        json!({ "sent": token, "note": "the answer arrives as an agent-pong event" }),
+                    )
                 }
             }
             Request::Vcpus => self.describe_vcpus(),
@@ -692,7 +697,11 @@ impl Vmm {
             eprintln!(
                 "\r\nowvmm: agent ready after {:.1} s{}\r",
                 ready_ms as f64 / 1000.0,
-                if self.restored_from.is_some() { " (restored)" } else { "" }
+                if self.restored_from.is_some() {
+                    " (restored)"
+                } else {
+                    ""
+                }
             );
             self.send_agent(&VmmMsg::Time(unix_now()));
         }
@@ -709,7 +718,10 @@ impl Vmm {
         if a.poweroff {
             let since = *self.poweroff_since.get_or_insert_with(Instant::now);
             let halted = self.vcpus.iter().all(|h| {
-                matches!(h.request(VcpuRequest::ProbeHalted), Ok(VcpuResponse::Halted(true)))
+                matches!(
+                    h.request(VcpuRequest::ProbeHalted),
+                    Ok(VcpuResponse::Halted(true))
+                )
             });
             if halted {
                 self.finish_with(ExitReason::PowerOff);
@@ -801,7 +813,11 @@ impl MutEventSubscriber for Vmm {
             DATA_TIMER,
             EventSet::IN,
         ));
-        if self.stdin_open && ops.add(Events::with_data_raw(0, DATA_STDIN, EventSet::IN)).is_err() {
+        if self.stdin_open
+            && ops
+                .add(Events::with_data_raw(0, DATA_STDIN, EventSet::IN))
+                .is_err()
+        {
             self.stdin_open = false;
         }
     }

@@ -32,8 +32,7 @@ pub struct Client {
 impl Client {
     /// Connects to `path`.
     pub fn connect(path: &Path) -> Result<Self, ClientError> {
-        let stream =
-            UnixStream::connect(path).map_err(|e| ClientError::Connect(path.into(), e))?;
+        let stream = UnixStream::connect(path).map_err(|e| ClientError::Connect(path.into(), e))?;
         let reader = BufReader::new(stream.try_clone().map_err(ClientError::Io)?);
         Ok(Client { stream, reader })
     }
@@ -45,11 +44,11 @@ impl Client {
         self.stream
             .write_all(line.as_bytes())
             .map_err(ClientError::Io)?;
-        self.next()
+        self.next_message()
     }
 
     /// Reads the next JSON line (a reply or an event).
-    pub fn next(&mut self) -> Result<Value, ClientError> {
+    pub fn next_message(&mut self) -> Result<Value, ClientError> {
         let mut s = String::new();
         let n = self.reader.read_line(&mut s).map_err(ClientError::Io)?;
         if n == 0 {

@@ -39,13 +39,17 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
     };
     let cmd = cmd.as_str();
     const KNOWN: &[&str] = &[
-        "status", "pause", "resume", "stop", "snapshot", "ping-agent", "events", "vcpus",
+        "status",
+        "pause",
+        "resume",
+        "stop",
+        "snapshot",
+        "ping-agent",
+        "events",
+        "vcpus",
     ];
     if !KNOWN.contains(&cmd) {
-        return Err(format!(
-            "unknown cmd {cmd:?} (known: {})",
-            KNOWN.join(", ")
-        ));
+        return Err(format!("unknown cmd {cmd:?} (known: {})", KNOWN.join(", ")));
     }
     serde_json::from_value(v).map_err(|e| format!("bad {cmd} request: {e}"))
 }
@@ -73,18 +77,29 @@ mod tests {
         assert_eq!(parse_request(r#"{"cmd":"status"}"#), Ok(Request::Status));
         assert_eq!(
             parse_request(r#"{"cmd":"snapshot","dir":"/tmp/s"}"#),
-            Ok(Request::Snapshot { dir: "/tmp/s".into() })
+            Ok(Request::Snapshot {
+                dir: "/tmp/s".into()
+            })
         );
-        assert_eq!(parse_request(r#"{"cmd":"ping-agent"}"#), Ok(Request::PingAgent));
+        assert_eq!(
+            parse_request(r#"{"cmd":"ping-agent"}"#),
+            Ok(Request::PingAgent)
+        );
     }
 
     #[test]
     fn errors_name_the_problem() {
         assert!(parse_request("status").unwrap_err().starts_with("not JSON"));
         assert_eq!(parse_request("{}").unwrap_err(), "missing \"cmd\"");
-        assert!(parse_request(r#"{"cmd":"fly"}"#).unwrap_err().contains("unknown cmd \"fly\""));
-        assert!(parse_request(r#"{"cmd":"snapshot"}"#).unwrap_err().contains("dir"));
-        assert!(parse_request(r#"{"cmd":7}"#).unwrap_err().contains("string"));
+        assert!(parse_request(r#"{"cmd":"fly"}"#)
+            .unwrap_err()
+            .contains("unknown cmd \"fly\""));
+        assert!(parse_request(r#"{"cmd":"snapshot"}"#)
+            .unwrap_err()
+            .contains("dir"));
+        assert!(parse_request(r#"{"cmd":7}"#)
+            .unwrap_err()
+            .contains("string"));
     }
 
     #[test]

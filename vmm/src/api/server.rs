@@ -103,12 +103,17 @@ fn serve_client(stream: UnixStream, calls: Sender<ApiCall>, wake: EventFd, event
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        let n = match std::io::Read::take(&mut reader, MAX_REQUEST as u64 + 1).read_until(b'\n', &mut buf) {
+        let n = match std::io::Read::take(&mut reader, MAX_REQUEST as u64 + 1)
+            .read_until(b'\n', &mut buf)
+        {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
         if n > MAX_REQUEST {
-            send(&mut out, &error(format!("request longer than {MAX_REQUEST} bytes")));
+            send(
+                &mut out,
+                &error(format!("request longer than {MAX_REQUEST} bytes")),
+            );
             return;
         }
         let line = String::from_utf8_lossy(&buf);
@@ -127,7 +132,10 @@ fn serve_client(stream: UnixStream, calls: Sender<ApiCall>, wake: EventFd, event
         };
         if request == Request::Events {
             let rx = events.subscribe();
-            if !send(&mut out, &super::protocol::ok(serde_json::json!({"streaming": true}))) {
+            if !send(
+                &mut out,
+                &super::protocol::ok(serde_json::json!({"streaming": true})),
+            ) {
                 return;
             }
             for ev in rx {

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::{self, load_cmdline, BzImage, Cmdline, Elf, KernelLoader};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
 
 use super::layout::*;
 
@@ -276,8 +278,8 @@ mod tests {
 
     #[test]
     fn e820_covers_ram_and_skips_legacy_hole() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)])
-            .expect("memory");
+        let mem =
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)]).expect("memory");
         let map = e820_map(&mem);
         assert_eq!(map.len(), 3);
         let (a0, s0, t1) = (map[0].addr, map[0].size, map[1].r#type);
@@ -288,8 +290,8 @@ mod tests {
 
     #[test]
     fn initrd_goes_high_and_refuses_overlap() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)])
-            .expect("memory");
+        let mem =
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)]).expect("memory");
         let data = vec![7u8; 5000];
         let (addr, size) = load_initrd(&mem, &data, 20 << 20).expect("fits");
         assert_eq!(size, 5000);

@@ -58,7 +58,8 @@ pub fn build(cpus: u8, base: u64) -> Result<Vec<u8>, MptableError> {
     count += 2;
 
     let table_addr = base + 16;
-    let table_len = u16::try_from(44 + entries.len()).map_err(|_| MptableError::TooManyCpus(cpus))?;
+    let table_len =
+        u16::try_from(44 + entries.len()).map_err(|_| MptableError::TooManyCpus(cpus))?;
     let mut table = Vec::with_capacity(usize::from(table_len));
     table.extend_from_slice(b"PCMP");
     table.extend_from_slice(&table_len.to_le_bytes());

@@ -84,11 +84,16 @@ pub fn setup_sregs(mem: &GuestMemoryMmap, vcpu: &VcpuFd) -> Result<(), RegsError
     mem.write_obj(PDE_START | 0x03, GuestAddress(PDPTE_START))
         .map_err(RegsError::WriteMemory)?;
     for i in 0..512u64 {
-        mem.write_obj((i << 21) | 0x83, GuestAddress(PDE_START).unchecked_add(i * 8))
-            .map_err(RegsError::WriteMemory)?;
+        mem.write_obj(
+            (i << 21) | 0x83,
+            GuestAddress(PDE_START).unchecked_add(i * 8),
+        )
+        .map_err(RegsError::WriteMemory)?;
     }
 
-    let mut sregs: kvm_sregs = vcpu.get_sregs().map_err(|e| RegsError::Kvm("GET_SREGS", e))?;
+    let mut sregs: kvm_sregs = vcpu
+        .get_sregs()
+        .map_err(|e| RegsError::Kvm("GET_SREGS", e))?;
     let code = seg_from_gdt(gdt[1], 1);
     let data = seg_from_gdt(gdt[2], 2);
     let tss = seg_from_gdt(gdt[3], 3);
@@ -121,7 +126,8 @@ pub fn setup_regs(vcpu: &VcpuFd, entry: u64) -> Result<(), RegsError> {
         rsi: ZERO_PAGE_START,
         ..Default::default()
     };
-    vcpu.set_regs(&regs).map_err(|e| RegsError::Kvm("SET_REGS", e))
+    vcpu.set_regs(&regs)
+        .map_err(|e| RegsError::Kvm("SET_REGS", e))
 }
 
 /// Default x87/SSE control words.
@@ -162,7 +168,7 @@ pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), RegsError> {
         entry(MSR_SYSCALL_MASK, 0),
         entry(MSR_LSTAR, 0),
         entry(MSR_IA32_TSC, 0),
-        entry(MSR_IA32_MISC_ENABLE, 1), // fast strings
+        entry(MSR_IA32_MISC_ENABLE, 1),          // fast strings
         entry(MSR_MTRR_DEF_TYPE, (1 << 11) | 6), // MTRRs on, write-back default
     ];
     let msrs = Msrs::from_entries(&entries).map_err(|_| RegsError::Msrs {

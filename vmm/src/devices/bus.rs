@@ -35,9 +35,11 @@ impl PioBus {
     /// Adds `dev` on ports `base..base+len`.
     pub fn insert(&mut self, base: u16, len: u16, dev: Shared) -> Result<(), BusError> {
         let end = u32::from(base) + u32::from(len);
-        if self.devices.iter().any(|(b, l, _)| {
-            u32::from(base) < u32::from(*b) + u32::from(*l) && u32::from(*b) < end
-        }) {
+        if self
+            .devices
+            .iter()
+            .any(|(b, l, _)| u32::from(base) < u32::from(*b) + u32::from(*l) && u32::from(*b) < end)
+        {
             return Err(BusError::Overlap { base, len });
         }
         self.devices.push((base, len, dev));

@@ -70,7 +70,11 @@ impl SerialPort {
     }
 
     /// A port in a saved state.
-    pub fn from_snapshot(s: &SerialSnapshot, irq: EventFd, out: SerialOut) -> Result<Self, SerialError> {
+    pub fn from_snapshot(
+        s: &SerialSnapshot,
+        irq: EventFd,
+        out: SerialOut,
+    ) -> Result<Self, SerialError> {
         let state = SerialState {
             baud_divisor_low: s.baud_divisor[0],
             baud_divisor_high: s.baud_divisor[1],
@@ -145,7 +149,10 @@ mod tests {
     struct Sink(Arc<Mutex<Vec<u8>>>);
     impl Write for Sink {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().map_err(|_| std::io::ErrorKind::Other)?.extend_from_slice(b);
+            self.0
+                .lock()
+                .map_err(|_| std::io::ErrorKind::Other)?
+                .extend_from_slice(b);
             Ok(b.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -166,7 +173,8 @@ mod tests {
         assert_eq!(port.input(b"xyz").expect("input"), 3);
         let snap = port.snapshot();
         assert_eq!(snap.in_buffer, b"xyz");
-        let mut again = SerialPort::from_snapshot(&snap, irq, Box::new(std::io::sink())).expect("restore");
+        let mut again =
+            SerialPort::from_snapshot(&snap, irq, Box::new(std::io::sink())).expect("restore");
         let mut b = [0u8];
         again.read(0, &mut b);
         assert_eq!(b[0], b'x');

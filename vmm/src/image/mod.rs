@@ -170,7 +170,10 @@ pub fn build_kernel(force: bool) -> Result<PathBuf, ImageError> {
         }
         std::fs::write(&p, data).map_err(|e| ImageError::Io(p.clone(), e))?;
     }
-    eprintln!("owvmm-image: building the guest kernel into {} (a few minutes)", out.display());
+    eprintln!(
+        "owvmm-image: building the guest kernel into {} (a few minutes)",
+        out.display()
+    );
     let status = Command::new("bash")
         .arg(inputs.join("build-kernel.sh"))
         .arg(&out)
@@ -210,7 +213,9 @@ fn is_static(path: &Path) -> bool {
 
 /// The source tree this binary was built from, when it is still there.
 fn source_tree() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.to_path_buf();
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()?
+        .to_path_buf();
     p.join("guest-agent/Cargo.toml").exists().then_some(p)
 }
 
@@ -221,7 +226,15 @@ pub fn build_agent() -> Result<PathBuf, ImageError> {
     eprintln!("owvmm-image: building the static ow-agent");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--quiet", "--release", "-p", "ow-agent", "--target", target])
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "ow-agent",
+            "--target",
+            target,
+        ])
         .current_dir(&src)
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .status()
@@ -261,8 +274,20 @@ pub fn build_initramfs(agent: &Path) -> Result<PathBuf, ImageError> {
         .map_err(|e| ImageError::Spawn("busybox --list-full".into(), e))?;
     let mut w = CpioWriter::new();
     for d in [
-        "bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "etc",
-        "etc/owvmm", "root", "run", "var",
+        "bin",
+        "sbin",
+        "usr",
+        "usr/bin",
+        "usr/sbin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "etc",
+        "etc/owvmm",
+        "root",
+        "run",
+        "var",
     ] {
         w.dir(d);
     }

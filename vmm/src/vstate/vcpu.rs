@@ -77,7 +77,12 @@ pub struct VcpuState {
 
 impl std::fmt::Debug for VcpuState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "VcpuState {{ rip: {:#x}, msrs: {} }}", self.regs.rip, self.msrs.len())
+        write!(
+            f,
+            "VcpuState {{ rip: {:#x}, msrs: {} }}",
+            self.regs.rip,
+            self.msrs.len()
+        )
     }
 }
 
@@ -198,7 +203,9 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl VcpuHandle {
     fn send(&self, req: VcpuRequest) -> Result<(), VcpuError> {
-        self.tx.send(req).map_err(|_| VcpuError::NoAnswer(self.id))?;
+        self.tx
+            .send(req)
+            .map_err(|_| VcpuError::NoAnswer(self.id))?;
         if let Some(t) = &self.thread {
             // A failed kick only means the thread already left.
             let _ = t.kill(SIGRTMIN());
@@ -426,9 +433,13 @@ impl Vcpu {
                 // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
                 // active member of the union.
                 let internal = unsafe { run.__bindgen_anon_1.internal };
-                let n = usize::try_from(internal.ndata).unwrap_or(0).min(internal.data.len());
-                let data: Vec<String> =
-                    internal.data[..n].iter().map(|d| format!("{d:#x}")).collect();
+                let n = usize::try_from(internal.ndata)
+                    .unwrap_or(0)
+                    .min(internal.data.len());
+                let data: Vec<String> = internal.data[..n]
+                    .iter()
+                    .map(|d| format!("{d:#x}"))
+                    .collect();
                 let kind = if internal.suberror == 1 {
                     "emulation-failure"
                 } else {
@@ -443,7 +454,9 @@ impl Vcpu {
                 "entry-failure",
                 format!("hardware reason {reason:#x} on host cpu {cpu}"),
             )),
-            Ok(VcpuExit::SystemEvent(kind, _)) => Some(fault("system-event", format!("type {kind}"))),
+            Ok(VcpuExit::SystemEvent(kind, _)) => {
+                Some(fault("system-event", format!("type {kind}")))
+            }
             Ok(other) => Some(fault("unexpected-exit", format!("{other:?}"))),
             Err(e) if e.errno() == libc::EINTR => {
                 self.fd.set_kvm_immediate_exit(0);
@@ -481,12 +494,13 @@ impl Vcpu {
             xsave: self.kvm("GET_XSAVE", fd.get_xsave())?,
             xcrs: self.kvm("GET_XCRS", fd.get_xcrs())?,
             lapic: self.kvm("GET_LAPIC", fd.get_lapic())?,
-            msrs: read_msrs(fd, &crate::vstate::vm::msr_indices())
-                .map_err(|source| VcpuError::Kvm {
+            msrs: read_msrs(fd, &crate::vstate::vm::msr_indices()).map_err(|source| {
+                VcpuError::Kvm {
                     id: self.id,
                     what: "GET_MSRS",
                     source,
-                })?,
+                }
+            })?,
             mp_state: self.kvm("GET_MP_STATE", fd.get_mp_state())?,
             events: self.kvm("GET_VCPU_EVENTS", fd.get_vcpu_events())?,
             debugregs: self.kvm("GET_DEBUGREGS", fd.get_debug_regs())?,
@@ -507,8 +521,8 @@ pub fn read_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<kvm_msr_entry>, kvm
                 ..Default::default()
             })
             .collect();
-        let mut msrs = Msrs::from_entries(&entries)
-            .map_err(|_| kvm_ioctls::Error::new(libc::E2BIG))?;
+        let mut msrs =
+            Msrs::from_entries(&entries).map_err(|_| kvm_ioctls::Error::new(libc::E2BIG))?;
         let n = fd.get_msrs(&mut msrs)?;
         out.extend_from_slice(&msrs.as_slice()[..n.min(rest.len())]);
         // Skip the one that stopped the batch.
