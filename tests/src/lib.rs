@@ -82,6 +82,24 @@ pub struct Vm {
 impl Vm {
     /// Starts `owvmm run` with `args` plus a control socket in `dir`.
     pub fn start(dir: &Path, args: &[&str]) -> Vm {
+        Self::spawn(dir, args, Stdio::null())
+    }
+
+    /// Like [`Vm::start`], with the console's input on a pipe ([`Vm::type_console`]).
+    pub fn start_with_input(dir: &Path, args: &[&str]) -> Vm {
+        Self::spawn(dir, args, Stdio::piped())
+    }
+
+    /// Types `text` on the guest console (the VMM's standard input).
+    pub fn type_console(&mut self, text: &str) {
+        let stdin = self.child.stdin.as_mut().expect("started with input");
+        stdin
+            .write_all(text.as_bytes())
+            .expect("write console input");
+        stdin.flush().expect("flush");
+    }
+
+    fn spawn(dir: &Path, args: &[&str], stdin: Stdio) -> Vm {
         let sock = dir.join("api.sock");
         let console = dir.join("console.log");
         let log = dir.join("stderr.log");
@@ -90,7 +108,7 @@ impl Vm {
             .args(args)
             .arg("--api-sock")
             .arg(&sock)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(std::fs::File::create(&console).expect("console file"))
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()

@@ -472,10 +472,8 @@ impl Vmm {
     }
 
     fn send_agent(&mut self, msg: &VmmMsg) {
+        // `encode` ends the line with its newline.
         self.agent_tx.extend(msg.encode().bytes());
-        if !self.agent_tx.ends_with_newline() {
-            self.agent_tx.push_back(b'\n');
-        }
         self.flush_agent();
     }
 
@@ -764,16 +762,6 @@ impl Vmm {
         }
         // Input beyond the FIFO's room is dropped, as on a real UART.
         let _ = lock(&self.com1).input(&out);
-    }
-}
-
-trait EndsWithNewline {
-    fn ends_with_newline(&self) -> bool;
-}
-
-impl EndsWithNewline for VecDeque<u8> {
-    fn ends_with_newline(&self) -> bool {
-        self.back() == Some(&b'\n')
     }
 }
 

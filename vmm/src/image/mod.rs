@@ -3,7 +3,6 @@
 //! initramfs with busybox and the static `ow-agent`. Both are cached under
 //! `~/.cache/owvmm/` (or `$OWVMM_CACHE`) by a hash of their inputs.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -327,13 +326,6 @@ pub fn build(force: bool, agent: Option<&Path>) -> Result<Image, ImageError> {
         kernel_dir,
         initramfs,
     })
-}
-
-/// Streams a child's output lines to stderr (used for long builds).
-pub fn stream_lines(r: impl std::io::Read) {
-    for line in BufReader::new(r).lines().map_while(Result::ok) {
-        eprintln!("{line}");
-    }
 }
 
 #[cfg(test)]
