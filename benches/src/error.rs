@@ -75,7 +75,10 @@ pub enum BenchError {
 pub type Result<T> = std::result::Result<T, BenchError>;
 
 /// Wraps an I/O error with what and where.
-pub fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> BenchError {
+pub fn io(
+    what: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> BenchError {
     let path = path.into();
     move |source| BenchError::Io { what, path, source }
 }

@@ -173,7 +173,8 @@ fn boot_sections(md: &str) -> Vec<String> {
                 out.push(text);
             }
             let h = l.to_lowercase();
-            if h.contains("boot") || h.contains("fast") || h.contains("speed") || h.contains("slow") {
+            if h.contains("boot") || h.contains("fast") || h.contains("speed") || h.contains("slow")
+            {
                 cur = Some((level, format!("{l}\n")));
             }
             continue;
@@ -249,7 +250,10 @@ pub const PVM_CMDLINE: &[(&str, &str)] = &[
 "#;
         let t = parse_pvm_table(src);
         assert_eq!(t.len(), 2);
-        assert_eq!(t[0], ("noxsave".into(), "xsave/xrstor are not emulated".into()));
+        assert_eq!(
+            t[0],
+            ("noxsave".into(), "xsave/xrstor are not emulated".into())
+        );
         assert_eq!(t[1].0, "clearcpuid=popcnt,smap,cx16");
     }
 
@@ -259,8 +263,14 @@ pub const PVM_CMDLINE: &[(&str, &str)] = &[
             ("noxsave".to_string(), String::new()),
             ("clearcpuid=popcnt".to_string(), String::new()),
         ];
-        assert_eq!(add_options("console=ttyS0", &opts), "console=ttyS0 noxsave clearcpuid=popcnt");
-        assert_eq!(add_options("clearcpuid=pku noxsave", &opts), "clearcpuid=pku noxsave");
+        assert_eq!(
+            add_options("console=ttyS0", &opts),
+            "console=ttyS0 noxsave clearcpuid=popcnt"
+        );
+        assert_eq!(
+            add_options("clearcpuid=pku noxsave", &opts),
+            "clearcpuid=pku noxsave"
+        );
     }
 
     #[test]

@@ -46,7 +46,10 @@ impl Guard {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        eprintln!("bench: {} did not exit in {:?}; killing it", self.name, limit);
+        eprintln!(
+            "bench: {} did not exit in {:?}; killing it",
+            self.name, limit
+        );
         self.kill();
         None
     }

@@ -255,11 +255,18 @@ fn take_snapshot(vm: &mut Owvmm, ev: &mut Conn, dir: &Path, limit: Duration) -> 
     // Let the VMM's clock resync finish first, so the snapshot is of a settled guest.
     let settle = Instant::now() + Duration::from_secs(60);
     loop {
-        match vm.next_event(ev, "waiting for guest-clock-set before the snapshot", settle, limit) {
+        match vm.next_event(
+            ev,
+            "waiting for guest-clock-set before the snapshot",
+            settle,
+            limit,
+        ) {
             Ok(Some(e)) if e["event"] == json!("guest-clock-set") => break,
             Ok(_) => {}
             Err(BenchError::Timeout { .. }) => {
-                eprintln!("bench: no guest-clock-set within 60 s after agent-ready; snapshotting anyway");
+                eprintln!(
+                    "bench: no guest-clock-set within 60 s after agent-ready; snapshotting anyway"
+                );
                 break;
             }
             Err(e) => return Err(e),
