@@ -27,7 +27,7 @@ pub fn default_cmdline(root: &Path) -> (String, String) {
         ),
         Err(_) => (
             BUILTIN_CMDLINE.into(),
-            "owvmm's built-in default (no guest-kernel/cmdline)".into(),
+            "owvmm's built-in default; there is no guest-kernel/cmdline".into(),
         ),
     }
 }
@@ -190,6 +190,14 @@ fn boot_sections(md: &str) -> Vec<String> {
     out.into_iter().map(|s| s.trim_end().to_string()).collect()
 }
 
+/// `CONFIG_UNWINDER_ORC` -> `CONFIG_UNWINDER`.
+fn family(opt: &str) -> String {
+    opt.split(['_', '=', ' '])
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("_")
+}
+
 /// `(options, reason)` for each group of config lines that follows a plain comment.
 fn annotated_choices(cfg: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -228,6 +236,13 @@ fn annotated_choices(cfg: &str) -> Vec<(String, String)> {
             }
             None => l.to_string(),
         };
+        // A reason covers the lines right after it that belong to the same family
+        // (CONFIG_UNWINDER_*, CONFIG_CRYPTO*), not an unrelated neighbour.
+        if let Some(first) = opts.first() {
+            if family(first) != family(&opt) {
+                flush(&mut why, &mut opts);
+            }
+        }
         if !why.is_empty() {
             opts.push(opt);
         }
@@ -286,13 +301,16 @@ pub const PVM_CMDLINE: &[(&str, &str)] = &[
         let md = "# Kernel\nintro\n## Boot time\n- a\n### detail\nb\n## Other\nc\n";
         let s = boot_sections(md);
         assert_eq!(s, vec!["## Boot time\n- a\n### detail\nb".to_string()]);
-        let cfg = "# header\n\n# --- x ---\nCONFIG_A=y\n# why b\nCONFIG_B=y\n# why c\n# CONFIG_C is not set\nCONFIG_D=y\n\nCONFIG_E=y\n";
+        let cfg = "# header\n\n# --- x ---\nCONFIG_A=y\n# why b\nCONFIG_B=y\n# why c\n# CONFIG_C_X is not set\nCONFIG_C_Y=y\n# CONFIG_D is not set\n\nCONFIG_E=y\n";
         let c = annotated_choices(cfg);
         assert_eq!(
             c,
             vec![
                 ("CONFIG_B=y".to_string(), "why b".to_string()),
-                ("CONFIG_C off, CONFIG_D=y".to_string(), "why c".to_string())
+                (
+                    "CONFIG_C_X off, CONFIG_C_Y=y".to_string(),
+                    "why c".to_string()
+                )
             ]
         );
     }

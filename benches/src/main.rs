@@ -432,7 +432,7 @@ fn render(s: &Setup, ctx: &Context, r: &Results, runs: usize) -> String {
     );
     let _ = write!(
         md,
-        "It is the default command line (from {})",
+        "It is the default command line ({})",
         ctx.cmdline_source
     );
     if ctx.pvm {
@@ -526,9 +526,9 @@ fn render(s: &Setup, ctx: &Context, r: &Results, runs: usize) -> String {
         Some(sn) => {
             let _ = writeln!(
                 md,
-                "One owvmm guest (cold boot run 1 that succeeded, after its agent was ready and had set the guest clock) was \
-                 snapshotted: {} MiB written in {:.0} ms. Then, {runs} times: `owvmm run --restore DIR --api-sock S --no-console`, \
-                 wall time from spawn to the `guest-clock-set` event, which is the restored agent answering the VMM's clock \
+                "The guest of the first owvmm cold boot that succeeded was snapshotted after its agent was ready and had set \
+                 the guest clock: {} MiB written in {:.0} ms. Then `owvmm run --restore DIR --api-sock S --no-console`, run \
+                 {runs} time(s): wall time from spawn to the `guest-clock-set` event, which is the restored agent answering the VMM's clock \
                  resync. `restore_ms` is the VMM's own time to map the snapshot and load its state (its `restored` event; `-` \
                  when that event was published before the bench had subscribed). If the bench subscribed too late to be sure \
                  to see the clock answer, it also pinged the agent and took whichever answer came first (column \"answered by\").\n",

@@ -77,6 +77,7 @@ fn booted() -> &'static Booted {
         vm.wait_agent_ready(Duration::from_secs(1200));
         let boot_secs = t0.elapsed().as_secs_f64();
         vm.wait_console("count 2", Duration::from_secs(300));
+        vm.wait_console("cpus: ", Duration::from_secs(300));
         let snapshot = dir.join("snap");
         let console = snapshot_paused(&vm, &snapshot);
         let code = vm.stop();
