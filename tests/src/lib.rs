@@ -182,6 +182,30 @@ impl Vm {
         }
     }
 
+    /// Like [`Vm::wait_console`], but gives up early (with the console) when any of `bad`
+    /// shows first.
+    pub fn wait_console_unless(
+        &mut self,
+        needle: &str,
+        bad: &[&str],
+        timeout: Duration,
+    ) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.console();
+            if let Some(b) = bad.iter().find(|b| c.contains(**b)) {
+                return Err(format!("{b:?} showed before {needle:?}"));
+            }
+            if c.contains(needle) {
+                return Ok(c);
+            }
+            if self.try_exit().is_some() || Instant::now() > deadline {
+                return Err(format!("no {needle:?}; console tail: {}", tail(&c, 2000)));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Waits until the agent is ready (status says so).
     pub fn wait_agent_ready(&mut self, timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;

@@ -36,7 +36,8 @@ pub const PVM_CMDLINE: &[(&str, &str)] = &[
 /// Adds the options `host` needs to a user's command line, skipping ones already there.
 pub fn adjust_cmdline(host: HostKvm, cmdline: &str) -> String {
     let mut out = cmdline.trim().to_string();
-    if host == HostKvm::Pvm {
+    // For experiments: OWVMM_NO_CMDLINE_QUIRKS=1 passes the command line unchanged.
+    if host == HostKvm::Pvm && std::env::var_os("OWVMM_NO_CMDLINE_QUIRKS").is_none() {
         for (opt, _why) in PVM_CMDLINE {
             let key = opt.split('=').next().unwrap_or(opt);
             let present = out
