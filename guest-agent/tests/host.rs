@@ -248,9 +248,13 @@ fn poweroff_request_ends_running_programs() {
     a.expect("ready ");
     a.send("poweroff\n");
     let exited = a.expect("exited ");
-    assert_eq!(
-        exited,
-        format!("exited {} sig15 sleep 100", field(&started, 1))
+    // SIGTERM normally ends it; on a loaded machine the signal can land before the child
+    // has execve'd and then the SIGKILL that follows 3 s later does. Either way it ends.
+    let pid = field(&started, 1);
+    assert!(
+        exited == format!("exited {pid} sig15 sleep 100")
+            || exited == format!("exited {pid} sig9 sleep 100"),
+        "{exited}"
     );
     a.expect("poweroff");
     assert_eq!(a.wait_exit(), 0);

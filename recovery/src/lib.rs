@@ -3,5 +3,6 @@
 //! Everything here is a pure function over data taken from the guest, so it can be tested
 //! without a VM. Nothing read from the guest is trusted.
 
+pub mod btf;
 pub mod paging;
 pub mod symbols;

@@ -16,6 +16,9 @@ use serde_json::json;
 const COUNTER: &str =
     "i=0; while [ $i -lt 40 ]; do i=$((i+1)); echo \"count $i\"; sleep 1; done; echo counter-done";
 const ADDED: &str = "owvmm-added-file-7f3a";
+/// Echoes console lines; `bye` ends it, `sysrq-crash` panics the kernel from inside.
+const READER: &str = "while read line < /dev/ttyS0; do echo \"console-input: $line\"; \
+     case \"$line\" in bye) break;; sysrq-crash) echo c > /proc/sysrq-trigger;; esac; done";
 
 struct Booted {
     snapshot: PathBuf,
@@ -91,7 +94,7 @@ fn boot_and_snapshot(attempt: u32) -> Result<Booted, String> {
             "--exec",
             &counter,
             "--exec",
-            "read line < /dev/ttyS0; echo \"console-input: $line\"",
+            READER,
         ],
     );
     vm.wait_agent_ready(Duration::from_secs(1200));
@@ -312,4 +315,58 @@ fn corrupt_or_truncated_snapshots_are_refused() {
     let (code, _, err) = run_to_end(&["run", "--restore", &trunc.display().to_string()]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("truncated"), "{err}");
+}
+
+#[test]
+fn ctl_crash_is_detected_frozen_and_dumped() {
+    let b = booted();
+    let dir = scratch("crash-ctl");
+    let dump = dir.join("dump");
+    let mut vm = Vm::start_with_input(
+        &dir,
+        &[
+            "--restore",
+            &b.snapshot.display().to_string(),
+            "--on-crash",
+            "pause",
+            "--crash-dump",
+            &dump.display().to_string(),
+        ],
+    );
+    let mut ev = vm.events();
+    ev.wait_event("heartbeat", Duration::from_secs(60));
+    let r = vm.call(json!({"cmd": "crash"}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let crash = ev.wait_event("crash-detected", Duration::from_secs(120));
+    assert_eq!(crash["cause"], "panic", "{crash}");
+    let msg = crash["message"].as_str().unwrap_or("");
+    assert!(msg.contains("owvmm: crash requested"), "{crash}");
+    let frozen = ev.wait_event("guest-frozen", Duration::from_secs(30));
+    assert_eq!(frozen["vcpus"], 2);
+    let written = ev.wait_event("crash-dump-written", Duration::from_secs(60));
+    assert!(written["bytes"].as_u64().unwrap_or(0) >= 128 << 20);
+    assert!(dump.join("memory.bin").exists() && dump.join("state.json").exists());
+    let st = vm.call(json!({"cmd": "status"}));
+    assert_eq!(st["state"], "crashed", "{st}");
+    assert_eq!(st["crashes"][0]["cause"], "panic");
+    // The VMM stays up and serves requests after the crash.
+    assert_eq!(vm.call(json!({"cmd": "vcpus"}))["ok"], json!(true));
+    assert_eq!(vm.stop(), 5);
+}
+
+#[test]
+fn a_panic_raised_inside_the_guest_is_detected() {
+    let mut vm = restore("crash-sysrq");
+    let mut ev = vm.events();
+    ev.wait_event("heartbeat", Duration::from_secs(60));
+    vm.type_console("sysrq-crash\n");
+    let crash = ev.wait_event("crash-detected", Duration::from_secs(120));
+    assert_eq!(crash["cause"], "panic", "{crash}");
+    assert!(
+        crash["message"].as_str().unwrap_or("").contains("sysrq"),
+        "{crash}"
+    );
+    // Default --on-crash exit: exit code 4 with the cause on stderr.
+    assert_eq!(vm.wait_exit(Duration::from_secs(60)), 4);
+    assert!(vm.stderr().contains("kernel panic"), "{}", vm.stderr());
 }

@@ -49,8 +49,12 @@ pub struct VmConfig {
     pub exec: Vec<String>,
     /// Snapshot to resume instead of booting.
     pub restore: Option<PathBuf>,
-    /// Seconds without agent heartbeat before an `agent-silent` event (0 = never).
-    pub heartbeat_timeout_s: u64,
+    /// Seconds without an agent heartbeat, while running, that count as a hang (0: never).
+    pub hang_timeout_s: u64,
+    /// What to do after a crash.
+    pub on_crash: crate::crash::OnCrash,
+    /// Where to write the dead guest's memory and vCPU state when it crashes.
+    pub crash_dump: Option<PathBuf>,
 }
 
 /// A configuration refused before anything starts.
@@ -206,7 +210,9 @@ mod tests {
             add: vec![],
             exec: vec![],
             restore: None,
-            heartbeat_timeout_s: 0,
+            hang_timeout_s: 0,
+            on_crash: crate::crash::OnCrash::Exit,
+            crash_dump: None,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod api;
 pub mod arch;
 pub mod config;
 pub mod cpio;
+pub mod crash;
 pub mod devices;
 pub mod events;
 pub mod host_quirks;

@@ -75,9 +75,17 @@ struct RunArgs {
     /// Resume a snapshot written by `owvmm ctl snapshot` instead of booting
     #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "cmdline", "add", "exec"])]
     restore: Option<PathBuf>,
-    /// Report `agent-silent` after this many seconds without an agent heartbeat (0: never)
-    #[arg(long, default_value_t = 10)]
-    heartbeat_timeout: u64,
+    /// Count as a guest hang (a crash) this many seconds without an agent heartbeat while
+    /// running (0: never)
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    hang_timeout: u64,
+    /// After a guest kernel crash (panic, triple fault, emulation failure, hang): `exit`
+    /// (code 4) or `pause` (freeze it; inspect or snapshot it through the control socket)
+    #[arg(long, value_enum, default_value_t = owvmm::crash::OnCrash::Exit)]
+    on_crash: owvmm::crash::OnCrash,
+    /// On a crash, write the dead guest's memory and vCPU state here (snapshot format)
+    #[arg(long, value_name = "DIR")]
+    crash_dump: Option<PathBuf>,
     /// Do not show the guest console
     #[arg(long)]
     no_console: bool,
@@ -111,8 +119,20 @@ enum CtlCmd {
     PingAgent,
     /// Where each vCPU is: instruction pointer, kernel symbol, mode, MP state
     Vcpus,
+    /// Make the guest kernel crash now, without the agent's help
+    Crash {
+        /// How to crash it
+        #[arg(long, value_enum, default_value_t = CrashHow::Panic)]
+        how: CrashHow,
+    },
     /// Print events as they happen (one JSON object per line)
     Events,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CrashHow {
+    /// The kernel calls panic() on a vCPU that is in kernel mode
+    Panic,
 }
 
 #[derive(Subcommand)]
@@ -167,7 +187,7 @@ impl RunArgs {
         RunArgs {
             mem: 128,
             vcpus: 1,
-            heartbeat_timeout: 10,
+            hang_timeout: 60,
             ..Default::default()
         }
     }
@@ -201,7 +221,9 @@ fn build_config(a: RunArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
         add,
         exec: a.exec,
         restore: a.restore,
-        heartbeat_timeout_s: a.heartbeat_timeout,
+        hang_timeout_s: a.hang_timeout,
+        on_crash: a.on_crash,
+        crash_dump: a.crash_dump,
     })
 }
 
@@ -259,6 +281,12 @@ fn ctl(a: CtlArgs) -> ExitCode {
         }
         CtlCmd::PingAgent => json!({"cmd": "ping-agent"}),
         CtlCmd::Vcpus => json!({"cmd": "vcpus"}),
+        CtlCmd::Crash { how } => {
+            let how = match how {
+                CrashHow::Panic => "panic",
+            };
+            json!({"cmd": "crash", "how": how})
+        }
         CtlCmd::Events => json!({"cmd": "events"}),
     };
     let mut c = match Client::connect(&a.api_sock) {

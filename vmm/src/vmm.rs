@@ -24,6 +24,10 @@ use crate::api::protocol::{error, ok, Request};
 use crate::api::server::ApiCall;
 use crate::arch::{boot, mptable, regs};
 use crate::config::VmConfig;
+use crate::crash::{
+    ConsoleTail, CrashCause, OnCrash, TeeConsole, CRASH_MESSAGE, CRASH_MESSAGE_GPA,
+    DEFAULT_PAGE_OFFSET, PANIC_CPU_INVALID, START_KERNEL_MAP,
+};
 use crate::devices::bus::{lock, PioBus};
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{SerialOut, SerialPort};
@@ -31,7 +35,7 @@ use crate::events::EventBus;
 use crate::host_quirks::{self, HostKvm};
 use crate::snapshot::{self, MachineInfo, SnapshotState};
 use crate::vstate::vcpu::{
-    restore_state, FaultInfo, Vcpu, VcpuEvent, VcpuHandle, VcpuRequest, VcpuResponse,
+    restore_state, FaultInfo, Vcpu, VcpuEvent, VcpuHandle, VcpuRequest, VcpuResponse, VcpuState,
 };
 use crate::vstate::vm::{restore_vm_state, save_vm_state, KvmContext};
 
@@ -161,8 +165,14 @@ pub struct Vmm {
     machine: MachineInfo,
     host: HostKvm,
     restored_from: Option<PathBuf>,
-    heartbeat_timeout: Option<Duration>,
-    silent_reported: bool,
+    hang_timeout: Option<Duration>,
+    hang_ref: Instant,
+    on_crash: OnCrash,
+    crash_dump: Option<PathBuf>,
+    crashes: Vec<Value>,
+    crashed: bool,
+    captured: Vec<VcpuState>,
+    console_tail: ConsoleTail,
     poweroff_since: Option<Instant>,
     clock_synced: bool,
 }
@@ -191,16 +201,18 @@ struct Devices {
     reset_evt: EventFd,
 }
 
-fn console_writer(out: ConsoleOut) -> SerialOut {
-    match out {
+fn console_writer(out: ConsoleOut, tail: ConsoleTail) -> SerialOut {
+    let out: SerialOut = match out {
         ConsoleOut::Stdout => Box::new(std::io::stdout()),
         ConsoleOut::Null => Box::new(std::io::sink()),
-    }
+    };
+    Box::new(TeeConsole { out, tail })
 }
 
 fn make_devices(
     vm: &VmFd,
     console: ConsoleOut,
+    tail: ConsoleTail,
     link: AgentLink,
     saved: Option<&[crate::devices::serial::SerialSnapshot]>,
 ) -> Result<Devices, VmmError> {
@@ -210,7 +222,7 @@ fn make_devices(
         .map_err(|e| crate::vstate::vm::VmError::Kvm("IRQFD", e))?;
     vm.register_irqfd(&irq2, COM2.1)
         .map_err(|e| crate::vstate::vm::VmError::Kvm("IRQFD", e))?;
-    let out1 = console_writer(console);
+    let out1 = console_writer(console, tail);
     let out2: SerialOut = Box::new(link);
     let (p1, p2) = match saved {
         Some([s1, s2]) => (
@@ -285,6 +297,7 @@ impl Vmm {
         let agent = Arc::new(Mutex::new(AgentState::default()));
         let link = AgentLink::new(agent.clone(), events.clone());
         let (vtx, vcpu_events) = channel();
+        let console_tail = ConsoleTail::default();
         let vcpu_evt = eventfd("vCPU eventfd")?;
 
         let (vm, mem, devices, fds, machine, saved) = if let Some(dir) = &cfg.restore {
@@ -292,7 +305,7 @@ impl Vmm {
             let mem = crate::memory::from_file(&file, st.memory_bytes)?;
             let vm = kvm.create_vm(&mem)?;
             restore_vm_state(&vm, &st.vm)?;
-            let devices = make_devices(&vm, console, link, Some(&st.serial))?;
+            let devices = make_devices(&vm, console, console_tail.clone(), link, Some(&st.serial))?;
             let mut fds = Vec::new();
             for (i, vs) in st.vcpus.iter().enumerate() {
                 let id = u8::try_from(i).unwrap_or(u8::MAX);
@@ -309,7 +322,7 @@ impl Vmm {
             let mem_bytes = cfg.machine.mem_mib << 20;
             let mem = crate::memory::anonymous(mem_bytes)?;
             let vm = kvm.create_vm(&mem)?;
-            let devices = make_devices(&vm, console, link, None)?;
+            let devices = make_devices(&vm, console, console_tail.clone(), link, None)?;
             let kernel = boot::load_kernel(&mem, &cfg.boot.kernel)?;
             let initrd = match &cfg.boot.initrd {
                 Some(p) => {
@@ -407,9 +420,14 @@ impl Vmm {
             machine,
             host,
             restored_from,
-            heartbeat_timeout: (cfg.heartbeat_timeout_s > 0)
-                .then(|| Duration::from_secs(cfg.heartbeat_timeout_s)),
-            silent_reported: false,
+            hang_timeout: (cfg.hang_timeout_s > 0).then(|| Duration::from_secs(cfg.hang_timeout_s)),
+            hang_ref: Instant::now(),
+            on_crash: cfg.on_crash,
+            crash_dump: cfg.crash_dump.clone(),
+            crashes: Vec::new(),
+            crashed: false,
+            captured: Vec::new(),
+            console_tail,
             poweroff_since: None,
             clock_synced: false,
         };
@@ -509,7 +527,25 @@ impl Vmm {
             h.request(VcpuRequest::Resume)?;
         }
         self.state = State::Running;
+        self.hang_ref = Instant::now();
         Ok(())
+    }
+
+    /// Reads every vCPU's state (vCPUs must be paused).
+    fn save_vcpus(&self) -> Result<Vec<VcpuState>, VmmError> {
+        let mut vcpus = Vec::new();
+        for h in &self.vcpus {
+            match h.request(VcpuRequest::SaveState)? {
+                VcpuResponse::State(s) => vcpus.push(*s),
+                other => {
+                    return Err(VmmError::EventLoop(format!(
+                        "vCPU {} answered {other:?} to save-state",
+                        h.id
+                    )))
+                }
+            }
+        }
+        Ok(vcpus)
     }
 
     fn take_snapshot(&mut self, dir: &std::path::Path) -> Result<Value, VmmError> {
@@ -518,19 +554,26 @@ impl Vmm {
         if was_running {
             self.pause_all()?;
         }
-        let result = (|| {
-            let mut vcpus = Vec::new();
-            for h in &self.vcpus {
-                match h.request(VcpuRequest::SaveState)? {
-                    VcpuResponse::State(s) => vcpus.push(*s),
-                    other => {
-                        return Err(VmmError::EventLoop(format!(
-                            "vCPU {} answered {other:?} to save-state",
-                            h.id
-                        )))
-                    }
-                }
-            }
+        let result = self
+            .save_vcpus()
+            .and_then(|vcpus| self.write_snapshot(dir, vcpus));
+        if was_running {
+            self.resume_all()?;
+        }
+        let bytes = result?;
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let info = json!({ "dir": dir.display().to_string(), "bytes": bytes, "ms": ms });
+        self.events.publish("snapshot-done", info.clone());
+        Ok(info)
+    }
+
+    /// Writes a snapshot of a paused guest with the given vCPU states.
+    fn write_snapshot(
+        &self,
+        dir: &std::path::Path,
+        vcpus: Vec<VcpuState>,
+    ) -> Result<u64, VmmError> {
+        {
             let st = SnapshotState {
                 format: snapshot::FORMAT.into(),
                 version: snapshot::VERSION,
@@ -543,22 +586,128 @@ impl Vmm {
                 agent_ready: lock(&self.agent).ready,
             };
             Ok(snapshot::write(dir, &st, &self.mem)?)
-        })();
-        if was_running {
-            self.resume_all()?;
         }
-        let bytes = result?;
-        let ms = t0.elapsed().as_secs_f64() * 1000.0;
-        let info = json!({ "dir": dir.display().to_string(), "bytes": bytes, "ms": ms });
-        self.events.publish("snapshot-done", info.clone());
-        Ok(info)
+    }
+
+    /// Reads a u32 of the kernel image (link address `va`), for kernels loaded where
+    /// they were linked (the VMM loads vmlinux at its physical address; no KASLR).
+    fn read_kernel_u32(&self, va: u64) -> Option<u32> {
+        let pa = va.checked_sub(START_KERNEL_MAP)?;
+        self.mem.read_obj::<u32>(GuestAddress(pa)).ok()
+    }
+
+    /// Did the guest kernel panic? (`panic_cpu` is set by `panic()` before it resets.)
+    fn guest_panicked(&self) -> bool {
+        let Some(addr) = self.symbols.as_ref().and_then(|s| s.addr_of("panic_cpu")) else {
+            return false;
+        };
+        self.read_kernel_u32(addr)
+            .is_some_and(|cpu| cpu != PANIC_CPU_INVALID)
+    }
+
+    /// A crash was detected: freeze, capture, then exit or stay paused.
+    fn crash(&mut self, cause: CrashCause) {
+        if self.crashed || self.exit.is_some() {
+            return;
+        }
+        self.crashed = true;
+        let t0 = Instant::now();
+        let text = cause.describe();
+        eprintln!("\r\nowvmm: guest kernel crashed: {text}\r");
+        let mut ev = serde_json::to_value(&cause).unwrap_or_default();
+        ev["description"] = json!(text);
+        self.events.publish("crash-detected", ev.clone());
+
+        let frozen = self.pause_all();
+        let freeze_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let captured = frozen.and_then(|()| self.save_vcpus());
+        match captured {
+            Ok(states) => {
+                let capture_ms = t0.elapsed().as_secs_f64() * 1000.0 - freeze_ms;
+                self.events.publish(
+                    "guest-frozen",
+                    json!({ "freeze_ms": freeze_ms, "capture_ms": capture_ms, "vcpus": states.len() }),
+                );
+                if let Some(dir) = self.crash_dump.clone() {
+                    let t1 = Instant::now();
+                    match self.write_snapshot(&dir, states) {
+                        Ok(bytes) => self.events.publish(
+                            "crash-dump-written",
+                            json!({ "dir": dir.display().to_string(), "bytes": bytes, "ms": t1.elapsed().as_secs_f64() * 1000.0 }),
+                        ),
+                        Err(e) => self.events.publish(
+                            "crash-dump-failed",
+                            json!({ "dir": dir.display().to_string(), "error": crate::error_chain(&e) }),
+                        ),
+                    }
+                    // The states went into the dump; keep the live copies for later stages.
+                    self.captured = self.save_vcpus().unwrap_or_default();
+                } else {
+                    self.captured = states;
+                }
+            }
+            Err(e) => self
+                .events
+                .publish("capture-failed", json!({ "error": crate::error_chain(&e) })),
+        }
+        ev["uptime_ms"] = json!(self.uptime_ms());
+        self.crashes.push(ev);
+        match self.on_crash {
+            OnCrash::Exit => self.finish_with(ExitReason::GuestCrash(text)),
+            OnCrash::Pause => {
+                self.state = State::Paused;
+                eprintln!("\r\nowvmm: guest frozen (--on-crash pause); inspect it with owvmm ctl, or stop it\r");
+            }
+        }
+    }
+
+    /// `ctl crash`: makes a vCPU that is in kernel mode call `panic()`.
+    fn inject_panic(&mut self) -> Result<Value, String> {
+        if self.crashed {
+            return Err("the guest has already crashed".into());
+        }
+        let panic = self
+            .symbols
+            .as_ref()
+            .and_then(|s| s.addr_of("panic"))
+            .ok_or("no System.map next to the kernel: cannot find panic()")?;
+        self.mem
+            .write_slice(CRASH_MESSAGE, GuestAddress(CRASH_MESSAGE_GPA))
+            .map_err(|e| format!("cannot write the panic message: {e}"))?;
+        let message = DEFAULT_PAGE_OFFSET + CRASH_MESSAGE_GPA;
+        let was_paused = self.state == State::Paused;
+        for _ in 0..300 {
+            self.pause_all().map_err(|e| crate::error_chain(&e))?;
+            for h in &self.vcpus {
+                if let Ok(VcpuResponse::Injected) = h.request(VcpuRequest::InjectCall {
+                    rip: panic,
+                    rdi: message,
+                }) {
+                    let id = h.id;
+                    self.resume_all().map_err(|e| crate::error_chain(&e))?;
+                    return Ok(json!({ "vcpu": id, "how": "panic" }));
+                }
+            }
+            // Every vCPU was in user mode: let them run a little and try again.
+            self.resume_all().map_err(|e| crate::error_chain(&e))?;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if was_paused {
+            let _ = self.pause_all();
+        }
+        Err("no vCPU reached kernel mode in time".into())
     }
 
     fn status(&self) -> Value {
         let a = lock(&self.agent).clone();
         let now = Instant::now();
         json!({
-            "state": match self.state { State::Running => "running", State::Paused => "paused" },
+            "state": match (self.crashed, self.state) {
+                (true, _) => "crashed",
+                (false, State::Running) => "running",
+                (false, State::Paused) => "paused",
+            },
+            "crashes": self.crashes,
             "uptime_ms": self.uptime_ms(),
             "vcpus": self.machine.vcpus,
             "memory_mib": self.machine.mem_mib,
@@ -614,6 +763,11 @@ impl Vmm {
                 }
             }
             Request::Vcpus => self.describe_vcpus(),
+            Request::Crash { how } if how == "panic" => match self.inject_panic() {
+                Ok(v) => ok(v),
+                Err(e) => error(e),
+            },
+            Request::Crash { how } => error(format!("unknown crash kind {how:?} (known: panic)")),
             Request::Events => error("events is handled by the connection"),
         };
         let _ = call.reply.send(reply);
@@ -669,18 +823,15 @@ impl Vmm {
                 VcpuEvent::Shutdown(id) => {
                     self.events
                         .publish("guest-fault", json!({ "kind": "triple-fault", "vcpu": id }));
-                    self.finish_with(ExitReason::GuestCrash(format!(
-                        "triple fault (shutdown) on vCPU {id}"
-                    )));
+                    self.crash(CrashCause::TripleFault { vcpu: id });
                 }
                 VcpuEvent::Fault(f) => {
                     let text = self.describe_fault(&f);
-                    eprintln!("\r\nowvmm: guest stopped: {text}\r");
                     self.events.publish(
                         "guest-fault",
                         json!({ "kind": f.kind, "vcpu": f.vcpu, "rip": format!("{:#x}", f.rip), "description": text }),
                     );
-                    self.finish_with(ExitReason::GuestCrash(text));
+                    self.crash(CrashCause::EmulationFailure { description: text });
                 }
             }
         }
@@ -703,15 +854,13 @@ impl Vmm {
             );
             self.send_agent(&VmmMsg::Time(unix_now()));
         }
-        if let (Some(limit), Some(seen)) = (self.heartbeat_timeout, a.last_seen) {
-            let silent = seen.elapsed() > limit && self.state == State::Running;
-            if silent && !self.silent_reported {
-                self.events.publish(
-                    "agent-silent",
-                    json!({ "seconds": seen.elapsed().as_secs() }),
-                );
+        if let Some(limit) = self.hang_timeout {
+            let since = a.last_seen.map_or(self.hang_ref, |t| t.max(self.hang_ref));
+            if a.ready && self.state == State::Running && since.elapsed() > limit {
+                self.crash(CrashCause::Hang {
+                    seconds: since.elapsed().as_secs(),
+                });
             }
-            self.silent_reported = silent;
         }
         if a.poweroff {
             let since = *self.poweroff_since.get_or_insert_with(Instant::now);
@@ -775,8 +924,13 @@ impl MutEventSubscriber for Vmm {
             }
             DATA_RESET => {
                 let _ = self.reset_evt.read();
-                self.events.publish("guest-reset", json!({}));
-                self.finish_with(ExitReason::Reset);
+                if self.guest_panicked() {
+                    let message = self.console_tail.panic_line();
+                    self.crash(CrashCause::Panic { message });
+                } else {
+                    self.events.publish("guest-reset", json!({}));
+                    self.finish_with(ExitReason::Reset);
+                }
             }
             DATA_API => {
                 let _ = self.api_evt.read();

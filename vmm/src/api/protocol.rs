@@ -24,8 +24,18 @@ pub enum Request {
     PingAgent,
     /// Where each vCPU is (instruction pointer, symbol, mode, MP state).
     Vcpus,
+    /// Make the guest kernel crash now, without the agent's help.
+    Crash {
+        /// How: `panic` (the kernel calls `panic()`).
+        #[serde(default = "default_how")]
+        how: String,
+    },
     /// Turn this connection into an event stream.
     Events,
+}
+
+fn default_how() -> String {
+    "panic".into()
 }
 
 /// Parses one request line; the error says what is wrong.
@@ -47,6 +57,7 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
         "ping-agent",
         "events",
         "vcpus",
+        "crash",
     ];
     if !KNOWN.contains(&cmd) {
         return Err(format!("unknown cmd {cmd:?} (known: {})", KNOWN.join(", ")));

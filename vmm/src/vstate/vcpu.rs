@@ -136,6 +136,14 @@ pub enum VcpuRequest {
     ProbeHalted,
     /// Where is it: instruction pointer, mode, multiprocessing state.
     Describe,
+    /// Make the kernel call `rip(rdi)` now, with interrupts off (only when paused and
+    /// in kernel mode): how `ctl crash` makes the kernel panic from outside.
+    InjectCall {
+        /// Function to enter.
+        rip: u64,
+        /// First argument.
+        rdi: u64,
+    },
     /// Leave the thread.
     Finish,
 }
@@ -153,6 +161,8 @@ pub enum VcpuResponse {
     Halted(bool),
     /// Where the vCPU is.
     Description(VcpuBrief),
+    /// The call was set up.
+    Injected,
     /// The request could not be carried out.
     Error(String),
 }
@@ -362,6 +372,13 @@ impl Vcpu {
             VcpuRequest::SaveState => VcpuResponse::Error("not paused".into()),
             VcpuRequest::ProbeHalted => VcpuResponse::Halted(self.dead_halted()),
             VcpuRequest::Describe => VcpuResponse::Description(self.describe()),
+            VcpuRequest::InjectCall { rip, rdi } if *state == RunState::Paused => {
+                match self.inject_call(rip, rdi) {
+                    Ok(()) => VcpuResponse::Injected,
+                    Err(e) => VcpuResponse::Error(e),
+                }
+            }
+            VcpuRequest::InjectCall { .. } => VcpuResponse::Error("not paused".into()),
             VcpuRequest::Finish => return Flow::Stop,
         };
         let _ = resp.send(answer);
@@ -390,6 +407,23 @@ impl Vcpu {
             rflags: regs.rflags,
             mp_state: mp_state.into(),
         }
+    }
+
+    fn inject_call(&self, rip: u64, rdi: u64) -> Result<(), String> {
+        const X86_EFLAGS_IF: u64 = 1 << 9;
+        let sregs = self.fd.get_sregs().map_err(|e| e.to_string())?;
+        if sregs.cs.dpl != 0 {
+            return Err("in user mode".into());
+        }
+        let mut regs = self.fd.get_regs().map_err(|e| e.to_string())?;
+        regs.rip = rip;
+        regs.rdi = rdi;
+        regs.rax = 0; // no vector registers for a variadic call
+                      // As if just called: the stack 16-byte aligned before the (never used) return
+                      // address, below whatever the interrupted code had on it.
+        regs.rsp = (regs.rsp.wrapping_sub(256) & !0xf).wrapping_sub(8);
+        regs.rflags &= !X86_EFLAGS_IF;
+        self.fd.set_regs(&regs).map_err(|e| e.to_string())
     }
 
     fn dead_halted(&self) -> bool {
