@@ -469,10 +469,6 @@ pub(crate) mod testmem {
         pub fn put_u32(&mut self, pa: u64, v: u32) {
             self.put(pa, &v.to_le_bytes());
         }
-        pub fn get_u64(&self, pa: u64) -> u64 {
-            let a = usize::try_from(pa).expect("small");
-            u64::from_le_bytes(self.0[a..a + 8].try_into().expect("8"))
-        }
     }
 }
 

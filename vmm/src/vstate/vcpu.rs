@@ -423,7 +423,11 @@ impl Vcpu {
                       // address, below whatever the interrupted code had on it.
         regs.rsp = (regs.rsp.wrapping_sub(256) & !0xf).wrapping_sub(8);
         regs.rflags &= !X86_EFLAGS_IF;
-        self.fd.set_regs(&regs).map_err(|e| e.to_string())
+        self.fd.set_regs(&regs).map_err(|e| e.to_string())?;
+        // A vCPU caught in `hlt` stays halted (and, with interrupts off, forever) unless
+        // it is made runnable.
+        let runnable = kvm_mp_state { mp_state: 0 };
+        self.fd.set_mp_state(runnable).map_err(|e| e.to_string())
     }
 
     fn dead_halted(&self) -> bool {
