@@ -452,7 +452,7 @@ impl Btf {
             return Err(missing());
         }
         for part in path.split('.') {
-            let (name, indices) = split_indices(part).ok_or_else(|| missing())?;
+            let (name, indices) = split_indices(part).ok_or_else(missing)?;
             let mut budget = MAX_VISITS;
             let (m_type, m_bits, m_bitsize) = self
                 .find_in(cur, name, 0, &mut budget)?

@@ -83,9 +83,11 @@ pub fn inspect_kernel(kernel: &Kernel<'_>, report: &mut Report) {
             continue;
         }
         let mm = read_mm(kernel, t.mm);
-        report
-            .problems
-            .extend(mm.problems.into_iter().map(|p| format!("pid {}: {p}", t.tgid)));
+        report.problems.extend(
+            mm.problems
+                .into_iter()
+                .map(|p| format!("pid {}: {p}", t.tgid)),
+        );
         report.mms.insert(t.mm, mm.value);
     }
 }

@@ -131,7 +131,8 @@ impl<'a> Kernel<'a> {
             notes.push("no _end symbol: assuming a 512 MiB image".to_owned());
             START_KERNEL_MAP.wrapping_add(slide) + DEFAULT_IMAGE_SIZE
         });
-        let image_phys = |va: u64, pb: u64| va.wrapping_sub(START_KERNEL_MAP + slide).wrapping_add(pb);
+        let image_phys =
+            |va: u64, pb: u64| va.wrapping_sub(START_KERNEL_MAP + slide).wrapping_add(pb);
         let read_u64_phys = |pa: u64| {
             let mut b = [0u8; 8];
             mem.read_phys(pa, &mut b).then(|| u64::from_le_bytes(b))
@@ -182,7 +183,11 @@ impl<'a> Kernel<'a> {
             None => default_pob,
             Some(a) => match read_u64_phys(image_phys(a.wrapping_add(slide), phys_base)) {
                 // Randomised bases are PUD (1 GiB) aligned and below the vmalloc area.
-                Some(v) if is_kernel_addr(v) && v & ((1 << 30) - 1) == 0 && v < START_KERNEL_MAP => v,
+                Some(v)
+                    if is_kernel_addr(v) && v & ((1 << 30) - 1) == 0 && v < START_KERNEL_MAP =>
+                {
+                    v
+                }
                 other => {
                     notes.push(format!(
                         "page_offset_base reads {other:x?}: using {default_pob:#x}"
@@ -370,13 +375,12 @@ impl<'a> Kernel<'a> {
     /// Reads an integer field (any size 1..8, bitfields extracted) of the struct at `base`.
     pub fn read_field(&self, struct_name: &str, path: &str, base: u64) -> Result<u64, KernelError> {
         let m = self.member(struct_name, path)?;
-        self.read_member(&m, base)
-            .map_err(|e| match e {
-                KernelError::NotInteger(_, size) => {
-                    KernelError::NotInteger(format!("{struct_name}.{path}"), size)
-                }
-                other => other,
-            })
+        self.read_member(&m, base).map_err(|e| match e {
+            KernelError::NotInteger(_, size) => {
+                KernelError::NotInteger(format!("{struct_name}.{path}"), size)
+            }
+            other => other,
+        })
     }
 
     /// [`Kernel::read_field`] under the name the rest of the code base uses.
@@ -528,8 +532,14 @@ ffffffff81400000 B _end
             assert_eq!(k.layout().page_offset_base, DEFAULT_PAGE_OFFSET);
             assert_eq!(k.virt_to_phys(0xffff_ffff_8110_0000), Ok(load + 0x10_0000));
             assert_eq!(k.virt_to_phys(dm(0x1234)), Ok(0x1234));
-            assert_eq!(k.read_cstr(0xffff_ffff_8110_0000, 64).expect("banner"), "Linux version 6.1");
-            assert!(matches!(k.virt_to_phys(0x4000), Err(KernelError::NotKernel(_))));
+            assert_eq!(
+                k.read_cstr(0xffff_ffff_8110_0000, 64).expect("banner"),
+                "Linux version 6.1"
+            );
+            assert!(matches!(
+                k.virt_to_phys(0x4000),
+                Err(KernelError::NotKernel(_))
+            ));
         }
     }
 
@@ -543,11 +553,17 @@ ffffffff81400000 B _end
         m.put(0x500c, &[0x42 | (0x55 << 4), 0x55 >> 4]);
         let k = Kernel::new(&m, &syms, &btf).expect("kernel");
         let base = dm(0x5000);
-        assert_eq!(k.read_field_u64("thing", "a", base), Ok(0x1122_3344_5566_7788));
+        assert_eq!(
+            k.read_field_u64("thing", "a", base),
+            Ok(0x1122_3344_5566_7788)
+        );
         assert_eq!(k.read_field("thing", "b", base), Ok(0xdead_beef));
         assert_eq!(k.read_field("thing", "c", base), Ok(0x52));
         assert_eq!(k.read_field("thing", "bf", base), Ok(0x55));
-        assert!(matches!(k.read_field("thing", "zz", base), Err(KernelError::Btf(_))));
+        assert!(matches!(
+            k.read_field("thing", "zz", base),
+            Err(KernelError::Btf(_))
+        ));
         // Past the end of memory.
         assert!(matches!(
             k.read_u64(dm(0x7f_fffc + 0x100_0000)),
@@ -570,7 +586,10 @@ ffffffff81400000 B _end
         m.put_u64(0x6010, 77);
         let k = Kernel::new(&m, &syms, &btf).expect("kernel");
         assert_eq!(k.read_u64(va + 0x10), Ok(77));
-        assert!(matches!(k.read_u64(va + 0x1000), Err(KernelError::Walk { .. })));
+        assert!(matches!(
+            k.read_u64(va + 0x1000),
+            Err(KernelError::Walk { .. })
+        ));
     }
 
     #[test]
@@ -582,6 +601,9 @@ ffffffff81400000 B _end
         assert_eq!(k.layout().phys_base, 0);
         assert!(!k.notes().is_empty());
         let syms = SymbolTable::parse_system_map("ffffffff81000000 T _text\n").expect("map");
-        assert!(matches!(Kernel::new(&m, &syms, &btf), Err(KernelError::NoSymbol(_))));
+        assert!(matches!(
+            Kernel::new(&m, &syms, &btf),
+            Err(KernelError::NoSymbol(_))
+        ));
     }
 }

@@ -14,7 +14,9 @@ use crate::Partial;
 /// Reads `(next, prev)` of the `list_head` at `node`.
 fn links(k: &Kernel<'_>, node: u64) -> Result<(u64, u64), String> {
     let next = k.read_u64(node).map_err(|e| e.to_string())?;
-    let prev = k.read_u64(node.wrapping_add(8)).map_err(|e| e.to_string())?;
+    let prev = k
+        .read_u64(node.wrapping_add(8))
+        .map_err(|e| e.to_string())?;
     Ok((next, prev))
 }
 
@@ -57,8 +59,9 @@ pub fn walk_list(k: &Kernel<'_>, head: u64, cap: usize, what: &str) -> Partial<V
             break false;
         }
         if !seen.insert(cur) {
-            out.problems
-                .push(format!("{what}: cycle at {cur:#x} (reached again from {prev:#x})"));
+            out.problems.push(format!(
+                "{what}: cycle at {cur:#x} (reached again from {prev:#x})"
+            ));
             break false;
         }
         let (next, back) = match links(k, cur) {
@@ -205,7 +208,10 @@ ffffffff81400000 B _end
         m.put_u64(0x1000, 0); // head.next = NULL
         let r = walk(&m, nodes[0], 100);
         assert_eq!(r.value, nodes[1..]);
-        assert!(r.problems.iter().any(|p| p.contains("bad next pointer 0x0")));
+        assert!(r
+            .problems
+            .iter()
+            .any(|p| p.contains("bad next pointer 0x0")));
         assert!(r.problems.iter().any(|p| p.contains("backward")));
     }
 
@@ -215,7 +221,11 @@ ffffffff81400000 B _end
         m.put_u64(0x3000, dm(0x4000_0000)); // node 2 -> beyond memory
         let r = walk(&m, nodes[0], 100);
         assert_eq!(r.value, nodes[1..]);
-        assert!(r.problems.iter().any(|p| p.contains("unreadable")), "{:?}", r.problems);
+        assert!(
+            r.problems.iter().any(|p| p.contains("unreadable")),
+            "{:?}",
+            r.problems
+        );
     }
 
     #[test]
@@ -233,7 +243,11 @@ ffffffff81400000 B _end
         m.put_u64(0x4000, nodes[1]);
         let r = walk(&m, nodes[0], 100);
         assert_eq!(r.value, nodes[1..]);
-        assert!(r.problems.iter().any(|p| p.contains("cycle")), "{:?}", r.problems);
+        assert!(
+            r.problems.iter().any(|p| p.contains("cycle")),
+            "{:?}",
+            r.problems
+        );
         // Cap.
         let (m, nodes) = setup(50);
         let r = walk(&m, nodes[0], 10);

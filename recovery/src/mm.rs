@@ -68,7 +68,11 @@ impl Vma {
             f(VM_READ, 'r'),
             f(VM_WRITE, 'w'),
             f(VM_EXEC, 'x'),
-            if self.flags & VM_SHARED != 0 { 's' } else { 'p' },
+            if self.flags & VM_SHARED != 0 {
+                's'
+            } else {
+                'p'
+            },
         ]
         .iter()
         .collect()
@@ -276,13 +280,15 @@ pub fn walk_maple_tree(k: &Kernel<'_>, tree: u64, what: &str) -> Partial<Vec<Map
         let node = enode & !0xff;
         let ty = (enode >> 3) & 0xf;
         if visited.len() >= MAX_MAPLE_NODES {
-            out.problems
-                .push(format!("{what}: more than {MAX_MAPLE_NODES} nodes, stopped"));
+            out.problems.push(format!(
+                "{what}: more than {MAX_MAPLE_NODES} nodes, stopped"
+            ));
             break;
         }
         if depth > MAX_MAPLE_DEPTH {
-            out.problems
-                .push(format!("{what}: node {node:#x} deeper than {MAX_MAPLE_DEPTH}"));
+            out.problems.push(format!(
+                "{what}: node {node:#x} deeper than {MAX_MAPLE_DEPTH}"
+            ));
             continue;
         }
         if !is_kernel_addr(node) {
@@ -296,8 +302,9 @@ pub fn walk_maple_tree(k: &Kernel<'_>, tree: u64, what: &str) -> Partial<Vec<Map
             continue;
         }
         if min > max {
-            out.problems
-                .push(format!("{what}: node {node:#x} has range {min:#x}..{max:#x}"));
+            out.problems.push(format!(
+                "{what}: node {node:#x} has range {min:#x}..{max:#x}"
+            ));
             continue;
         }
         let mut buf = [0u8; 256];
@@ -308,8 +315,9 @@ pub fn walk_maple_tree(k: &Kernel<'_>, tree: u64, what: &str) -> Partial<Vec<Map
         }
         let node_parent = word(&buf, 0);
         if node_parent & !0xff == node {
-            out.problems
-                .push(format!("{what}: node {node:#x} is dead (parent points to itself)"));
+            out.problems.push(format!(
+                "{what}: node {node:#x} is dead (parent points to itself)"
+            ));
             continue;
         }
         if parent == 0 {
@@ -369,8 +377,9 @@ pub fn walk_maple_tree(k: &Kernel<'_>, tree: u64, what: &str) -> Partial<Vec<Map
             }
         };
         if end >= shape.nslots {
-            out.problems
-                .push(format!("{what}: node {node:#x} claims {end} as its last slot"));
+            out.problems.push(format!(
+                "{what}: node {node:#x} claims {end} as its last slot"
+            ));
             continue;
         }
         let mut prev = min;
@@ -445,8 +454,20 @@ pub fn dentry_path(k: &Kernel<'_>, dentry: u64, vfsmnt: u64) -> Result<String, S
     ) {
         let d_op = k.read_u64(dentry.wrapping_add(d_op_off)).map_err(err)?;
         if d_op != 0 && k.read_u64(d_op.wrapping_add(dname_off)).unwrap_or(0) != 0 {
+            // Like drgn: name it by filesystem type (pipefs, sockfs, anon_inodefs, ...).
+            let fstype = (|| -> Result<String, KernelError> {
+                let sb = k.read_field("dentry", "d_sb", dentry)?;
+                let ty = k.read_field("super_block", "s_type", sb)?;
+                let name = k.read_field("file_system_type", "name", ty)?;
+                k.read_cstr(name, 64)
+            })()
+            .unwrap_or_default();
             let name = read_dname(k, dentry, &d_name_len, d_name_ptr).unwrap_or_default();
-            return Ok(format!("[{name}]"));
+            return Ok(match (fstype.is_empty(), name.is_empty()) {
+                (false, false) => format!("[{fstype}:{name}]"),
+                (false, true) => format!("[{fstype}]"),
+                (true, _) => format!("[{name}]"),
+            });
         }
     }
     // Mount crossing, when the layout is known.
@@ -470,7 +491,9 @@ pub fn dentry_path(k: &Kernel<'_>, dentry: u64, vfsmnt: u64) -> Result<String, S
     loop {
         steps += 1;
         if steps > MAX_PATH_COMPONENTS {
-            return Err(format!("dentry {dentry:#x}: path deeper than {MAX_PATH_COMPONENTS}"));
+            return Err(format!(
+                "dentry {dentry:#x}: path deeper than {MAX_PATH_COMPONENTS}"
+            ));
         }
         if let (Some((mnt_off, parent_off, mp_off, root_off)), Some(m)) = (mnt_layout, mount) {
             let mnt_root = k
@@ -496,7 +519,9 @@ pub fn dentry_path(k: &Kernel<'_>, dentry: u64, vfsmnt: u64) -> Result<String, S
         let name = read_dname(k, cur, &d_name_len, d_name_ptr)?;
         total += name.len() + 1;
         if total > MAX_PATH_LEN {
-            return Err(format!("dentry {dentry:#x}: path longer than {MAX_PATH_LEN}"));
+            return Err(format!(
+                "dentry {dentry:#x}: path longer than {MAX_PATH_LEN}"
+            ));
         }
         parts.push(name);
         cur = parent;
@@ -612,7 +637,11 @@ pub fn read_mm(k: &Kernel<'_>, mm: u64) -> Partial<MmInfo> {
             return out;
         }
     };
-    let entries = walk_maple_tree(k, mm.wrapping_add(mt_off), &format!("mm {mm:#x} maple tree"));
+    let entries = walk_maple_tree(
+        k,
+        mm.wrapping_add(mt_off),
+        &format!("mm {mm:#x} maple tree"),
+    );
     problems.extend(entries.problems);
     let special = [
         k.symbol("special_mapping_vmops").ok(),
@@ -675,8 +704,8 @@ fn read_vma(
     }
     let vm_mm = f("vm_mm")?;
     if vm_mm != mm {
-        problems.push(format!(
-            "vma {va:#x} ({start:#x}): vm_mm {vm_mm:#x} is not {mm:#x}"
+        return Err(format!(
+            "vma {va:#x} ({start:#x}): belongs to mm {vm_mm:#x}, not this one"
         ));
     }
     let file_addr = f("vm_file").unwrap_or(0);
@@ -767,7 +796,11 @@ ffffffff81400000 B _end
         let mt = b.strukt(
             "maple_tree",
             24,
-            &[("ma_lock", u32t, 0), ("ma_root", ulong, 64), ("ma_flags", u32t, 128)],
+            &[
+                ("ma_lock", u32t, 0),
+                ("ma_root", ulong, 64),
+                ("ma_flags", u32t, 128),
+            ],
         );
         let o = |v: u64| u32::try_from(v * 8).expect("small");
         let mut mm: Vec<(&str, u32, u32)> = vec![
@@ -777,15 +810,30 @@ ffffffff81400000 B _end
             ("exe_file", ulong, o(0x18)),
         ];
         let names = [
-            "start_code", "end_code", "start_data", "end_data", "start_brk", "brk", "start_stack",
-            "arg_start", "arg_end", "env_start", "env_end",
+            "start_code",
+            "end_code",
+            "start_data",
+            "end_data",
+            "start_brk",
+            "brk",
+            "start_stack",
+            "arg_start",
+            "arg_end",
+            "env_start",
+            "env_end",
         ];
         for (i, n) in names.iter().enumerate() {
             mm.push((n, ulong, o(0x60 + 8 * i as u64)));
         }
         b.strukt("mm_struct", 0x100, &mm);
         let vma: Vec<(&str, u32, u32)> = [
-            "vm_start", "vm_end", "vm_mm", "vm_flags", "vm_pgoff", "vm_file", "vm_ops",
+            "vm_start",
+            "vm_end",
+            "vm_mm",
+            "vm_flags",
+            "vm_pgoff",
+            "vm_file",
+            "vm_ops",
             "vm_private_data",
         ]
         .iter()
@@ -795,21 +843,34 @@ ffffffff81400000 B _end
         b.strukt("vm_area_struct", 64, &vma);
         let path = b.strukt("path", 16, &[("mnt", ulong, 0), ("dentry", ulong, 64)]);
         b.strukt("file", 64, &[("f_path", path, o(16))]);
-        let hl = b.strukt("hlist_bl_node", 16, &[("next", ulong, 0), ("pprev", ulong, 64)]);
+        let hl = b.strukt(
+            "hlist_bl_node",
+            16,
+            &[("next", ulong, 0), ("pprev", ulong, 64)],
+        );
         let anon = b.strukt("", 8, &[("hash", u32t, 0), ("len", u32t, 32)]);
         let un = b.composite(5, "", 8, &[("", anon, 0, 0), ("hash_len", ulong, 0, 0)]);
         let qstr = b.strukt("qstr", 16, &[("", un, 0), ("name", ulong, 64)]);
         b.strukt(
             "dentry",
             128,
-            &[("d_hash", hl, o(8)), ("d_parent", ulong, o(24)), ("d_name", qstr, o(32)), ("d_op", ulong, o(96))],
+            &[
+                ("d_hash", hl, o(8)),
+                ("d_parent", ulong, o(24)),
+                ("d_name", qstr, o(32)),
+                ("d_op", ulong, o(96)),
+            ],
         );
         b.strukt("dentry_operations", 128, &[("d_dname", ulong, o(72))]);
         let vfsmount = b.strukt("vfsmount", 32, &[("mnt_root", ulong, 0)]);
         b.strukt(
             "mount",
             128,
-            &[("mnt_parent", ulong, o(16)), ("mnt_mountpoint", ulong, o(24)), ("mnt", vfsmount, o(32))],
+            &[
+                ("mnt_parent", ulong, o(16)),
+                ("mnt_mountpoint", ulong, o(24)),
+                ("mnt", vfsmount, o(32)),
+            ],
         );
         b.strukt("vm_special_mapping", 16, &[("name", ulong, 0)]);
         Btf::parse(&b.finish()).expect("btf")
@@ -853,7 +914,19 @@ ffffffff81400000 B _end
         m.put_u64(MM + 0x08, dm(PGD));
         m.put_u32(MM + 0x10, 5);
         m.put_u64(MM + 0x18, dm(FILE));
-        let vals = [A.0, A.1, B.0, B.1, C.0, C.1, D.1 - 0x100, ARGS, ARGS + 11, ARGS + 11, ARGS + 11];
+        let vals = [
+            A.0,
+            A.1,
+            B.0,
+            B.1,
+            C.0,
+            C.1,
+            D.1 - 0x100,
+            ARGS,
+            ARGS + 11,
+            ARGS + 11,
+            ARGS + 11,
+        ];
         for (i, v) in vals.iter().enumerate() {
             m.put_u64(MM + 0x60 + 8 * i as u64, *v);
         }
@@ -873,7 +946,7 @@ ffffffff81400000 B _end
         put_dentry(&mut m, D_LIB, D_ROOT, "lib", true);
         put_dentry(&mut m, D_ROOT2, D_ROOT2, "/", false);
         put_dentry(&mut m, D_XSO, D_ROOT2, "x.so", false); // deleted
-        // VMAs
+                                                           // VMAs
         let a = put_vma(&mut m, 0, A, VM_READ, dm(FILE));
         let b = put_vma(&mut m, 1, B, VM_READ | VM_EXEC, dm(FILE2));
         let c = put_vma(&mut m, 2, C, VM_READ | VM_WRITE, 0);
@@ -898,7 +971,10 @@ ffffffff81400000 B _end
         m.put_u64(LEAF1 + 128 + 16, b);
         m.put(LEAF1 + 248, &[3]);
         m.put_u64(LEAF2, dm(ROOT) | 0x14);
-        for (i, p) in [C.1 - 1, D.0 - 1, D.1 - 1, E.0 - 1, E.1 - 1].iter().enumerate() {
+        for (i, p) in [C.1 - 1, D.0 - 1, D.1 - 1, E.0 - 1, E.1 - 1]
+            .iter()
+            .enumerate()
+        {
             m.put_u64(LEAF2 + 8 + 8 * i as u64, *p);
         }
         m.put_u64(LEAF2 + 128, c);
@@ -939,7 +1015,10 @@ ffffffff81400000 B _end
         assert_eq!(v[2].name.as_deref(), Some("[heap]"));
         assert_eq!(v[3].name.as_deref(), Some("[stack]"));
         assert_eq!(v[4].name.as_deref(), Some("[vdso]"));
-        assert_eq!(v[0].to_string(), "000000400000-000000401000 r--p 00000000 /bin/busybox");
+        assert_eq!(
+            v[0].to_string(),
+            "000000400000-000000401000 r--p 00000000 /bin/busybox"
+        );
     }
 
     #[test]
@@ -948,7 +1027,11 @@ ffffffff81400000 B _end
         m.put_u64(ROOT + 88, enc(0x1_0000_0000, 1)); // leaf 2 beyond memory
         let r = run(&m);
         assert_eq!(starts(&r), [A.0, B.0]);
-        assert!(r.problems.iter().any(|p| p.contains("unreadable")), "{:?}", r.problems);
+        assert!(
+            r.problems.iter().any(|p| p.contains("unreadable")),
+            "{:?}",
+            r.problems
+        );
         assert!(r.problems.iter().any(|p| p.contains("map_count is 5")));
     }
 
@@ -965,7 +1048,11 @@ ffffffff81400000 B _end
         m.put_u64(ROOT + 88, enc(LEAF1, 1));
         let r = run(&m);
         assert_eq!(starts(&r), [A.0, B.0]);
-        assert!(r.problems.iter().any(|p| p.contains("reached twice")), "{:?}", r.problems);
+        assert!(
+            r.problems.iter().any(|p| p.contains("reached twice")),
+            "{:?}",
+            r.problems
+        );
     }
 
     #[test]
@@ -975,7 +1062,11 @@ ffffffff81400000 B _end
         m.put_u64(LEAF2 + 16, 0x10);
         let r = run(&m);
         assert_eq!(starts(&r), [A.0, B.0, C.0]);
-        assert!(r.problems.iter().any(|p| p.contains("pivot")), "{:?}", r.problems);
+        assert!(
+            r.problems.iter().any(|p| p.contains("pivot")),
+            "{:?}",
+            r.problems
+        );
         // Garbage meta.end in the root.
         let mut m = world();
         m.put(ROOT + 240, &[200]);
@@ -1016,14 +1107,22 @@ ffffffff81400000 B _end
         m.put_u64(MM + MT_OFF + 8, 0);
         m.put_u32(MM + 0x10, 0);
         let r = run(&m);
-        assert!(r.is_complete() && r.value.vmas.is_empty(), "{:?}", r.problems);
+        assert!(
+            r.is_complete() && r.value.vmas.is_empty(),
+            "{:?}",
+            r.problems
+        );
         // Dentry loop: bin's parent is busybox.
         let mut m = world();
         m.put_u64(D_BIN + 24, dm(D_BUSYBOX));
         m.put_u64(D_BUSYBOX + 24, dm(D_BIN));
         let r = run(&m);
         assert!(r.value.vmas[0].file.is_none());
-        assert!(r.problems.iter().any(|p| p.contains("deeper than")), "{:?}", r.problems);
+        assert!(
+            r.problems.iter().any(|p| p.contains("deeper than")),
+            "{:?}",
+            r.problems
+        );
         // Unreadable command line page.
         let mut m = world();
         m.put_u64(0xa_2000 + ((ARGS >> 12) & 0x1ff) * 8, 0);

@@ -54,8 +54,8 @@ pub struct PtRegs {
 
 /// Field names of `struct pt_regs`, in [`PtRegs`] order.
 pub const PT_REGS_FIELDS: [&str; 21] = [
-    "r15", "r14", "r13", "r12", "bp", "bx", "r11", "r10", "r9", "r8", "ax", "cx", "dx", "si",
-    "di", "orig_ax", "ip", "cs", "flags", "sp", "ss",
+    "r15", "r14", "r13", "r12", "bp", "bx", "r11", "r10", "r9", "r8", "ax", "cx", "dx", "si", "di",
+    "orig_ax", "ip", "cs", "flags", "sp", "ss",
 ];
 
 impl PtRegs {
@@ -175,7 +175,13 @@ impl fmt::Display for PtRegs {
         write!(
             f,
             "ip={:#x} sp={:#x} cs={:#x} ss={:#x} flags={:#x} ax={:#x} orig_ax={:#x}",
-            self.ip, self.sp, self.cs, self.ss, self.flags, self.ax, self.orig_ax as i64
+            self.ip,
+            self.sp,
+            self.cs,
+            self.ss,
+            self.flags,
+            self.ax,
+            i64::from_ne_bytes(self.orig_ax.to_ne_bytes())
         )
     }
 }
@@ -248,9 +254,16 @@ fn read_task(k: &Kernel<'_>, l: &TaskLayout, addr: u64) -> Result<(Task, Vec<Str
     let e = |what: &str, err: KernelError| format!("task at {addr:#x}: {what} unreadable: {err}");
     let pid = u32_at(l.pid).map_err(|x| e("pid", x))?;
     let tgid = u32_at(l.tgid).map_err(|x| e("tgid", x))?;
-    let (pid, tgid) = (i32::from_ne_bytes(pid.to_ne_bytes()), i32::from_ne_bytes(tgid.to_ne_bytes()));
-    if !(0..PID_MAX_LIMIT).contains(&i64::from(pid)) || !(0..PID_MAX_LIMIT).contains(&i64::from(tgid)) {
-        return Err(format!("task at {addr:#x}: implausible pid {pid} / tgid {tgid}"));
+    let (pid, tgid) = (
+        i32::from_ne_bytes(pid.to_ne_bytes()),
+        i32::from_ne_bytes(tgid.to_ne_bytes()),
+    );
+    if !(0..PID_MAX_LIMIT).contains(&i64::from(pid))
+        || !(0..PID_MAX_LIMIT).contains(&i64::from(tgid))
+    {
+        return Err(format!(
+            "task at {addr:#x}: implausible pid {pid} / tgid {tgid}"
+        ));
     }
     let mut comm = vec![0u8; l.comm_len];
     k.read_bytes(addr.wrapping_add(l.comm), &mut comm)
@@ -271,7 +284,9 @@ fn read_task(k: &Kernel<'_>, l: &TaskLayout, addr: u64) -> Result<(Task, Vec<Str
     let exit_state = soft("exit_state", u32_at(l.exit_state).map(u64::from));
     let fsbase = soft("thread.fsbase", u64_at(l.fsbase));
     let gsbase = soft("thread.gsbase", u64_at(l.gsbase));
-    let on_cpu = l.on_cpu.map(|o| soft("on_cpu", u32_at(o).map(u64::from)) != 0);
+    let on_cpu = l
+        .on_cpu
+        .map(|o| soft("on_cpu", u32_at(o).map(u64::from)) != 0);
     let cpu = l.cpu.and_then(|o| u32_at(o).ok());
     let mut task = Task {
         addr,
@@ -340,7 +355,12 @@ pub fn walk_tasks(k: &Kernel<'_>) -> Partial<Vec<Task>> {
             return out;
         }
     };
-    let leaders = walk_list(k, init_task.wrapping_add(layout.tasks), MAX_TASKS, "task list");
+    let leaders = walk_list(
+        k,
+        init_task.wrapping_add(layout.tasks),
+        MAX_TASKS,
+        "task list",
+    );
     out.problems.extend(leaders.problems);
     let mut seen: HashSet<u64> = HashSet::new();
     let leader_addrs = std::iter::once(init_task)
@@ -441,8 +461,16 @@ ffffffff81400000 B _end
         let ch = b.int("char", 1);
         let comm = b.array(ch, u32t, 16);
         let lh = b.strukt("list_head", 16, &[("next", ulong, 0), ("prev", ulong, 64)]);
-        let ti = b.strukt("thread_info", 24, &[("flags", ulong, 0), ("cpu", u32t, 160)]);
-        let th = b.strukt("thread_struct", 16, &[("fsbase", ulong, 0), ("gsbase", ulong, 64)]);
+        let ti = b.strukt(
+            "thread_info",
+            24,
+            &[("flags", ulong, 0), ("cpu", u32t, 160)],
+        );
+        let th = b.strukt(
+            "thread_struct",
+            16,
+            &[("fsbase", ulong, 0), ("gsbase", ulong, 64)],
+        );
         let regs: Vec<(&str, u32, u32)> = PT_REGS_FIELDS
             .iter()
             .enumerate()
@@ -487,6 +515,7 @@ ffffffff81400000 B _end
     }
 
     /// Puts a task at `pa`. Signal struct at `sig_pa`, stack at `stack_pa`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn put_task(
         m: &mut Mem,
         pa: u64,
@@ -497,8 +526,8 @@ ffffffff81400000 B _end
         sig_pa: u64,
         stack_pa: u64,
     ) {
-        m.put_u32(pa + off::PID, pid as u32);
-        m.put_u32(pa + off::TGID, tgid as u32);
+        m.put_u32(pa + off::PID, u32::from_ne_bytes(pid.to_ne_bytes()));
+        m.put_u32(pa + off::TGID, u32::from_ne_bytes(tgid.to_ne_bytes()));
         let mut c = [0u8; 16];
         c[..comm.len()].copy_from_slice(comm.as_bytes());
         m.put(pa + off::COMM, &c);
@@ -540,19 +569,49 @@ ffffffff81400000 B _end
     pub(crate) fn world() -> World {
         let mut m = Mem::new(0x200_0000);
         let mut procs = vec![INIT_TASK_PA];
-        put_task(&mut m, INIT_TASK_PA, 0, 0, "swapper/0", 0, 0x2_0000, 0x3_0000);
+        put_task(
+            &mut m,
+            INIT_TASK_PA,
+            0,
+            0,
+            "swapper/0",
+            0,
+            0x2_0000,
+            0x3_0000,
+        );
         m.put_u32(INIT_TASK_PA + off::FLAGS, PF_KTHREAD);
-        link(&mut m, &[0x2_0000 + off::THREAD_HEAD, INIT_TASK_PA + off::THREAD_NODE]);
+        link(
+            &mut m,
+            &[0x2_0000 + off::THREAD_HEAD, INIT_TASK_PA + off::THREAD_NODE],
+        );
         for (i, (pid, comm)) in [(1, "init"), (2, "sh"), (3, "kthreadd")].iter().enumerate() {
             let base = 0x10_0000 * (i as u64 + 1);
             let sig = base + 0x8000;
-            put_task(&mut m, base, *pid, *pid, comm, dm(0x9_0000), sig, base + 0x4_0000);
+            put_task(
+                &mut m,
+                base,
+                *pid,
+                *pid,
+                comm,
+                dm(0x9_0000),
+                sig,
+                base + 0x4_0000,
+            );
             let mut group = vec![sig + off::THREAD_HEAD, base + off::THREAD_NODE];
             if *pid == 2 {
                 for t in 1..=2u64 {
                     let tpa = base + 0x1000 * t;
                     let tid = 100 + i32::try_from(t).expect("small");
-                    put_task(&mut m, tpa, tid, 2, "worker", dm(0x9_0000), sig, base + 0x4_0000 * (t + 1));
+                    put_task(
+                        &mut m,
+                        tpa,
+                        tid,
+                        2,
+                        "worker",
+                        dm(0x9_0000),
+                        sig,
+                        base + 0x4_0000 * (t + 1),
+                    );
                     group.push(tpa + off::THREAD_NODE);
                 }
             }
@@ -585,7 +644,10 @@ ffffffff81400000 B _end
         let sh = &r.value[2];
         assert_eq!((sh.comm.as_str(), sh.tgid, sh.state_char()), ("sh", 2, 'S'));
         let regs = sh.regs.expect("regs");
-        assert_eq!((regs.cs, regs.ss, regs.r15, regs.orig_ax), (USER_CS, USER_DS, 0x100, 0x10f));
+        assert_eq!(
+            (regs.cs, regs.ss, regs.r15, regs.orig_ax),
+            (USER_CS, USER_DS, 0x100, 0x10f)
+        );
         assert_eq!(regs.ip, 0x40_1000 + 0x20_0000);
         assert_eq!(sh.fsbase, 0x7f00_0000_0000 + 0x20_0000);
         assert!(r.value[4].is_user() && !r.value[4].is_leader());
@@ -602,13 +664,23 @@ ffffffff81400000 B _end
         let r = run(&w.m);
         let pids: Vec<i32> = r.value.iter().map(|t| t.pid).collect();
         assert_eq!(pids, [0, 1, 2, 101, 102, 3]);
-        assert!(r.problems.iter().any(|p| p.contains("task list")), "{:?}", r.problems);
+        assert!(
+            r.problems.iter().any(|p| p.contains("task list")),
+            "{:?}",
+            r.problems
+        );
 
         // A thread's stack pointer is wild.
         let mut w = world();
         w.m.put_u64(0x20_1000 + off::STACK, 0xffff_c900_dead_0000);
         let r = run(&w.m);
-        assert!(r.problems.iter().any(|p| p.contains("task 101: stack unreadable")), "{:?}", r.problems);
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.contains("task 101: stack unreadable")),
+            "{:?}",
+            r.problems
+        );
         assert_eq!(r.value.len(), 6);
 
         // A task whose pid is garbage is dropped with a reason.
@@ -629,9 +701,16 @@ ffffffff81400000 B _end
     fn thread_list_cycle_terminates() {
         let mut w = world();
         // worker 102's thread_node.next -> worker 101's node (cycle, skipping the head).
-        w.m.put_u64(0x20_2000 + off::THREAD_NODE, dm(0x20_1000 + off::THREAD_NODE));
+        w.m.put_u64(
+            0x20_2000 + off::THREAD_NODE,
+            dm(0x20_1000 + off::THREAD_NODE),
+        );
         let r = run(&w.m);
-        assert!(r.problems.iter().any(|p| p.contains("task 2 threads")), "{:?}", r.problems);
+        assert!(
+            r.problems.iter().any(|p| p.contains("task 2 threads")),
+            "{:?}",
+            r.problems
+        );
         assert!(r.value.iter().any(|t| t.pid == 102));
     }
 }

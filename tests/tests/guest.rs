@@ -370,3 +370,23 @@ fn a_panic_raised_inside_the_guest_is_detected() {
     assert_eq!(vm.wait_exit(Duration::from_secs(60)), 4);
     assert!(vm.stderr().contains("kernel panic"), "{}", vm.stderr());
 }
+
+#[test]
+fn a_bzimage_boots_through_its_64_bit_entry_and_powers_off() {
+    let (kdir, initrd) = default_image();
+    let dir = scratch("bzimage");
+    let mut vm = Vm::start(
+        &dir,
+        &[
+            "--kernel",
+            &kdir.join("bzImage").display().to_string(),
+            "--initrd",
+            &initrd.display().to_string(),
+            "--exec",
+            "echo bzimage-boot-ok",
+        ],
+    );
+    vm.wait_console("bzimage-boot-ok", Duration::from_secs(1200));
+    assert_eq!(vm.wait_exit(Duration::from_secs(120)), 0, "{}", vm.stderr());
+    assert!(vm.stderr().contains("guest powered off"), "{}", vm.stderr());
+}
