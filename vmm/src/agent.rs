@@ -35,6 +35,8 @@ pub struct AgentState {
     pub reboot: bool,
     /// Lines that did not parse.
     pub bad_lines: u64,
+    /// The agent confirmed it set the clock (it is alive and answering).
+    pub clock_set: bool,
 }
 
 /// Parser state plus shared agent state; the COM2 device writes into it.
@@ -127,6 +129,7 @@ impl AgentLink {
                 self.events.publish("agent-pong", json!({ "token": token }));
             }
             AgentMsg::TimeSet(t) => {
+                st.clock_set = true;
                 drop(st);
                 self.events
                     .publish("guest-clock-set", json!({ "unix_time": t.to_string() }));

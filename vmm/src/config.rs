@@ -55,6 +55,8 @@ pub struct VmConfig {
     pub on_crash: crate::crash::OnCrash,
     /// Where to write the dead guest's memory and vCPU state when it crashes.
     pub crash_dump: Option<PathBuf>,
+    /// Snapshot of a freshly booted guest of the same shape: the crash kernel's standby.
+    pub standby: Option<PathBuf>,
 }
 
 /// A configuration refused before anything starts.
@@ -100,6 +102,12 @@ pub enum ConfigError {
     /// The snapshot cannot be used.
     #[error("--restore refused")]
     Restore(#[source] crate::snapshot::SnapshotError),
+    /// The standby cannot be used.
+    #[error("--standby refused")]
+    Standby(#[source] crate::snapshot::SnapshotError),
+    /// Microreboot needs a standby.
+    #[error("--on-crash microreboot needs --standby DIR (a snapshot of a freshly booted guest with the same --mem and --vcpus)")]
+    NoStandby,
 }
 
 /// Parses `HOST:GUEST`.
@@ -144,6 +152,25 @@ impl VmConfig {
         }
         for a in &self.add {
             file_size("--add file", &a.host)?;
+        }
+        if self.on_crash == crate::crash::OnCrash::Microreboot {
+            let dir = self.standby.as_ref().ok_or(ConfigError::NoStandby)?;
+            let (st, _) = crate::snapshot::read(dir).map_err(ConfigError::Standby)?;
+            let (mem, vcpus) = match &self.restore {
+                Some(r) => {
+                    let (s, _) = crate::snapshot::read(r).map_err(ConfigError::Restore)?;
+                    (s.machine.mem_mib, s.machine.vcpus)
+                }
+                None => (self.machine.mem_mib, self.machine.vcpus),
+            };
+            if (st.machine.mem_mib, st.machine.vcpus) != (mem, vcpus) {
+                return Err(ConfigError::Standby(
+                    crate::snapshot::SnapshotError::Inconsistent(format!(
+                        "standby has {} MiB and {} vCPUs, the guest {mem} MiB and {vcpus}",
+                        st.machine.mem_mib, st.machine.vcpus
+                    )),
+                ));
+            }
         }
         if let Some(p) = &self.api_sock {
             crate::api::server::check_path(p).map_err(ConfigError::ApiSock)?;
@@ -213,6 +240,7 @@ mod tests {
             hang_timeout_s: 0,
             on_crash: crate::crash::OnCrash::Exit,
             crash_dump: None,
+            standby: None,
         }
     }
 

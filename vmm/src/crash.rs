@@ -51,6 +51,10 @@ impl CrashCause {
 /// What to do once a crash is detected and captured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum OnCrash {
+    /// Start the crash kernel from its warm standby (a snapshot of a freshly booted guest
+    /// of the same shape) in place of the dead one; the old memory is kept until the
+    /// recovery is done, then given back.
+    Microreboot,
     /// Freeze the guest and keep the VMM up (inspect, snapshot, stop).
     Pause,
     /// End the VMM with exit code 4.

@@ -80,12 +80,18 @@ struct RunArgs {
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     hang_timeout: u64,
     /// After a guest kernel crash (panic, triple fault, emulation failure, hang): `exit`
-    /// (code 4) or `pause` (freeze it; inspect or snapshot it through the control socket)
+    /// (code 4), `pause` (freeze it; inspect or snapshot it through the control socket) or
+    /// `microreboot` (start the crash kernel from --standby in its place)
     #[arg(long, value_enum, default_value_t = owvmm::crash::OnCrash::Exit)]
     on_crash: owvmm::crash::OnCrash,
     /// On a crash, write the dead guest's memory and vCPU state here (snapshot format)
     #[arg(long, value_name = "DIR")]
     crash_dump: Option<PathBuf>,
+    /// The crash kernel's warm standby for `--on-crash microreboot`: a snapshot of a freshly
+    /// booted guest with the same --mem and --vcpus (`owvmm ctl snapshot` of a guest whose
+    /// agent is ready and that runs nothing else)
+    #[arg(long, value_name = "DIR")]
+    standby: Option<PathBuf>,
     /// Do not show the guest console
     #[arg(long)]
     no_console: bool,
@@ -224,6 +230,7 @@ fn build_config(a: RunArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
         hang_timeout_s: a.hang_timeout,
         on_crash: a.on_crash,
         crash_dump: a.crash_dump,
+        standby: a.standby,
     })
 }
 
@@ -263,7 +270,7 @@ fn describe(r: &owvmm::vmm::ExitReason) -> String {
     match r {
         PowerOff => "powered off".into(),
         Reset => "reset (reboot requested)".into(),
-        GuestCrash(why) => format!("kernel crashed: {why}"),
+        GuestCrash(_) => "kernel crashed (see above); exiting with code 4".into(),
         Stopped => "stopped".into(),
     }
 }

@@ -132,6 +132,23 @@ enum State {
     Paused,
 }
 
+/// A microreboot in progress: the crash kernel runs, the old memory is still held.
+struct Recovering {
+    detected: Instant,
+    kernel_ms: f64,
+}
+
+/// Resident memory of this process, in bytes (from /proc/self/statm).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
 struct GuestMem<'a>(&'a GuestMemoryMmap);
 
 impl PhysRead for GuestMem<'_> {
@@ -173,6 +190,9 @@ pub struct Vmm {
     crashed: bool,
     captured: Vec<VcpuState>,
     console_tail: ConsoleTail,
+    standby: Option<PathBuf>,
+    old_world: Option<GuestMemoryMmap>,
+    recovering: Option<Recovering>,
     poweroff_since: Option<Instant>,
     clock_synced: bool,
 }
@@ -428,6 +448,9 @@ impl Vmm {
             crashed: false,
             captured: Vec::new(),
             console_tail,
+            standby: cfg.standby.clone(),
+            old_world: None,
+            recovering: None,
             poweroff_since: None,
             clock_synced: false,
         };
@@ -653,12 +676,117 @@ impl Vmm {
         ev["uptime_ms"] = json!(self.uptime_ms());
         self.crashes.push(ev);
         match self.on_crash {
+            OnCrash::Microreboot => match self.microreboot(t0) {
+                Ok(()) => {}
+                Err(e) => {
+                    let why = crate::error_chain(&e);
+                    eprintln!("\r\nowvmm: microreboot failed: {why}\r");
+                    self.events
+                        .publish("microreboot-failed", json!({ "error": why }));
+                    self.finish_with(ExitReason::GuestCrash(text));
+                }
+            },
             OnCrash::Exit => self.finish_with(ExitReason::GuestCrash(text)),
             OnCrash::Pause => {
                 self.state = State::Paused;
                 eprintln!("\r\nowvmm: guest frozen (--on-crash pause); inspect it with owvmm ctl, or stop it\r");
             }
         }
+    }
+
+    /// Starts the crash kernel from the warm standby in place of the dead guest: its memory
+    /// (mapped copy-on-write from the standby snapshot) replaces the guest's in the KVM
+    /// memory slots, its vCPU, interrupt controller, clock and UART state is loaded, and it
+    /// runs. The dead guest's memory is kept (`old_world`) until the recovery is done.
+    fn microreboot(&mut self, detected: Instant) -> Result<(), VmmError> {
+        let t0 = Instant::now();
+        let dir = self
+            .standby
+            .clone()
+            .ok_or_else(|| VmmError::EventLoop("no crash-kernel standby (--standby)".into()))?;
+        let (st, file) = snapshot::read(&dir)?;
+        if st.machine.mem_mib != self.machine.mem_mib || st.vcpus.len() != self.vcpus.len() {
+            return Err(VmmError::Snapshot(snapshot::SnapshotError::Inconsistent(
+                format!(
+                    "standby has {} MiB and {} vCPUs, the guest {} MiB and {}",
+                    st.machine.mem_mib,
+                    st.vcpus.len(),
+                    self.machine.mem_mib,
+                    self.vcpus.len()
+                ),
+            )));
+        }
+        let new_mem = crate::memory::from_file(&file, st.memory_bytes)?;
+        crate::vstate::vm::set_memory(&self.vm, &self.mem, false)?;
+        crate::vstate::vm::set_memory(&self.vm, &new_mem, true)?;
+        self.old_world = Some(std::mem::replace(&mut self.mem, new_mem));
+        restore_vm_state(&self.vm, &st.vm)?;
+        for (h, vs) in self.vcpus.iter().zip(st.vcpus) {
+            match h.request(VcpuRequest::RestoreState(Box::new(vs)))? {
+                VcpuResponse::Restored => {}
+                other => {
+                    return Err(VmmError::EventLoop(format!(
+                        "vCPU {} answered {other:?} to restore",
+                        h.id
+                    )))
+                }
+            }
+        }
+        if let [s1, s2] = st.serial.as_slice() {
+            lock(&self.com1).replace_state(s1)?;
+            lock(&self.com2).replace_state(s2)?;
+        }
+        *lock(&self.agent) = AgentState {
+            ready: st.agent_ready,
+            ..AgentState::default()
+        };
+        self.agent_tx.clear();
+        self.clock_synced = false;
+        self.poweroff_since = None;
+        self.crashed = false;
+        self.resume_all()?;
+        let kernel_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        self.events.publish(
+            "crash-kernel-running",
+            json!({
+                "standby": dir.display().to_string(),
+                "start_ms": kernel_ms,
+                "since_detect_ms": detected.elapsed().as_secs_f64() * 1000.0,
+            }),
+        );
+        eprintln!("\r\nowvmm: crash kernel running ({kernel_ms:.0} ms from its standby)\r");
+        self.recovering = Some(Recovering {
+            detected,
+            kernel_ms,
+        });
+        Ok(())
+    }
+
+    /// The crash kernel's agent answered: give the old memory back to the host and become
+    /// an ordinary guest again.
+    fn morph(&mut self) {
+        let Some(r) = self.recovering.take() else {
+            return;
+        };
+        let before = rss_bytes();
+        drop(self.old_world.take());
+        let after = rss_bytes();
+        let total_ms = r.detected.elapsed().as_secs_f64() * 1000.0;
+        let info = json!({
+            "total_ms": total_ms,
+            "crash_kernel_start_ms": r.kernel_ms,
+            "rss_before_mib": before >> 20,
+            "rss_after_mib": after >> 20,
+        });
+        if let Some(last) = self.crashes.last_mut() {
+            last["recovery"] = info.clone();
+        }
+        self.events.publish("recovery-done", info);
+        eprintln!(
+            "\r\nowvmm: recovered in {total_ms:.0} ms; old memory given back ({} -> {} MiB resident)\r",
+            before >> 20,
+            after >> 20
+        );
     }
 
     /// `ctl crash`: makes a vCPU that is in kernel mode call `panic()`.
@@ -853,6 +981,9 @@ impl Vmm {
                 }
             );
             self.send_agent(&VmmMsg::Time(unix_now()));
+        }
+        if self.recovering.is_some() && a.clock_set {
+            self.morph();
         }
         if let Some(limit) = self.hang_timeout {
             let since = a.last_seen.map_or(self.hang_ref, |t| t.max(self.hang_ref));

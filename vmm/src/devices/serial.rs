@@ -92,6 +92,26 @@ impl SerialPort {
         Ok(SerialPort { inner })
     }
 
+    /// Loads a saved register state, keeping this port's interrupt line and output.
+    pub fn replace_state(&mut self, s: &SerialSnapshot) -> Result<(), SerialError> {
+        let irq = self
+            .inner
+            .interrupt_evt()
+            .0
+            .try_clone()
+            .map_err(|e| SerialError::State(e.to_string()))?;
+        let placeholder_irq =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| SerialError::State(e.to_string()))?;
+        let placeholder = Serial::new(
+            IrqTrigger(placeholder_irq),
+            Box::new(std::io::sink()) as SerialOut,
+        );
+        let old = std::mem::replace(&mut self.inner, placeholder);
+        let out = old.into_writer();
+        *self = SerialPort::from_snapshot(s, irq, out)?;
+        Ok(())
+    }
+
     /// The state to keep in a snapshot.
     pub fn snapshot(&self) -> SerialSnapshot {
         let s = self.inner.state();

@@ -136,6 +136,8 @@ pub enum VcpuRequest {
     ProbeHalted,
     /// Where is it: instruction pointer, mode, multiprocessing state.
     Describe,
+    /// Load a saved state (only when paused): the crash kernel's, on a microreboot.
+    RestoreState(Box<VcpuState>),
     /// Make the kernel call `rip(rdi)` now, with interrupts off (only when paused and
     /// in kernel mode): how `ctl crash` makes the kernel panic from outside.
     InjectCall {
@@ -163,6 +165,8 @@ pub enum VcpuResponse {
     Description(VcpuBrief),
     /// The call was set up.
     Injected,
+    /// The state was loaded.
+    Restored,
     /// The request could not be carried out.
     Error(String),
 }
@@ -379,6 +383,13 @@ impl Vcpu {
                 }
             }
             VcpuRequest::InjectCall { .. } => VcpuResponse::Error("not paused".into()),
+            VcpuRequest::RestoreState(s) if *state == RunState::Paused => {
+                match restore_state(&self.fd, self.id, &s) {
+                    Ok(()) => VcpuResponse::Restored,
+                    Err(e) => VcpuResponse::Error(crate::error_chain(&e)),
+                }
+            }
+            VcpuRequest::RestoreState(_) => VcpuResponse::Error("not paused".into()),
             VcpuRequest::Finish => return Flow::Stop,
         };
         let _ = resp.send(answer);

@@ -103,21 +103,29 @@ impl KvmContext {
         };
         vm.create_pit2(pit)
             .map_err(|e| VmError::Kvm("CREATE_PIT2", e))?;
-        for (slot, region) in mem.iter().enumerate() {
-            let r = kvm_userspace_memory_region {
-                slot: u32::try_from(slot).unwrap_or(u32::MAX),
-                flags: 0,
-                guest_phys_addr: region.start_addr().raw_value(),
-                memory_size: region.len(),
-                userspace_addr: region.as_ptr() as u64,
-            };
-            // SAFETY: the region is a live mapping owned by `mem`, which the VMM keeps for
-            // as long as the VM exists; it does not overlap any other slot.
-            unsafe { vm.set_user_memory_region(r) }
-                .map_err(|e| VmError::Kvm("SET_USER_MEMORY_REGION", e))?;
-        }
+        set_memory(&vm, mem, true)?;
         Ok(vm)
     }
+}
+
+/// Registers (`add`) or removes the memory slots of `mem`, one slot per region, numbered
+/// from 0.
+pub fn set_memory(vm: &VmFd, mem: &GuestMemoryMmap, add: bool) -> Result<(), VmError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let r = kvm_userspace_memory_region {
+            slot: u32::try_from(slot).unwrap_or(u32::MAX),
+            flags: 0,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: if add { region.len() } else { 0 },
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: when adding, the region is a live mapping owned by `mem`, which the VMM
+        // keeps registered only while it holds `mem`, and slots do not overlap; removing a
+        // slot (size 0) touches no memory.
+        unsafe { vm.set_user_memory_region(r) }
+            .map_err(|e| VmError::Kvm("SET_USER_MEMORY_REGION", e))?;
+    }
+    Ok(())
 }
 
 /// Reads the VM-wide state (vCPUs must be paused).

@@ -1,0 +1,727 @@
+//! The dead kernel's tasks: `init_task.tasks` (thread-group leaders), then each group's
+//! `signal->thread_head` list (threads), with per-task identity, state, and user registers.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use crate::kernel::{Kernel, KernelError};
+use crate::list::walk_list;
+use crate::Partial;
+
+/// `PF_KTHREAD`: the task is a kernel thread.
+pub const PF_KTHREAD: u32 = 0x0020_0000;
+/// `PF_EXITING`.
+pub const PF_EXITING: u32 = 0x0000_0004;
+/// 64-bit user code segment selector (`__USER_CS`).
+pub const USER_CS: u64 = 0x33;
+/// 32-bit compat user code segment selector (`__USER32_CS`).
+pub const USER32_CS: u64 = 0x23;
+/// User data/stack segment selector (`__USER_DS`).
+pub const USER_DS: u64 = 0x2b;
+/// Most thread-group leaders walked.
+pub const MAX_TASKS: usize = 1 << 16;
+/// Most threads walked per group.
+pub const MAX_THREADS: usize = 1 << 14;
+/// Highest PID the kernel can hand out (`PID_MAX_LIMIT` on 64-bit).
+const PID_MAX_LIMIT: i64 = 4 * 1024 * 1024;
+
+/// The user-mode registers saved at the top of a task's kernel stack (`struct pt_regs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct PtRegs {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub bp: u64,
+    pub bx: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub ax: u64,
+    pub cx: u64,
+    pub dx: u64,
+    pub si: u64,
+    pub di: u64,
+    pub orig_ax: u64,
+    pub ip: u64,
+    pub cs: u64,
+    pub flags: u64,
+    pub sp: u64,
+    pub ss: u64,
+}
+
+/// Field names of `struct pt_regs`, in [`PtRegs`] order.
+pub const PT_REGS_FIELDS: [&str; 21] = [
+    "r15", "r14", "r13", "r12", "bp", "bx", "r11", "r10", "r9", "r8", "ax", "cx", "dx", "si", "di",
+    "orig_ax", "ip", "cs", "flags", "sp", "ss",
+];
+
+impl PtRegs {
+    fn from_array(v: [u64; 21]) -> Self {
+        let [r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss] =
+            v;
+        PtRegs {
+            r15,
+            r14,
+            r13,
+            r12,
+            bp,
+            bx,
+            r11,
+            r10,
+            r9,
+            r8,
+            ax,
+            cx,
+            dx,
+            si,
+            di,
+            orig_ax,
+            ip,
+            cs,
+            flags,
+            sp,
+            ss,
+        }
+    }
+
+    /// The system call the task was in (`orig_ax`), or None when the frame was saved by an
+    /// interrupt or exception (`orig_ax == -1`).
+    pub fn syscall(&self) -> Option<u64> {
+        (i64::from_ne_bytes(self.orig_ax.to_ne_bytes()) >= 0).then_some(self.orig_ax)
+    }
+
+    /// True when the frame was saved on entry from 64- or 32-bit user mode with a canonical
+    /// user instruction pointer.
+    pub fn is_user(&self) -> bool {
+        (self.cs == USER_CS || self.cs == USER32_CS) && is_user_addr(self.ip)
+    }
+}
+
+/// True for canonical lower-half (user) addresses of 4-level paging.
+pub fn is_user_addr(va: u64) -> bool {
+    va < 0x0000_8000_0000_0000
+}
+
+/// One task (thread) of the dead kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    /// Kernel address of the `task_struct`.
+    pub addr: u64,
+    /// Thread id.
+    pub pid: i32,
+    /// Thread-group (process) id.
+    pub tgid: i32,
+    /// `comm`.
+    pub comm: String,
+    /// `__state` (0 running, 1 interruptible, 2 uninterruptible, ...).
+    pub state: u32,
+    /// `exit_state` (zombie/dead bits).
+    pub exit_state: u32,
+    /// `flags` (`PF_*`).
+    pub flags: u32,
+    /// `on_cpu`: the task was on a CPU (its registers may be live in a vCPU).
+    pub on_cpu: bool,
+    /// `thread_info.cpu`: the CPU it last ran on.
+    pub cpu: Option<u32>,
+    /// `mm` (0 for kernel threads and exited tasks).
+    pub mm: u64,
+    /// `stack`: base of the kernel stack.
+    pub stack: u64,
+    /// Where [`Task::regs`] was read (`task_pt_regs`).
+    pub regs_addr: u64,
+    /// User registers from `task_pt_regs` (None for kernel threads or when unreadable).
+    pub regs: Option<PtRegs>,
+    /// `thread.fsbase` (valid for tasks switched out; see introspection notes).
+    pub fsbase: u64,
+    /// `thread.gsbase`.
+    pub gsbase: u64,
+}
+
+impl Task {
+    /// A kernel thread: `PF_KTHREAD`, or no `mm`.
+    pub fn is_kernel_thread(&self) -> bool {
+        self.flags & PF_KTHREAD != 0 || self.mm == 0
+    }
+
+    /// A user task (the opposite of [`Task::is_kernel_thread`]).
+    pub fn is_user(&self) -> bool {
+        !self.is_kernel_thread()
+    }
+
+    /// The thread-group leader (`pid == tgid`).
+    pub fn is_leader(&self) -> bool {
+        self.pid == self.tgid
+    }
+
+    /// One-letter state like `ps` (`R`, `S`, `D`, `T`, `t`, `X`, `Z`, `I`).
+    pub fn state_char(&self) -> char {
+        if self.exit_state & 0x20 != 0 {
+            return 'Z';
+        }
+        if self.exit_state & 0x10 != 0 {
+            return 'X';
+        }
+        match self.state {
+            0 => 'R',
+            s if s & 0x402 == 0x402 => 'I',
+            s if s & 1 != 0 => 'S',
+            s if s & 2 != 0 => 'D',
+            s if s & 4 != 0 => 'T',
+            s if s & 8 != 0 => 't',
+            _ => '?',
+        }
+    }
+}
+
+impl fmt::Display for PtRegs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ip={:#x} sp={:#x} cs={:#x} ss={:#x} flags={:#x} ax={:#x} orig_ax={:#x}",
+            self.ip,
+            self.sp,
+            self.cs,
+            self.ss,
+            self.flags,
+            self.ax,
+            i64::from_ne_bytes(self.orig_ax.to_ne_bytes())
+        )
+    }
+}
+
+/// Offsets resolved once from BTF.
+struct TaskLayout {
+    tasks: u64,
+    thread_node: u64,
+    pid: u64,
+    tgid: u64,
+    comm: u64,
+    comm_len: usize,
+    state: u64,
+    exit_state: u64,
+    flags: u64,
+    on_cpu: Option<u64>,
+    cpu: Option<u64>,
+    mm: u64,
+    stack: u64,
+    signal: u64,
+    fsbase: u64,
+    gsbase: u64,
+    thread_head: u64,
+    regs: [u64; 21],
+    regs_size: u64,
+}
+
+impl TaskLayout {
+    fn new(k: &Kernel<'_>) -> Result<Self, KernelError> {
+        let t = |p: &str| k.offset_of("task_struct", p);
+        let comm = k.member("task_struct", "comm")?;
+        let mut regs = [0u64; 21];
+        for (slot, name) in regs.iter_mut().zip(PT_REGS_FIELDS) {
+            *slot = k.offset_of("pt_regs", name)?;
+        }
+        let regs_size = k
+            .btf()
+            .struct_id("pt_regs")
+            .map(|id| k.btf().size_of(id))
+            .transpose()?
+            .unwrap_or(168);
+        Ok(TaskLayout {
+            tasks: t("tasks")?,
+            thread_node: t("thread_node")?,
+            pid: t("pid")?,
+            tgid: t("tgid")?,
+            comm: comm.offset_bytes,
+            comm_len: usize::try_from(comm.size.min(64)).unwrap_or(16),
+            state: t("__state").or_else(|_| t("state"))?,
+            exit_state: t("exit_state")?,
+            flags: t("flags")?,
+            on_cpu: t("on_cpu").ok(),
+            cpu: t("thread_info.cpu").or_else(|_| t("cpu")).ok(),
+            mm: t("mm")?,
+            stack: t("stack")?,
+            signal: t("signal")?,
+            fsbase: t("thread.fsbase")?,
+            gsbase: t("thread.gsbase")?,
+            thread_head: k.offset_of("signal_struct", "thread_head")?,
+            regs,
+            regs_size,
+        })
+    }
+}
+
+fn read_task(k: &Kernel<'_>, l: &TaskLayout, addr: u64) -> Result<(Task, Vec<String>), String> {
+    let mut problems = Vec::new();
+    let u32_at = |off: u64| k.read_u32(addr.wrapping_add(off));
+    let u64_at = |off: u64| k.read_u64(addr.wrapping_add(off));
+    let e = |what: &str, err: KernelError| format!("task at {addr:#x}: {what} unreadable: {err}");
+    let pid = u32_at(l.pid).map_err(|x| e("pid", x))?;
+    let tgid = u32_at(l.tgid).map_err(|x| e("tgid", x))?;
+    let (pid, tgid) = (
+        i32::from_ne_bytes(pid.to_ne_bytes()),
+        i32::from_ne_bytes(tgid.to_ne_bytes()),
+    );
+    if !(0..PID_MAX_LIMIT).contains(&i64::from(pid))
+        || !(0..PID_MAX_LIMIT).contains(&i64::from(tgid))
+    {
+        return Err(format!(
+            "task at {addr:#x}: implausible pid {pid} / tgid {tgid}"
+        ));
+    }
+    let mut comm = vec![0u8; l.comm_len];
+    k.read_bytes(addr.wrapping_add(l.comm), &mut comm)
+        .map_err(|x| e("comm", x))?;
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    let comm = String::from_utf8_lossy(&comm[..end]).into_owned();
+    let flags = u32_at(l.flags).map_err(|x| e("flags", x))?;
+    let mm = u64_at(l.mm).map_err(|x| e("mm", x))?;
+    let stack = u64_at(l.stack).map_err(|x| e("stack", x))?;
+    let mut soft = |what: &str, r: Result<u64, KernelError>| match r {
+        Ok(v) => v,
+        Err(err) => {
+            problems.push(format!("task {pid}: {what} unreadable: {err}"));
+            0
+        }
+    };
+    let state = soft("__state", u32_at(l.state).map(u64::from));
+    let exit_state = soft("exit_state", u32_at(l.exit_state).map(u64::from));
+    let fsbase = soft("thread.fsbase", u64_at(l.fsbase));
+    let gsbase = soft("thread.gsbase", u64_at(l.gsbase));
+    let on_cpu = l
+        .on_cpu
+        .map(|o| soft("on_cpu", u32_at(o).map(u64::from)) != 0);
+    let cpu = l.cpu.and_then(|o| u32_at(o).ok());
+    let mut task = Task {
+        addr,
+        pid,
+        tgid,
+        comm,
+        state: u32::try_from(state).unwrap_or(u32::MAX),
+        exit_state: u32::try_from(exit_state).unwrap_or(u32::MAX),
+        flags,
+        on_cpu: on_cpu.unwrap_or(false),
+        cpu,
+        mm,
+        stack,
+        regs_addr: 0,
+        regs: None,
+        fsbase,
+        gsbase,
+    };
+    if task.is_user() {
+        let regs_addr = stack
+            .wrapping_add(k.layout().thread_size)
+            .wrapping_sub(l.regs_size);
+        task.regs_addr = regs_addr;
+        let mut buf = vec![0u8; usize::try_from(l.regs_size).unwrap_or(168)];
+        match k.read_bytes(regs_addr, &mut buf) {
+            Err(err) => problems.push(format!("task {pid}: stack unreadable ({stack:#x}): {err}")),
+            Ok(()) => {
+                let mut v = [0u64; 21];
+                for (slot, &off) in v.iter_mut().zip(&l.regs) {
+                    let o = usize::try_from(off).unwrap_or(usize::MAX);
+                    *slot = buf
+                        .get(o..o.saturating_add(8))
+                        .and_then(|s| <[u8; 8]>::try_from(s).ok())
+                        .map(u64::from_le_bytes)
+                        .unwrap_or(0);
+                }
+                let regs = PtRegs::from_array(v);
+                if !regs.is_user() {
+                    problems.push(format!(
+                        "task {pid}: pt_regs do not look like a user frame (cs={:#x} ip={:#x})",
+                        regs.cs, regs.ip
+                    ));
+                }
+                task.regs = Some(regs);
+            }
+        }
+    }
+    Ok((task, problems))
+}
+
+/// Walks every task of the kernel: `init_task` and the `tasks` ring of thread-group leaders,
+/// and each leader's threads. Tasks that cannot be read are reported, not returned.
+pub fn walk_tasks(k: &Kernel<'_>) -> Partial<Vec<Task>> {
+    let mut out = Partial::ok(Vec::new());
+    let layout = match TaskLayout::new(k) {
+        Ok(l) => l,
+        Err(e) => {
+            out.problems.push(format!("task layout: {e}"));
+            return out;
+        }
+    };
+    let init_task = match k.symbol("init_task") {
+        Ok(a) => a,
+        Err(e) => {
+            out.problems.push(format!("task list: {e}"));
+            return out;
+        }
+    };
+    let leaders = walk_list(
+        k,
+        init_task.wrapping_add(layout.tasks),
+        MAX_TASKS,
+        "task list",
+    );
+    out.problems.extend(leaders.problems);
+    let mut seen: HashSet<u64> = HashSet::new();
+    let leader_addrs = std::iter::once(init_task)
+        .chain(leaders.value.iter().map(|n| n.wrapping_sub(layout.tasks)));
+    for leader in leader_addrs {
+        if !seen.insert(leader) {
+            continue;
+        }
+        let (task, problems) = match read_task(k, &layout, leader) {
+            Ok(t) => t,
+            Err(e) => {
+                out.problems.push(e);
+                continue;
+            }
+        };
+        out.problems.extend(problems);
+        let pid = task.pid;
+        let signal = k.read_u64(leader.wrapping_add(layout.signal));
+        out.value.push(task);
+        let signal = match signal {
+            Ok(s) => s,
+            Err(e) => {
+                out.problems
+                    .push(format!("task {pid}: signal unreadable: {e}"));
+                continue;
+            }
+        };
+        let threads = walk_list(
+            k,
+            signal.wrapping_add(layout.thread_head),
+            MAX_THREADS,
+            &format!("task {pid} threads"),
+        );
+        out.problems.extend(threads.problems);
+        let own_node = leader.wrapping_add(layout.thread_node);
+        if !threads.value.contains(&own_node) {
+            out.problems
+                .push(format!("task {pid}: not in its own thread list"));
+        }
+        for node in threads.value {
+            let addr = node.wrapping_sub(layout.thread_node);
+            if !seen.insert(addr) {
+                continue;
+            }
+            match read_task(k, &layout, addr) {
+                Ok((t, problems)) => {
+                    out.problems.extend(problems);
+                    if t.tgid != pid {
+                        out.problems.push(format!(
+                            "task {}: in thread group {pid} but has tgid {}",
+                            t.pid, t.tgid
+                        ));
+                    }
+                    out.value.push(t);
+                }
+                Err(e) => out.problems.push(e),
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::btf::build::Builder;
+    use crate::btf::Btf;
+    use crate::kernel::testmem::{dm, Mem};
+    use crate::symbols::SymbolTable;
+
+    pub(crate) const MAP: &str = "\
+ffffffff81000000 T _text
+ffffffff81100100 D phys_base
+ffffffff81101000 D init_top_pgt
+ffffffff81110000 D init_task
+ffffffff81200000 D init_stack
+ffffffff81204000 D __end_init_task
+ffffffff81400000 B _end
+";
+
+    /// Synthetic layout: task_struct of 0x400 bytes.
+    pub(crate) mod off {
+        pub const STATE: u64 = 0x18;
+        pub const STACK: u64 = 0x20;
+        pub const FLAGS: u64 = 0x2c;
+        pub const ON_CPU: u64 = 0x34;
+        pub const TASKS: u64 = 0x40;
+        pub const MM: u64 = 0x50;
+        pub const EXIT_STATE: u64 = 0x58;
+        pub const PID: u64 = 0x60;
+        pub const TGID: u64 = 0x64;
+        pub const THREAD_NODE: u64 = 0x70;
+        pub const COMM: u64 = 0x80;
+        pub const SIGNAL: u64 = 0x90;
+        pub const FSBASE: u64 = 0x100;
+        pub const THREAD_HEAD: u64 = 0x10;
+    }
+
+    pub(crate) fn add_task_types(b: &mut Builder) {
+        let u32t = b.int("unsigned int", 4);
+        let int = b.int("int", 4);
+        let ulong = b.int("long unsigned int", 8);
+        let ch = b.int("char", 1);
+        let comm = b.array(ch, u32t, 16);
+        let lh = b.strukt("list_head", 16, &[("next", ulong, 0), ("prev", ulong, 64)]);
+        let ti = b.strukt(
+            "thread_info",
+            24,
+            &[("flags", ulong, 0), ("cpu", u32t, 160)],
+        );
+        let th = b.strukt(
+            "thread_struct",
+            16,
+            &[("fsbase", ulong, 0), ("gsbase", ulong, 64)],
+        );
+        let regs: Vec<(&str, u32, u32)> = PT_REGS_FIELDS
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (*n, ulong, u32::try_from(i * 64).expect("small")))
+            .collect();
+        b.strukt("pt_regs", 168, &regs);
+        b.strukt("signal_struct", 0x40, &[("thread_head", lh, 0x80)]);
+        let o = |v: u64| u32::try_from(v * 8).expect("small");
+        b.strukt(
+            "task_struct",
+            0x400,
+            &[
+                ("thread_info", ti, 0),
+                ("__state", u32t, o(off::STATE)),
+                ("stack", ulong, o(off::STACK)),
+                ("flags", u32t, o(off::FLAGS)),
+                ("on_cpu", int, o(off::ON_CPU)),
+                ("tasks", lh, o(off::TASKS)),
+                ("mm", ulong, o(off::MM)),
+                ("exit_state", int, o(off::EXIT_STATE)),
+                ("pid", int, o(off::PID)),
+                ("tgid", int, o(off::TGID)),
+                ("thread_node", lh, o(off::THREAD_NODE)),
+                ("comm", comm, o(off::COMM)),
+                ("signal", ulong, o(off::SIGNAL)),
+                ("thread", th, o(off::FSBASE)),
+            ],
+        );
+    }
+
+    pub(crate) fn task_btf() -> Btf {
+        let mut b = Builder::new();
+        add_task_types(&mut b);
+        Btf::parse(&b.finish()).expect("btf")
+    }
+
+    /// init_task's physical address (image at phys 0x100_0000 = link 0xffffffff81000000).
+    pub(crate) const INIT_TASK_PA: u64 = 0x111_0000;
+
+    pub(crate) struct World {
+        pub m: Mem,
+    }
+
+    /// Puts a task at `pa`. Signal struct at `sig_pa`, stack at `stack_pa`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn put_task(
+        m: &mut Mem,
+        pa: u64,
+        pid: i32,
+        tgid: i32,
+        comm: &str,
+        mm: u64,
+        sig_pa: u64,
+        stack_pa: u64,
+    ) {
+        m.put_u32(pa + off::PID, u32::from_ne_bytes(pid.to_ne_bytes()));
+        m.put_u32(pa + off::TGID, u32::from_ne_bytes(tgid.to_ne_bytes()));
+        let mut c = [0u8; 16];
+        c[..comm.len()].copy_from_slice(comm.as_bytes());
+        m.put(pa + off::COMM, &c);
+        m.put_u64(pa + off::MM, mm);
+        m.put_u64(pa + off::STACK, dm(stack_pa));
+        m.put_u64(pa + off::SIGNAL, dm(sig_pa));
+        m.put_u32(pa + off::STATE, 1);
+        m.put_u64(pa + off::FSBASE, 0x7f00_0000_0000 + pa);
+        // pt_regs at the top of the 16 KiB stack.
+        let regs = stack_pa + 0x4000 - 168;
+        for i in 0..21u64 {
+            m.put_u64(regs + i * 8, 0x100 + i);
+        }
+        m.put_u64(regs + 16 * 8, 0x40_1000 + pa); // ip
+        m.put_u64(regs + 17 * 8, USER_CS);
+        m.put_u64(regs + 20 * 8, USER_DS);
+    }
+
+    /// The kernel's own address for `pa`: image addresses inside the image, else direct map.
+    pub(crate) fn kva(pa: u64) -> u64 {
+        if (0x100_0000..0x140_0000).contains(&pa) {
+            pa - 0x100_0000 + 0xffff_ffff_8100_0000
+        } else {
+            dm(pa)
+        }
+    }
+
+    /// Links `nodes` (physical addresses of list_heads) into a ring.
+    pub(crate) fn link(m: &mut Mem, nodes: &[u64]) {
+        for i in 0..nodes.len() {
+            let next = nodes[(i + 1) % nodes.len()];
+            let prev = nodes[(i + nodes.len() - 1) % nodes.len()];
+            m.put_u64(nodes[i], kva(next));
+            m.put_u64(nodes[i] + 8, kva(prev));
+        }
+    }
+
+    /// init_task + 3 processes; process 2 has 3 threads.
+    pub(crate) fn world() -> World {
+        let mut m = Mem::new(0x200_0000);
+        let mut procs = vec![INIT_TASK_PA];
+        put_task(
+            &mut m,
+            INIT_TASK_PA,
+            0,
+            0,
+            "swapper/0",
+            0,
+            0x2_0000,
+            0x3_0000,
+        );
+        m.put_u32(INIT_TASK_PA + off::FLAGS, PF_KTHREAD);
+        link(
+            &mut m,
+            &[0x2_0000 + off::THREAD_HEAD, INIT_TASK_PA + off::THREAD_NODE],
+        );
+        for (i, (pid, comm)) in [(1, "init"), (2, "sh"), (3, "kthreadd")].iter().enumerate() {
+            let base = 0x10_0000 * (i as u64 + 1);
+            let sig = base + 0x8000;
+            put_task(
+                &mut m,
+                base,
+                *pid,
+                *pid,
+                comm,
+                dm(0x9_0000),
+                sig,
+                base + 0x4_0000,
+            );
+            let mut group = vec![sig + off::THREAD_HEAD, base + off::THREAD_NODE];
+            if *pid == 2 {
+                for t in 1..=2u64 {
+                    let tpa = base + 0x1000 * t;
+                    let tid = 100 + i32::try_from(t).expect("small");
+                    put_task(
+                        &mut m,
+                        tpa,
+                        tid,
+                        2,
+                        "worker",
+                        dm(0x9_0000),
+                        sig,
+                        base + 0x4_0000 * (t + 1),
+                    );
+                    group.push(tpa + off::THREAD_NODE);
+                }
+            }
+            if *pid == 3 {
+                m.put_u64(base + off::MM, 0);
+                m.put_u32(base + off::FLAGS, PF_KTHREAD);
+            }
+            link(&mut m, &group);
+            procs.push(base);
+        }
+        let ring: Vec<u64> = procs.iter().map(|p| p + off::TASKS).collect();
+        link(&mut m, &ring);
+        World { m }
+    }
+
+    pub(crate) fn run(m: &Mem) -> Partial<Vec<Task>> {
+        let syms = SymbolTable::parse_system_map(MAP).expect("map");
+        let btf = task_btf();
+        let k = Kernel::new(m, &syms, &btf).expect("kernel");
+        walk_tasks(&k)
+    }
+
+    #[test]
+    fn finds_leaders_threads_and_registers() {
+        let w = world();
+        let r = run(&w.m);
+        assert!(r.is_complete(), "{:?}", r.problems);
+        let pids: Vec<i32> = r.value.iter().map(|t| t.pid).collect();
+        assert_eq!(pids, [0, 1, 2, 101, 102, 3]);
+        let sh = &r.value[2];
+        assert_eq!((sh.comm.as_str(), sh.tgid, sh.state_char()), ("sh", 2, 'S'));
+        let regs = sh.regs.expect("regs");
+        assert_eq!(
+            (regs.cs, regs.ss, regs.r15, regs.orig_ax),
+            (USER_CS, USER_DS, 0x100, 0x10f)
+        );
+        assert_eq!(regs.ip, 0x40_1000 + 0x20_0000);
+        assert_eq!(sh.fsbase, 0x7f00_0000_0000 + 0x20_0000);
+        assert!(r.value[4].is_user() && !r.value[4].is_leader());
+        assert!(r.value[0].is_kernel_thread() && r.value[0].regs.is_none());
+        assert!(r.value[5].is_kernel_thread());
+    }
+
+    #[test]
+    fn broken_task_list_gives_partial_results() {
+        // init_task.tasks.next = garbage inside memory: back-check fails, backward walk
+        // recovers everything.
+        let mut w = world();
+        w.m.put_u64(INIT_TASK_PA + off::TASKS, dm(0x50_0000));
+        let r = run(&w.m);
+        let pids: Vec<i32> = r.value.iter().map(|t| t.pid).collect();
+        assert_eq!(pids, [0, 1, 2, 101, 102, 3]);
+        assert!(
+            r.problems.iter().any(|p| p.contains("task list")),
+            "{:?}",
+            r.problems
+        );
+
+        // A thread's stack pointer is wild.
+        let mut w = world();
+        w.m.put_u64(0x20_1000 + off::STACK, 0xffff_c900_dead_0000);
+        let r = run(&w.m);
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.contains("task 101: stack unreadable")),
+            "{:?}",
+            r.problems
+        );
+        assert_eq!(r.value.len(), 6);
+
+        // A task whose pid is garbage is dropped with a reason.
+        let mut w = world();
+        w.m.put_u32(0x10_0000 + off::PID, 0xffff_fff0);
+        let r = run(&w.m);
+        assert_eq!(r.value.len(), 5);
+        assert!(r.problems.iter().any(|p| p.contains("implausible pid")));
+
+        // A kernel-mode frame where user registers should be.
+        let mut w = world();
+        w.m.put_u64(0x10_0000 + 0x4_0000 + 0x4000 - 168 + 17 * 8, 0x10);
+        let r = run(&w.m);
+        assert!(r.problems.iter().any(|p| p.contains("task 1: pt_regs")));
+    }
+
+    #[test]
+    fn thread_list_cycle_terminates() {
+        let mut w = world();
+        // worker 102's thread_node.next -> worker 101's node (cycle, skipping the head).
+        w.m.put_u64(
+            0x20_2000 + off::THREAD_NODE,
+            dm(0x20_1000 + off::THREAD_NODE),
+        );
+        let r = run(&w.m);
+        assert!(
+            r.problems.iter().any(|p| p.contains("task 2 threads")),
+            "{:?}",
+            r.problems
+        );
+        assert!(r.value.iter().any(|t| t.pid == 102));
+    }
+}

@@ -1,0 +1,402 @@
+//! Introspection of a real guest's memory snapshot.
+//!
+//! Runs only when `OWVMM_TEST_SNAPSHOT` (a directory with `memory.bin`, from
+//! `owvmm ctl snapshot`) and `OWVMM_TEST_KERNEL_DIR` (with `System.map` and `vmlinux.btf` of
+//! the guest's kernel) are set; otherwise each test prints why it skipped and passes.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use owvmm_recovery::btf::Btf;
+use owvmm_recovery::kernel::{find_kaslr_slide, Kernel};
+use owvmm_recovery::symbols::SymbolTable;
+use owvmm_recovery::tasks::{is_user_addr, USER_CS};
+use owvmm_recovery::{inspect, FlatMemory, Report};
+
+struct Image {
+    memory: Vec<u8>,
+    map: String,
+    btf: Vec<u8>,
+}
+
+fn image() -> Option<Image> {
+    let (Some(snap), Some(kdir)) = (
+        std::env::var_os("OWVMM_TEST_SNAPSHOT"),
+        std::env::var_os("OWVMM_TEST_KERNEL_DIR"),
+    ) else {
+        eprintln!("skipped: set OWVMM_TEST_SNAPSHOT and OWVMM_TEST_KERNEL_DIR to run");
+        return None;
+    };
+    let (snap, kdir) = (PathBuf::from(snap), PathBuf::from(kdir));
+    Some(Image {
+        memory: std::fs::read(snap.join("memory.bin")).expect("memory.bin"),
+        map: std::fs::read_to_string(kdir.join("System.map")).expect("System.map"),
+        btf: std::fs::read(kdir.join("vmlinux.btf")).expect("vmlinux.btf"),
+    })
+}
+
+fn run(img: &Image, memory: &[u8]) -> Report {
+    inspect(&FlatMemory(memory), &img.map, &img.btf)
+}
+
+fn user_pids(r: &Report) -> BTreeSet<i32> {
+    r.user_tasks().map(|t| t.pid).collect()
+}
+
+/// Writes a u64 at kernel virtual address `va` of the copy `mem`.
+fn poke(img: &Image, mem: &mut [u8], va: u64, value: u64) {
+    let syms = SymbolTable::parse_system_map(&img.map).expect("map");
+    let btf = Btf::parse(&img.btf).expect("btf");
+    let pa = {
+        let flat = FlatMemory(&*mem);
+        let k = Kernel::new(&flat, &syms, &btf).expect("kernel");
+        k.virt_to_phys(va).expect("translate")
+    };
+    let pa = usize::try_from(pa).expect("pa");
+    mem[pa..pa + 8].copy_from_slice(&value.to_le_bytes());
+}
+
+fn with_kernel<T>(img: &Image, f: impl FnOnce(&Kernel<'_>) -> T) -> T {
+    let syms = SymbolTable::parse_system_map(&img.map).expect("map");
+    let btf = Btf::parse(&img.btf).expect("btf");
+    let flat = FlatMemory(&img.memory[..]);
+    let k = Kernel::new(&flat, &syms, &btf).expect("kernel");
+    f(&k)
+}
+
+#[test]
+fn finds_init_the_shell_loop_and_user_registers() {
+    let Some(img) = image() else { return };
+    let r = run(&img, &img.memory);
+    println!("{r}");
+    assert!(r.problems.is_empty(), "problems: {:#?}", r.problems);
+
+    let init = r.task(1).expect("pid 1");
+    assert_eq!(init.comm, "init");
+    assert!(init.is_user());
+    assert!(r.task(0).is_some_and(|t| t.is_kernel_thread()));
+    assert!(r
+        .tasks
+        .iter()
+        .any(|t| t.comm == "kthreadd" && t.is_kernel_thread()));
+
+    // The exec'd shell loop: a `sh` whose command line holds the loop.
+    let sh = r
+        .user_tasks()
+        .filter(|t| t.comm == "sh")
+        .find(|t| {
+            r.mm_of(t)
+                .is_some_and(|mm| mm.cmdline.join(" ").contains("while"))
+        })
+        .expect("a sh running the --exec loop");
+    let mm = r.mm_of(sh).expect("sh mm");
+    assert!(mm.vmas.len() >= 5, "{:#?}", mm.vmas);
+    assert_eq!(mm.vmas.len(), mm.map_count as usize);
+    assert!(
+        mm.vmas.iter().any(|v| v.name.as_deref() == Some("[stack]")),
+        "no stack VMA"
+    );
+    let heap_like = mm
+        .vmas
+        .iter()
+        .any(|v| v.name.as_deref() == Some("[heap]") || (v.file_addr == 0 && v.flags & 2 != 0));
+    assert!(heap_like, "no heap-like VMA");
+    assert!(
+        mm.vmas.iter().any(|v| v.file.is_some() && v.flags & 4 != 0),
+        "no executable file mapping"
+    );
+    assert!(mm.vmas.windows(2).all(|w| w[0].end <= w[1].start));
+
+    // Any process page table maps the kernel: the KASLR probe finds this kernel's slide.
+    let syms = SymbolTable::parse_system_map(&img.map).expect("map");
+    let slide = find_kaslr_slide(&FlatMemory(&img.memory[..]), &syms, mm.pgd_phys, false);
+    assert_eq!(slide, Some(r.layout.as_ref().expect("layout").slide));
+
+    // Every user task has a user-mode frame at the top of its kernel stack.
+    for t in r.user_tasks() {
+        let regs = t
+            .regs
+            .unwrap_or_else(|| panic!("task {} has no regs", t.pid));
+        assert_eq!(regs.cs, USER_CS, "task {} cs", t.pid);
+        assert!(
+            is_user_addr(regs.ip) && regs.ip != 0,
+            "task {} ip {:#x}",
+            t.pid,
+            regs.ip
+        );
+        assert!(is_user_addr(regs.sp), "task {} sp {:#x}", t.pid, regs.sp);
+        let mm = r.mm_of(t).expect("mm");
+        // A task caught inside execve may already have its new, still empty, mm.
+        if matches!(regs.syscall(), Some(59 | 322)) {
+            continue;
+        }
+        assert!(
+            mm.vmas
+                .iter()
+                .any(|v| v.start <= regs.ip && regs.ip < v.end && v.flags & 4 != 0),
+            "task {}: ip {:#x} not in an executable VMA",
+            t.pid,
+            regs.ip
+        );
+    }
+}
+
+#[test]
+fn broken_task_links_still_give_every_process() {
+    let Some(img) = image() else { return };
+    let good = run(&img, &img.memory);
+    let all = user_pids(&good);
+    let (init_task, tasks_off) = with_kernel(&img, |k| {
+        (
+            k.symbol("init_task").expect("init_task"),
+            k.offset_of("task_struct", "tasks").expect("tasks"),
+        )
+    });
+    let head = init_task + tasks_off;
+
+    // init_task.tasks.next = NULL: the backward walk recovers the ring.
+    let mut mem = img.memory.clone();
+    poke(&img, &mut mem, head, 0);
+    let r = run(&img, &mem);
+    eprintln!("--- {:#?}", r.problems);
+    assert_eq!(user_pids(&r), all);
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.contains("task list: bad next pointer 0x0")),
+        "{:#?}",
+        r.problems
+    );
+
+    // A cycle: the third leader's tasks.next points back at the second.
+    let mut mem = img.memory.clone();
+    let leaders: Vec<u64> = good
+        .tasks
+        .iter()
+        .filter(|t| t.is_leader())
+        .map(|t| t.addr + tasks_off)
+        .collect();
+    assert!(leaders.len() > 4);
+    poke(&img, &mut mem, leaders[3], leaders[2]);
+    let r = run(&img, &mem);
+    eprintln!("--- {:#?}", r.problems);
+    assert_eq!(user_pids(&r), all);
+    assert!(
+        r.problems.iter().any(|p| p.contains("task list")),
+        "{:#?}",
+        r.problems
+    );
+
+    // Both directions broken at the head: only init_task remains, with reasons.
+    let mut mem = img.memory.clone();
+    poke(&img, &mut mem, head, 0xffff_ffff_ffff_0000);
+    poke(&img, &mut mem, head + 8, 0x4141_4141_4141_4141);
+    let r = run(&img, &mem);
+    eprintln!("--- {:#?}", r.problems);
+    assert_eq!(r.tasks.len(), 1);
+    assert!(r.problems.len() >= 2, "{:#?}", r.problems);
+
+    // A wild stack pointer for pid 1.
+    let mut mem = img.memory.clone();
+    let stack_off = with_kernel(&img, |k| {
+        k.offset_of("task_struct", "stack").expect("stack")
+    });
+    let init = good.task(1).expect("init").addr;
+    poke(&img, &mut mem, init + stack_off, 0xffff_c900_dead_0000);
+    let r = run(&img, &mem);
+    eprintln!("--- {:#?}", r.problems);
+    assert!(r.task(1).is_some_and(|t| t.regs.is_none()));
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.contains("task 1: stack unreadable")),
+        "{:#?}",
+        r.problems
+    );
+}
+
+#[test]
+fn smashed_maple_tree_gives_partial_vmas_with_reasons() {
+    let Some(img) = image() else { return };
+    let good = run(&img, &img.memory);
+    let sh = good
+        .user_tasks()
+        .find(|t| t.comm == "sh")
+        .expect("sh")
+        .clone();
+    let (root_off, mt_off) = with_kernel(&img, |k| {
+        (
+            k.offset_of("maple_tree", "ma_root").expect("ma_root"),
+            k.offset_of("mm_struct", "mm_mt").expect("mm_mt"),
+        )
+    });
+    let root_va = sh.mm + mt_off + root_off;
+    let root = with_kernel(&img, |k| k.read_u64(root_va).expect("root"));
+    let node = root & !0xff;
+
+    // Fill the root node with a pattern: its VMAs are lost, with reasons; others survive.
+    let mut mem = img.memory.clone();
+    for i in 0..32 {
+        poke(&img, &mut mem, node + i * 8, 0x4242_4242_4242_4242);
+    }
+    let r = run(&img, &mem);
+    eprintln!("--- {:#?}", r.problems);
+    let mm = r.mm_of(&sh).expect("mm still read");
+    assert!(mm.vmas.len() < good.mm_of(&sh).expect("mm").vmas.len());
+    let tag = format!("pid {}:", sh.tgid);
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.starts_with(&tag) && p.contains("maple tree")),
+        "{:#?}",
+        r.problems
+    );
+    assert!(r
+        .problems
+        .iter()
+        .any(|p| p.starts_with(&tag) && p.contains("map_count")));
+    // Other processes are untouched.
+    let init = r.task(1).expect("init");
+    assert_eq!(
+        r.mm_of(init).expect("init mm").vmas,
+        good.mm_of(good.task(1).expect("init")).expect("mm").vmas
+    );
+
+    // Root pointing outside guest memory.
+    let mut mem = img.memory.clone();
+    poke(
+        &img,
+        &mut mem,
+        root_va,
+        0xffff_8880_0000_0000 + (1 << 40) + (root & 0xff),
+    );
+    let r = run(&img, &mem);
+    eprintln!("--- {:#?}", r.problems);
+    assert!(r.mm_of(&sh).expect("mm").vmas.is_empty());
+    assert!(r
+        .problems
+        .iter()
+        .any(|p| p.starts_with(&tag) && p.contains("unreadable")));
+
+    // Root node's first slot pointing at the node itself (a loop).
+    let mut mem = img.memory.clone();
+    let is_leaf = (root >> 3) & 0xf < 2;
+    let slot0 = node + if is_leaf { 128 } else { 80 };
+    poke(&img, &mut mem, slot0, root);
+    let r = run(&img, &mem);
+    eprintln!("--- {:#?}", r.problems);
+    assert!(!r.problems.is_empty());
+}
+
+#[test]
+fn garbage_inputs_do_not_panic() {
+    let Some(img) = image() else { return };
+    // Wrong BTF, empty map, and memory that is all zeros.
+    let r = inspect(&FlatMemory(&img.memory[..]), &img.map, b"not btf");
+    assert!(r.tasks.is_empty() && !r.problems.is_empty());
+    let r = inspect(&FlatMemory(&img.memory[..]), "", &img.btf);
+    assert!(r.tasks.is_empty() && !r.problems.is_empty());
+    let zeros = vec![0u8; 1 << 20];
+    let r = inspect(&FlatMemory(&zeros[..]), &img.map, &img.btf);
+    assert!(!r.problems.is_empty());
+}
+
+/// Small deterministic PRNG (xorshift64*), so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+#[test]
+fn random_word_corruption_never_panics_or_hangs() {
+    let Some(img) = image() else { return };
+    let good = run(&img, &img.memory);
+    let syms = SymbolTable::parse_system_map(&img.map).expect("map");
+    let btf = Btf::parse(&img.btf).expect("btf");
+    let size = |name: &str| {
+        btf.struct_id(name)
+            .and_then(|id| btf.size_of(id).ok())
+            .expect("size")
+    };
+    // Structures worth hitting: (kernel address, size).
+    let mut targets: Vec<(u64, u64)> = Vec::new();
+    for t in &good.tasks {
+        targets.push((t.addr, size("task_struct")));
+    }
+    for mm in good.mms.values() {
+        targets.push((mm.addr, size("mm_struct")));
+        for v in &mm.vmas {
+            targets.push((v.addr, size("vm_area_struct")));
+        }
+    }
+    let (root_off, mt_off) = with_kernel(&img, |k| {
+        (
+            k.offset_of("maple_tree", "ma_root").expect("ma_root"),
+            k.offset_of("mm_struct", "mm_mt").expect("mm_mt"),
+        )
+    });
+    for mm in good.mms.values() {
+        let root = with_kernel(&img, |k| {
+            k.read_u64(mm.addr + mt_off + root_off).expect("root")
+        });
+        targets.push((root & !0xff, 256));
+    }
+    let pas: Vec<(u64, u64)> = {
+        let flat = FlatMemory(&img.memory[..]);
+        let k = Kernel::new(&flat, &syms, &btf).expect("kernel");
+        targets
+            .iter()
+            .filter_map(|&(va, len)| k.virt_to_phys(va).ok().map(|pa| (pa, len)))
+            .collect()
+    };
+    let mut mem = img.memory.clone();
+    let mut rng = Rng(0x0123_4567_89ab_cdef);
+    let rounds = std::env::var("OWVMM_FUZZ_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150);
+    for round in 0..rounds {
+        // Overwrite 1-4 aligned words, run, then restore.
+        let mut saved = Vec::new();
+        for _ in 0..=rng.below(4) {
+            let (pa, len) = pas[usize::try_from(rng.below(pas.len() as u64)).expect("idx")];
+            let at = usize::try_from(pa + (rng.below(len / 8) * 8)).expect("pa");
+            let (other, _) = targets[usize::try_from(rng.below(targets.len() as u64)).expect("i")];
+            let value = match rng.below(6) {
+                0 => 0,
+                1 => u64::MAX,
+                2 => rng.next(),
+                3 => other,
+                4 => other + rng.below(512),
+                _ => 0xffff_8880_0000_0000 + rng.below(1 << 32),
+            };
+            let mut old = [0u8; 8];
+            old.copy_from_slice(&mem[at..at + 8]);
+            saved.push((at, old));
+            mem[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        }
+        let start = std::time::Instant::now();
+        let r = run(&img, &mem);
+        let took = start.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(20),
+            "round {round} took {took:?}"
+        );
+        // Whatever was corrupted, losing a task always comes with a reason.
+        if r.tasks.len() < good.tasks.len() {
+            assert!(!r.problems.is_empty(), "round {round}");
+        }
+        for (at, old) in saved.into_iter().rev() {
+            mem[at..at + 8].copy_from_slice(&old);
+        }
+    }
+}
