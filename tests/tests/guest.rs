@@ -115,6 +115,39 @@ fn boot_and_snapshot(attempt: u32) -> Result<Booted, String> {
     })
 }
 
+/// The crash kernel's warm standby: a freshly booted guest of the same shape (2 vCPUs,
+/// 128 MiB) running nothing but the agent, snapshotted once its agent is ready.
+fn standby() -> &'static PathBuf {
+    static S: OnceLock<PathBuf> = OnceLock::new();
+    S.get_or_init(|| {
+        let (kdir, initrd) = default_image();
+        for attempt in 1..=3 {
+            let dir = scratch(&format!("standby-{attempt}"));
+            let mut vm = Vm::start(
+                &dir,
+                &[
+                    "--kernel",
+                    &kdir.join("vmlinux").display().to_string(),
+                    "--initrd",
+                    &initrd.display().to_string(),
+                    "--vcpus",
+                    "2",
+                ],
+            );
+            vm.wait_agent_ready(Duration::from_secs(1200));
+            let snap = dir.join("snap");
+            let r = vm.call(json!({"cmd": "snapshot", "dir": snap.display().to_string()}));
+            let console = vm.console();
+            vm.stop();
+            if r["ok"] == json!(true) && !HOST_CRASH_SIGNS.iter().any(|b| console.contains(*b)) {
+                return snap;
+            }
+            eprintln!("standby attempt {attempt} failed: {r}");
+        }
+        panic!("no standby after three cold boots");
+    })
+}
+
 fn restore(name: &str) -> Vm {
     let b = booted();
     let dir = scratch(name);
@@ -389,4 +422,63 @@ fn a_bzimage_boots_through_its_64_bit_entry_and_powers_off() {
     vm.wait_console("bzimage-boot-ok", Duration::from_secs(1200));
     assert_eq!(vm.wait_exit(Duration::from_secs(120)), 0, "{}", vm.stderr());
     assert!(vm.stderr().contains("guest powered off"), "{}", vm.stderr());
+}
+
+#[test]
+fn microreboot_recovers_from_three_crashes_in_a_row() {
+    let b = booted();
+    let sb = standby();
+    let dir = scratch("microreboot");
+    let mut vm = Vm::start(
+        &dir,
+        &[
+            "--restore",
+            &b.snapshot.display().to_string(),
+            "--on-crash",
+            "microreboot",
+            "--standby",
+            &sb.display().to_string(),
+        ],
+    );
+    let mut ev = vm.events();
+    ev.wait_event("heartbeat", Duration::from_secs(60));
+    for round in 0..3 {
+        let r = vm.call(json!({"cmd": "crash"}));
+        assert_eq!(r["ok"], json!(true), "round {round}: {r}");
+        let crash = ev.wait_event("crash-detected", Duration::from_secs(120));
+        assert_eq!(crash["cause"], "panic", "{crash}");
+        // The dead kernel's processes, read from its memory.
+        let x = ev.wait_event("extraction-done", Duration::from_secs(30));
+        let procs = x["processes"].as_array().cloned().unwrap_or_default();
+        assert!(procs.iter().any(|p| p["pid"] == 1), "{x}");
+        if round == 0 {
+            assert!(
+                procs
+                    .iter()
+                    .any(|p| p["cmdline"].as_str().unwrap_or("").contains("count")),
+                "the counter was not found in the dead kernel: {x}"
+            );
+        }
+        let started = ev.wait_event("crash-kernel-running", Duration::from_secs(30));
+        assert!(
+            started["start_ms"].as_f64().unwrap_or(1e9) < 5000.0,
+            "{started}"
+        );
+        let done = ev.wait_event("recovery-done", Duration::from_secs(120));
+        let (before, after) = (
+            done["rss_before_mib"].as_u64(),
+            done["rss_after_mib"].as_u64(),
+        );
+        assert!(after <= before, "old memory not given back: {done}");
+        let st = vm.call(json!({"cmd": "status"}));
+        assert_eq!(st["state"], "running", "{st}");
+        assert_eq!(st["crashes"].as_array().map(Vec::len), Some(round + 1));
+        assert!(
+            st["crashes"][round]["recovery"]["total_ms"].is_number(),
+            "{st}"
+        );
+        // The crash kernel's agent lives.
+        ev.wait_event("heartbeat", Duration::from_secs(60));
+    }
+    assert_eq!(vm.stop(), 5);
 }

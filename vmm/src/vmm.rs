@@ -179,6 +179,7 @@ pub struct Vmm {
     started: Instant,
     exit: Option<ExitReason>,
     symbols: Option<SymbolTable>,
+    kernel_info: Option<KernelInfo>,
     machine: MachineInfo,
     host: HostKvm,
     restored_from: Option<PathBuf>,
@@ -291,10 +292,24 @@ fn overlay(cfg: &VmConfig) -> Result<Vec<u8>, VmmError> {
     Ok(w.finish())
 }
 
-fn load_symbols(kernel: &str) -> Option<SymbolTable> {
+/// What introspection needs from the kernel's build: `System.map` and the raw BTF,
+/// found next to the kernel image.
+struct KernelInfo {
+    symbols: SymbolTable,
+    system_map: String,
+    btf: Option<Vec<u8>>,
+}
+
+fn load_kernel_info(kernel: &str) -> Option<KernelInfo> {
     let dir = std::path::Path::new(kernel).parent()?;
-    let text = std::fs::read_to_string(dir.join("System.map")).ok()?;
-    SymbolTable::parse_system_map(&text).ok()
+    let system_map = std::fs::read_to_string(dir.join("System.map")).ok()?;
+    let symbols = SymbolTable::parse_system_map(&system_map).ok()?;
+    let btf = std::fs::read(dir.join("vmlinux.btf")).ok();
+    Some(KernelInfo {
+        symbols,
+        system_map,
+        btf,
+    })
 }
 
 fn unix_now() -> UnixTime {
@@ -414,7 +429,8 @@ impl Vmm {
             .reset(TICK, Some(TICK))
             .map_err(|e| VmmError::Host("timerfd", std::io::Error::from_raw_os_error(e.errno())))?;
 
-        let symbols = load_symbols(&machine.kernel);
+        let kernel_info = load_kernel_info(&machine.kernel);
+        let symbols = kernel_info.as_ref().map(|k| k.symbols.clone());
         let restored_from = if saved { cfg.restore.clone() } else { None };
         let vmm = Vmm {
             vm,
@@ -437,6 +453,7 @@ impl Vmm {
             started,
             exit: None,
             symbols,
+            kernel_info,
             machine,
             host,
             restored_from,
@@ -673,6 +690,9 @@ impl Vmm {
                 .events
                 .publish("capture-failed", json!({ "error": crate::error_chain(&e) })),
         }
+        if let Some(x) = self.extract() {
+            ev["extraction"] = x;
+        }
         ev["uptime_ms"] = json!(self.uptime_ms());
         self.crashes.push(ev);
         match self.on_crash {
@@ -692,6 +712,40 @@ impl Vmm {
                 eprintln!("\r\nowvmm: guest frozen (--on-crash pause); inspect it with owvmm ctl, or stop it\r");
             }
         }
+    }
+
+    /// Reads the dead kernel's processes from its frozen memory (recovery/), publishes
+    /// `extraction-done`, and returns a summary for the crash record.
+    fn extract(&self) -> Option<Value> {
+        let info = self.kernel_info.as_ref()?;
+        let btf = info.btf.as_deref()?;
+        let t0 = Instant::now();
+        let report = owvmm_recovery::inspect(&GuestMem(&self.mem), &info.system_map, btf);
+        let processes: Vec<Value> = report
+            .user_tasks()
+            .filter(|t| t.is_leader())
+            .map(|t| {
+                let mm = report.mm_of(t);
+                let threads = report.user_tasks().filter(|x| x.tgid == t.tgid).count();
+                json!({
+                    "pid": t.pid,
+                    "comm": t.comm,
+                    "threads": threads,
+                    "vmas": mm.map(|m| m.vmas.len()),
+                    "exe": mm.and_then(|m| m.exe.clone()),
+                    "cmdline": mm.map(|m| m.cmdline.join(" ")),
+                    "syscall": t.regs.as_ref().and_then(|r| r.syscall()),
+                })
+            })
+            .collect();
+        let summary = json!({
+            "ms": t0.elapsed().as_secs_f64() * 1000.0,
+            "tasks": report.tasks.len(),
+            "processes": processes,
+            "problems": report.problems,
+        });
+        self.events.publish("extraction-done", summary.clone());
+        Some(summary)
     }
 
     /// Starts the crash kernel from the warm standby in place of the dead guest: its memory
