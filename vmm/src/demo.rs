@@ -89,7 +89,7 @@ fn stop(sock: &Path, mut child: Child) {
 
 fn steps(a: &DemoArgs) -> Result<(), DemoError> {
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
-    eprintln!("== owvmm demo: 1/4 default guest image (built once, then cached)");
+    eprintln!("== owvmm demo: 1/5 default guest image (built once, then cached)");
     owvmm::image::build(false, None)?;
     let snap = match &a.snapshot_dir {
         Some(d) => d.clone(),
@@ -98,7 +98,7 @@ fn steps(a: &DemoArgs) -> Result<(), DemoError> {
     let sock = std::env::temp_dir().join(format!("owvmm-demo-{}.sock", std::process::id()));
     let sock_s = sock.display().to_string();
 
-    eprintln!("== 2/4 cold boot: a program that counts, started by the agent at boot");
+    eprintln!("== 2/5 cold boot: a program that counts, started by the agent at boot");
     eprintln!("   (guest kernel code is slow on this host's KVM; this takes a while)");
     let t0 = Instant::now();
     let child = spawn(&["run", "--api-sock", &sock_s, "--exec", COUNTER])?;
@@ -111,7 +111,7 @@ fn steps(a: &DemoArgs) -> Result<(), DemoError> {
     std::thread::sleep(Duration::from_secs(3));
 
     eprintln!(
-        "\n== 3/4 snapshot of the running guest into {}",
+        "\n== 3/5 snapshot of the running guest into {}",
         snap.display()
     );
     let mut c = connect(&sock, deadline)?;
@@ -121,7 +121,7 @@ fn steps(a: &DemoArgs) -> Result<(), DemoError> {
         return Err(DemoError::Step(format!("snapshot failed: {}", r["error"])));
     }
 
-    eprintln!("\n== 4/4 restore: the same guest, the counter goes on where it was");
+    eprintln!("\n== 4/5 restore: the same guest, the counter goes on where it was");
     let t1 = Instant::now();
     let snap_s = snap.display().to_string();
     let child = spawn(&["run", "--api-sock", &sock_s, "--restore", &snap_s])?;
@@ -135,7 +135,81 @@ fn steps(a: &DemoArgs) -> Result<(), DemoError> {
         restore_s * 1000.0,
         boot_s / restore_s.max(1e-6)
     );
+    crash_step(&sock, &snap, deadline)
+}
+
+/// Restores the snapshot once more and crashes its kernel: detection, freeze, and the
+/// dead kernel's processes read from its memory.
+fn crash_step(sock: &Path, snap: &Path, deadline: Instant) -> Result<(), DemoError> {
+    eprintln!("\n== 5/5 the guest kernel crashes (owvmm ctl crash): detected, frozen, its processes read from its memory");
+    let sock_s = sock.display().to_string();
+    let snap_s = snap.display().to_string();
+    let child = spawn(&[
+        "run",
+        "--api-sock",
+        &sock_s,
+        "--restore",
+        &snap_s,
+        "--on-crash",
+        "pause",
+        "--no-console",
+    ])?;
+    let result = watch_crash(sock, deadline);
+    stop(sock, child);
+    result?;
+    eprintln!("\n(resurrecting those processes in a fresh kernel is owvmm's next step)");
     Ok(())
+}
+
+fn watch_crash(sock: &Path, deadline: Instant) -> Result<(), DemoError> {
+    let mut events = connect(sock, deadline)?;
+    events.call(&json!({"cmd": "events"}))?;
+    let mut c = connect(sock, deadline)?;
+    let t = Instant::now();
+    let r = c.call(&json!({"cmd": "crash"}))?;
+    if r["ok"] != json!(true) {
+        return Err(DemoError::Step(format!("crash refused: {}", r["error"])));
+    }
+    loop {
+        if Instant::now() > deadline {
+            return Err(DemoError::Step("no extraction in time".into()));
+        }
+        let ev = events.next_message()?;
+        match ev["event"].as_str() {
+            Some("crash-detected") => eprintln!(
+                "   {} ms: crash detected: {}",
+                t.elapsed().as_millis(),
+                ev["description"].as_str().unwrap_or("?")
+            ),
+            Some("guest-frozen") => eprintln!(
+                "   vCPUs frozen in {:.1} ms, their state captured in {:.1} ms",
+                ev["freeze_ms"].as_f64().unwrap_or(0.0),
+                ev["capture_ms"].as_f64().unwrap_or(0.0)
+            ),
+            Some("extraction-done") => {
+                eprintln!(
+                    "   the dead kernel's processes, read from its memory in {:.1} ms:",
+                    ev["ms"].as_f64().unwrap_or(0.0)
+                );
+                for p in ev["processes"].as_array().cloned().unwrap_or_default() {
+                    let cmd: String = p["cmdline"]
+                        .as_str()
+                        .unwrap_or("")
+                        .chars()
+                        .take(70)
+                        .collect();
+                    eprintln!(
+                        "     pid {:>4} {:<6} {:>3} memory areas  {cmd}",
+                        p["pid"],
+                        p["comm"].as_str().unwrap_or("?"),
+                        p["vmas"]
+                    );
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
 }
 
 pub fn run(a: DemoArgs) -> ExitCode {

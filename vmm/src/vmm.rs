@@ -192,6 +192,7 @@ pub struct Vmm {
     captured: Vec<VcpuState>,
     console_tail: ConsoleTail,
     standby: Option<PathBuf>,
+    panic_seen: Option<Instant>,
     old_world: Option<GuestMemoryMmap>,
     recovering: Option<Recovering>,
     poweroff_since: Option<Instant>,
@@ -210,6 +211,8 @@ const COM2: (u16, u32) = (0x2f8, 3);
 /// Longest a powering-off guest may take to halt before the VMM ends it anyway.
 const POWEROFF_GRACE: Duration = Duration::from_secs(30);
 const TICK: Duration = Duration::from_millis(100);
+/// How long a kernel may be seen panicking before the VMM calls it a crash.
+const PANIC_GRACE: Duration = Duration::from_millis(300);
 
 fn eventfd(what: &'static str) -> Result<EventFd, VmmError> {
     EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::Host(what, e))
@@ -466,6 +469,7 @@ impl Vmm {
             captured: Vec::new(),
             console_tail,
             standby: cfg.standby.clone(),
+            panic_seen: None,
             old_world: None,
             recovering: None,
             poweroff_since: None,
@@ -1038,6 +1042,18 @@ impl Vmm {
         }
         if self.recovering.is_some() && a.clock_set {
             self.morph();
+        }
+        // A panicking kernel sets `panic_cpu` first; it may then take long to reset (its
+        // one-second waits for other CPUs run emulated here) or never do. Give it a moment
+        // to print its message, then call it.
+        if !self.crashed && self.state == State::Running && self.guest_panicked() {
+            let seen = *self.panic_seen.get_or_insert_with(Instant::now);
+            if seen.elapsed() >= PANIC_GRACE {
+                let message = self.console_tail.panic_line();
+                self.crash(CrashCause::Panic { message });
+            }
+        } else {
+            self.panic_seen = None;
         }
         if let Some(limit) = self.hang_timeout {
             let since = a.last_seen.map_or(self.hang_ref, |t| t.max(self.hang_ref));
