@@ -29,7 +29,7 @@ pub const PVM_CMDLINE: &[(&str, &str)] = &[
     ("noxsave", "xsave/xrstor are not emulated in guest kernel mode"),
     ("clearcpuid=popcnt,smap,cx16", "popcnt, clac/stac and cmpxchg16b (SLUB) are not emulated; CPUID cannot be filtered here, so the kernel is told"),
     ("nopti", "page-table isolation doubles the emulated work of every kernel entry"),
-    ("nofsgsbase", "with wrfsbase the FS base of user tasks on a second vCPU stayed 0 and their first TLS access crashed"),
+    ("nofsgsbase", "keeps the kernel off the emulated rd/wrfsbase path for user TLS; added while chasing user-mode TLS crashes (docs/design.md), which it does not cure"),
     ("no-kvm-hypercalls", "CPUID leaks the host's KVM PV features but vmcall never completes here (guest-kernel patch 0004); without it a second vCPU hangs"),
 ];
 
