@@ -149,9 +149,17 @@ fn standby() -> &'static PathBuf {
 }
 
 fn restore(name: &str) -> Vm {
+    restore_with(name, &[])
+}
+
+/// Restores the booted guest's snapshot with extra `owvmm run` options.
+fn restore_with(name: &str, extra: &[&str]) -> Vm {
     let b = booted();
     let dir = scratch(name);
-    Vm::start_with_input(&dir, &["--restore", &b.snapshot.display().to_string()])
+    let snap = b.snapshot.display().to_string();
+    let mut args = vec!["--restore", snap.as_str()];
+    args.extend_from_slice(extra);
+    Vm::start_with_input(&dir, &args)
 }
 
 #[test]
@@ -352,19 +360,11 @@ fn corrupt_or_truncated_snapshots_are_refused() {
 
 #[test]
 fn ctl_crash_is_detected_frozen_and_dumped() {
-    let b = booted();
-    let dir = scratch("crash-ctl");
-    let dump = dir.join("dump");
-    let mut vm = Vm::start_with_input(
-        &dir,
-        &[
-            "--restore",
-            &b.snapshot.display().to_string(),
-            "--on-crash",
-            "pause",
-            "--crash-dump",
-            &dump.display().to_string(),
-        ],
+    let dump = scratch("crash-ctl-dump").join("dump");
+    let dump_s = dump.display().to_string();
+    let mut vm = restore_with(
+        "crash-ctl",
+        &["--on-crash", "pause", "--crash-dump", &dump_s],
     );
     let mut ev = vm.events();
     ev.wait_event("heartbeat", Duration::from_secs(60));
@@ -426,19 +426,10 @@ fn a_bzimage_boots_through_its_64_bit_entry_and_powers_off() {
 
 #[test]
 fn microreboot_recovers_from_three_crashes_in_a_row() {
-    let b = booted();
-    let sb = standby();
-    let dir = scratch("microreboot");
-    let mut vm = Vm::start(
-        &dir,
-        &[
-            "--restore",
-            &b.snapshot.display().to_string(),
-            "--on-crash",
-            "microreboot",
-            "--standby",
-            &sb.display().to_string(),
-        ],
+    let sb = standby().display().to_string();
+    let mut vm = restore_with(
+        "microreboot",
+        &["--on-crash", "microreboot", "--standby", &sb],
     );
     let mut ev = vm.events();
     ev.wait_event("heartbeat", Duration::from_secs(60));
