@@ -17,11 +17,31 @@ impl Vmm {
         self.mem.read_obj::<u32>(GuestAddress(pa)).ok()
     }
 
+    /// Is the kernel image in place (its banner readable where it was linked)? Not while
+    /// a bzImage's decompressor still runs, whose data lies where the kernel will be.
+    fn kernel_in_place(&self) -> bool {
+        let Some(addr) = self
+            .symbols
+            .as_ref()
+            .and_then(|s| s.addr_of("linux_banner"))
+        else {
+            return false;
+        };
+        let Some(pa) = addr.checked_sub(START_KERNEL_MAP) else {
+            return false;
+        };
+        let mut buf = [0u8; 14];
+        self.mem.read_slice(&mut buf, GuestAddress(pa)).is_ok() && &buf == b"Linux version "
+    }
+
     /// Did the guest kernel panic? (`panic_cpu` is set by `panic()` before it resets.)
     pub(super) fn guest_panicked(&self) -> bool {
         let Some(addr) = self.symbols.as_ref().and_then(|s| s.addr_of("panic_cpu")) else {
             return false;
         };
+        if !self.kernel_in_place() {
+            return false;
+        }
         self.read_kernel_u32(addr)
             .is_some_and(|cpu| cpu != PANIC_CPU_INVALID)
     }
@@ -40,6 +60,9 @@ impl Vmm {
         self.events.publish("crash-detected", ev.clone());
 
         let frozen = self.pause_all();
+        // A reset the dying kernel requested before it was frozen belongs to this crash, not
+        // to whatever runs next.
+        let _ = self.reset_evt.read();
         let freeze_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let captured = frozen.and_then(|()| self.save_vcpus());
         match captured {
