@@ -36,12 +36,58 @@ enum DemoError {
 const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo \"demo counter: $i\"; sleep 1; done";
 
 fn spawn(args: &[&str]) -> Result<Child, DemoError> {
+    spawn_watched(args, &Counter::default())
+}
+
+/// The highest `demo counter: N` the guest console has shown.
+#[derive(Clone, Default)]
+struct Counter(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl Counter {
+    fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until the counter passes `than`; false on timeout.
+    fn wait_above(&self, than: u64, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if self.get() > than {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+/// Spawns `owvmm` with its console passed through to ours and watched for the counter.
+fn spawn_watched(args: &[&str], counter: &Counter) -> Result<Child, DemoError> {
+    use std::io::{BufRead, BufReader, Write};
     let exe = std::env::current_exe().map_err(DemoError::Spawn)?;
-    Command::new(exe)
+    let mut child = Command::new(exe)
         .args(args)
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
-        .map_err(DemoError::Spawn)
+        .map_err(DemoError::Spawn)?;
+    if let Some(out) = child.stdout.take() {
+        let counter = counter.clone();
+        std::thread::spawn(move || {
+            let mut stdout = std::io::stdout();
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = writeln!(stdout, "{line}");
+                if let Some(n) = line
+                    .trim()
+                    .strip_prefix("demo counter: ")
+                    .and_then(|n| n.parse::<u64>().ok())
+                {
+                    counter.0.fetch_max(n, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        });
+    }
+    Ok(child)
 }
 
 fn connect(sock: &Path, deadline: Instant) -> Result<Client, DemoError> {
@@ -101,20 +147,25 @@ fn steps(a: &DemoArgs) -> Result<(), DemoError> {
     eprintln!("== 2/5 cold boot: a program that counts, started by the agent at boot");
     eprintln!("   (guest kernel code is slow on this host's KVM; this takes a while)");
     let t0 = Instant::now();
-    let child = spawn(&["run", "--api-sock", &sock_s, "--exec", COUNTER])?;
+    let before = Counter::default();
+    let child = spawn_watched(&["run", "--api-sock", &sock_s, "--exec", COUNTER], &before)?;
     let boot = wait_event(&sock, "agent-ready", deadline);
     let boot_s = t0.elapsed().as_secs_f64();
     if let Err(e) = boot {
         stop(&sock, child);
         return Err(e);
     }
-    std::thread::sleep(Duration::from_secs(3));
+    before.wait_above(2, Duration::from_secs(120));
 
     eprintln!(
         "\n== 3/5 snapshot of the running guest into {}",
         snap.display()
     );
     let mut c = connect(&sock, deadline)?;
+    // Pause first, so the counter the console shows is the one the snapshot holds.
+    c.call(&json!({"cmd": "pause"}))?;
+    std::thread::sleep(Duration::from_millis(200));
+    let at_snapshot = before.get();
     let r = c.call(&json!({"cmd": "snapshot", "dir": snap.display().to_string()}))?;
     stop(&sock, child);
     if r["ok"] != json!(true) {
@@ -124,12 +175,24 @@ fn steps(a: &DemoArgs) -> Result<(), DemoError> {
     eprintln!("\n== 4/5 restore: the same guest, the counter goes on where it was");
     let t1 = Instant::now();
     let snap_s = snap.display().to_string();
-    let child = spawn(&["run", "--api-sock", &sock_s, "--restore", &snap_s])?;
+    let after = Counter::default();
+    let child = spawn_watched(
+        &["run", "--api-sock", &sock_s, "--restore", &snap_s],
+        &after,
+    )?;
     let restored = wait_event(&sock, "guest-clock-set", deadline);
     let restore_s = t1.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_secs(3));
+    let went_on = after.wait_above(at_snapshot, Duration::from_secs(60));
     stop(&sock, child);
     restored?;
+    if went_on {
+        eprintln!(
+            "\n== the snapshot held the counter at {at_snapshot}; the restored guest went on: {}",
+            after.get()
+        );
+    } else {
+        eprintln!("\n== the restored guest did not print its counter within 60 s");
+    }
     eprintln!(
         "\n== cold boot to agent ready: {boot_s:.1} s; restore to agent answering: {:.0} ms ({:.0}x faster)",
         restore_s * 1000.0,
