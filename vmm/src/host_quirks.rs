@@ -30,6 +30,7 @@ pub const PVM_CMDLINE: &[(&str, &str)] = &[
     ("clearcpuid=popcnt,smap,cx16", "popcnt, clac/stac and cmpxchg16b (SLUB) are not emulated; CPUID cannot be filtered here, so the kernel is told"),
     ("nopti", "page-table isolation doubles the emulated work of every kernel entry"),
     ("nofsgsbase", "keeps the kernel off the emulated rd/wrfsbase path for user TLS; added while chasing user-mode TLS crashes (docs/design.md), which it does not cure"),
+    ("GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-FMA,-AVX_Fast_Unaligned_Load", "user code runs with the host's XCR0 but the guest kernel (noxsave) does not preserve AVX state: glibc must stay off AVX (init's environment, passed on by ow-agent)"),
     ("no-kvm-hypercalls", "CPUID leaks the host's KVM PV features but vmcall never completes here (guest-kernel patch 0004); without it a second vCPU hangs"),
 ];
 
@@ -61,7 +62,7 @@ mod tests {
         let c = adjust_cmdline(HostKvm::Pvm, "console=ttyS0 noxsave");
         assert_eq!(
             c,
-            "console=ttyS0 noxsave clearcpuid=popcnt,smap,cx16 nopti nofsgsbase no-kvm-hypercalls"
+            "console=ttyS0 noxsave clearcpuid=popcnt,smap,cx16 nopti nofsgsbase GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-FMA,-AVX_Fast_Unaligned_Load no-kvm-hypercalls"
         );
         assert_eq!(adjust_cmdline(HostKvm::Pvm, &c), c);
         assert_eq!(

@@ -107,6 +107,13 @@ impl Spec {
         for (k, v) in ENV {
             strings.push(cstring(format!("{k}={v}"))?);
         }
+        // Passed on from init's own environment (the kernel gives init the KEY=VALUE words
+        // of its command line that it does not know): GLIBC_TUNABLES keeps glibc off AVX
+        // on hosts that do not preserve AVX state across context switches
+        // (guest-kernel/README.md).
+        if let Some(v) = std::env::var_os("GLIBC_TUNABLES") {
+            strings.push(cstring(format!("GLIBC_TUNABLES={}", v.to_string_lossy()))?);
+        }
         // The CStrings' heap buffers do not move when `strings` is moved into Self.
         let mut argv: Vec<_> = strings[..argc].iter().map(|s| s.as_ptr()).collect();
         argv.push(std::ptr::null());
