@@ -70,8 +70,17 @@ fn booted() -> &'static Booted {
     })
 }
 
-fn boot_and_snapshot(attempt: u32) -> Result<Booted, String> {
+/// Cold-boots the default image's vmlinux with 2 vCPUs and `extra` options.
+fn cold_boot(dir: &std::path::Path, extra: &[&str]) -> Vm {
     let (kdir, initrd) = default_image();
+    let kernel = kdir.join("vmlinux").display().to_string();
+    let initrd = initrd.display().to_string();
+    let mut args = vec!["--kernel", &kernel, "--initrd", &initrd, "--vcpus", "2"];
+    args.extend_from_slice(extra);
+    Vm::start(dir, &args)
+}
+
+fn boot_and_snapshot(attempt: u32) -> Result<Booted, String> {
     let dir = scratch(&format!("boot-{attempt}"));
     let added = dir.join("hello.txt");
     std::fs::write(&added, ADDED).expect("write added file");
@@ -80,23 +89,7 @@ fn boot_and_snapshot(attempt: u32) -> Result<Booted, String> {
         "echo added: $(cat /opt/owvmm/hello.txt); echo cpus: $(grep -c ^processor /proc/cpuinfo); {COUNTER}"
     );
     let t0 = Instant::now();
-    let mut vm = Vm::start(
-        &dir,
-        &[
-            "--kernel",
-            &kdir.join("vmlinux").display().to_string(),
-            "--initrd",
-            &initrd.display().to_string(),
-            "--vcpus",
-            "2",
-            "--add",
-            &add,
-            "--exec",
-            &counter,
-            "--exec",
-            READER,
-        ],
-    );
+    let mut vm = cold_boot(&dir, &["--add", &add, "--exec", &counter, "--exec", READER]);
     vm.wait_agent_ready(Duration::from_secs(1200));
     let boot_secs = t0.elapsed().as_secs_f64();
     vm.wait_console_unless("count 2", HOST_CRASH_SIGNS, Duration::from_secs(300))?;
@@ -120,20 +113,9 @@ fn boot_and_snapshot(attempt: u32) -> Result<Booted, String> {
 fn standby() -> &'static PathBuf {
     static S: OnceLock<PathBuf> = OnceLock::new();
     S.get_or_init(|| {
-        let (kdir, initrd) = default_image();
         for attempt in 1..=3 {
             let dir = scratch(&format!("standby-{attempt}"));
-            let mut vm = Vm::start(
-                &dir,
-                &[
-                    "--kernel",
-                    &kdir.join("vmlinux").display().to_string(),
-                    "--initrd",
-                    &initrd.display().to_string(),
-                    "--vcpus",
-                    "2",
-                ],
-            );
+            let mut vm = cold_boot(&dir, &[]);
             vm.wait_agent_ready(Duration::from_secs(1200));
             let snap = dir.join("snap");
             let r = vm.call(json!({"cmd": "snapshot", "dir": snap.display().to_string()}));
