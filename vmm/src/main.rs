@@ -41,7 +41,7 @@ enum Cmd {
     /// Build or locate the default guest kernel and initramfs.
     #[command(subcommand)]
     Image(ImageCmd),
-    /// Show what owvmm does on the default guest: boot, agent, snapshot, restore.
+    /// Show what owvmm does on the default guest: boot, agent, snapshot, restore, crash.
     Demo(demo::DemoArgs),
 }
 
