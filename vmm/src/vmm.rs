@@ -180,7 +180,6 @@ pub struct Vmm {
     state: State,
     started: Instant,
     exit: Option<ExitReason>,
-    symbols: Option<SymbolTable>,
     kernel_info: Option<KernelInfo>,
     machine: MachineInfo,
     host: HostKvm,
@@ -191,7 +190,6 @@ pub struct Vmm {
     crash_dump: Option<PathBuf>,
     crashes: Vec<Value>,
     crashed: bool,
-    captured: Vec<VcpuState>,
     console_tail: ConsoleTail,
     standby: Option<PathBuf>,
     panic_seen: Option<Instant>,
@@ -435,7 +433,6 @@ impl Vmm {
             .map_err(|e| VmmError::Host("timerfd", std::io::Error::from_raw_os_error(e.errno())))?;
 
         let kernel_info = load_kernel_info(&machine.kernel);
-        let symbols = kernel_info.as_ref().map(|k| k.symbols.clone());
         let restored_from = if saved { cfg.restore.clone() } else { None };
         let vmm = Vmm {
             vm,
@@ -457,7 +454,6 @@ impl Vmm {
             state: State::Running,
             started,
             exit: None,
-            symbols,
             kernel_info,
             machine,
             host,
@@ -468,7 +464,6 @@ impl Vmm {
             crash_dump: cfg.crash_dump.clone(),
             crashes: Vec::new(),
             crashed: false,
-            captured: Vec::new(),
             console_tail,
             standby: cfg.standby.clone(),
             panic_seen: None,
@@ -515,6 +510,11 @@ impl Vmm {
             h.finish();
         }
         result
+    }
+
+    /// The guest kernel's symbols, when `System.map` was found next to it.
+    fn symbols(&self) -> Option<&SymbolTable> {
+        self.kernel_info.as_ref().map(|k| &k.symbols)
     }
 
     fn uptime_ms(&self) -> u64 {
@@ -716,8 +716,7 @@ impl Vmm {
             match h.request(VcpuRequest::Describe) {
                 Ok(VcpuResponse::Description(b)) => {
                     let sym = self
-                        .symbols
-                        .as_ref()
+                        .symbols()
                         .and_then(|s| s.resolve(b.rip, 0))
                         .map(|r| r.to_string());
                     let mut v = serde_json::to_value(&b).unwrap_or_default();
@@ -738,8 +737,7 @@ impl Vmm {
         let n = read_virt(&GuestMem(&self.mem), f.cr3, f.rip, la57, &mut bytes);
         let hex: Vec<String> = bytes[..n].iter().map(|b| format!("{b:02x}")).collect();
         let sym = self
-            .symbols
-            .as_ref()
+            .symbols()
             .and_then(|s| s.resolve(f.rip, 0))
             .map(|r| r.to_string())
             .unwrap_or_else(|| "?".into());

@@ -20,11 +20,7 @@ impl Vmm {
     /// Is the kernel image in place (its banner readable where it was linked)? Not while
     /// a bzImage's decompressor still runs, whose data lies where the kernel will be.
     fn kernel_in_place(&self) -> bool {
-        let Some(addr) = self
-            .symbols
-            .as_ref()
-            .and_then(|s| s.addr_of("linux_banner"))
-        else {
+        let Some(addr) = self.symbols().and_then(|s| s.addr_of("linux_banner")) else {
             return false;
         };
         let Some(pa) = addr.checked_sub(START_KERNEL_MAP) else {
@@ -36,7 +32,7 @@ impl Vmm {
 
     /// Did the guest kernel panic? (`panic_cpu` is set by `panic()` before it resets.)
     pub(super) fn guest_panicked(&self) -> bool {
-        let Some(addr) = self.symbols.as_ref().and_then(|s| s.addr_of("panic_cpu")) else {
+        let Some(addr) = self.symbols().and_then(|s| s.addr_of("panic_cpu")) else {
             return false;
         };
         if !self.kernel_in_place() {
@@ -84,10 +80,6 @@ impl Vmm {
                             json!({ "dir": dir.display().to_string(), "error": crate::error_chain(&e) }),
                         ),
                     }
-                    // The states went into the dump; keep the live copies for later stages.
-                    self.captured = self.save_vcpus().unwrap_or_default();
-                } else {
-                    self.captured = states;
                 }
             }
             Err(e) => self
@@ -253,8 +245,7 @@ impl Vmm {
             return Err("the guest has already crashed".into());
         }
         let panic = self
-            .symbols
-            .as_ref()
+            .symbols()
             .and_then(|s| s.addr_of("panic"))
             .ok_or("no System.map next to the kernel: cannot find panic()")?;
         self.mem
