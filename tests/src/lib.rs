@@ -331,3 +331,86 @@ impl Conn {
         }
     }
 }
+
+/// The crash kernel's warm standby for the default image with `vcpus` vCPUs and 128 MiB
+/// (`owvmm standby`: prepared once, then cached; `owvmm run` finds the same one).
+pub fn standby_dir(vcpus: u8) -> PathBuf {
+    let (code, out, err) = run_to_end(&["standby", "--vcpus", &vcpus.to_string()]);
+    assert_eq!(code, 0, "owvmm standby failed: {err}");
+    PathBuf::from(out.trim())
+}
+
+/// The test programs of `tests/guest-programs/owtest.c`, built once per test process:
+/// (static, dynamically linked).
+pub fn owtest_programs() -> (PathBuf, PathBuf) {
+    static P: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    P.get_or_init(|| {
+        let src = workspace_root().join("tests/guest-programs/owtest.c");
+        let dir = std::env::temp_dir().join(format!("owvmm-owtest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("owtest dir");
+        let build = |out: &Path, extra: &[&str]| {
+            let st = Command::new("cc")
+                .args(["-O2", "-Wall", "-Wextra", "-Werror"])
+                .args(extra)
+                .arg("-o")
+                .arg(out)
+                .arg(&src)
+                .arg("-lpthread")
+                .status()
+                .expect("run cc");
+            assert!(st.success(), "cc {} failed", src.display());
+        };
+        let (st, dy) = (dir.join("owtest-static"), dir.join("owtest-dyn"));
+        build(&st, &["-static"]);
+        build(&dy, &[]);
+        (st, dy)
+    })
+    .clone()
+}
+
+/// The shared libraries the dynamically linked test program needs, as `--add` pairs
+/// (host path, guest path).
+pub fn owtest_libraries() -> Vec<(PathBuf, String)> {
+    [
+        "/lib/x86_64-linux-gnu/libc.so.6",
+        "/lib64/ld-linux-x86-64.so.2",
+    ]
+    .iter()
+    .map(|p| {
+        let host = std::fs::canonicalize(p).unwrap_or_else(|_| PathBuf::from(p));
+        (host, (*p).to_owned())
+    })
+    .collect()
+}
+
+/// Polls the console until `f` finds what it wants in the part written after `from`
+/// bytes; panics with the console's tail on timeout or if the VM exits.
+pub fn wait_console_after<T>(
+    vm: &mut Vm,
+    from: usize,
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut(&str) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let c = vm.console();
+        let after = c.get(from..).unwrap_or("");
+        if let Some(v) = f(after) {
+            return v;
+        }
+        if let Some(st) = vm.try_exit() {
+            panic!(
+                "VM exited ({st}) before {what}; console tail: {}\nstderr: {}",
+                tail(&c, 3000),
+                vm.stderr()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {what} on the console in {timeout:?}; tail: {}",
+            tail(&c, 3000)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -77,6 +77,9 @@ fn cold_boot(dir: &std::path::Path, extra: &[&str]) -> Vm {
     let initrd = initrd.display().to_string();
     let mut args = vec!["--kernel", &kernel, "--initrd", &initrd, "--vcpus", "2"];
     args.extend_from_slice(extra);
+    if !extra.contains(&"--on-crash") {
+        args.extend(["--on-crash", "exit"]);
+    }
     Vm::start(dir, &args)
 }
 
@@ -109,25 +112,10 @@ fn boot_and_snapshot(attempt: u32) -> Result<Booted, String> {
 }
 
 /// The crash kernel's warm standby: a freshly booted guest of the same shape (2 vCPUs,
-/// 128 MiB) running nothing but the agent, snapshotted once its agent is ready.
+/// 128 MiB) running nothing but the agent (`owvmm standby`, cached).
 fn standby() -> &'static PathBuf {
     static S: OnceLock<PathBuf> = OnceLock::new();
-    S.get_or_init(|| {
-        for attempt in 1..=3 {
-            let dir = scratch(&format!("standby-{attempt}"));
-            let mut vm = cold_boot(&dir, &[]);
-            vm.wait_agent_ready(Duration::from_secs(1200));
-            let snap = dir.join("snap");
-            let r = vm.call(json!({"cmd": "snapshot", "dir": snap.display().to_string()}));
-            let console = vm.console();
-            vm.stop();
-            if r["ok"] == json!(true) && !HOST_CRASH_SIGNS.iter().any(|b| console.contains(*b)) {
-                return snap;
-            }
-            eprintln!("standby attempt {attempt} failed: {r}");
-        }
-        panic!("no standby after three cold boots");
-    })
+    S.get_or_init(|| owvmm_tests::standby_dir(2))
 }
 
 fn restore(name: &str) -> Vm {
@@ -141,6 +129,10 @@ fn restore_with(name: &str, extra: &[&str]) -> Vm {
     let snap = b.snapshot.display().to_string();
     let mut args = vec!["--restore", snap.as_str()];
     args.extend_from_slice(extra);
+    // These tests are about detection; recovery has its own (tests/recovery.rs).
+    if !extra.contains(&"--on-crash") {
+        args.extend(["--on-crash", "exit"]);
+    }
     Vm::start_with_input(&dir, &args)
 }
 
@@ -310,7 +302,8 @@ fn a_restored_guest_can_be_snapshotted_and_restored_again() {
     let at = last_count(&snapshot_paused(&vm, &snap2));
     assert_eq!(vm.stop(), 5);
     let dir = scratch("chain-2");
-    let mut vm2 = Vm::start(&dir, &["--restore", &snap2.display().to_string()]);
+    let snap2 = snap2.display().to_string();
+    let mut vm2 = Vm::start(&dir, &["--restore", &snap2, "--on-crash", "exit"]);
     vm2.wait_console(&format!("count {}", at + 1), Duration::from_secs(120));
     assert_eq!(vm2.stop(), 5);
 }
@@ -381,7 +374,7 @@ fn a_panic_raised_inside_the_guest_is_detected() {
         crash["message"].as_str().unwrap_or("").contains("sysrq"),
         "{crash}"
     );
-    // Default --on-crash exit: exit code 4 with the cause on stderr.
+    // --on-crash exit: exit code 4 with the cause on stderr.
     assert_eq!(vm.wait_exit(Duration::from_secs(60)), 4);
     assert!(vm.stderr().contains("kernel panic"), "{}", vm.stderr());
 }
@@ -399,6 +392,8 @@ fn a_bzimage_boots_through_its_64_bit_entry_and_powers_off() {
             &initrd.display().to_string(),
             "--exec",
             "echo bzimage-boot-ok",
+            "--on-crash",
+            "exit",
         ],
     );
     vm.wait_console("bzimage-boot-ok", Duration::from_secs(1200));

@@ -37,6 +37,8 @@ pub struct AgentState {
     pub bad_lines: u64,
     /// The agent confirmed it set the clock (it is alive and answering).
     pub clock_set: bool,
+    /// The agent finished a `resurrect` request: (restored, failed, guest ms).
+    pub resurrect_done: Option<(u64, u64, u64)>,
 }
 
 /// Parser state plus shared agent state; the COM2 device writes into it.
@@ -142,6 +144,32 @@ impl AgentLink {
                 st.poweroff = true;
                 drop(st);
                 self.events.publish("guest-poweroff-requested", json!({}));
+            }
+            AgentMsg::Restored { pid, threads, ms } => {
+                drop(st);
+                self.events.publish(
+                    "process-restored",
+                    json!({ "pid": pid, "threads": threads, "guest_ms": ms }),
+                );
+            }
+            AgentMsg::NotRestored { pid, reason } => {
+                drop(st);
+                self.events.publish(
+                    "process-not-restored",
+                    json!({ "pid": pid, "reason": reason }),
+                );
+            }
+            AgentMsg::ResurrectDone {
+                restored,
+                failed,
+                ms,
+            } => {
+                st.resurrect_done = Some((u64::from(restored), u64::from(failed), ms));
+                drop(st);
+                self.events.publish(
+                    "resurrect-done",
+                    json!({ "restored": restored, "failed": failed, "guest_ms": ms }),
+                );
             }
             AgentMsg::Reboot => {
                 st.reboot = true;

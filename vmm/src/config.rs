@@ -57,6 +57,8 @@ pub struct VmConfig {
     pub crash_dump: Option<PathBuf>,
     /// Snapshot of a freshly booted guest of the same shape: the crash kernel's standby.
     pub standby: Option<PathBuf>,
+    /// Without `standby`: what to prepare (or take from the cache) as the standby.
+    pub standby_auto: Option<crate::standby::StandbySpec>,
 }
 
 /// A configuration refused before anything starts.
@@ -153,8 +155,13 @@ impl VmConfig {
         for a in &self.add {
             file_size("--add file", &a.host)?;
         }
-        if self.on_crash == crate::crash::OnCrash::Microreboot {
-            let dir = self.standby.as_ref().ok_or(ConfigError::NoStandby)?;
+        if self.on_crash == crate::crash::OnCrash::Microreboot
+            && self.standby.is_none()
+            && self.standby_auto.is_none()
+        {
+            return Err(ConfigError::NoStandby);
+        }
+        if let Some(dir) = self.standby.as_ref() {
             let (st, _) = crate::snapshot::read(dir).map_err(ConfigError::Standby)?;
             let (mem, vcpus) = match &self.restore {
                 Some(r) => {
@@ -241,6 +248,7 @@ mod tests {
             on_crash: crate::crash::OnCrash::Exit,
             crash_dump: None,
             standby: None,
+            standby_auto: None,
         }
     }
 

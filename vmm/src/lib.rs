@@ -17,6 +17,7 @@ pub mod host_quirks;
 pub mod image;
 pub mod memory;
 pub mod snapshot;
+pub mod standby;
 pub mod terminal;
 pub mod vmm;
 pub mod vstate;

@@ -43,6 +43,28 @@ enum Cmd {
     Image(ImageCmd),
     /// Show what owvmm does on the default guest: boot, agent, snapshot, restore, crash.
     Demo(demo::DemoArgs),
+    /// Prepare (or find in the cache) the crash kernel's warm standby for a machine shape,
+    /// and print its directory. `owvmm run` does this by itself when it needs one.
+    Standby(StandbyArgs),
+}
+
+#[derive(Args)]
+struct StandbyArgs {
+    /// Kernel [default: the default image's vmlinux]
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs [default: the default image's]
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line [default: the default image's]
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Guest RAM in MiB
+    #[arg(long, default_value_t = 128)]
+    mem: u64,
+    /// Number of vCPUs
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
 }
 
 #[derive(Args, Clone, Default)]
@@ -79,17 +101,18 @@ struct RunArgs {
     /// running (0: never)
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     hang_timeout: u64,
-    /// After a guest kernel crash (panic, triple fault, emulation failure, hang): `exit`
-    /// (code 4), `pause` (freeze it; inspect or snapshot it through the control socket) or
-    /// `microreboot` (start the crash kernel from --standby in its place)
-    #[arg(long, value_enum, default_value_t = owvmm::crash::OnCrash::Exit)]
+    /// After a guest kernel crash (panic, triple fault, emulation failure, hang):
+    /// `microreboot` (start a fresh kernel from its warm standby and bring the processes
+    /// back in it), `exit` (code 4) or `pause` (freeze it; inspect or snapshot it through
+    /// the control socket)
+    #[arg(long, value_enum, default_value_t = owvmm::crash::OnCrash::Microreboot)]
     on_crash: owvmm::crash::OnCrash,
     /// On a crash, write the dead guest's memory and vCPU state here (snapshot format)
     #[arg(long, value_name = "DIR")]
     crash_dump: Option<PathBuf>,
     /// The crash kernel's warm standby for `--on-crash microreboot`: a snapshot of a freshly
-    /// booted guest with the same --mem and --vcpus (`owvmm ctl snapshot` of a guest whose
-    /// agent is ready and that runs nothing else)
+    /// booted guest with the same --mem and --vcpus (`owvmm standby` makes one). Default: the
+    /// cached standby of this kernel and shape, prepared in the background on first use
     #[arg(long, value_name = "DIR")]
     standby: Option<PathBuf>,
     /// Do not show the guest console
@@ -185,6 +208,7 @@ fn main() -> ExitCode {
             Err(e) => fail(EXIT_VMM_ERROR, &e),
         },
         Cmd::Demo(a) => demo::run(a),
+        Cmd::Standby(a) => standby(a),
     }
 }
 
@@ -205,7 +229,7 @@ fn build_config(a: RunArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
         .iter()
         .map(|s| parse_add(s))
         .collect::<Result<Vec<_>, _>>()?;
-    let (kernel, initrd) = match (&a.restore, a.kernel, a.initrd) {
+    let (kernel, initrd) = match (&a.restore, a.kernel.clone(), a.initrd.clone()) {
         (Some(_), _, _) => (PathBuf::new(), None),
         (None, Some(k), i) => (k, i),
         (None, None, i) => {
@@ -213,11 +237,21 @@ fn build_config(a: RunArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
             (img.vmlinux, Some(i.unwrap_or(img.initramfs)))
         }
     };
+    let cmdline = a
+        .cmdline
+        .clone()
+        .unwrap_or_else(owvmm::image::default_cmdline);
+    let standby_auto = if a.on_crash == owvmm::crash::OnCrash::Microreboot && a.standby.is_none()
+    {
+        Some(auto_standby(&a, &kernel, initrd.as_ref(), &cmdline)?)
+    } else {
+        None
+    };
     Ok(VmConfig {
         boot: BootConfig {
             kernel,
             initrd,
-            cmdline: a.cmdline.unwrap_or_else(owvmm::image::default_cmdline),
+            cmdline,
         },
         machine: MachineConfig {
             mem_mib: a.mem,
@@ -231,7 +265,67 @@ fn build_config(a: RunArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
         on_crash: a.on_crash,
         crash_dump: a.crash_dump,
         standby: a.standby,
+        standby_auto,
     })
+}
+
+/// The standby a guest gets when none is given: same kernel, command line and shape, the
+/// default image's initramfs unless the guest has its own.
+fn auto_standby(
+    a: &RunArgs,
+    kernel: &std::path::Path,
+    initrd: Option<&PathBuf>,
+    cmdline: &str,
+) -> Result<owvmm::standby::StandbySpec, Box<dyn std::error::Error>> {
+    if let Some(dir) = &a.restore {
+        let (st, _) = owvmm::snapshot::read(dir)?;
+        let img = owvmm::image::build(false, None)?;
+        return Ok(owvmm::standby::StandbySpec {
+            kernel: PathBuf::from(&st.machine.kernel),
+            initrd: Some(img.initramfs),
+            cmdline: owvmm::image::default_cmdline(),
+            mem_mib: st.machine.mem_mib,
+            vcpus: st.machine.vcpus,
+        });
+    }
+    // `--add` and `--exec` go into an overlay at boot, not into `initrd`.
+    Ok(owvmm::standby::StandbySpec {
+        kernel: kernel.to_path_buf(),
+        initrd: initrd.cloned(),
+        cmdline: cmdline.to_owned(),
+        mem_mib: a.mem,
+        vcpus: a.vcpus,
+    })
+}
+
+fn standby(a: StandbyArgs) -> ExitCode {
+    let spec = (|| -> Result<owvmm::standby::StandbySpec, Box<dyn std::error::Error>> {
+        let (kernel, initrd) = match (a.kernel, a.initrd) {
+            (Some(k), Some(i)) => (k, i),
+            (k, i) => {
+                let img = owvmm::image::build(false, None)?;
+                (k.unwrap_or(img.vmlinux), i.unwrap_or(img.initramfs))
+            }
+        };
+        Ok(owvmm::standby::StandbySpec {
+            kernel,
+            initrd: Some(initrd),
+            cmdline: a.cmdline.unwrap_or_else(owvmm::image::default_cmdline),
+            mem_mib: a.mem,
+            vcpus: a.vcpus,
+        })
+    })();
+    let spec = match spec {
+        Ok(s) => s,
+        Err(e) => return fail(EXIT_VMM_ERROR, e.as_ref()),
+    };
+    match spec.prepare(&mut owvmm::standby::log_stderr) {
+        Ok(dir) => {
+            println!("{}", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(EXIT_VMM_ERROR, &e),
+    }
 }
 
 fn run(a: RunArgs) -> ExitCode {

@@ -40,6 +40,9 @@ use crate::vstate::vcpu::{
 use crate::vstate::vm::{restore_vm_state, save_vm_state, KvmContext};
 
 mod crash_flow;
+mod manifest;
+
+use manifest::Manifest;
 
 /// Errors while building or running the VM.
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +140,16 @@ enum State {
 /// A microreboot in progress: the crash kernel runs, the old memory is still held.
 struct Recovering {
     detected: Instant,
+    /// Detection to frozen and captured.
+    freeze_ms: f64,
+    /// Reading the dead kernel and building the manifest.
+    extract_ms: f64,
+    /// Standby loaded and running.
     kernel_ms: f64,
+    /// When `resurrect` went to the crash kernel's agent.
+    resurrect_sent: Option<Instant>,
+    /// Processes left out of the manifest, with the reason.
+    excluded: Vec<Value>,
 }
 
 /// Resident memory of this process, in bytes (from /proc/self/statm).
@@ -192,9 +204,17 @@ pub struct Vmm {
     crashed: bool,
     console_tail: ConsoleTail,
     standby: Option<PathBuf>,
+    /// The standby being prepared in the background (no `--standby`, none cached yet).
+    standby_job: Option<std::thread::JoinHandle<Result<PathBuf, crate::standby::StandbyError>>>,
     panic_seen: Option<Instant>,
     old_world: Option<GuestMemoryMmap>,
+    /// The manifest's own memory while it is mapped for the crash kernel.
+    manifest_mem: Option<GuestMemoryMmap>,
+    /// The manifest built from the dead kernel, for the crash kernel's agent.
+    manifest: Option<Manifest>,
     recovering: Option<Recovering>,
+    /// When `ctl crash` asked for a panic (for the detection time).
+    crash_requested: Option<Instant>,
     poweroff_since: Option<Instant>,
     clock_synced: bool,
 }
@@ -433,6 +453,19 @@ impl Vmm {
             .map_err(|e| VmmError::Host("timerfd", std::io::Error::from_raw_os_error(e.errno())))?;
 
         let kernel_info = load_kernel_info(&machine.kernel);
+        let mut standby = cfg.standby.clone();
+        let mut standby_job = None;
+        if let (None, Some(spec)) = (&standby, &cfg.standby_auto) {
+            match spec.cached() {
+                Some(dir) => standby = Some(dir),
+                None => {
+                    let spec = spec.clone();
+                    standby_job = Some(std::thread::spawn(move || {
+                        spec.prepare(&mut crate::standby::log_stderr)
+                    }));
+                }
+            }
+        }
         let restored_from = if saved { cfg.restore.clone() } else { None };
         let vmm = Vmm {
             vm,
@@ -465,10 +498,14 @@ impl Vmm {
             crashes: Vec::new(),
             crashed: false,
             console_tail,
-            standby: cfg.standby.clone(),
+            standby,
+            standby_job,
             panic_seen: None,
             old_world: None,
+            manifest_mem: None,
+            manifest: None,
             recovering: None,
+            crash_requested: None,
             poweroff_since: None,
             clock_synced: false,
         };
@@ -789,9 +826,7 @@ impl Vmm {
             );
             self.send_agent(&VmmMsg::Time(unix_now()));
         }
-        if self.recovering.is_some() && a.clock_set {
-            self.morph();
-        }
+        self.recovery_tick(&a);
         // A panicking kernel sets `panic_cpu` first; it may then take long to reset (its
         // one-second waits for other CPUs run emulated here) or never do. Give it a moment
         // to print its message, then call it.

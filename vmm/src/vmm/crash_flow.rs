@@ -8,6 +8,14 @@ use serde_json::{json, Value};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
+use crate::arch::layout::{
+    MANIFEST_BASE, MANIFEST_SLOT, WINDOW_BASE, WINDOW_FIRST_SLOT,
+};
+use crate::vstate::vm::set_slots;
+use super::manifest::{self, CpuAtCrash};
+
+/// How long the crash kernel's agent may take to resurrect the processes.
+const RESURRECT_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Vmm {
     /// Reads a u32 of the kernel image (link address `va`), for kernels loaded where
@@ -55,14 +63,33 @@ impl Vmm {
         ev["description"] = json!(text);
         self.events.publish("crash-detected", ev.clone());
 
+        if let Some(r) = self.recovering.take() {
+            // The crash kernel itself died before the processes were back: say so, keep the
+            // VMM up and the guest frozen for inspection.
+            let _ = self.pause_all();
+            self.state = State::Paused;
+            self.unmap_old_world();
+            ev["stage"] = json!(if r.resurrect_sent.is_some() {
+                "resurrection"
+            } else {
+                "crash-kernel start"
+            });
+            eprintln!("\r\nowvmm: the crash kernel failed during recovery ({text}); guest frozen\r");
+            self.events.publish("recovery-failed", ev.clone());
+            ev["uptime_ms"] = json!(self.uptime_ms());
+            self.crashes.push(ev);
+            return;
+        }
         let frozen = self.pause_all();
         // A reset the dying kernel requested before it was frozen belongs to this crash, not
         // to whatever runs next.
         let _ = self.reset_evt.read();
         let freeze_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let captured = frozen.and_then(|()| self.save_vcpus());
+        let mut cpus = Vec::new();
         match captured {
             Ok(states) => {
+                cpus = states.iter().map(CpuAtCrash::from_state).collect();
                 let capture_ms = t0.elapsed().as_secs_f64() * 1000.0 - freeze_ms;
                 self.events.publish(
                     "guest-frozen",
@@ -86,13 +113,19 @@ impl Vmm {
                 .events
                 .publish("capture-failed", json!({ "error": crate::error_chain(&e) })),
         }
-        if let Some(x) = self.extract() {
+        let t_extract = Instant::now();
+        if let Some(x) = self.extract(&cpus) {
             ev["extraction"] = x;
+        }
+        let extract_ms = t_extract.elapsed().as_secs_f64() * 1000.0;
+        if let Some(req) = self.crash_requested.take() {
+            ev["detect_ms"] = json!(req.elapsed().as_secs_f64() * 1000.0
+                - t0.elapsed().as_secs_f64() * 1000.0);
         }
         ev["uptime_ms"] = json!(self.uptime_ms());
         self.crashes.push(ev);
         match self.on_crash {
-            OnCrash::Microreboot => match self.microreboot(t0) {
+            OnCrash::Microreboot => match self.microreboot(t0, freeze_ms, extract_ms) {
                 Ok(()) => {}
                 Err(e) => {
                     let why = crate::error_chain(&e);
@@ -111,12 +144,14 @@ impl Vmm {
     }
 
     /// Reads the dead kernel's processes from its frozen memory (recovery/), publishes
-    /// `extraction-done`, and returns a summary for the crash record.
-    pub(super) fn extract(&self) -> Option<Value> {
+    /// `extraction-done`, builds the resurrection manifest when a microreboot follows, and
+    /// returns a summary for the crash record.
+    pub(super) fn extract(&mut self, cpus: &[CpuAtCrash]) -> Option<Value> {
         let info = self.kernel_info.as_ref()?;
-        let btf = info.btf.as_deref()?;
+        let btf_blob = info.btf.as_deref()?;
         let t0 = Instant::now();
-        let report = owvmm_recovery::inspect(&GuestMem(&self.mem), &info.system_map, btf);
+        let mem = GuestMem(&self.mem);
+        let report = owvmm_recovery::inspect(&mem, &info.system_map, btf_blob);
         let processes: Vec<Value> = report
             .user_tasks()
             .filter(|t| t.is_leader())
@@ -134,12 +169,33 @@ impl Vmm {
                 })
             })
             .collect();
-        let summary = json!({
+        let inspect_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let manifest = if self.on_crash == OnCrash::Microreboot {
+            let m = manifest::build(&mem, info, &report, cpus);
+            if let Some(e) = &m.error {
+                self.events
+                    .publish("manifest-failed", json!({ "error": e }));
+            }
+            Some(m)
+        } else {
+            None
+        };
+        let mut summary = json!({
             "ms": t0.elapsed().as_secs_f64() * 1000.0,
+            "inspect_ms": inspect_ms,
             "tasks": report.tasks.len(),
             "processes": processes,
             "problems": report.problems,
         });
+        if let Some(m) = &manifest {
+            summary["manifest"] = json!({
+                "bytes": m.text.len(),
+                "processes": m.included,
+                "excluded": m.excluded,
+                "copy_bytes": m.copy_bytes,
+            });
+        }
+        self.manifest = manifest;
         self.events.publish("extraction-done", summary.clone());
         Some(summary)
     }
@@ -148,7 +204,27 @@ impl Vmm {
     /// (mapped copy-on-write from the standby snapshot) replaces the guest's in the KVM
     /// memory slots, its vCPU, interrupt controller, clock and UART state is loaded, and it
     /// runs. The dead guest's memory is kept (`old_world`) until the recovery is done.
-    pub(super) fn microreboot(&mut self, detected: Instant) -> Result<(), VmmError> {
+    pub(super) fn microreboot(
+        &mut self,
+        detected: Instant,
+        freeze_ms: f64,
+        extract_ms: f64,
+    ) -> Result<(), VmmError> {
+        if self.standby.is_none() {
+            if let Some(job) = self.standby_job.take() {
+                eprintln!("\r\nowvmm: waiting for the crash kernel's standby, still being prepared\r");
+                let t = Instant::now();
+                let dir = job
+                    .join()
+                    .map_err(|_| VmmError::EventLoop("the standby preparation panicked".into()))?
+                    .map_err(|e| VmmError::EventLoop(format!("no standby: {}", crate::error_chain(&e))))?;
+                self.events.publish(
+                    "standby-waited",
+                    json!({ "ms": t.elapsed().as_secs_f64() * 1000.0, "dir": dir.display().to_string() }),
+                );
+                self.standby = Some(dir);
+            }
+        }
         let t0 = Instant::now();
         let dir = self
             .standby
@@ -169,7 +245,10 @@ impl Vmm {
         let new_mem = crate::memory::from_file(&file, st.memory_bytes)?;
         crate::vstate::vm::set_memory(&self.vm, &self.mem, false)?;
         crate::vstate::vm::set_memory(&self.vm, &new_mem, true)?;
-        self.old_world = Some(std::mem::replace(&mut self.mem, new_mem));
+        let old = std::mem::replace(&mut self.mem, new_mem);
+        set_slots(&self.vm, &old, WINDOW_FIRST_SLOT, WINDOW_BASE, true, true)?;
+        self.old_world = Some(old);
+        self.map_manifest()?;
         restore_vm_state(&self.vm, &st.vm)?;
         for (h, vs) in self.vcpus.iter().zip(st.vcpus) {
             match h.request(VcpuRequest::RestoreState(Box::new(vs)))? {
@@ -205,35 +284,125 @@ impl Vmm {
             }),
         );
         eprintln!("\r\nowvmm: crash kernel running ({kernel_ms:.0} ms from its standby)\r");
+        let excluded = self
+            .manifest
+            .as_ref()
+            .map(|m| m.excluded.clone())
+            .unwrap_or_default();
         self.recovering = Some(Recovering {
             detected,
+            freeze_ms,
+            extract_ms,
             kernel_ms,
+            resurrect_sent: None,
+            excluded,
         });
         Ok(())
     }
 
-    /// The crash kernel's agent answered: give the old memory back to the host and become
-    /// an ordinary guest again.
-    pub(super) fn morph(&mut self) {
+    /// Puts the manifest into its own memory slot for the crash kernel's agent.
+    fn map_manifest(&mut self) -> Result<(), VmmError> {
+        let Some(m) = &self.manifest else {
+            return Ok(());
+        };
+        let len = u64::try_from(m.text.len()).unwrap_or(u64::MAX);
+        let size = len.div_ceil(4096).max(1) * 4096;
+        let mem = crate::memory::anonymous(size)?;
+        mem.write_slice(m.text.as_bytes(), GuestAddress(0))
+            .map_err(|e| VmmError::EventLoop(format!("cannot write the manifest: {e}")))?;
+        set_slots(&self.vm, &mem, MANIFEST_SLOT, MANIFEST_BASE, true, true)?;
+        self.manifest_mem = Some(mem);
+        Ok(())
+    }
+
+    /// Removes the old-world window and the manifest from the guest and frees them.
+    fn unmap_old_world(&mut self) {
+        if let Some(old) = self.old_world.take() {
+            let _ = set_slots(&self.vm, &old, WINDOW_FIRST_SLOT, WINDOW_BASE, true, false);
+        }
+        if let Some(m) = self.manifest_mem.take() {
+            let _ = set_slots(&self.vm, &m, MANIFEST_SLOT, MANIFEST_BASE, true, false);
+        }
+        self.manifest = None;
+    }
+
+    /// Drives a recovery in progress: once the crash kernel's agent answers, hand it the
+    /// manifest; once it has resurrected the processes (or gave up), morph.
+    pub(super) fn recovery_tick(&mut self, a: &AgentState) {
+        let Some(r) = &mut self.recovering else {
+            return;
+        };
+        if !a.clock_set {
+            return;
+        }
+        let Some(sent) = r.resurrect_sent else {
+            let (Some(m), Some(old)) = (&self.manifest, &self.old_world) else {
+                self.morph(None);
+                return;
+            };
+            let window_len: u64 = vm_memory::GuestMemoryBackend::iter(old).map(|reg| vm_memory::GuestMemoryRegion::len(reg)).sum();
+            let msg = VmmMsg::Resurrect {
+                manifest_gpa: MANIFEST_BASE,
+                manifest_len: u64::try_from(m.text.len()).unwrap_or(u64::MAX),
+                window_gpa: WINDOW_BASE,
+                window_len,
+            };
+            r.resurrect_sent = Some(Instant::now());
+            lock(&self.agent).resurrect_done = None;
+            self.send_agent(&msg);
+            return;
+        };
+        if let Some(done) = a.resurrect_done {
+            self.morph(Some((sent.elapsed().as_secs_f64() * 1000.0, done)));
+        } else if sent.elapsed() > RESURRECT_TIMEOUT {
+            self.events.publish(
+                "recovery-failed",
+                json!({ "stage": "resurrection", "error": format!("no answer from the crash kernel's agent in {} s", RESURRECT_TIMEOUT.as_secs()) }),
+            );
+            self.morph(None);
+        }
+    }
+
+    /// The recovery is over: give the old memory back to the host and become an ordinary
+    /// guest again. `resurrected` is (host ms, (restored, failed, guest ms)).
+    fn morph(&mut self, resurrected: Option<(f64, (u64, u64, u64))>) {
         let Some(r) = self.recovering.take() else {
             return;
         };
         let before = rss_bytes();
-        drop(self.old_world.take());
+        self.unmap_old_world();
         let after = rss_bytes();
         let total_ms = r.detected.elapsed().as_secs_f64() * 1000.0;
-        let info = json!({
+        let mut info = json!({
             "total_ms": total_ms,
+            "freeze_ms": r.freeze_ms,
+            "extract_ms": r.extract_ms,
             "crash_kernel_start_ms": r.kernel_ms,
             "rss_before_mib": before >> 20,
             "rss_after_mib": after >> 20,
+            "excluded": r.excluded,
         });
+        if let Some((ms, (restored, failed, guest_ms))) = resurrected {
+            info["resurrect_ms"] = json!(ms);
+            info["resurrect_guest_ms"] = json!(guest_ms);
+            info["restored"] = json!(restored);
+            info["failed"] = json!(failed);
+        }
         if let Some(last) = self.crashes.last_mut() {
+            if let Some(d) = last.get("detect_ms") {
+                info["detect_ms"] = d.clone();
+            }
             last["recovery"] = info.clone();
         }
         self.events.publish("recovery-done", info);
+        let procs = match resurrected {
+            Some((_, (restored, failed, _))) => {
+                format!("{restored} processes back, {failed} lost; ")
+            }
+            None => String::new(),
+        };
         eprintln!(
-            "\r\nowvmm: recovered in {total_ms:.0} ms; old memory given back ({} -> {} MiB resident)\r",
+            "\r\nowvmm: recovered in {total_ms:.0} ms; {procs}old memory given back ({} -> {} MiB resident)\r",
             before >> 20,
             after >> 20
         );
@@ -252,6 +421,7 @@ impl Vmm {
             .write_slice(CRASH_MESSAGE, GuestAddress(CRASH_MESSAGE_GPA))
             .map_err(|e| format!("cannot write the panic message: {e}"))?;
         let message = DEFAULT_PAGE_OFFSET + CRASH_MESSAGE_GPA;
+        self.crash_requested = Some(Instant::now());
         let was_paused = self.state == State::Paused;
         for _ in 0..300 {
             self.pause_all().map_err(|e| crate::error_chain(&e))?;

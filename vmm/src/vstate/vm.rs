@@ -111,11 +111,32 @@ impl KvmContext {
 /// Registers (`add`) or removes the memory slots of `mem`, one slot per region, numbered
 /// from 0.
 pub fn set_memory(vm: &VmFd, mem: &GuestMemoryMmap, add: bool) -> Result<(), VmError> {
-    for (slot, region) in mem.iter().enumerate() {
+    set_slots(vm, mem, 0, 0, false, add)
+}
+
+/// Registers (`add`) or removes `mem` as slots `first_slot..` with every region moved up by
+/// `gpa_offset`, read-only to the guest when `read_only` (and the host's KVM can do that).
+pub fn set_slots(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    first_slot: u32,
+    gpa_offset: u64,
+    read_only: bool,
+    add: bool,
+) -> Result<(), VmError> {
+    let flags = if read_only && read_only_memory_supported(vm) {
+        kvm_bindings::KVM_MEM_READONLY
+    } else {
+        0
+    };
+    for (i, region) in mem.iter().enumerate() {
         let r = kvm_userspace_memory_region {
-            slot: u32::try_from(slot).unwrap_or(u32::MAX),
-            flags: 0,
-            guest_phys_addr: region.start_addr().raw_value(),
+            slot: u32::try_from(i)
+                .ok()
+                .and_then(|i| first_slot.checked_add(i))
+                .unwrap_or(u32::MAX),
+            flags,
+            guest_phys_addr: region.start_addr().raw_value().saturating_add(gpa_offset),
             memory_size: if add { region.len() } else { 0 },
             userspace_addr: region.as_ptr() as u64,
         };
@@ -126,6 +147,11 @@ pub fn set_memory(vm: &VmFd, mem: &GuestMemoryMmap, add: bool) -> Result<(), VmE
             .map_err(|e| VmError::Kvm("SET_USER_MEMORY_REGION", e))?;
     }
     Ok(())
+}
+
+/// Can this KVM map memory read-only to the guest (`KVM_CAP_READONLY_MEM`)?
+fn read_only_memory_supported(vm: &VmFd) -> bool {
+    vm.check_extension(kvm_ioctls::Cap::ReadonlyMem)
 }
 
 /// Reads the VM-wide state (vCPUs must be paused).

@@ -1,0 +1,167 @@
+/*
+ * Ordinary programs that the recovery tests run inside a guest and expect to survive a
+ * guest kernel crash. They know nothing of owvmm: they print what they observe on stdout,
+ * and the tests read the guest console.
+ *
+ *   owtest heap MIB      a checksummed heap of MIB MiB; every second: count, change one
+ *                        word, re-verify the whole checksum (prints "sum=ok" or "sum=BAD")
+ *   owtest threads FILE  3 worker threads counting, the main thread appending a line to
+ *                        FILE every second and checking the whole file ("file=ok"), and
+ *                        raising SIGUSR1 on itself every other second: its handler counts
+ *                        them (a lost handler would kill the process)
+ *   owtest sleeper       blocked in nanosleep(1000 s); an EINTR is printed and retried
+ *
+ * Each line starts with the mode and "pid=<getpid()>".
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static void sleep_1s(void) {
+    struct timespec t = {1, 0};
+    while (nanosleep(&t, &t) != 0 && errno == EINTR) {
+    }
+}
+
+static uint64_t mix(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    return x;
+}
+
+static int heap(long mib) {
+    size_t n = (size_t)mib * (1 << 20) / sizeof(uint64_t);
+    uint64_t *h = malloc(n * sizeof(uint64_t));
+    if (!h) {
+        printf("heap pid=%d malloc failed\n", getpid());
+        return 1;
+    }
+    uint64_t sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        h[i] = mix(i + 1);
+        sum += h[i];
+    }
+    /* Some FPU state that must survive too. */
+    volatile double f = 1.0;
+    for (unsigned long count = 1;; count++) {
+        size_t i = mix(count) % n;
+        sum -= h[i];
+        h[i] = mix(h[i] ^ count);
+        sum += h[i];
+        f *= 1.0001;
+        uint64_t check = 0;
+        for (size_t j = 0; j < n; j++)
+            check += h[j];
+        printf("heap pid=%d count=%lu mib=%ld sum=%s f=%.4f\n", getpid(), count, mib,
+               check == sum ? "ok" : "BAD", (double)f);
+        fflush(stdout);
+        sleep_1s();
+    }
+}
+
+static volatile unsigned long worker_counts[3];
+static volatile sig_atomic_t usr1;
+
+static void on_usr1(int sig) {
+    (void)sig;
+    usr1++;
+}
+
+static void *worker(void *arg) {
+    volatile unsigned long *c = arg;
+    for (;;) {
+        (*c)++;
+        struct timespec t = {0, 100 * 1000 * 1000};
+        nanosleep(&t, NULL);
+    }
+    return NULL;
+}
+
+/* Does FILE hold exactly "line 1\n" .. "line N\n"? */
+static int file_ok(const char *file, unsigned long n) {
+    static char buf[1 << 20];
+    int fd = open(file, O_RDONLY);
+    if (fd < 0)
+        return 0;
+    ssize_t len = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (len < 0)
+        return 0;
+    buf[len] = 0;
+    char *p = buf;
+    for (unsigned long i = 1; i <= n; i++) {
+        char want[32];
+        int w = snprintf(want, sizeof want, "line %lu\n", i);
+        if (strncmp(p, want, (size_t)w) != 0)
+            return 0;
+        p += w;
+    }
+    return *p == 0;
+}
+
+static int threads(const char *file) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr1;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGUSR1, &sa, NULL);
+    int fd = open(file, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd < 0) {
+        printf("threads pid=%d open %s: %s\n", getpid(), file, strerror(errno));
+        return 1;
+    }
+    pthread_t t[3];
+    for (int i = 0; i < 3; i++)
+        pthread_create(&t[i], NULL, worker, (void *)&worker_counts[i]);
+    for (unsigned long count = 1;; count++) {
+        char line[64];
+        int len = snprintf(line, sizeof line, "line %lu\n", count);
+        if (write(fd, line, (size_t)len) != len) {
+            printf("threads pid=%d write failed: %s\n", getpid(), strerror(errno));
+            fflush(stdout);
+        }
+        if (count % 2 == 0)
+            kill(getpid(), SIGUSR1);
+        off_t off = lseek(fd, 0, SEEK_CUR);
+        printf("threads pid=%d count=%lu off=%ld file=%s t=%lu,%lu,%lu usr1=%d\n", getpid(),
+               count, (long)off, file_ok(file, count) ? "ok" : "BAD", worker_counts[0],
+               worker_counts[1], worker_counts[2], (int)usr1);
+        fflush(stdout);
+        sleep_1s();
+    }
+}
+
+static int sleeper(void) __attribute__((noreturn));
+static int sleeper(void) {
+    printf("sleeper pid=%d sleeping\n", getpid());
+    fflush(stdout);
+    for (unsigned long n = 1;; n++) {
+        struct timespec t = {1000, 0};
+        if (nanosleep(&t, NULL) != 0) {
+            printf("sleeper pid=%d nanosleep returned %s (%lu); retrying\n", getpid(),
+                   errno == EINTR ? "EINTR" : strerror(errno), n);
+            fflush(stdout);
+        }
+    }
+}
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc == 3 && strcmp(argv[1], "heap") == 0)
+        return heap(atol(argv[2]));
+    if (argc == 3 && strcmp(argv[1], "threads") == 0)
+        return threads(argv[2]);
+    if (argc == 2 && strcmp(argv[1], "sleeper") == 0)
+        return sleeper();
+    fprintf(stderr, "usage: owtest heap MIB | threads FILE | sleeper\n");
+    return 2;
+}

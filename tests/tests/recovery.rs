@@ -1,0 +1,269 @@
+//! Unmodified programs survive a guest kernel crash (issue 3, tests (a)–(e)).
+//!
+//! One guest is cold-booted with the programs of `tests/guest-programs/owtest.c` (a static
+//! one with a checksummed heap, a dynamically linked one with threads, an appended file and
+//! a SIGUSR1 handler, one blocked in `nanosleep`) plus a console reader that can panic the
+//! kernel from inside, and snapshotted once they all run. Each test restores that snapshot
+//! with `--on-crash microreboot`, crashes the kernel and checks that the very same
+//! processes go on in the crash kernel.
+//!
+//! Enabled by the `kvm` feature (the README's test command turns it on).
+#![cfg(feature = "kvm")]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use owvmm_tests::{
+    default_image, owtest_libraries, owtest_programs, scratch, standby_dir, tail,
+    wait_console_after, Conn, Vm,
+};
+use serde_json::{json, Value};
+
+const HEAP_MIB: u32 = 16;
+const LOG: &str = "/tmp/owtest-threads.log";
+/// Panics the kernel from inside on the console line `sysrq-crash`.
+const SYSRQ_READER: &str = "while read line < /dev/ttyS0; do \
+     case \"$line\" in sysrq-crash) echo c > /proc/sysrq-trigger;; esac; done";
+
+struct Fixture {
+    snapshot: PathBuf,
+    /// pids of the programs, by mode (`heap`, `threads`, `sleeper`).
+    pids: HashMap<String, u32>,
+}
+
+/// `key=value` fields of an owtest line (`heap pid=12 count=3 ...`).
+fn fields(line: &str) -> HashMap<&str, &str> {
+    line.split_whitespace()
+        .filter_map(|f| f.split_once('='))
+        .collect()
+}
+
+/// The last line of `mode` on `console` (a line starting with `"<mode> pid="`).
+fn last_line<'a>(console: &'a str, mode: &str) -> Option<&'a str> {
+    let prefix = format!("{mode} pid=");
+    console
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with(&prefix))
+}
+
+fn num(line: &str, key: &str) -> u64 {
+    fields(line)
+        .get(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        // The standby first: the cold boot below then has both cores.
+        standby_dir(2);
+        let (st, dy) = owtest_programs();
+        let (kdir, initrd) = default_image();
+        let dir = scratch("survivors");
+        let mut adds = vec![
+            format!("{}:/opt/owtest/owtest-static", st.display()),
+            format!("{}:/opt/owtest/owtest-dyn", dy.display()),
+        ];
+        for (host, guest) in owtest_libraries() {
+            adds.push(format!("{}:{guest}", host.display()));
+        }
+        let heap = format!("/opt/owtest/owtest-static heap {HEAP_MIB}");
+        let threads = format!("/opt/owtest/owtest-dyn threads {LOG}");
+        let kernel = kdir.join("vmlinux").display().to_string();
+        let initrd = initrd.display().to_string();
+        let mut args = vec![
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &initrd,
+            "--vcpus",
+            "2",
+            "--on-crash",
+            "exit",
+        ];
+        for a in &adds {
+            args.extend(["--add", a.as_str()]);
+        }
+        args.extend([
+            "--exec",
+            &heap,
+            "--exec",
+            &threads,
+            "--exec",
+            "/opt/owtest/owtest-static sleeper",
+            "--exec",
+            SYSRQ_READER,
+        ]);
+        let mut vm = Vm::start(&dir, &args);
+        vm.wait_agent_ready(Duration::from_secs(1200));
+        let pids = wait_console_after(&mut vm, 0, Duration::from_secs(300), "all programs", |c| {
+            let h = last_line(c, "heap").filter(|l| num(l, "count") >= 2)?;
+            let t = last_line(c, "threads").filter(|l| num(l, "count") >= 2)?;
+            let s = last_line(c, "sleeper")?;
+            Some(
+                [("heap", h), ("threads", t), ("sleeper", s)]
+                    .iter()
+                    .map(|(m, l)| ((*m).to_owned(), u32::try_from(num(l, "pid")).unwrap_or(0)))
+                    .collect::<HashMap<_, _>>(),
+            )
+        });
+        let snapshot = dir.join("snap");
+        let r = vm.call(json!({"cmd": "snapshot", "dir": snapshot.display().to_string()}));
+        assert_eq!(r["ok"], json!(true), "snapshot failed: {r}");
+        assert_eq!(vm.stop(), 5);
+        Fixture { snapshot, pids }
+    })
+}
+
+/// Restores the fixture with `--on-crash microreboot` (the standby comes from the cache).
+fn restore(name: &str) -> Vm {
+    let f = fixture();
+    let dir = scratch(name);
+    let snap = f.snapshot.display().to_string();
+    Vm::start_with_input(&dir, &["--restore", &snap, "--on-crash", "microreboot"])
+}
+
+/// Waits for one whole recovery on `ev`; returns `recovery-done` and the pids restored.
+fn wait_recovery(ev: &mut Conn) -> (Value, Vec<u64>) {
+    let crash = ev.wait_event("crash-detected", Duration::from_secs(120));
+    assert_eq!(crash["cause"], "panic", "{crash}");
+    let mut restored = Vec::new();
+    loop {
+        let e = ev.recv(Duration::from_secs(600)).expect("recovery events");
+        match e["event"].as_str() {
+            Some("process-restored") => restored.push(e["pid"].as_u64().unwrap_or(0)),
+            Some("process-not-restored") => eprintln!("not restored: {e}"),
+            Some("recovery-failed") | Some("microreboot-failed") => {
+                panic!("recovery failed: {e}")
+            }
+            Some("recovery-done") => return (e, restored),
+            _ => {}
+        }
+    }
+}
+
+/// After the console position `from`, waits for a line of `mode` from `pid` that
+/// satisfies `ok`.
+fn wait_program(vm: &mut Vm, from: usize, mode: &str, pid: u32, ok: impl Fn(&str) -> bool) -> String {
+    let prefix = format!("{mode} pid={pid} ");
+    wait_console_after(vm, from, Duration::from_secs(120), &prefix, |c| {
+        c.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(&prefix) && ok(l))
+            .map(str::to_owned)
+    })
+}
+
+/// Crashes the guest with `how`, waits for the recovery, then checks every program.
+fn crash_and_check(vm: &mut Vm, ev: &mut Conn, how: &str, round: usize) {
+    let f = fixture();
+    let before = vm.console();
+    let heap_before = last_line(&before, "heap").map_or(0, |l| num(l, "count"));
+    let threads_line = last_line(&before, "threads").unwrap_or("").to_owned();
+    let from = before.len();
+    match how {
+        "ctl" => {
+            let r = vm.call(json!({"cmd": "crash"}));
+            assert_eq!(r["ok"], json!(true), "round {round}: {r}");
+        }
+        _ => vm.type_console("sysrq-crash\n"),
+    }
+    let (done, restored) = wait_recovery(ev);
+    for mode in ["heap", "threads", "sleeper"] {
+        let pid = f.pids[mode];
+        assert!(
+            restored.contains(&u64::from(pid)),
+            "round {round}: {mode} (pid {pid}) not restored: {restored:?}; {done}\nstderr: {}",
+            vm.stderr()
+        );
+    }
+    // (a) same pid, the count goes on, the checksum holds.
+    let heap = wait_program(vm, from, "heap", f.pids["heap"], |l| {
+        num(l, "count") > heap_before
+    });
+    assert!(heap.contains("sum=ok"), "round {round}: {heap}");
+    let after = vm.console();
+    assert!(
+        !after[from..].contains("sum=BAD"),
+        "round {round}: heap checksum broken: {}",
+        tail(&after, 3000)
+    );
+    assert!(
+        !after[from..].contains(&format!("heap pid={} count=1 ", f.pids["heap"])),
+        "round {round}: the heap program started over"
+    );
+    // (b) threads: the file is whole, its offset goes on, the workers run, SIGUSR1's
+    // handler still counts.
+    let t_before = num(&threads_line, "count");
+    let off_before = num(&threads_line, "off");
+    let usr1_before = num(&threads_line, "usr1");
+    let t = wait_program(vm, from, "threads", f.pids["threads"], |l| {
+        num(l, "count") >= t_before + 3
+    });
+    assert!(t.contains("file=ok"), "round {round}: {t}");
+    assert!(num(&t, "off") > off_before, "round {round}: {t} vs {threads_line}");
+    assert!(num(&t, "usr1") > usr1_before, "round {round}: {t} vs {threads_line}");
+    let workers: Vec<u64> = fields(&t)
+        .get("t")
+        .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default();
+    assert_eq!(workers.len(), 3, "{t}");
+    // (c) the sleeper's nanosleep returned EINTR and it retried.
+    let s = wait_program(vm, from, "sleeper", f.pids["sleeper"], |l| l.contains("EINTR"));
+    assert!(s.contains("retrying"), "{s}");
+    eprintln!(
+        "round {round} ({how}): recovered in {:.0} ms (resurrect {:.0} ms); {heap}; {t}",
+        done["total_ms"].as_f64().unwrap_or(0.0),
+        done["resurrect_ms"].as_f64().unwrap_or(0.0)
+    );
+}
+
+#[test]
+fn programs_survive_ctl_crash_with_pid_memory_threads_files_and_eintr() {
+    let mut vm = restore("survive-ctl");
+    let mut ev = vm.events();
+    ev.wait_event("heartbeat", Duration::from_secs(60));
+    crash_and_check(&mut vm, &mut ev, "ctl", 0);
+    let st = vm.call(json!({"cmd": "status"}));
+    assert_eq!(st["state"], "running", "{st}");
+    let rec = &st["crashes"][0]["recovery"];
+    assert!(rec["restored"].as_u64().unwrap_or(0) >= 3, "{st}");
+    assert!(rec["rss_after_mib"].as_u64() <= rec["rss_before_mib"].as_u64(), "{st}");
+    assert_eq!(vm.stop(), 5);
+}
+
+#[test]
+fn programs_survive_three_crashes_in_a_row() {
+    let mut vm = restore("survive-three");
+    let mut ev = vm.events();
+    ev.wait_event("heartbeat", Duration::from_secs(60));
+    for round in 0..3 {
+        crash_and_check(&mut vm, &mut ev, "ctl", round);
+        ev.wait_event("heartbeat", Duration::from_secs(60));
+    }
+    let st = vm.call(json!({"cmd": "status"}));
+    assert_eq!(st["crashes"].as_array().map(Vec::len), Some(3), "{st}");
+    assert_eq!(vm.stop(), 5);
+}
+
+#[test]
+fn programs_survive_a_panic_raised_inside_the_guest() {
+    let mut vm = restore("survive-sysrq");
+    let mut ev = vm.events();
+    ev.wait_event("heartbeat", Duration::from_secs(60));
+    crash_and_check(&mut vm, &mut ev, "sysrq", 0);
+    let st = vm.call(json!({"cmd": "status"}));
+    assert!(
+        st["crashes"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("sysrq"),
+        "{st}"
+    );
+    assert_eq!(vm.stop(), 5);
+}
