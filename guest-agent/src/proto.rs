@@ -15,9 +15,13 @@
 //! | agent → VMM | `time-set <secs>.<nanos9>` | reply to `time` |
 //! | agent → VMM | `err <text>` | a request it did not understand, or a local failure |
 //! | agent → VMM | `poweroff` / `reboot` | sent right before `reboot(2)` |
+//! | agent → VMM | `restored <pid> <threads> <ms>` | one process of a `resurrect` is running again |
+//! | agent → VMM | `not-restored <pid> <reason...>` | one process could not be restored (it was killed) |
+//! | agent → VMM | `resurrect-done <restored> <failed> <ms>` | the answer to `resurrect`, after the per-process lines |
 //! | VMM → agent | `ping <token>` | liveness probe |
 //! | VMM → agent | `time <secs>.<nanos9>` | set `CLOCK_REALTIME` |
 //! | VMM → agent | `poweroff` | orderly power off |
+//! | VMM → agent | `resurrect <manifest_gpa> <manifest_len> <window_gpa> <window_len>` | recreate the processes of a crashed kernel (`docs/resurrection.md`) |
 //!
 //! This module is pure (no I/O, no libc) so that the VMM can use it as well.
 
@@ -187,6 +191,33 @@ pub enum AgentMsg {
     Poweroff,
     /// `reboot`: the agent is about to reboot the guest.
     Reboot,
+    /// `restored <pid> <threads> <ms>`: a process of a [`VmmMsg::Resurrect`] runs again.
+    Restored {
+        /// Its PID (the same as before the crash).
+        pid: u32,
+        /// How many threads it has.
+        threads: u32,
+        /// How long its restore took, in milliseconds.
+        ms: u64,
+    },
+    /// `not-restored <pid> <reason...>`: a process of a [`VmmMsg::Resurrect`] could not be
+    /// restored. Whatever had been built of it was killed first.
+    NotRestored {
+        /// Its PID (`0` when the manifest did not even name it).
+        pid: u32,
+        /// Free text.
+        reason: String,
+    },
+    /// `resurrect-done <restored> <failed> <ms>`: the end of the answer to
+    /// [`VmmMsg::Resurrect`].
+    ResurrectDone {
+        /// Processes restored.
+        restored: u32,
+        /// Processes not restored.
+        failed: u32,
+        /// Total time in milliseconds.
+        ms: u64,
+    },
 }
 
 /// A message from the VMM to the agent.
@@ -201,6 +232,20 @@ pub enum VmmMsg {
     Time(UnixTime),
     /// `poweroff`: orderly power off.
     Poweroff,
+    /// `resurrect <manifest_gpa> <manifest_len> <window_gpa> <window_len>`: recreate the
+    /// processes described by the manifest, reading the dead kernel's memory through the
+    /// window (see `docs/resurrection.md`). Answered with one [`AgentMsg::Restored`] or
+    /// [`AgentMsg::NotRestored`] per process, then [`AgentMsg::ResurrectDone`].
+    Resurrect {
+        /// Guest-physical address of the manifest text.
+        manifest_gpa: u64,
+        /// Its length in bytes.
+        manifest_len: u64,
+        /// Guest-physical address where old-physical address 0 appears.
+        window_gpa: u64,
+        /// Length of the window in bytes.
+        window_len: u64,
+    },
 }
 
 impl AgentMsg {
@@ -249,6 +294,29 @@ impl AgentMsg {
             },
             "poweroff" => Self::Poweroff,
             "reboot" => Self::Reboot,
+            "restored" => {
+                let v = "restored";
+                Self::Restored {
+                    pid: f.number(v, "pid")?,
+                    threads: f.number(v, "threads")?,
+                    ms: f.number(v, "ms")?,
+                }
+            }
+            "not-restored" => {
+                let v = "not-restored";
+                Self::NotRestored {
+                    pid: f.number(v, "pid")?,
+                    reason: f.rest(v, "reason")?,
+                }
+            }
+            "resurrect-done" => {
+                let v = "resurrect-done";
+                Self::ResurrectDone {
+                    restored: f.number(v, "restored")?,
+                    failed: f.number(v, "failed")?,
+                    ms: f.number(v, "ms")?,
+                }
+            }
             other => return Err(ProtoError::UnknownVerb(shorten(other))),
         };
         f.finish(msg.verb())?;
@@ -267,6 +335,9 @@ impl AgentMsg {
             Self::Err { .. } => "err",
             Self::Poweroff => "poweroff",
             Self::Reboot => "reboot",
+            Self::Restored { .. } => "restored",
+            Self::NotRestored { .. } => "not-restored",
+            Self::ResurrectDone { .. } => "resurrect-done",
         }
     }
 
@@ -291,6 +362,15 @@ impl VmmMsg {
                 f.field("time", "time")?,
             )?),
             "poweroff" => Self::Poweroff,
+            "resurrect" => {
+                let v = "resurrect";
+                Self::Resurrect {
+                    manifest_gpa: f.number(v, "manifest_gpa")?,
+                    manifest_len: f.number(v, "manifest_len")?,
+                    window_gpa: f.number(v, "window_gpa")?,
+                    window_len: f.number(v, "window_len")?,
+                }
+            }
             other => return Err(ProtoError::UnknownVerb(shorten(other))),
         };
         f.finish(msg.verb())?;
@@ -303,6 +383,7 @@ impl VmmMsg {
             Self::Ping { .. } => "ping",
             Self::Time(_) => "time",
             Self::Poweroff => "poweroff",
+            Self::Resurrect { .. } => "resurrect",
         }
     }
 
@@ -330,6 +411,13 @@ impl fmt::Display for AgentMsg {
             Self::Err { text } => write!(f, "err {text}"),
             Self::Poweroff => f.write_str("poweroff"),
             Self::Reboot => f.write_str("reboot"),
+            Self::Restored { pid, threads, ms } => write!(f, "restored {pid} {threads} {ms}"),
+            Self::NotRestored { pid, reason } => write!(f, "not-restored {pid} {reason}"),
+            Self::ResurrectDone {
+                restored,
+                failed,
+                ms,
+            } => write!(f, "resurrect-done {restored} {failed} {ms}"),
         }
     }
 }
@@ -341,6 +429,15 @@ impl fmt::Display for VmmMsg {
             Self::Ping { token } => write!(f, "ping {token}"),
             Self::Time(t) => write!(f, "time {t}"),
             Self::Poweroff => f.write_str("poweroff"),
+            Self::Resurrect {
+                manifest_gpa,
+                manifest_len,
+                window_gpa,
+                window_len,
+            } => write!(
+                f,
+                "resurrect {manifest_gpa} {manifest_len} {window_gpa} {window_len}"
+            ),
         }
     }
 }
@@ -555,6 +652,93 @@ mod tests {
         );
         agent_round_trip(AgentMsg::Poweroff, "poweroff");
         agent_round_trip(AgentMsg::Reboot, "reboot");
+        agent_round_trip(
+            AgentMsg::Restored {
+                pid: 312,
+                threads: 2,
+                ms: 17,
+            },
+            "restored 312 2 17",
+        );
+        agent_round_trip(
+            AgentMsg::NotRestored {
+                pid: 313,
+                reason: "fd 4: cannot restore sock".into(),
+            },
+            "not-restored 313 fd 4: cannot restore sock",
+        );
+        agent_round_trip(
+            AgentMsg::ResurrectDone {
+                restored: 1,
+                failed: 1,
+                ms: 40,
+            },
+            "resurrect-done 1 1 40",
+        );
+    }
+
+    #[test]
+    fn resurrect_messages_reject_bad_lines() {
+        use ProtoError::{BadNumber, MissingField, TrailingData};
+        assert!(matches!(
+            AgentMsg::parse("restored 1 2"),
+            Err(MissingField {
+                verb: "restored",
+                field: "ms"
+            })
+        ));
+        assert!(matches!(
+            AgentMsg::parse("restored 1 x 3"),
+            Err(BadNumber {
+                verb: "restored",
+                field: "threads",
+                ..
+            })
+        ));
+        assert!(matches!(
+            AgentMsg::parse("restored 1 2 3 4"),
+            Err(TrailingData { verb: "restored" })
+        ));
+        assert!(matches!(
+            AgentMsg::parse("not-restored 5"),
+            Err(MissingField {
+                verb: "not-restored",
+                field: "reason"
+            })
+        ));
+        assert!(matches!(
+            AgentMsg::parse("resurrect-done 1 -1 3"),
+            Err(BadNumber {
+                verb: "resurrect-done",
+                field: "failed",
+                ..
+            })
+        ));
+        assert!(matches!(
+            VmmMsg::parse("resurrect 1 2 3"),
+            Err(MissingField {
+                verb: "resurrect",
+                field: "window_len"
+            })
+        ));
+        assert!(matches!(
+            VmmMsg::parse("resurrect 0x10 2 3 4"),
+            Err(BadNumber {
+                verb: "resurrect",
+                field: "manifest_gpa",
+                ..
+            })
+        ));
+        assert!(matches!(
+            VmmMsg::parse("resurrect 1 2 3 4 5"),
+            Err(TrailingData { verb: "resurrect" })
+        ));
+        // The empty reason placeholder still parses.
+        let m = AgentMsg::NotRestored {
+            pid: 9,
+            reason: String::new(),
+        };
+        assert_eq!(m.encode(), "not-restored 9 -\n");
     }
 
     #[test]
@@ -581,6 +765,15 @@ mod tests {
             "time 1764300000.500000000",
         );
         vmm_round_trip(VmmMsg::Poweroff, "poweroff");
+        vmm_round_trip(
+            VmmMsg::Resurrect {
+                manifest_gpa: 0xf_f000_0000,
+                manifest_len: 12_345,
+                window_gpa: 0x10_0000_0000,
+                window_len: 3 << 30,
+            },
+            "resurrect 68451041280 12345 68719476736 3221225472",
+        );
     }
 
     #[test]

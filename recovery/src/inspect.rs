@@ -7,8 +7,11 @@ use crate::btf::Btf;
 use crate::kernel::{Kernel, Layout};
 use crate::mm::{read_mm, MmInfo};
 use crate::paging::PhysRead;
+use crate::process::{read_process, ProcessInfo};
+use crate::regs::{read_cpus, KernelCpu};
 use crate::symbols::SymbolTable;
 use crate::tasks::{walk_tasks, Task};
+use crate::Partial;
 
 /// Everything found in a kernel image, and what went wrong finding it.
 #[derive(Debug, Clone, Default)]
@@ -19,6 +22,12 @@ pub struct Report {
     pub tasks: Vec<Task>,
     /// Address spaces of user tasks, by `mm_struct` address.
     pub mms: BTreeMap<u64, MmInfo>,
+    /// What went wrong reading each address space (also in [`Report::problems`]).
+    pub mm_problems: BTreeMap<u64, Vec<String>>,
+    /// Shared state of each user process (by tgid), with what went wrong reading it.
+    pub processes: BTreeMap<i32, Partial<ProcessInfo>>,
+    /// The kernel's CPUs and the task each was running.
+    pub cpus: Vec<KernelCpu>,
     /// Why the report may be incomplete (empty when the walk was clean).
     pub problems: Vec<String>,
 }
@@ -83,13 +92,25 @@ pub fn inspect_kernel(kernel: &Kernel<'_>, report: &mut Report) {
             continue;
         }
         let mm = read_mm(kernel, t.mm);
-        report.problems.extend(
-            mm.problems
-                .into_iter()
-                .map(|p| format!("pid {}: {p}", t.tgid)),
-        );
+        report
+            .problems
+            .extend(mm.problems.iter().map(|p| format!("pid {}: {p}", t.tgid)));
+        report.mm_problems.insert(t.mm, mm.problems);
         report.mms.insert(t.mm, mm.value);
     }
+    for t in &report.tasks {
+        if !t.is_user() || !t.is_leader() || report.processes.contains_key(&t.tgid) {
+            continue;
+        }
+        let p = read_process(kernel, t);
+        report
+            .problems
+            .extend(p.problems.iter().map(|p| format!("pid {}: {p}", t.tgid)));
+        report.processes.insert(t.tgid, p);
+    }
+    let cpus = read_cpus(kernel);
+    report.problems.extend(cpus.problems);
+    report.cpus = cpus.value;
 }
 
 impl fmt::Display for Report {
@@ -172,11 +193,56 @@ impl fmt::Display for Report {
                 mm.map_count
             )?;
             if let Some(r) = &t.regs {
-                writeln!(f, "  regs {r}")?;
+                writeln!(f, "  regs {r} ({:?})", crate::regs::classify_syscall(r))?;
             }
             for v in &mm.vmas {
-                writeln!(f, "  {v}")?;
+                let pages: u64 = v.pages.value.runs.iter().map(|r| r.len / 4096).sum();
+                let anon: u64 = v
+                    .pages
+                    .value
+                    .runs
+                    .iter()
+                    .filter(|r| r.anon)
+                    .map(|r| r.len / 4096)
+                    .sum();
+                let unknown = v.pages.value.anon_unknown;
+                writeln!(f, "  {v}  [{pages} pages, {anon} anon, {unknown} unknown]")?;
             }
+            if let Some(p) = self.processes.get(&t.tgid) {
+                let p = &p.value;
+                writeln!(
+                    f,
+                    "  cwd {} root {}",
+                    p.cwd.as_deref().unwrap_or("?"),
+                    p.root.as_deref().unwrap_or("?")
+                )?;
+                for o in &p.files {
+                    writeln!(
+                        f,
+                        "  fd {} {:?} flags {:#o} pos {} {}{}",
+                        o.fd,
+                        o.kind(),
+                        o.flags,
+                        o.pos,
+                        o.path.as_deref().unwrap_or("?"),
+                        if o.cloexec { " (cloexec)" } else { "" }
+                    )?;
+                }
+                for a in &p.sigactions {
+                    writeln!(
+                        f,
+                        "  sig {} handler {:#x} flags {:#x} mask {:#x}",
+                        a.signo, a.handler, a.flags, a.mask
+                    )?;
+                }
+            }
+        }
+        for c in &self.cpus {
+            writeln!(
+                f,
+                "cpu {} per_cpu_offset {:#x} current {:x?}",
+                c.cpu, c.per_cpu_offset, c.current
+            )?;
         }
         if !self.problems.is_empty() {
             writeln!(f)?;

@@ -11,8 +11,12 @@ pub mod btf;
 pub mod inspect;
 pub mod kernel;
 pub mod list;
+pub mod manifest;
 pub mod mm;
+pub mod pages;
 pub mod paging;
+pub mod process;
+pub mod regs;
 pub mod symbols;
 pub mod tasks;
 

@@ -10,6 +10,7 @@ use std::collections::{HashSet, VecDeque};
 use std::fmt;
 
 use crate::kernel::{is_kernel_addr, Kernel, KernelError};
+use crate::pages::{user_page_runs, PageWalk};
 use crate::tasks::is_user_addr;
 use crate::Partial;
 
@@ -23,6 +24,12 @@ pub const VM_EXEC: u64 = 0x4;
 pub const VM_SHARED: u64 = 0x8;
 /// `VM_GROWSDOWN`.
 pub const VM_GROWSDOWN: u64 = 0x100;
+/// `VM_PFNMAP`: raw frames without `struct page` (device memory, vvar).
+pub const VM_PFNMAP: u64 = 0x400;
+/// `VM_IO`: memory-mapped I/O.
+pub const VM_IO: u64 = 0x4000;
+/// Longest `saved_auxv` read (`AT_VECTOR_SIZE` is 46 on x86-64).
+const MAX_AUXV_WORDS: u64 = 128;
 
 /// Most maple nodes visited per tree.
 pub const MAX_MAPLE_NODES: usize = 1 << 16;
@@ -58,6 +65,10 @@ pub struct Vma {
     pub file: Option<String>,
     /// A label like `/proc/PID/maps`: `[heap]`, `[stack]`, `[vdso]`, `[vvar]`.
     pub name: Option<String>,
+    /// `vm_ops` (0 for anonymous memory).
+    pub ops: u64,
+    /// The present pages (not walked for `VM_IO`/`VM_PFNMAP` areas and the vDSO/vvar).
+    pub pages: Partial<PageWalk>,
 }
 
 impl Vma {
@@ -118,6 +129,10 @@ pub struct MmInfo {
     pub exe: Option<String>,
     /// The VMAs, sorted by address.
     pub vmas: Vec<Vma>,
+    /// Kernel address of `exe_file` (0 when none).
+    pub exe_file: u64,
+    /// `saved_auxv` up to and including the `AT_NULL` pair.
+    pub auxv: Vec<u64>,
 }
 
 impl fmt::Display for Vma {
@@ -161,6 +176,12 @@ fn xa_is_internal(v: u64) -> bool {
 
 fn xa_is_node(v: u64) -> bool {
     xa_is_internal(v) && v > 4096
+}
+
+/// A slot of an internal maple node holds an encoded child: the 256-byte aligned node
+/// address | type << 3 | `MAPLE_ENODE_NULL` (4); only the root carries `MAPLE_ROOT_NODE` (2).
+fn mte_is_child_node(v: u64) -> bool {
+    v & 0x4 != 0 && v & 0x3 == 0 && (v & !0xff) > 4096
 }
 
 /// Node geometry: (pivots offset, pivot count, slots offset, slot count, meta.end offset).
@@ -415,7 +436,7 @@ pub fn walk_maple_tree(k: &Kernel<'_>, tree: u64, what: &str) -> Partial<Vec<Map
                     ));
                 }
             } else if slot != 0 {
-                if xa_is_node(slot) {
+                if mte_is_child_node(slot) {
                     queue.push_back((slot, prev, piv, node, depth + 1));
                 } else {
                     out.problems.push(format!(
@@ -599,6 +620,11 @@ pub fn read_mm(k: &Kernel<'_>, mm: u64) -> Partial<MmInfo> {
     info.env_start = field("env_start");
     info.env_end = field("env_end");
     let exe_file = k.read_field("mm_struct", "exe_file", mm).unwrap_or(0);
+    info.exe_file = exe_file;
+    match read_auxv(k, mm) {
+        Ok(a) => info.auxv = a,
+        Err(e) => problems.push(format!("mm {mm:#x}: saved_auxv: {e}")),
+    }
     if exe_file != 0 {
         info.exe = file_path(k, exe_file)
             .map_err(|e| problems.push(format!("mm {mm:#x}: exe_file: {e}")))
@@ -669,6 +695,15 @@ pub fn read_mm(k: &Kernel<'_>, mm: u64) -> Partial<MmInfo> {
             }
         }
     }
+    if info.pgd_phys != 0 {
+        for v in &mut info.vmas {
+            let special = v.file_addr == 0 && v.ops != 0 && v.name.is_some();
+            if v.flags & (VM_IO | VM_PFNMAP) != 0 || special {
+                continue;
+            }
+            v.pages = user_page_runs(k, info.pgd_phys, v.start, v.end);
+        }
+    }
     let n = info.vmas.len();
     if u64::try_from(n).ok() != Some(u64::from(info.map_count)) {
         problems.push(format!(
@@ -677,6 +712,27 @@ pub fn read_mm(k: &Kernel<'_>, mm: u64) -> Partial<MmInfo> {
         ));
     }
     out
+}
+
+/// Reads `mm->saved_auxv` up to and including the `AT_NULL` pair.
+fn read_auxv(k: &Kernel<'_>, mm: u64) -> Result<Vec<u64>, String> {
+    let m = k
+        .member("mm_struct", "saved_auxv")
+        .map_err(|e| e.to_string())?;
+    let n = (m.size / 8).min(MAX_AUXV_WORDS);
+    let mut buf = vec![0u8; usize::try_from(n * 8).unwrap_or(0)];
+    k.read_bytes(mm.wrapping_add(m.offset_bytes), &mut buf)
+        .map_err(|e| e.to_string())?;
+    let words: Vec<u64> = buf
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(<[u8; 8]>::try_from(c).unwrap_or([0; 8])))
+        .collect();
+    for (i, pair) in words.chunks_exact(2).enumerate() {
+        if pair[0] == 0 {
+            return Ok(words[..2 * i + 2].to_vec());
+        }
+    }
+    Err(format!("no AT_NULL in {n} words"))
 }
 
 fn read_vma(
@@ -743,6 +799,8 @@ fn read_vma(
             file_addr,
             file,
             name,
+            ops: vm_ops,
+            pages: Partial::default(),
         },
         problems,
     ))
@@ -828,6 +886,8 @@ ffffffff81400000 B _end
         for (i, n) in names.iter().enumerate() {
             mm.push((n, ulong, o(0x60 + 8 * i as u64)));
         }
+        let auxv = b.array(ulong, u32t, 8);
+        mm.push(("saved_auxv", auxv, o(0xc0)));
         b.strukt("mm_struct", 0x100, &mm);
         let vma: Vec<(&str, u32, u32)> = [
             "vm_start",
@@ -882,8 +942,14 @@ ffffffff81400000 B _end
         Btf::parse(&b.finish()).expect("btf")
     }
 
+    /// An encoded child node as the kernel stores it (`mt_mk_node`).
     fn enc(pa: u64, ty: u64) -> u64 {
-        dm(pa) | (ty << 3) | 2
+        dm(pa) | (ty << 3) | 4
+    }
+
+    /// The encoded root (`mte_mk_root`: `MAPLE_ROOT_NODE` added).
+    fn enc_root(pa: u64, ty: u64) -> u64 {
+        enc(pa, ty) | 2
     }
 
     fn put_dentry(m: &mut Mem, pa: u64, parent: u64, name: &str, hashed: bool) {
@@ -920,6 +986,9 @@ ffffffff81400000 B _end
         m.put_u64(MM + 0x08, dm(PGD));
         m.put_u32(MM + 0x10, 5);
         m.put_u64(MM + 0x18, dm(FILE));
+        for (i, v) in [6u64, 4096, 25, 0x7ffe_0002_0000, 0, 0].iter().enumerate() {
+            m.put_u64(MM + 0xc0 + 8 * i as u64, *v);
+        }
         let vals = [
             A.0,
             A.1,
@@ -963,7 +1032,7 @@ ffffffff81400000 B _end
         m.put_u64(VDSO_PRIV, dm(VDSO_PRIV + 0x80));
         m.put(VDSO_PRIV + 0x80, b"[vdso]\0");
         // maple tree: arange root with two leaves.
-        m.put_u64(MM + MT_OFF + 8, enc(ROOT, 3));
+        m.put_u64(MM + MT_OFF + 8, enc_root(ROOT, 3));
         m.put_u64(ROOT, dm(MM + MT_OFF) | 1);
         m.put_u64(ROOT + 8, 0x5f_ffff);
         m.put_u64(ROOT + 80, enc(LEAF1, 1));
@@ -1014,6 +1083,17 @@ ffffffff81400000 B _end
         assert_eq!(mm.cmdline, ["prog", "-v", "xy"]);
         assert_eq!(mm.exe.as_deref(), Some("/bin/busybox"));
         assert_eq!(mm.pgd_phys, PGD);
+        assert_eq!(mm.auxv, [6, 4096, 25, 0x7ffe_0002_0000, 0, 0]);
+        assert_eq!(mm.exe_file, dm(FILE));
+        // The stack VMA has one present page (the argument page), the others none.
+        let stack = &mm.vmas[3].pages;
+        assert!(stack.is_complete(), "{:?}", stack.problems);
+        assert_eq!(stack.value.runs.len(), 1);
+        assert_eq!(
+            (stack.value.runs[0].vaddr, stack.value.runs[0].phys),
+            (ARGS & !0xfff, 0xb_0000)
+        );
+        assert!(mm.vmas[0].pages.value.runs.is_empty());
         let v = &mm.vmas;
         assert_eq!(v[0].file.as_deref(), Some("/bin/busybox"));
         assert_eq!(v[1].file.as_deref(), Some("/lib/x.so (deleted)"));

@@ -40,6 +40,8 @@ pub struct Symbol {
 #[derive(Debug, Clone, Default)]
 pub struct SymbolTable {
     syms: Vec<Symbol>,
+    /// Per-cpu symbols (`D`/`d`/`B`/`b` below the kernel half): offsets into a CPU's area.
+    percpu: Vec<Symbol>,
 }
 
 /// An address resolved against the table.
@@ -65,6 +67,7 @@ impl SymbolTable {
     /// Parses `System.map` text (`ffffffff81000000 T _stext`, one per line).
     pub fn parse_system_map(text: &str) -> Result<Self, SymbolError> {
         let mut syms = Vec::new();
+        let mut percpu = Vec::new();
         for (idx, raw) in text.lines().enumerate() {
             let line = idx + 1;
             let raw = raw.trim();
@@ -84,7 +87,18 @@ impl SymbolTable {
             };
             // Absolute and per-cpu offsets ('A'/'a', and the small per-cpu values) are not
             // code or data addresses; keep only symbols inside the kernel's upper half.
-            if matches!(kind, 'A' | 'a') || addr < 0xffff_0000_0000_0000 {
+            if matches!(kind, 'A' | 'a') {
+                continue;
+            }
+            if addr < 0xffff_0000_0000_0000 {
+                // Per-cpu variables are linked at small offsets (`current_task`, `runqueues`).
+                if matches!(kind, 'D' | 'd' | 'B' | 'b') && addr < 1 << 32 {
+                    percpu.push(Symbol {
+                        addr,
+                        kind,
+                        name: name.to_owned(),
+                    });
+                }
                 continue;
             }
             syms.push(Symbol {
@@ -97,7 +111,7 @@ impl SymbolTable {
             return Err(SymbolError::Empty);
         }
         syms.sort_by_key(|s| s.addr);
-        Ok(SymbolTable { syms })
+        Ok(SymbolTable { syms, percpu })
     }
 
     /// Number of symbols.
@@ -113,6 +127,12 @@ impl SymbolTable {
     /// Address of a symbol by exact name.
     pub fn addr_of(&self, name: &str) -> Option<u64> {
         self.syms.iter().find(|s| s.name == name).map(|s| s.addr)
+    }
+
+    /// Offset of a per-cpu variable (`current_task`, `runqueues`) inside a CPU's per-cpu
+    /// area; add `__per_cpu_offset[cpu]` to get its address. Not shifted by KASLR.
+    pub fn percpu_offset_of(&self, name: &str) -> Option<u64> {
+        self.percpu.iter().find(|s| s.name == name).map(|s| s.addr)
     }
 
     /// The symbol containing `addr` (closest at or below it), when `addr` lies within the
@@ -171,6 +191,8 @@ ffffffff82000100 A __absolute
         assert!(t.resolve(0xffff_ffff_9000_0000, 0).is_none());
         assert_eq!(t.addr_of("startup_64"), Some(0xffff_ffff_8100_0000));
         assert_eq!(t.addr_of("__absolute"), None);
+        assert_eq!(t.percpu_offset_of("__per_cpu_start"), Some(0));
+        assert_eq!(t.percpu_offset_of("startup_64"), None);
     }
 
     #[test]

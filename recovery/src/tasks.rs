@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::fmt;
 
+use crate::btf::Member;
 use crate::kernel::{Kernel, KernelError};
 use crate::list::walk_list;
 use crate::Partial;
@@ -138,6 +139,113 @@ pub struct Task {
     pub fsbase: u64,
     /// `thread.gsbase`.
     pub gsbase: u64,
+    /// `thread_info.flags` (`TIF_*`; see [`TIF_NEED_FPU_LOAD`]).
+    pub thread_flags: u64,
+    /// `clear_child_tid` (the `set_tid_address` pointer, 0 when none).
+    pub clear_child_tid: u64,
+    /// `robust_list`: the user address of the robust futex list head (0 when none).
+    pub robust_list: u64,
+    /// The registered rseq area (None when none is registered or the kernel has no rseq).
+    pub rseq: Option<Rseq>,
+    /// `blocked`: the signal mask.
+    pub blocked: u64,
+    /// `pending.signal`: signals pending for this thread alone (for reporting).
+    pub pending: u64,
+    /// `saved_sigmask`.
+    pub saved_sigmask: u64,
+    /// `restore_sigmask`: `saved_sigmask` replaces `blocked` on the way back to user mode.
+    pub restore_sigmask: bool,
+    /// `files` (the fd table, normally shared by all threads of a process).
+    pub files: u64,
+    /// `fs` (root and current directory).
+    pub fs: u64,
+    /// `sighand` (signal actions; shared by all threads of a process).
+    pub sighand: u64,
+    /// The user FPU/SSE state saved in memory (`thread.fpu.fpstate->regs`), as an FXSAVE
+    /// image. It is the task's state unless the task was current on a CPU with
+    /// `TIF_NEED_FPU_LOAD` clear; see [`Task::fpu_live_in_cpu`].
+    pub fpu: Option<FxSave>,
+}
+
+/// `TIF_NEED_FPU_LOAD`: the task's FPU registers are in memory, not in the CPU.
+pub const TIF_NEED_FPU_LOAD: u64 = 1 << 14;
+/// `sizeof(struct robust_list_head)` on x86-64: the only length `set_robust_list` accepts.
+pub const ROBUST_LIST_HEAD_LEN: u64 = 24;
+/// Size of an FXSAVE image (`struct user_i387_struct`).
+pub const FXSAVE_LEN: usize = 512;
+
+/// A thread's registered restartable-sequences area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rseq {
+    /// `rseq`: user address of `struct rseq`.
+    pub addr: u64,
+    /// `rseq_len`, when this kernel records it (6.3+); 32 otherwise.
+    pub len: u32,
+    /// `rseq_sig`: the abort-handler signature.
+    pub sig: u32,
+}
+
+/// A 512-byte FXSAVE image (legacy x87/SSE area, `struct user_i387_struct` layout).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct FxSave(pub [u8; FXSAVE_LEN]);
+
+impl FxSave {
+    /// The state after `FNINIT` + default MXCSR: what a fresh thread has.
+    pub fn init() -> Self {
+        let mut b = [0u8; FXSAVE_LEN];
+        b[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
+        b[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        b[28..32].copy_from_slice(&0xffffu32.to_le_bytes());
+        FxSave(b)
+    }
+
+    /// x87 control word.
+    pub fn fcw(&self) -> u16 {
+        u16::from_le_bytes([self.0[0], self.0[1]])
+    }
+
+    /// MXCSR.
+    pub fn mxcsr(&self) -> u32 {
+        u32::from_le_bytes([self.0[24], self.0[25], self.0[26], self.0[27]])
+    }
+
+    /// Lower-case hex of the 512 bytes (1024 digits), as the manifest writes it.
+    pub fn to_hex(&self) -> String {
+        let mut s = String::with_capacity(FXSAVE_LEN * 2);
+        for b in self.0 {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+
+    /// Applies the XSAVE "init optimisation": components whose `XSTATE_BV` bit is clear
+    /// were not written and are in their initial state. Bit 0: x87, bit 1: SSE (XMM regs);
+    /// MXCSR is written when SSE or AVX (bit 2) is in use.
+    pub fn apply_xstate_bv(&mut self, xstate_bv: u64) {
+        let init = FxSave::init();
+        if xstate_bv & 1 == 0 {
+            // FCW..FDP (0..24) and ST0-7 (32..160).
+            self.0[0..24].copy_from_slice(&init.0[0..24]);
+            self.0[32..160].fill(0);
+        }
+        if xstate_bv & 2 == 0 {
+            self.0[160..416].fill(0);
+        }
+        if xstate_bv & 6 == 0 {
+            self.0[24..28].copy_from_slice(&init.0[24..28]);
+        }
+    }
+}
+
+impl fmt::Debug for FxSave {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "FxSave {{ fcw: {:#x}, mxcsr: {:#x} }}",
+            self.fcw(),
+            self.mxcsr()
+        )
+    }
 }
 
 impl Task {
@@ -154,6 +262,27 @@ impl Task {
     /// The thread-group leader (`pid == tgid`).
     pub fn is_leader(&self) -> bool {
         self.pid == self.tgid
+    }
+
+    /// Exiting or dead: `PF_EXITING` or a non-zero `exit_state` (zombie, dead).
+    pub fn is_exiting(&self) -> bool {
+        self.flags & PF_EXITING != 0 || self.exit_state != 0
+    }
+
+    /// True when, if this task was current on a CPU, its FPU registers were live in that CPU
+    /// rather than in memory (`TIF_NEED_FPU_LOAD` clear).
+    pub fn fpu_live_in_cpu(&self) -> bool {
+        self.thread_flags & TIF_NEED_FPU_LOAD == 0
+    }
+
+    /// The mask to restore for this thread: `saved_sigmask` when `restore_sigmask` is set
+    /// (the thread was inside `sigsuspend`/`ppoll`/`pselect`/`epoll_pwait`), else `blocked`.
+    pub fn effective_sigmask(&self) -> u64 {
+        if self.restore_sigmask {
+            self.saved_sigmask
+        } else {
+            self.blocked
+        }
     }
 
     /// One-letter state like `ps` (`R`, `S`, `D`, `T`, `t`, `X`, `Z`, `I`).
@@ -213,6 +342,86 @@ struct TaskLayout {
     thread_head: u64,
     regs: [u64; 21],
     regs_size: u64,
+    extra: ExtraLayout,
+}
+
+/// Offsets of the fields needed to recreate a thread. Each is optional: a kernel without a
+/// field (no rseq) just does not report it; a missing essential field is reported once.
+#[derive(Debug, Default)]
+struct ExtraLayout {
+    thread_flags: Option<u64>,
+    clear_child_tid: Option<u64>,
+    robust_list: Option<u64>,
+    rseq: Option<u64>,
+    rseq_sig: Option<u64>,
+    rseq_len: Option<Member>,
+    blocked: Option<u64>,
+    pending: Option<u64>,
+    saved_sigmask: Option<u64>,
+    restore_sigmask: Option<Member>,
+    files: Option<u64>,
+    fs: Option<u64>,
+    sighand: Option<u64>,
+    /// `thread.fpu.fpstate` (pointer).
+    fpstate_ptr: Option<u64>,
+    /// `thread.fpu.__fpstate` (the inline fpstate, used when the pointer is bad).
+    fpstate_inline: Option<u64>,
+    /// `fpstate.regs` and `fpstate.size`.
+    fpstate_regs: u64,
+    fpstate_size: Option<u64>,
+    /// Essential fields missing from BTF.
+    missing: Vec<String>,
+}
+
+impl ExtraLayout {
+    fn new(k: &Kernel<'_>) -> Self {
+        let mut missing = Vec::new();
+        let mut need = |p: &str| match k.offset_of("task_struct", p) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                missing.push(format!("task_struct.{p}: {e}"));
+                None
+            }
+        };
+        let thread_flags = need("thread_info.flags");
+        let clear_child_tid = need("clear_child_tid");
+        let robust_list = need("robust_list");
+        let blocked = need("blocked");
+        let pending = need("pending.signal");
+        let saved_sigmask = need("saved_sigmask");
+        let files = need("files");
+        let fs = need("fs");
+        let sighand = need("sighand");
+        let fpstate_ptr = need("thread.fpu.fpstate");
+        let restore_sigmask = match k.member("task_struct", "restore_sigmask") {
+            Ok(m) => Some(m),
+            Err(e) => {
+                missing.push(format!("task_struct.restore_sigmask: {e}"));
+                None
+            }
+        };
+        let opt = |p: &str| k.offset_of("task_struct", p).ok();
+        ExtraLayout {
+            thread_flags,
+            clear_child_tid,
+            robust_list,
+            rseq: opt("rseq"),
+            rseq_sig: opt("rseq_sig"),
+            rseq_len: k.member("task_struct", "rseq_len").ok(),
+            blocked,
+            pending,
+            saved_sigmask,
+            restore_sigmask,
+            files,
+            fs,
+            sighand,
+            fpstate_ptr,
+            fpstate_inline: opt("thread.fpu.__fpstate"),
+            fpstate_regs: k.offset_of("fpstate", "regs").unwrap_or(64),
+            fpstate_size: k.offset_of("fpstate", "size").ok(),
+            missing,
+        }
+    }
 }
 
 impl TaskLayout {
@@ -249,6 +458,7 @@ impl TaskLayout {
             thread_head: k.offset_of("signal_struct", "thread_head")?,
             regs,
             regs_size,
+            extra: ExtraLayout::new(k),
         })
     }
 }
@@ -310,7 +520,20 @@ fn read_task(k: &Kernel<'_>, l: &TaskLayout, addr: u64) -> Result<(Task, Vec<Str
         regs: None,
         fsbase,
         gsbase,
+        thread_flags: 0,
+        clear_child_tid: 0,
+        robust_list: 0,
+        rseq: None,
+        blocked: 0,
+        pending: 0,
+        saved_sigmask: 0,
+        restore_sigmask: false,
+        files: 0,
+        fs: 0,
+        sighand: 0,
+        fpu: None,
     };
+    read_extra(k, &l.extra, &mut task, &mut problems);
     if task.is_user() {
         let regs_addr = stack
             .wrapping_add(k.layout().thread_size)
@@ -343,6 +566,112 @@ fn read_task(k: &Kernel<'_>, l: &TaskLayout, addr: u64) -> Result<(Task, Vec<Str
     Ok((task, problems))
 }
 
+/// Reads the per-thread state needed to recreate a thread (see [`ExtraLayout`]).
+fn read_extra(k: &Kernel<'_>, l: &ExtraLayout, task: &mut Task, problems: &mut Vec<String>) {
+    let addr = task.addr;
+    let pid = task.pid;
+    let mut get = |what: &str, off: Option<u64>, size: u64| -> u64 {
+        let Some(off) = off else { return 0 };
+        match k.read_uint(addr.wrapping_add(off), size) {
+            Ok(v) => v,
+            Err(e) => {
+                problems.push(format!("task {pid}: {what} unreadable: {e}"));
+                0
+            }
+        }
+    };
+    task.thread_flags = get("thread_info.flags", l.thread_flags, 8);
+    task.clear_child_tid = get("clear_child_tid", l.clear_child_tid, 8);
+    task.robust_list = get("robust_list", l.robust_list, 8);
+    task.blocked = get("blocked", l.blocked, 8);
+    task.pending = get("pending", l.pending, 8);
+    task.saved_sigmask = get("saved_sigmask", l.saved_sigmask, 8);
+    task.files = get("files", l.files, 8);
+    task.fs = get("fs", l.fs, 8);
+    task.sighand = get("sighand", l.sighand, 8);
+    let rseq = get("rseq", l.rseq, 8);
+    let rseq_sig = get("rseq_sig", l.rseq_sig, 4);
+    if let Some(m) = &l.restore_sigmask {
+        match k.read_member(m, addr) {
+            Ok(v) => task.restore_sigmask = v != 0,
+            Err(e) => problems.push(format!("task {pid}: restore_sigmask unreadable: {e}")),
+        }
+    }
+    if rseq != 0 {
+        let len = match &l.rseq_len {
+            Some(m) => k
+                .read_member(m, addr)
+                .ok()
+                .and_then(|v| u32::try_from(v).ok())
+                .unwrap_or(32),
+            None => 32,
+        };
+        task.rseq = Some(Rseq {
+            addr: rseq,
+            len,
+            sig: u32::try_from(rseq_sig).unwrap_or(0),
+        });
+    }
+    if task.is_user() {
+        match read_fpu(k, l, addr) {
+            Ok((fx, note)) => {
+                task.fpu = Some(fx);
+                if let Some(n) = note {
+                    problems.push(format!("task {pid}: {n}"));
+                }
+            }
+            Err(e) => problems.push(format!("task {pid}: fpu: {e}")),
+        }
+    }
+}
+
+/// Reads the first 512 bytes of `thread.fpu.fpstate->regs` (the FXSAVE image, also the
+/// legacy area of an XSAVE buffer). A bad `fpstate` pointer falls back to the inline
+/// `__fpstate` with a note.
+fn read_fpu(
+    k: &Kernel<'_>,
+    l: &ExtraLayout,
+    task: u64,
+) -> Result<(FxSave, Option<String>), String> {
+    let ptr_off = l.fpstate_ptr.ok_or("no thread.fpu.fpstate in BTF")?;
+    let mut note = None;
+    let inline = l.fpstate_inline.map(|o| task.wrapping_add(o));
+    let mut fpstate = k
+        .read_u64(task.wrapping_add(ptr_off))
+        .map_err(|e| format!("fpstate pointer unreadable: {e}"))?;
+    let readable =
+        |p: u64| crate::kernel::is_kernel_addr(p) && p & 63 == 0 && k.virt_to_phys(p).is_ok();
+    if !readable(fpstate) {
+        match inline {
+            Some(i) => {
+                note = Some(format!(
+                    "fpstate pointer {fpstate:#x} is bad: using the inline fpstate"
+                ));
+                fpstate = i;
+            }
+            None => return Err(format!("fpstate pointer {fpstate:#x} is bad")),
+        }
+    }
+    let mut fx = [0u8; FXSAVE_LEN];
+    k.read_bytes(fpstate.wrapping_add(l.fpstate_regs), &mut fx)
+        .map_err(|e| format!("fpstate {fpstate:#x}: {e}"))?;
+    let mut fx = FxSave(fx);
+    // An XSAVE-format buffer (size > 512) may hold components in their init state.
+    if let Some(size_off) = l.fpstate_size {
+        let size = k.read_u32(fpstate.wrapping_add(size_off)).unwrap_or(0);
+        if size >= 512 + 64 {
+            if let Ok(bv) = k.read_u64(
+                fpstate
+                    .wrapping_add(l.fpstate_regs)
+                    .wrapping_add(FXSAVE_LEN as u64),
+            ) {
+                fx.apply_xstate_bv(bv);
+            }
+        }
+    }
+    Ok((fx, note))
+}
+
 /// Walks every task of the kernel: `init_task` and the `tasks` ring of thread-group leaders,
 /// and each leader's threads. Tasks that cannot be read are reported, not returned.
 pub fn walk_tasks(k: &Kernel<'_>) -> Partial<Vec<Task>> {
@@ -354,6 +683,13 @@ pub fn walk_tasks(k: &Kernel<'_>) -> Partial<Vec<Task>> {
             return out;
         }
     };
+    out.problems.extend(
+        layout
+            .extra
+            .missing
+            .iter()
+            .map(|m| format!("task layout: {m}")),
+    );
     let init_task = match k.symbol("init_task") {
         Ok(a) => a,
         Err(e) => {
@@ -463,6 +799,20 @@ ffffffff81400000 B _end
         pub const SIGNAL: u64 = 0x90;
         pub const FSBASE: u64 = 0x100;
         pub const THREAD_HEAD: u64 = 0x10;
+        pub const CLEAR_CHILD_TID: u64 = 0x98;
+        pub const ROBUST_LIST: u64 = 0xa0;
+        pub const BLOCKED: u64 = 0xa8;
+        pub const SAVED_SIGMASK: u64 = 0xb0;
+        pub const PENDING: u64 = 0xb8;
+        pub const RESTORE_SIGMASK: u64 = 0xd0;
+        pub const FILES: u64 = 0xd8;
+        pub const FS: u64 = 0xe0;
+        pub const SIGHAND: u64 = 0xe8;
+        pub const RSEQ: u64 = 0xf0;
+        pub const RSEQ_SIG: u64 = 0xf8;
+        pub const FPSTATE_PTR: u64 = 0x150;
+        pub const FPSTATE: u64 = 0x180;
+        pub const FPREGS: u64 = 0x1c0;
     }
 
     pub(crate) fn add_task_types(b: &mut Builder) {
@@ -477,10 +827,32 @@ ffffffff81400000 B _end
             24,
             &[("flags", ulong, 0), ("cpu", u32t, 160)],
         );
+        let uch = b.int("unsigned char", 1);
+        let fpregs = b.array(uch, u32t, 576);
+        let fpstate = b.strukt("fpstate", 640, &[("size", u32t, 0), ("regs", fpregs, 512)]);
+        let fpu = b.strukt(
+            "fpu",
+            704,
+            &[
+                ("last_cpu", u32t, 0),
+                ("fpstate", ulong, 128),
+                ("__fpstate", fpstate, 512),
+            ],
+        );
         let th = b.strukt(
             "thread_struct",
-            16,
-            &[("fsbase", ulong, 0), ("gsbase", ulong, 64)],
+            0x300,
+            &[
+                ("fsbase", ulong, 0),
+                ("gsbase", ulong, 64),
+                ("fpu", fpu, 512),
+            ],
+        );
+        let sigset = b.int("sigset_t", 8);
+        let sigpending = b.strukt(
+            "sigpending",
+            24,
+            &[("list", lh, 0), ("signal", sigset, 128)],
         );
         let regs: Vec<(&str, u32, u32)> = PT_REGS_FIELDS
             .iter()
@@ -490,26 +862,40 @@ ffffffff81400000 B _end
         b.strukt("pt_regs", 168, &regs);
         b.strukt("signal_struct", 0x40, &[("thread_head", lh, 0x80)]);
         let o = |v: u64| u32::try_from(v * 8).expect("small");
-        b.strukt(
-            "task_struct",
-            0x400,
-            &[
-                ("thread_info", ti, 0),
-                ("__state", u32t, o(off::STATE)),
-                ("stack", ulong, o(off::STACK)),
-                ("flags", u32t, o(off::FLAGS)),
-                ("on_cpu", int, o(off::ON_CPU)),
-                ("tasks", lh, o(off::TASKS)),
-                ("mm", ulong, o(off::MM)),
-                ("exit_state", int, o(off::EXIT_STATE)),
-                ("pid", int, o(off::PID)),
-                ("tgid", int, o(off::TGID)),
-                ("thread_node", lh, o(off::THREAD_NODE)),
-                ("comm", comm, o(off::COMM)),
-                ("signal", ulong, o(off::SIGNAL)),
-                ("thread", th, o(off::FSBASE)),
-            ],
-        );
+        let mut task = vec![
+            ("clear_child_tid", ulong, o(off::CLEAR_CHILD_TID), 0),
+            ("robust_list", ulong, o(off::ROBUST_LIST), 0),
+            ("blocked", sigset, o(off::BLOCKED), 0),
+            ("saved_sigmask", sigset, o(off::SAVED_SIGMASK), 0),
+            ("pending", sigpending, o(off::PENDING), 0),
+            ("restore_sigmask", u32t, o(off::RESTORE_SIGMASK) + 4, 1),
+            ("files", ulong, o(off::FILES), 0),
+            ("fs", ulong, o(off::FS), 0),
+            ("sighand", ulong, o(off::SIGHAND), 0),
+            ("rseq", ulong, o(off::RSEQ), 0),
+            ("rseq_sig", u32t, o(off::RSEQ_SIG), 0),
+        ];
+        let plain: Vec<(&str, u32, u32, u32)> = [
+            ("thread_info", ti, 0),
+            ("__state", u32t, o(off::STATE)),
+            ("stack", ulong, o(off::STACK)),
+            ("flags", u32t, o(off::FLAGS)),
+            ("on_cpu", int, o(off::ON_CPU)),
+            ("tasks", lh, o(off::TASKS)),
+            ("mm", ulong, o(off::MM)),
+            ("exit_state", int, o(off::EXIT_STATE)),
+            ("pid", int, o(off::PID)),
+            ("tgid", int, o(off::TGID)),
+            ("thread_node", lh, o(off::THREAD_NODE)),
+            ("comm", comm, o(off::COMM)),
+            ("signal", ulong, o(off::SIGNAL)),
+            ("thread", th, o(off::FSBASE)),
+        ]
+        .iter()
+        .map(|&(n, t, bo)| (n, t, bo, 0))
+        .collect();
+        task.extend(plain);
+        b.composite(4, "task_struct", 0x400, &task);
     }
 
     pub(crate) fn task_btf() -> Btf {
@@ -547,6 +933,14 @@ ffffffff81400000 B _end
         m.put_u64(pa + off::SIGNAL, dm(sig_pa));
         m.put_u32(pa + off::STATE, 1);
         m.put_u64(pa + off::FSBASE, 0x7f00_0000_0000 + pa);
+        m.put_u64(pa + off::FPSTATE_PTR, kva(pa + off::FPSTATE));
+        m.put_u32(pa + off::FPSTATE, 512);
+        let mut fx = crate::tasks::FxSave::init();
+        fx.0[160] = u8::try_from(pid & 0x7f).expect("small"); // xmm0 low byte = pid
+        m.put(pa + off::FPREGS, &fx.0);
+        m.put_u64(pa + off::BLOCKED, 1 << 9);
+        m.put_u64(pa + off::CLEAR_CHILD_TID, 0x7f00_0000_1000 + pa);
+        m.put_u64(pa + off::ROBUST_LIST, 0x7f00_0000_2000 + pa);
         // pt_regs at the top of the 16 KiB stack.
         let regs = stack_pa + 0x4000 - 168;
         for i in 0..21u64 {
@@ -664,6 +1058,61 @@ ffffffff81400000 B _end
         assert!(r.value[4].is_user() && !r.value[4].is_leader());
         assert!(r.value[0].is_kernel_thread() && r.value[0].regs.is_none());
         assert!(r.value[5].is_kernel_thread());
+        // Thread state for recreation.
+        assert_eq!(sh.blocked, 1 << 9);
+        assert_eq!(sh.effective_sigmask(), 1 << 9);
+        assert_eq!(sh.clear_child_tid, 0x7f00_0000_1000 + 0x20_0000);
+        assert_eq!(sh.robust_list, 0x7f00_0000_2000 + 0x20_0000);
+        assert!(sh.rseq.is_none() && !sh.restore_sigmask);
+        let fx = sh.fpu.expect("fpu");
+        assert_eq!((fx.fcw(), fx.mxcsr(), fx.0[160]), (0x37f, 0x1f80, 2));
+        assert_eq!(r.value[3].fpu.expect("fpu").0[160], 101);
+        assert!(sh.fpu_live_in_cpu());
+    }
+
+    #[test]
+    fn reads_rseq_sigmask_bits_and_xsave_init_state() {
+        let mut w = world();
+        let t = 0x20_0000;
+        w.m.put_u64(t + off::RSEQ, 0x7f00_0000_3000);
+        w.m.put_u32(t + off::RSEQ_SIG, 0x5305_3053);
+        w.m.put_u32(t + off::RESTORE_SIGMASK, 1 << 4);
+        w.m.put_u64(t + off::SAVED_SIGMASK, 1 << 2);
+        w.m.put_u64(t, TIF_NEED_FPU_LOAD);
+        // An XSAVE buffer whose XSTATE_BV says x87 and SSE are in their init state.
+        w.m.put_u32(t + off::FPSTATE, 1024);
+        w.m.put(t + off::FPREGS, &[0xaa; 512]);
+        w.m.put_u64(t + off::FPREGS + 512, 0);
+        let r = run(&w.m);
+        assert!(r.is_complete(), "{:?}", r.problems);
+        let sh = &r.value[2];
+        assert_eq!(
+            sh.rseq,
+            Some(Rseq {
+                addr: 0x7f00_0000_3000,
+                len: 32,
+                sig: 0x5305_3053
+            })
+        );
+        assert!(sh.restore_sigmask);
+        assert_eq!(sh.effective_sigmask(), 1 << 2);
+        assert!(!sh.fpu_live_in_cpu());
+        let fx = sh.fpu.expect("fpu");
+        assert_eq!((fx.fcw(), fx.mxcsr()), (0x37f, 0x1f80));
+        assert!(fx.0[160..416].iter().all(|&b| b == 0));
+        assert!(fx.0[416..].iter().all(|&b| b == 0xaa));
+        assert_eq!(fx.to_hex().len(), 1024);
+
+        // A wild fpstate pointer falls back to the inline fpstate, with a note.
+        let mut w = world();
+        w.m.put_u64(t + off::FPSTATE_PTR, 0xdead_beef);
+        let r = run(&w.m);
+        assert_eq!(r.value[2].fpu.expect("fpu").0[160], 2);
+        assert!(
+            r.problems.iter().any(|p| p.contains("fpstate pointer")),
+            "{:?}",
+            r.problems
+        );
     }
 
     #[test]

@@ -9,8 +9,11 @@ use std::path::PathBuf;
 
 use owvmm_recovery::btf::Btf;
 use owvmm_recovery::kernel::{find_kaslr_slide, Kernel};
+use owvmm_recovery::manifest::{build_manifest, parse_manifest, Manifest};
+use owvmm_recovery::process::FileKind;
+use owvmm_recovery::regs::{CpuUserState, UserRegs};
 use owvmm_recovery::symbols::SymbolTable;
-use owvmm_recovery::tasks::{is_user_addr, USER_CS};
+use owvmm_recovery::tasks::{is_user_addr, FxSave, USER_CS};
 use owvmm_recovery::{inspect, FlatMemory, Report};
 
 struct Image {
@@ -288,6 +291,210 @@ fn smashed_maple_tree_gives_partial_vmas_with_reasons() {
     assert!(!r.problems.is_empty());
 }
 
+/// The vCPUs as the VMM would describe them: every CPU caught in kernel mode.
+fn kernel_mode_cpus(r: &Report) -> Vec<CpuUserState> {
+    r.cpus
+        .iter()
+        .map(|c| CpuUserState {
+            gs_base: c.per_cpu_offset,
+            kernel_gs_base: 0,
+            cpl3: false,
+            regs: UserRegs::default(),
+            fxsave: FxSave::init(),
+        })
+        .collect()
+}
+
+fn manifest(img: &Image, memory: &[u8], r: &Report) -> Manifest {
+    let syms = SymbolTable::parse_system_map(&img.map).expect("map");
+    let btf = Btf::parse(&img.btf).expect("btf");
+    let flat = FlatMemory(memory);
+    let k = Kernel::new(&flat, &syms, &btf).expect("kernel");
+    build_manifest(&k, r, &kernel_mode_cpus(r))
+}
+
+/// The `sh` running the `--exec` loop.
+fn counter(r: &Report) -> owvmm_recovery::tasks::Task {
+    r.user_tasks()
+        .filter(|t| t.comm == "sh")
+        .find(|t| {
+            r.mm_of(t)
+                .is_some_and(|mm| mm.cmdline.join(" ").contains("while"))
+        })
+        .expect("a sh running the --exec loop")
+        .clone()
+}
+
+#[test]
+fn process_state_pages_and_manifest() {
+    let Some(img) = image() else { return };
+    let r = run(&img, &img.memory);
+    let sh = counter(&r);
+    // Files: stdin/stdout/stderr are character devices (console, serial or /dev/null).
+    let p = &r.processes.get(&sh.tgid).expect("process read").value;
+    assert!(r.processes[&sh.tgid].is_complete());
+    assert_eq!(p.cwd.as_deref(), Some("/"));
+    for fd in 0..3 {
+        let f = p.files.iter().find(|f| f.fd == fd).expect("fd 0-2 open");
+        assert_eq!(f.kind(), FileKind::Chr, "fd {fd}");
+        let path = f.path.as_deref().expect("path");
+        assert!(
+            ["/dev/console", "/dev/ttyS0", "/dev/null"].contains(&path),
+            "fd {fd}: {path}"
+        );
+    }
+    // Signal actions: the shell handles SIGCHLD.
+    assert!(
+        p.sigactions.iter().any(|a| a.signo == 17),
+        "{:?}",
+        p.sigactions
+    );
+    // Thread state: an FXSAVE image with a sane control word and MXCSR.
+    let fx = sh.fpu.expect("fpu");
+    assert_eq!(fx.fcw() & 0x3f, 0x3f, "fcw {:#x}", fx.fcw());
+    assert_eq!(fx.mxcsr() & 0xffff_0000, 0, "mxcsr {:#x}", fx.mxcsr());
+    // Pages: the stack has anonymous pages; the text is page cache, not anon.
+    let mm = r.mm_of(&sh).expect("mm");
+    assert!(mm.auxv.len() >= 4 && mm.auxv.len() & 1 == 0 && mm.auxv[mm.auxv.len() - 2] == 0);
+    let stack = mm
+        .vmas
+        .iter()
+        .find(|v| v.name.as_deref() == Some("[stack]"))
+        .expect("stack");
+    assert!(stack.pages.is_complete());
+    assert!(stack.pages.value.runs.iter().any(|r| r.anon));
+    let text = mm
+        .vmas
+        .iter()
+        .find(|v| v.file.is_some() && v.flags & 4 != 0)
+        .expect("text");
+    assert!(!text.pages.value.runs.is_empty());
+    assert!(text.pages.value.runs.iter().all(|r| !r.anon));
+    for v in &mm.vmas {
+        for run in &v.pages.value.runs {
+            assert!(run.vaddr >= v.start && run.vaddr + run.len <= v.end);
+            assert!(run.phys + run.len <= img.memory.len() as u64);
+        }
+    }
+
+    // The manifest has the counter, not pid 1, and parses.
+    let m = manifest(&img, &img.memory, &r);
+    println!("{}", m.text);
+    eprintln!("excluded {:?} notes {:?}", m.excluded, m.notes);
+    assert!(m.processes.contains(&sh.tgid), "{:?}", m.excluded);
+    assert!(!m.processes.contains(&1));
+    assert!(m.excluded.iter().any(|e| e.pid == 1));
+    let sum = parse_manifest(&m.text).expect("manifest parses");
+    assert_eq!(sum.processes, m.processes.len());
+    assert!(sum.files >= 1, "the busybox binary lives on the initramfs");
+    assert!(m.text.contains(&format!("\nprocess {} sh\n", sh.tgid)));
+    assert!(m.text.contains("\ncwd /\n"));
+}
+
+#[test]
+fn corrupt_fd_tables_exclude_the_process_with_a_reason() {
+    let Some(img) = image() else { return };
+    let good = run(&img, &img.memory);
+    let sh = counter(&good);
+    let (fdt_off, max_off, fd_off) = with_kernel(&img, |k| {
+        (
+            k.offset_of("files_struct", "fdt").expect("fdt"),
+            k.offset_of("fdtable", "max_fds").expect("max_fds"),
+            k.offset_of("fdtable", "fd").expect("fd"),
+        )
+    });
+    let fdt = with_kernel(&img, |k| k.read_u64(sh.files + fdt_off).expect("fdt"));
+    let tag = format!("pid {}:", sh.tgid);
+    for (what, va, value) in [
+        ("wild fdt", sh.files + fdt_off, 0x4141_4141_4141_4141u64),
+        (
+            "fdt outside memory",
+            sh.files + fdt_off,
+            0xffff_8880_0000_0000 + (1 << 40),
+        ),
+        ("wild fd array", fdt + fd_off, 0xffff_c900_dead_0000),
+    ] {
+        let mut mem = img.memory.clone();
+        poke(&img, &mut mem, va, value);
+        let r = run(&img, &mem);
+        eprintln!("--- {what}: {:#?}", r.problems);
+        assert!(
+            r.problems.iter().any(|p| p.starts_with(&tag)),
+            "{what}: {:#?}",
+            r.problems
+        );
+        let m = manifest(&img, &mem, &r);
+        assert!(!m.processes.contains(&sh.tgid), "{what}");
+        assert!(m.excluded.iter().any(|e| e.pid == sh.tgid), "{what}");
+        parse_manifest(&m.text).expect("parses");
+    }
+    // A huge max_fds (the low 32 bits hold it; keep the rest of the word).
+    let mut mem = img.memory.clone();
+    let word = with_kernel(&img, |k| k.read_u64(fdt + max_off).expect("max_fds"));
+    poke(
+        &img,
+        &mut mem,
+        fdt + max_off,
+        (word & !0xffff_ffff) | 0xffff_ff00,
+    );
+    let start = std::time::Instant::now();
+    let r = run(&img, &mem);
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.starts_with(&tag) && p.contains("max_fds")),
+        "{:#?}",
+        r.problems
+    );
+    let m = manifest(&img, &mem, &r);
+    assert!(!m.processes.contains(&sh.tgid));
+}
+
+#[test]
+fn cyclic_page_cache_of_the_executable_excludes_its_users() {
+    let Some(img) = image() else { return };
+    let good = run(&img, &img.memory);
+    let sh = counter(&good);
+    let exe_file = good.mm_of(&sh).expect("mm").exe_file;
+    let (head_va, head, slots_off) = with_kernel(&img, |k| {
+        let inode = k.read_field("file", "f_inode", exe_file).expect("inode");
+        let mapping = k.read_field("inode", "i_mapping", inode).expect("mapping");
+        let head_va = mapping
+            + k.offset_of("address_space", "i_pages").expect("i_pages")
+            + k.offset_of("xarray", "xa_head").expect("xa_head");
+        (
+            head_va,
+            k.read_u64(head_va).expect("head"),
+            k.offset_of("xa_node", "slots").expect("slots"),
+        )
+    });
+    assert_eq!(head & 3, 2, "busybox has more than one cached page: a node");
+    let node = head - 2;
+    for (what, va, value) in [
+        ("root slot 0 -> root", node + slots_off, head),
+        ("root slot 1 -> root", node + slots_off + 8, head),
+        (
+            "head -> wild node",
+            head_va,
+            0xffff_8880_0000_0000 + (1 << 40) + 2,
+        ),
+    ] {
+        let mut mem = img.memory.clone();
+        poke(&img, &mut mem, va, value);
+        let r = run(&img, &mem);
+        let m = manifest(&img, &mem, &r);
+        eprintln!("--- {what}: {:?}", m.excluded);
+        let e = m
+            .excluded
+            .iter()
+            .find(|e| e.pid == sh.tgid)
+            .unwrap_or_else(|| panic!("{what}: sh not excluded"));
+        assert!(e.reason.contains("page cache"), "{what}: {}", e.reason);
+        parse_manifest(&m.text).expect("parses");
+    }
+}
+
 #[test]
 fn garbage_inputs_do_not_panic() {
     let Some(img) = image() else { return };
@@ -331,6 +538,9 @@ fn random_word_corruption_never_panics_or_hangs() {
     let mut targets: Vec<(u64, u64)> = Vec::new();
     for t in &good.tasks {
         targets.push((t.addr, size("task_struct")));
+    }
+    for t in good.user_tasks() {
+        targets.push((t.files, size("files_struct")));
     }
     for mm in good.mms.values() {
         targets.push((mm.addr, size("mm_struct")));
@@ -386,6 +596,10 @@ fn random_word_corruption_never_panics_or_hangs() {
         }
         let start = std::time::Instant::now();
         let r = run(&img, &mem);
+        let m = manifest(&img, &mem, &r);
+        if let Err(e) = parse_manifest(&m.text) {
+            panic!("round {round}: manifest does not parse: {e}\n{}", m.text);
+        }
         let took = start.elapsed();
         assert!(
             took < std::time::Duration::from_secs(20),

@@ -149,7 +149,13 @@ fn wait_recovery(ev: &mut Conn) -> (Value, Vec<u64>) {
 
 /// After the console position `from`, waits for a line of `mode` from `pid` that
 /// satisfies `ok`.
-fn wait_program(vm: &mut Vm, from: usize, mode: &str, pid: u32, ok: impl Fn(&str) -> bool) -> String {
+fn wait_program(
+    vm: &mut Vm,
+    from: usize,
+    mode: &str,
+    pid: u32,
+    ok: impl Fn(&str) -> bool,
+) -> String {
     let prefix = format!("{mode} pid={pid} ");
     wait_console_after(vm, from, Duration::from_secs(120), &prefix, |c| {
         c.lines()
@@ -206,15 +212,23 @@ fn crash_and_check(vm: &mut Vm, ev: &mut Conn, how: &str, round: usize) {
         num(l, "count") >= t_before + 3
     });
     assert!(t.contains("file=ok"), "round {round}: {t}");
-    assert!(num(&t, "off") > off_before, "round {round}: {t} vs {threads_line}");
-    assert!(num(&t, "usr1") > usr1_before, "round {round}: {t} vs {threads_line}");
+    assert!(
+        num(&t, "off") > off_before,
+        "round {round}: {t} vs {threads_line}"
+    );
+    assert!(
+        num(&t, "usr1") > usr1_before,
+        "round {round}: {t} vs {threads_line}"
+    );
     let workers: Vec<u64> = fields(&t)
         .get("t")
         .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
         .unwrap_or_default();
     assert_eq!(workers.len(), 3, "{t}");
     // (c) the sleeper's nanosleep returned EINTR and it retried.
-    let s = wait_program(vm, from, "sleeper", f.pids["sleeper"], |l| l.contains("EINTR"));
+    let s = wait_program(vm, from, "sleeper", f.pids["sleeper"], |l| {
+        l.contains("EINTR")
+    });
     assert!(s.contains("retrying"), "{s}");
     eprintln!(
         "round {round} ({how}): recovered in {:.0} ms (resurrect {:.0} ms); {heap}; {t}",
@@ -233,7 +247,10 @@ fn programs_survive_ctl_crash_with_pid_memory_threads_files_and_eintr() {
     assert_eq!(st["state"], "running", "{st}");
     let rec = &st["crashes"][0]["recovery"];
     assert!(rec["restored"].as_u64().unwrap_or(0) >= 3, "{st}");
-    assert!(rec["rss_after_mib"].as_u64() <= rec["rss_before_mib"].as_u64(), "{st}");
+    assert!(
+        rec["rss_after_mib"].as_u64() <= rec["rss_before_mib"].as_u64(),
+        "{st}"
+    );
     assert_eq!(vm.stop(), 5);
 }
 

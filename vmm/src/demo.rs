@@ -1,6 +1,7 @@
 //! `owvmm demo`: boots the default guest with a counting program, snapshots it while it
-//! runs, stops it, restores the snapshot and shows the program going on from where it was,
-//! with the timings.
+//! runs, restores the snapshot and shows the program going on from where it was; then
+//! crashes the guest kernel and shows the same program going on in a fresh kernel, with
+//! the recovery's timings.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -33,11 +34,8 @@ enum DemoError {
     Step(String),
 }
 
-const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo \"demo counter: $i\"; sleep 1; done";
-
-fn spawn(args: &[&str]) -> Result<Child, DemoError> {
-    spawn_watched(args, &Counter::default())
-}
+const COUNTER: &str =
+    "i=0; while true; do i=$((i+1)); echo \"demo counter: $i (pid $$)\"; sleep 1; done";
 
 /// The highest `demo counter: N` the guest console has shown.
 #[derive(Clone, Default)]
@@ -80,6 +78,7 @@ fn spawn_watched(args: &[&str], counter: &Counter) -> Result<Child, DemoError> {
                 if let Some(n) = line
                     .trim()
                     .strip_prefix("demo counter: ")
+                    .and_then(|n| n.split_whitespace().next())
                     .and_then(|n| n.parse::<u64>().ok())
                 {
                     counter.0.fetch_max(n, std::sync::atomic::Ordering::SeqCst);
@@ -135,8 +134,20 @@ fn stop(sock: &Path, mut child: Child) {
 
 fn steps(a: &DemoArgs) -> Result<(), DemoError> {
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
-    eprintln!("== owvmm demo: 1/5 default guest image (built once, then cached)");
-    owvmm::image::build(false, None)?;
+    eprintln!("== owvmm demo: 1/6 default guest image (built once, then cached)");
+    let img = owvmm::image::build(false, None)?;
+    eprintln!("\n== 2/6 the crash kernel's warm standby: a freshly booted guest, frozen (prepared once, then cached)");
+    let spec = owvmm::standby::StandbySpec {
+        kernel: img.vmlinux.clone(),
+        initrd: Some(img.initramfs.clone()),
+        cmdline: owvmm::image::default_cmdline(),
+        mem_mib: 128,
+        vcpus: 1,
+    };
+    let standby = spec
+        .prepare(&mut |l| eprintln!("   {l}"))
+        .map_err(|e| DemoError::Step(error_chain(&e)))?;
+    eprintln!("   {}", standby.display());
     let snap = match &a.snapshot_dir {
         Some(d) => d.clone(),
         None => owvmm::image::cache_dir()?.join("demo-snapshot"),
@@ -144,21 +155,33 @@ fn steps(a: &DemoArgs) -> Result<(), DemoError> {
     let sock = std::env::temp_dir().join(format!("owvmm-demo-{}.sock", std::process::id()));
     let sock_s = sock.display().to_string();
 
-    eprintln!("== 2/5 cold boot: a program that counts, started by the agent at boot");
+    eprintln!("\n== 3/6 cold boot: a program that counts, started by the agent at boot");
     eprintln!("   (guest kernel code is slow on this host's KVM; this takes a while)");
     let t0 = Instant::now();
     let before = Counter::default();
-    let child = spawn_watched(&["run", "--api-sock", &sock_s, "--exec", COUNTER], &before)?;
+    let child = spawn_watched(
+        &[
+            "run",
+            "--api-sock",
+            &sock_s,
+            "--exec",
+            COUNTER,
+            "--on-crash",
+            "exit",
+        ],
+        &before,
+    )?;
     let boot = wait_event(&sock, "agent-ready", deadline);
     let boot_s = t0.elapsed().as_secs_f64();
     if let Err(e) = boot {
         stop(&sock, child);
         return Err(e);
     }
+
     before.wait_above(2, Duration::from_secs(120));
 
     eprintln!(
-        "\n== 3/5 snapshot of the running guest into {}",
+        "\n== 4/6 snapshot of the running guest into {}",
         snap.display()
     );
     let mut c = connect(&sock, deadline)?;
@@ -172,12 +195,20 @@ fn steps(a: &DemoArgs) -> Result<(), DemoError> {
         return Err(DemoError::Step(format!("snapshot failed: {}", r["error"])));
     }
 
-    eprintln!("\n== 4/5 restore: the same guest, the counter goes on where it was");
+    eprintln!("\n== 5/6 restore: the same guest, the counter goes on where it was");
     let t1 = Instant::now();
     let snap_s = snap.display().to_string();
     let after = Counter::default();
     let child = spawn_watched(
-        &["run", "--api-sock", &sock_s, "--restore", &snap_s],
+        &[
+            "run",
+            "--api-sock",
+            &sock_s,
+            "--restore",
+            &snap_s,
+            "--on-crash",
+            "exit",
+        ],
         &after,
     )?;
     let restored = wait_event(&sock, "guest-clock-set", deadline);
@@ -198,49 +229,64 @@ fn steps(a: &DemoArgs) -> Result<(), DemoError> {
         restore_s * 1000.0,
         boot_s / restore_s.max(1e-6)
     );
-    crash_step(&sock, &snap, deadline)
+    crash_step(&sock, &snap, &standby, deadline)
 }
 
-/// Restores the snapshot once more and crashes its kernel: detection, freeze, and the
-/// dead kernel's processes read from its memory.
-fn crash_step(sock: &Path, snap: &Path, deadline: Instant) -> Result<(), DemoError> {
-    eprintln!("\n== 5/5 the guest kernel crashes (owvmm ctl crash): detected, frozen, its processes read from its memory");
+/// Restores the snapshot once more and crashes its kernel: owvmm detects it, freezes the
+/// guest, reads the dead kernel's processes, starts a fresh kernel from the standby and
+/// brings the processes back in it.
+fn crash_step(
+    sock: &Path,
+    snap: &Path,
+    standby: &Path,
+    deadline: Instant,
+) -> Result<(), DemoError> {
+    eprintln!("\n== 6/6 the guest kernel crashes (owvmm ctl crash); owvmm brings the counter back in a fresh kernel");
     let sock_s = sock.display().to_string();
     let snap_s = snap.display().to_string();
-    let child = spawn(&[
-        "run",
-        "--api-sock",
-        &sock_s,
-        "--restore",
-        &snap_s,
-        "--on-crash",
-        "pause",
-        "--no-console",
-    ])?;
-    let result = watch_crash(sock, deadline);
+    let standby_s = standby.display().to_string();
+    let counter = Counter::default();
+    let child = spawn_watched(
+        &[
+            "run",
+            "--api-sock",
+            &sock_s,
+            "--restore",
+            &snap_s,
+            "--on-crash",
+            "microreboot",
+            "--standby",
+            &standby_s,
+        ],
+        &counter,
+    )?;
+    let result = watch_crash(sock, &counter, deadline);
     stop(sock, child);
-    result?;
-    eprintln!("\n(resurrecting those processes in a fresh kernel is owvmm's next step)");
-    Ok(())
+    result
 }
 
-fn watch_crash(sock: &Path, deadline: Instant) -> Result<(), DemoError> {
+fn watch_crash(sock: &Path, counter: &Counter, deadline: Instant) -> Result<(), DemoError> {
     let mut events = connect(sock, deadline)?;
     events.call(&json!({"cmd": "events"}))?;
     let mut c = connect(sock, deadline)?;
+    // Let the restored counter print once, so the value at the crash is known.
+    let _ = wait_event(sock, "guest-clock-set", deadline);
+    let resumed_at = counter.get();
+    counter.wait_above(resumed_at, Duration::from_secs(30));
     let t = Instant::now();
     let r = c.call(&json!({"cmd": "crash"}))?;
     if r["ok"] != json!(true) {
         return Err(DemoError::Step(format!("crash refused: {}", r["error"])));
     }
+    let at_crash = counter.get();
     loop {
         if Instant::now() > deadline {
-            return Err(DemoError::Step("no extraction in time".into()));
+            return Err(DemoError::Step("no recovery in time".into()));
         }
         let ev = events.next_message()?;
         match ev["event"].as_str() {
             Some("crash-detected") => eprintln!(
-                "   {} ms: crash detected: {}",
+                "\n   {} ms: crash detected: {}",
                 t.elapsed().as_millis(),
                 ev["description"].as_str().unwrap_or("?")
             ),
@@ -268,10 +314,50 @@ fn watch_crash(sock: &Path, deadline: Instant) -> Result<(), DemoError> {
                         p["vmas"]
                     );
                 }
-                return Ok(());
+            }
+            Some("crash-kernel-running") => eprintln!(
+                "   fresh kernel running from its standby in {:.0} ms",
+                ev["start_ms"].as_f64().unwrap_or(0.0)
+            ),
+            Some("process-restored") => eprintln!(
+                "   pid {} restored ({} threads) in {} ms",
+                ev["pid"], ev["threads"], ev["guest_ms"]
+            ),
+            Some("process-not-restored") => eprintln!(
+                "   pid {} not restored: {}",
+                ev["pid"],
+                ev["reason"].as_str().unwrap_or("?")
+            ),
+            Some("recovery-done") => {
+                let ms = |k: &str| ev[k].as_f64().unwrap_or(0.0);
+                eprintln!(
+                    "   recovered in {:.0} ms: freeze {:.0}, extract {:.0}, fresh kernel {:.0}, resurrect {:.0}; memory {} -> {} MiB",
+                    ms("total_ms"),
+                    ms("freeze_ms"),
+                    ms("extract_ms"),
+                    ms("crash_kernel_start_ms"),
+                    ms("resurrect_ms"),
+                    ev["rss_before_mib"],
+                    ev["rss_after_mib"]
+                );
+                break;
+            }
+            Some("recovery-failed") | Some("microreboot-failed") => {
+                return Err(DemoError::Step(format!("recovery failed: {ev}")));
             }
             _ => {}
         }
+    }
+    if counter.wait_above(at_crash, Duration::from_secs(60)) {
+        eprintln!(
+            "\n== the counter was at {at_crash} when the kernel crashed; in the fresh kernel it went on: {}",
+            counter.get()
+        );
+        Ok(())
+    } else {
+        Err(DemoError::Step(format!(
+            "the counter did not go on past {at_crash} after the recovery"
+        )))
     }
 }
 

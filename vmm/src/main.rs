@@ -241,8 +241,7 @@ fn build_config(a: RunArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
         .cmdline
         .clone()
         .unwrap_or_else(owvmm::image::default_cmdline);
-    let standby_auto = if a.on_crash == owvmm::crash::OnCrash::Microreboot && a.standby.is_none()
-    {
+    let standby_auto = if a.on_crash == owvmm::crash::OnCrash::Microreboot && a.standby.is_none() {
         Some(auto_standby(&a, &kernel, initrd.as_ref(), &cmdline)?)
     } else {
         None

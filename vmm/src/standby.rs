@@ -126,8 +126,9 @@ impl StandbySpec {
         let _ = child.wait();
         r?;
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(tmp.join("snap"), &dir)
-            .map_err(|e| StandbyError::Io(format!("cannot move the standby to {}", dir.display()), e))?;
+        std::fs::rename(tmp.join("snap"), &dir).map_err(|e| {
+            StandbyError::Io(format!("cannot move the standby to {}", dir.display()), e)
+        })?;
         let _ = std::fs::remove_dir_all(&tmp);
         log(&format!(
             "standby ready after {:.1} s",

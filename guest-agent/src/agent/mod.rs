@@ -6,6 +6,7 @@
 
 mod channel;
 mod programs;
+mod resurrect;
 mod setup;
 mod sys;
 
@@ -47,6 +48,9 @@ struct Config {
     console: PathBuf,
     /// `OW_AGENT_SHELL_TTY`, default `/dev/ttyS0`: the interactive shell's terminal.
     shell_tty: PathBuf,
+    /// `OW_AGENT_MEM`, default `/dev/mem`: where `resurrect` reads the manifest and the old
+    /// memory (its GPAs are offsets in this file).
+    mem: PathBuf,
     /// Are we PID 1? If not (tests), we do not mount, signal every process, set the clock
     /// or call reboot(2); "power off" then means exit.
     pid1: bool,
@@ -65,6 +69,7 @@ impl Config {
             exec_file: path("OW_AGENT_EXEC", "/etc/owvmm/exec"),
             console: path("OW_AGENT_CONSOLE", "/dev/console"),
             shell_tty: path("OW_AGENT_SHELL_TTY", "/dev/ttyS0"),
+            mem: path("OW_AGENT_MEM", "/dev/mem"),
             pid1,
             set_clock: pid1 || std::env::var_os("OW_AGENT_SET_CLOCK").is_some_and(|v| v == "1"),
         }
@@ -349,6 +354,17 @@ impl Agent {
                     self.request_stop(Stop::Poweroff, "poweroff request");
                     return;
                 }
+                Ok(VmmMsg::Resurrect {
+                    manifest_gpa,
+                    manifest_len,
+                    window_gpa,
+                    window_len,
+                }) => self.resurrect(&resurrect::Request {
+                    manifest_gpa,
+                    manifest_len,
+                    window_gpa,
+                    window_len,
+                }),
                 Err(e) => AgentMsg::Err {
                     text: e.to_string(),
                 },
@@ -361,6 +377,61 @@ impl Agent {
             },
         };
         self.chan.send(&reply);
+    }
+
+    /// Handles `resurrect`: one `restored`/`not-restored` line per process as it is done,
+    /// heartbeats in between, and returns the closing `resurrect-done`.
+    fn resurrect(&mut self, req: &resurrect::Request) -> AgentMsg {
+        crate::log!(
+            "resurrect: manifest {:#x}+{}, window {:#x}+{:#x}",
+            req.manifest_gpa,
+            req.manifest_len,
+            req.window_gpa,
+            req.window_len
+        );
+        let mem = self.cfg.mem.clone();
+        let sum = resurrect::run(req, &mem, &mut |ev| {
+            match ev {
+                resurrect::Event::Restored {
+                    pid,
+                    threads,
+                    ms,
+                    command,
+                } => {
+                    crate::log!("resurrected {pid} ({threads} threads, {ms} ms): {command}");
+                    self.chan.send(&AgentMsg::Restored { pid, threads, ms });
+                    if let Ok(pid) = libc::pid_t::try_from(pid) {
+                        self.programs.push(Program { pid, command });
+                    }
+                }
+                resurrect::Event::NotRestored { pid, reason } => {
+                    crate::log!("not resurrected {pid}: {reason}");
+                    self.chan.send(&AgentMsg::NotRestored { pid, reason });
+                }
+                resurrect::Event::Err(text) => {
+                    crate::log!("{text}");
+                    self.chan.send(&AgentMsg::Err { text });
+                }
+                resurrect::Event::Progress => {}
+            }
+            // Keep the heartbeat going through a long resurrection.
+            let now = sys::uptime_ms();
+            if now >= self.next_hb {
+                self.tick(now);
+            }
+            self.chan.flush();
+        });
+        crate::log!(
+            "resurrect: {} restored, {} failed, {} ms",
+            sum.restored,
+            sum.failed,
+            sum.ms
+        );
+        AgentMsg::ResurrectDone {
+            restored: sum.restored,
+            failed: sum.failed,
+            ms: sum.ms,
+        }
     }
 
     /// Reaps every exited child, reporting the ones we started. Returns false when we have

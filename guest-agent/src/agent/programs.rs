@@ -63,9 +63,35 @@ fn open_rw_noctty(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Programs get PIDs from here on (see [`raise_pid_floor`]).
+pub const USER_PID_FLOOR: u32 = 1000;
+
+/// Moves the kernel's next PID up to [`USER_PID_FLOOR`] when it is below. A crash kernel is
+/// a freshly booted guest whose kernel threads hold the low PIDs; programs that must get
+/// their PIDs back there after a crash (docs/resurrection.md) must not have low ones. No-op
+/// without `/proc/sys/kernel/ns_last_pid` (CONFIG_CHECKPOINT_RESTORE), and when not the
+/// guest's init (tests run the agent on a host).
+pub fn raise_pid_floor() {
+    const PATH: &str = "/proc/sys/kernel/ns_last_pid";
+    if std::process::id() != 1 {
+        return;
+    }
+    let last = std::fs::read_to_string(PATH)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    if let Some(last) = last {
+        if last < USER_PID_FLOOR - 1 {
+            if let Err(e) = std::fs::write(PATH, format!("{}", USER_PID_FLOOR - 1)) {
+                crate::log!("{PATH}: {e}");
+            }
+        }
+    }
+}
+
 /// Starts `/bin/sh -c CMD` in a new session, stdin from /dev/null, stdout and stderr on
 /// `console` (or on ours if that cannot be opened). Returns its PID.
 pub fn spawn_command(cmd: &str, console: &Path) -> io::Result<libc::pid_t> {
+    raise_pid_floor();
     let stdin = null_input()?;
     let out: OwnedFd = match open_rw_noctty(console) {
         Ok(f) => f.into(),
@@ -81,6 +107,7 @@ pub fn spawn_command(cmd: &str, console: &Path) -> io::Result<libc::pid_t> {
 /// Starts an interactive `/bin/sh` with `tty` as its controlling terminal and its
 /// standard descriptors. Returns its PID.
 pub fn spawn_shell(tty: &Path) -> io::Result<libc::pid_t> {
+    raise_pid_floor();
     let t = open_rw_noctty(tty)?;
     let fd = t.as_raw_fd();
     Spec::new(&[SHELL])?.spawn([fd, fd, fd], true)

@@ -7,12 +7,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::*;
-use crate::arch::layout::{
-    MANIFEST_BASE, MANIFEST_SLOT, WINDOW_BASE, WINDOW_FIRST_SLOT,
-};
-use crate::vstate::vm::set_slots;
 use super::manifest::{self, CpuAtCrash};
+use super::*;
+use crate::arch::layout::{MANIFEST_BASE, MANIFEST_SLOT, WINDOW_BASE, WINDOW_FIRST_SLOT};
+use crate::vstate::vm::set_slots;
 
 /// How long the crash kernel's agent may take to resurrect the processes.
 const RESURRECT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -74,7 +72,9 @@ impl Vmm {
             } else {
                 "crash-kernel start"
             });
-            eprintln!("\r\nowvmm: the crash kernel failed during recovery ({text}); guest frozen\r");
+            eprintln!(
+                "\r\nowvmm: the crash kernel failed during recovery ({text}); guest frozen\r"
+            );
             self.events.publish("recovery-failed", ev.clone());
             ev["uptime_ms"] = json!(self.uptime_ms());
             self.crashes.push(ev);
@@ -119,8 +119,8 @@ impl Vmm {
         }
         let extract_ms = t_extract.elapsed().as_secs_f64() * 1000.0;
         if let Some(req) = self.crash_requested.take() {
-            ev["detect_ms"] = json!(req.elapsed().as_secs_f64() * 1000.0
-                - t0.elapsed().as_secs_f64() * 1000.0);
+            ev["detect_ms"] =
+                json!(req.elapsed().as_secs_f64() * 1000.0 - t0.elapsed().as_secs_f64() * 1000.0);
         }
         ev["uptime_ms"] = json!(self.uptime_ms());
         self.crashes.push(ev);
@@ -212,12 +212,16 @@ impl Vmm {
     ) -> Result<(), VmmError> {
         if self.standby.is_none() {
             if let Some(job) = self.standby_job.take() {
-                eprintln!("\r\nowvmm: waiting for the crash kernel's standby, still being prepared\r");
+                eprintln!(
+                    "\r\nowvmm: waiting for the crash kernel's standby, still being prepared\r"
+                );
                 let t = Instant::now();
                 let dir = job
                     .join()
                     .map_err(|_| VmmError::EventLoop("the standby preparation panicked".into()))?
-                    .map_err(|e| VmmError::EventLoop(format!("no standby: {}", crate::error_chain(&e))))?;
+                    .map_err(|e| {
+                        VmmError::EventLoop(format!("no standby: {}", crate::error_chain(&e)))
+                    })?;
                 self.events.publish(
                     "standby-waited",
                     json!({ "ms": t.elapsed().as_secs_f64() * 1000.0, "dir": dir.display().to_string() }),
@@ -340,7 +344,9 @@ impl Vmm {
                 self.morph(None);
                 return;
             };
-            let window_len: u64 = vm_memory::GuestMemoryBackend::iter(old).map(|reg| vm_memory::GuestMemoryRegion::len(reg)).sum();
+            let window_len: u64 = vm_memory::GuestMemoryBackend::iter(old)
+                .map(|reg| vm_memory::GuestMemoryRegion::len(reg))
+                .sum();
             let msg = VmmMsg::Resurrect {
                 manifest_gpa: MANIFEST_BASE,
                 manifest_len: u64::try_from(m.text.len()).unwrap_or(u64::MAX),

@@ -1,7 +1,12 @@
 //! The resurrection manifest handed to the crash kernel's agent (docs/resurrection.md),
 //! built by `recovery/` from the dead kernel's memory and the vCPUs frozen at the crash.
 
-use serde_json::Value;
+use owvmm_recovery::btf::Btf;
+use owvmm_recovery::kernel::Kernel;
+use owvmm_recovery::manifest::build_manifest;
+use owvmm_recovery::regs::{CpuUserState, UserRegs};
+use owvmm_recovery::tasks::FxSave;
+use serde_json::{json, Value};
 
 use super::{GuestMem, KernelInfo};
 use crate::vstate::vcpu::VcpuState;
@@ -56,18 +61,94 @@ impl CpuAtCrash {
     }
 }
 
+impl CpuAtCrash {
+    /// What `recovery/` needs of this vCPU.
+    fn user_state(&self) -> CpuUserState {
+        let (r, s) = (&self.regs, &self.sregs);
+        CpuUserState {
+            gs_base: s.gs.base,
+            kernel_gs_base: self.kernel_gs_base,
+            cpl3: s.cs.selector & 3 == 3,
+            regs: UserRegs {
+                r15: r.r15,
+                r14: r.r14,
+                r13: r.r13,
+                r12: r.r12,
+                rbp: r.rbp,
+                rbx: r.rbx,
+                r11: r.r11,
+                r10: r.r10,
+                r9: r.r9,
+                r8: r.r8,
+                rax: r.rax,
+                rcx: r.rcx,
+                rdx: r.rdx,
+                rsi: r.rsi,
+                rdi: r.rdi,
+                orig_rax: u64::MAX,
+                rip: r.rip,
+                cs: u64::from(s.cs.selector),
+                eflags: r.rflags,
+                rsp: r.rsp,
+                ss: u64::from(s.ss.selector),
+                fs_base: s.fs.base,
+                gs_base: s.gs.base,
+                ds: u64::from(s.ds.selector),
+                es: u64::from(s.es.selector),
+                fs: u64::from(s.fs.selector),
+                gs: u64::from(s.gs.selector),
+            },
+            fxsave: FxSave(self.fxsave),
+        }
+    }
+}
+
 /// Builds the manifest for the processes in `report`.
 pub(super) fn build(
-    _mem: &GuestMem<'_>,
-    _info: &KernelInfo,
-    _report: &Report,
-    _cpus: &[CpuAtCrash],
+    mem: &GuestMem<'_>,
+    info: &KernelInfo,
+    report: &Report,
+    cpus: &[CpuAtCrash],
 ) -> Manifest {
-    Manifest {
-        text: "owvmm-manifest 1\n".to_owned(),
+    let failed = |e: String| Manifest {
+        text: String::new(),
         included: Vec::new(),
         excluded: Vec::new(),
         copy_bytes: 0,
+        error: Some(e),
+    };
+    let Some(btf_blob) = info.btf.as_deref() else {
+        return failed("no vmlinux.btf next to the kernel".into());
+    };
+    let btf = match Btf::parse(btf_blob) {
+        Ok(b) => b,
+        Err(e) => return failed(format!("BTF: {e}")),
+    };
+    let kernel = match Kernel::new(mem, &info.symbols, &btf) {
+        Ok(k) => k,
+        Err(e) => return failed(format!("kernel: {e}")),
+    };
+    let states: Vec<CpuUserState> = cpus.iter().map(CpuAtCrash::user_state).collect();
+    let m = build_manifest(&kernel, report, &states);
+    let copy_bytes = m
+        .text
+        .lines()
+        .filter(|l| l.starts_with("copy ") || l.starts_with("fcopy "))
+        .filter_map(|l| l.rsplit(' ').next())
+        .filter_map(|len| u64::from_str_radix(len, 16).ok())
+        .sum();
+    Manifest {
+        text: m.text,
+        included: m.processes,
+        excluded: m
+            .excluded
+            .iter()
+            .map(|e| {
+                let comm = report.task(e.pid).map(|t| t.comm.clone());
+                json!({ "pid": e.pid, "comm": comm, "reason": e.reason })
+            })
+            .collect(),
+        copy_bytes,
         error: None,
     }
 }

@@ -1,0 +1,331 @@
+//! Process resurrection: recreates the user processes of a crashed kernel from the manifest
+//! that `recovery/` wrote and the dead kernel's memory (the "old-world window").
+//! The contract is `docs/resurrection.md`.
+//!
+//! - [`manifest`] parses the manifest (strictly, every bad line with its number).
+//! - [`files`] recreates the files of in-memory file systems (`file` records).
+//! - [`restore`] recreates one process: `clone3(set_tid)`, then a ptrace-driven rebuild
+//!   through system calls injected with [`tracer`].
+
+pub mod files;
+pub mod manifest;
+pub mod restore;
+pub mod tracer;
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The largest manifest we accept.
+pub const MAX_MANIFEST: u64 = 512 << 20;
+/// `err` lines sent for a broken manifest, at most.
+const MAX_ERR_LINES: usize = 20;
+
+/// Why something could not be restored. The Display text is one step; the full reason
+/// ([`reason`]) appends the chain of causes.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A system call of the agent failed.
+    #[error("{what}")]
+    Os {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    /// A system call injected into the process being built failed.
+    #[error("{what}")]
+    Remote {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The child failed while preparing itself (before the first stop).
+    #[error("{what}")]
+    Child {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    /// An open file the agent cannot recreate.
+    #[error("fd {fd}: cannot restore {kind}")]
+    FdKind { fd: i32, kind: &'static str },
+    /// Anything else (bad input, an unexpected stop).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub fn os(what: impl Into<String>, source: io::Error) -> Self {
+        Self::Os {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// The error and its causes, joined with `: `.
+pub fn reason(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Lossy text of a path or name from the manifest, for messages.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A path from the manifest.
+pub fn path_of(bytes: &[u8]) -> PathBuf {
+    PathBuf::from(OsString::from_vec(bytes.to_vec()))
+}
+
+/// Where the old memory is: a file (the guest's `/dev/mem`, a plain file in tests) in
+/// which old-physical address `P` is at offset `base + P`, for `P < len`.
+pub struct MemSource {
+    pub file: File,
+    pub base: u64,
+    pub len: u64,
+}
+
+impl MemSource {
+    pub fn open(path: &Path, base: u64, len: u64) -> Result<Self, Error> {
+        // Read only, and not O_SYNC: the window is ordinary (cacheable) RAM.
+        let file = File::open(path).map_err(|e| Error::os(path.display().to_string(), e))?;
+        Ok(Self { file, base, len })
+    }
+
+    /// Checks that `[gpa, gpa + len)` lies inside the window.
+    pub fn check(&self, gpa: u64, len: u64) -> Result<(), Error> {
+        match gpa.checked_add(len) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(Error::Invalid(format!(
+                "old memory {gpa:#x}+{len:#x} is outside the window ({:#x} bytes)",
+                self.len
+            ))),
+        }
+    }
+
+    /// Maps `[gpa, gpa + len)` of the window read-only into the agent.
+    pub fn map(&self, gpa: u64, len: u64) -> Result<Mapping, Error> {
+        self.check(gpa, len)?;
+        let off = self
+            .base
+            .checked_add(gpa)
+            .ok_or_else(|| Error::Invalid("window offset overflows".to_owned()))?;
+        Mapping::new(&self.file, off, len)
+    }
+}
+
+/// A read-only shared mapping of part of a file.
+pub struct Mapping {
+    addr: *mut libc::c_void,
+    map_len: usize,
+    /// Offset of the wanted first byte inside the mapping.
+    skew: usize,
+    len: usize,
+}
+
+impl Mapping {
+    /// Maps `len` bytes of `file` from `offset` (any alignment).
+    pub fn new(file: &File, offset: u64, len: u64) -> Result<Self, Error> {
+        let page = manifest::PAGE;
+        let start = offset - offset % page;
+        let skew = usize::try_from(offset - start).unwrap_or(0);
+        let len = usize::try_from(len).map_err(|_| Error::Invalid("mapping too large".into()))?;
+        let map_len = skew
+            .checked_add(len)
+            .ok_or_else(|| Error::Invalid("mapping too large".to_owned()))?
+            .max(1);
+        let off = libc::off_t::try_from(start)
+            .map_err(|_| Error::Invalid(format!("offset {start:#x} too large")))?;
+        // SAFETY: a new read-only shared mapping at an address of the kernel's choosing;
+        // it aliases nothing in our address space and is unmapped in Drop.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                off,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(Error::os(
+                format!("mmap {len:#x} bytes at offset {offset:#x}"),
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(Self {
+            addr,
+            map_len,
+            skew,
+            len,
+        })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `map_len >= skew + len` bytes long, readable, and lives as
+        // long as `self`. Nobody writes to it through this process. (A file that shrinks
+        // under us could fault; the window and the manifest are fixed memory.)
+        unsafe { std::slice::from_raw_parts(self.addr.cast::<u8>().add(self.skew), self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping created in `new`; no slice of it outlives self.
+        unsafe { libc::munmap(self.addr, self.map_len) };
+    }
+}
+
+/// The `resurrect` request.
+#[derive(Debug, Clone, Copy)]
+pub struct Request {
+    pub manifest_gpa: u64,
+    pub manifest_len: u64,
+    pub window_gpa: u64,
+    pub window_len: u64,
+}
+
+/// What [`run`] reports as it goes.
+pub enum Event {
+    /// A process runs again.
+    Restored {
+        pid: u32,
+        threads: u32,
+        ms: u64,
+        /// What to call it in `exited` (its executable).
+        command: String,
+    },
+    /// A process could not be restored (and nothing of it runs).
+    NotRestored { pid: u32, reason: String },
+    /// A problem that is not one process's (sent as `err`).
+    Err(String),
+    /// A step finished: a good moment for a heartbeat.
+    Progress,
+}
+
+/// The totals for `resurrect-done`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub restored: u32,
+    pub failed: u32,
+    pub ms: u64,
+}
+
+fn ms_since(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Runs a whole `resurrect` request reading `mem_path`, reporting through `sink`.
+pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summary {
+    let t0 = Instant::now();
+    let mut sum = Summary::default();
+    if req.manifest_len == 0 || req.manifest_len > MAX_MANIFEST {
+        sink(Event::Err(format!(
+            "resurrect: manifest length {} is not in 1..={MAX_MANIFEST}",
+            req.manifest_len
+        )));
+        sum.ms = ms_since(t0);
+        return sum;
+    }
+    let mem = match MemSource::open(mem_path, req.window_gpa, req.window_len) {
+        Ok(m) => m,
+        Err(e) => {
+            sink(Event::Err(format!("resurrect: {}", reason(&e))));
+            sum.ms = ms_since(t0);
+            return sum;
+        }
+    };
+    let manifest_map = match Mapping::new(&mem.file, req.manifest_gpa, req.manifest_len) {
+        Ok(m) => m,
+        Err(e) => {
+            sink(Event::Err(format!("resurrect: manifest: {}", reason(&e))));
+            sum.ms = ms_since(t0);
+            return sum;
+        }
+    };
+    let m = manifest::parse(manifest_map.bytes());
+    drop(manifest_map);
+    if !m.errors.is_empty() {
+        for e in m.errors.iter().take(MAX_ERR_LINES) {
+            sink(Event::Err(format!("resurrect: manifest {e}")));
+        }
+        let more = m.errors.len().saturating_sub(MAX_ERR_LINES) + m.more_errors;
+        if more > 0 {
+            sink(Event::Err(format!(
+                "resurrect: manifest: {more} more bad lines"
+            )));
+        }
+        sum.failed = u32::try_from(m.processes.len()).unwrap_or(u32::MAX);
+        sum.ms = ms_since(t0);
+        return sum;
+    }
+    for f in &m.files {
+        if let Err(e) = files::recreate(f, &mem) {
+            sink(Event::Err(format!(
+                "resurrect: file {}: {}",
+                text(&f.path),
+                reason(&e)
+            )));
+        }
+        sink(Event::Progress);
+    }
+    for entry in &m.processes {
+        match entry {
+            Err(bad) => {
+                let first = bad
+                    .errors
+                    .first()
+                    .map_or_else(|| "bad process block".to_owned(), |e| e.to_string());
+                let extra = bad.errors.len().saturating_sub(1);
+                let reason = if extra > 0 {
+                    format!("manifest {first} (and {extra} more bad lines)")
+                } else {
+                    format!("manifest {first}")
+                };
+                sum.failed += 1;
+                sink(Event::NotRestored {
+                    pid: bad.pid,
+                    reason,
+                });
+            }
+            Ok(p) => {
+                let t = Instant::now();
+                match restore::restore(p, &mem) {
+                    Ok(threads) => {
+                        sum.restored += 1;
+                        let command = p.exe.as_deref().map_or_else(|| text(&p.comm), text);
+                        sink(Event::Restored {
+                            pid: p.pid,
+                            threads,
+                            ms: ms_since(t),
+                            command,
+                        });
+                    }
+                    Err(e) => {
+                        sum.failed += 1;
+                        sink(Event::NotRestored {
+                            pid: p.pid,
+                            reason: reason(&e),
+                        });
+                    }
+                }
+            }
+        }
+        sink(Event::Progress);
+    }
+    sum.ms = ms_since(t0);
+    sum
+}

@@ -1,0 +1,927 @@
+//! Recreates one process (the design at the end of `docs/resurrection.md`).
+//!
+//! 1. `clone3(set_tid = [pid])`. The child (a copy of the agent) maps a scratch area and
+//!    the part of the old-memory window it needs at addresses free in the target layout,
+//!    reopens the files at their numbers, `chdir`s, installs the signal actions and stops
+//!    itself under `PTRACE_TRACEME`.
+//! 2. The agent injects system calls through the scratch area: it unmaps the agent image,
+//!    moves the vDSO, maps the target's areas, copies the old pages with a `rep movsb` loop
+//!    running in the child, sets the final protections and `PR_SET_MM_MAP`, and creates
+//!    the other threads with `clone3(set_tid)`.
+//! 3. Per thread: `set_tid_address`, `set_robust_list`, `rseq`, `PR_SET_NAME`, then the
+//!    registers, FPU and signal mask. The window and scratch go last, then every thread is
+//!    detached.
+//!
+//! Any failure kills (SIGKILL) and reaps what was built ([`Guard`]).
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+use super::manifest::{FdKind, Process, VmaKind, PAGE};
+use super::tracer::{self, reg, Injector, Regs, Tid};
+use super::{text, Error, MemSource};
+
+/// Size of the scratch area: code, the child's error record, then data.
+const SCRATCH_SIZE: usize = 256 << 10;
+const SCRATCH_LEN: u64 = SCRATCH_SIZE as u64;
+/// Offset of the child's error record: (step, index, errno) as three u64.
+const HDR_OFFSET: usize = 0x100;
+const HDR_OFF: u64 = HDR_OFFSET as u64;
+/// Offset and size of the data part (paths, argument structs, copy lists).
+const DATA_OFF: u64 = 0x1000;
+/// Triples of the copy loop that fit in the data part.
+const MAX_TRIPLES: usize = (SCRATCH_SIZE - 0x1000) / 24;
+/// End of the 47-bit user address space (`TASK_SIZE`).
+const USER_TOP: u64 = 0x7fff_ffff_f000;
+/// Where the search for free holes starts, and the gap kept around what we place.
+const HOLE_LOW: u64 = 0x1000_0000_0000;
+const HOLE_GUARD: u64 = 1 << 20;
+/// `arch_prctl` code that maps the 64-bit vDSO at a given address.
+const ARCH_MAP_VDSO_64: u64 = 0x2003;
+const RSEQ_FLAG_UNREGISTER: u64 = 1;
+/// `sizeof(struct prctl_mm_map)`.
+const PRCTL_MM_MAP_SIZE: u64 = 104;
+/// `sizeof(struct clone_args)` as far as we fill it (with set_tid).
+const CLONE_ARGS_SIZE: u64 = 88;
+/// `clone3` flag: reset every signal action to the default in the child.
+const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
+/// `AT_FDCWD` as a register value.
+const AT_FDCWD: u64 = u64::from_ne_bytes((-100_i64).to_ne_bytes());
+
+/// Steps of the child, for its error record.
+const STEP_WINDOW: u64 = 1;
+const STEP_OPEN: u64 = 2;
+const STEP_SEEK: u64 = 3;
+const STEP_DUP: u64 = 4;
+const STEP_CHDIR: u64 = 5;
+const STEP_SIGACTION: u64 = 6;
+/// Exit codes of a child that could not even record an error.
+const EXIT_TRACEME: i32 = 120;
+const EXIT_SCRATCH: i32 = 121;
+const EXIT_RESUMED: i32 = 122;
+
+/// What the child needs, prepared before `clone3` (the child does not allocate).
+struct ChildPlan {
+    scratch: u64,
+    /// (address, length, fd, file offset) of the window part.
+    window: Option<(u64, usize, RawFd, libc::off_t)>,
+    fds: Vec<FdPlan>,
+    cwd: CString,
+    /// (signo, kernel `struct sigaction`: handler, flags, restorer, mask).
+    sigs: Vec<(i32, [u64; 4])>,
+}
+
+struct FdPlan {
+    fd: RawFd,
+    flags: i32,
+    seek: Option<libc::off_t>,
+    path: CString,
+}
+
+/// Kills and reaps a half-built process unless disarmed.
+struct Guard {
+    /// The leader first, then the threads in creation order.
+    tids: Vec<i32>,
+    armed: bool,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Some(&leader) = self.tids.first() else {
+            return;
+        };
+        // SAFETY: kill has no memory-safety preconditions; `leader` is our child.
+        unsafe { libc::kill(leader, libc::SIGKILL) };
+        // Threads first: the leader is reported only once its group is empty.
+        for &tid in self.tids.iter().rev() {
+            for _ in 0..16 {
+                match tracer::wait_tid(tid) {
+                    Ok(s) if libc::WIFEXITED(s) || libc::WIFSIGNALED(s) => break,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+}
+
+/// One line of `/proc/PID/maps`.
+struct MapEntry {
+    start: u64,
+    end: u64,
+    name: String,
+}
+
+fn read_maps(pid: &str) -> Result<Vec<MapEntry>, Error> {
+    let path = format!("/proc/{pid}/maps");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::os(path.clone(), e))?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        let range = it.next().unwrap_or("");
+        let name = it.nth(4).unwrap_or("").to_owned();
+        let parsed = range.split_once('-').and_then(|(a, b)| {
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            ))
+        });
+        let Some((start, end)) = parsed else {
+            return Err(Error::Invalid(format!("{path}: bad line '{line}'")));
+        };
+        out.push(MapEntry { start, end, name });
+    }
+    Ok(out)
+}
+
+/// The first hole of `size` bytes (plus guards) above [`HOLE_LOW`] that `busy` leaves.
+fn find_hole(busy: &[(u64, u64)], size: u64) -> Option<u64> {
+    let mut sorted = busy.to_vec();
+    sorted.sort_unstable();
+    let mut cand = HOLE_LOW;
+    for &(s, e) in &sorted {
+        if e.saturating_add(HOLE_GUARD) <= cand {
+            continue;
+        }
+        if s >= cand.checked_add(size)?.checked_add(HOLE_GUARD)? {
+            break;
+        }
+        cand = cand.max(e.checked_add(HOLE_GUARD)?.next_multiple_of(PAGE));
+    }
+    (cand.checked_add(size)? <= USER_TOP - HOLE_GUARD).then_some(cand)
+}
+
+/// NUL-terminated bytes of a manifest path.
+fn cstring(bytes: &[u8]) -> Result<CString, Error> {
+    CString::new(bytes.to_vec()).map_err(|_| Error::Invalid(format!("NUL in '{}'", text(bytes))))
+}
+
+/// Restores `p`. Returns its number of threads.
+pub fn restore(p: &Process, mem: &MemSource) -> Result<u32, Error> {
+    for f in &p.fds {
+        if !matches!(f.kind, FdKind::Reg | FdKind::Chr | FdKind::Dir) {
+            return Err(Error::FdKind {
+                fd: f.fd,
+                kind: f.kind.name(),
+            });
+        }
+    }
+    // The part of the window this process needs.
+    let mut span: Option<(u64, u64)> = None;
+    for c in p.vmas.iter().flat_map(|v| &v.copies) {
+        mem.check(c.gpa, c.len)?;
+        let (lo, hi) = span.unwrap_or((c.gpa, c.gpa + c.len));
+        span = Some((lo.min(c.gpa), hi.max(c.gpa + c.len)));
+    }
+    if span.is_some() && !mem.base.is_multiple_of(PAGE) {
+        return Err(Error::Invalid(format!(
+            "window offset {:#x} is not page aligned",
+            mem.base
+        )));
+    }
+
+    // Addresses free both in the target layout and in ours (the child starts as a copy).
+    let own = read_maps("self")?;
+    let mut busy: Vec<(u64, u64)> = own.iter().map(|m| (m.start, m.end)).collect();
+    busy.extend(p.vmas.iter().map(|v| (v.start, v.end)));
+    let scratch = find_hole(&busy, SCRATCH_LEN)
+        .ok_or_else(|| Error::Invalid("no free address for the scratch area".to_owned()))?;
+    busy.push((scratch, scratch + SCRATCH_LEN));
+    let window = match span {
+        Some((lo, hi)) => {
+            let len = hi - lo;
+            let addr = find_hole(&busy, len)
+                .ok_or_else(|| Error::Invalid("no free address for the window".to_owned()))?;
+            let off = libc::off_t::try_from(mem.base + lo)
+                .map_err(|_| Error::Invalid("window offset too large".to_owned()))?;
+            let ulen = usize::try_from(len)
+                .map_err(|_| Error::Invalid("window part too large".to_owned()))?;
+            Some((addr, ulen, mem.file.as_raw_fd(), off, lo))
+        }
+        None => None,
+    };
+    // Where our vDSO text sits relative to the start of our [vvar] pages.
+    let own_vdso = own.iter().find(|m| m.name == "[vdso]").map(|m| m.start);
+    let own_vvar = own
+        .iter()
+        .filter(|m| m.name.starts_with("[vvar"))
+        .map(|m| m.start)
+        .min();
+
+    let plan = ChildPlan {
+        scratch,
+        window: window.map(|(a, l, fd, off, _)| (a, l, fd, off)),
+        fds: p
+            .fds
+            .iter()
+            .map(|f| {
+                let mut flags =
+                    (f.flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_NOCTTY;
+                if f.kind == FdKind::Dir {
+                    flags |= libc::O_DIRECTORY;
+                }
+                let seek = if f.kind == FdKind::Reg {
+                    Some(libc::off_t::try_from(f.pos).map_err(|_| {
+                        Error::Invalid(format!("fd {}: position {:#x} too large", f.fd, f.pos))
+                    })?)
+                } else {
+                    None
+                };
+                Ok(FdPlan {
+                    fd: f.fd,
+                    flags,
+                    seek,
+                    path: cstring(&f.path)?,
+                })
+            })
+            .collect::<Result<_, Error>>()?,
+        cwd: cstring(p.cwd.as_deref().unwrap_or(b"/"))?,
+        sigs: p
+            .sigs
+            .iter()
+            .map(|s| (s.signo, [s.handler, s.flags, s.restorer, s.mask]))
+            .collect(),
+    };
+
+    let pid = i32::try_from(p.pid).map_err(|_| Error::Invalid("pid out of range".into()))?;
+    let set_tid: [libc::pid_t; 1] = [pid];
+    // SAFETY: clone_args is plain old data; all-zero is its documented default.
+    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
+    args.flags = CLONE_CLEAR_SIGHAND;
+    args.exit_signal = u64::from(libc::SIGCHLD.unsigned_abs());
+    args.set_tid = set_tid.as_ptr() as u64;
+    args.set_tid_size = 1;
+    // SAFETY: `args` and `set_tid` are valid for the call. Without CLONE_VM the child gets
+    // a copy of our address space and returns here with 0; we are single-threaded, and the
+    // child only runs `child`, which never returns.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            std::ptr::addr_of!(args),
+            std::mem::size_of::<libc::clone_args>(),
+        )
+    };
+    if r == 0 {
+        // SAFETY: we are the new child of a single-threaded process.
+        unsafe { child(&plan) }
+    }
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        let what = if e.raw_os_error() == Some(libc::EEXIST) {
+            format!("clone3: pid {pid} is in use")
+        } else {
+            format!("clone3 with pid {pid}")
+        };
+        return Err(Error::os(what, e));
+    }
+    let mut guard = Guard {
+        tids: vec![pid],
+        armed: true,
+    };
+    let threads = build(
+        p,
+        pid,
+        &plan,
+        window.map(|w| (w.0, w.1, w.4)),
+        own_vdso.zip(own_vvar),
+        &mut guard,
+    )?;
+    guard.armed = false;
+    Ok(threads)
+}
+
+/// The tracer side, from the child's first stop to the detach.
+fn build(
+    p: &Process,
+    pid: i32,
+    plan: &ChildPlan,
+    window: Option<(u64, usize, u64)>,
+    own_vdso: Option<(u64, u64)>,
+    guard: &mut Guard,
+) -> Result<u32, Error> {
+    let leader = Tid(pid);
+    let status = leader.wait()?;
+    if !(libc::WIFSTOPPED(status) && libc::WSTOPSIG(status) == libc::SIGSTOP) {
+        let why = match libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)) {
+            Some(EXIT_TRACEME) => "PTRACE_TRACEME failed".to_owned(),
+            Some(EXIT_SCRATCH) => "could not map its scratch area".to_owned(),
+            _ => tracer::describe_status(status),
+        };
+        return Err(Error::Invalid(format!("child setup: {why}")));
+    }
+    leader.set_options(
+        libc::PTRACE_O_TRACECLONE | libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD,
+    )?;
+    let scratch = plan.scratch;
+    let data = scratch + DATA_OFF;
+    let inj = Injector::new(pid, scratch)?;
+
+    // Did the child fail while preparing itself?
+    let mut hdr = [0u8; 24];
+    inj.read(scratch + HDR_OFF, &mut hdr)?;
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&hdr[i * 8..i * 8 + 8]);
+        u64::from_ne_bytes(w)
+    };
+    if word(0) != 0 {
+        return Err(child_error(p, plan, word(0), word(1), word(2)));
+    }
+
+    let base = leader.get_regs()?;
+    let call = |nr: i64, args: [u64; 6], what: &str| inj.call(leader, &base, nr, args, what);
+
+    // Our rseq area (glibc registers one) is about to disappear: unregister it first.
+    if let Some((addr, len, sig)) = leader.rseq_config() {
+        call(
+            libc::SYS_rseq,
+            [
+                addr,
+                u64::from(len),
+                RSEQ_FLAG_UNREGISTER,
+                u64::from(sig),
+                0,
+                0,
+            ],
+            "rseq unregister",
+        )?;
+    }
+
+    // Unmap everything but the scratch area and the window: the agent image, heap, stack,
+    // vDSO.
+    let mut keep = vec![(scratch, scratch + SCRATCH_LEN)];
+    if let Some((addr, len, _)) = window {
+        keep.push((addr, addr + (len as u64).next_multiple_of(PAGE)));
+    }
+    keep.sort_unstable();
+    let mut from = 0;
+    for &(s, e) in keep.iter().chain(std::iter::once(&(USER_TOP, USER_TOP))) {
+        if s > from {
+            call(
+                libc::SYS_munmap,
+                [from, s - from, 0, 0, 0, 0],
+                "munmap agent image",
+            )?;
+        }
+        from = e;
+    }
+
+    // The vDSO, where the target had it.
+    if let Some(v) = p.vmas.iter().find(|v| v.kind == VmaKind::Vdso) {
+        let (vdso, vvar) =
+            own_vdso.ok_or_else(|| Error::Invalid("the agent has no vDSO to move".to_owned()))?;
+        let at = v
+            .start
+            .checked_sub(vdso - vvar)
+            .ok_or_else(|| Error::Invalid("bad vDSO address".to_owned()))?;
+        call(
+            libc::SYS_arch_prctl,
+            [ARCH_MAP_VDSO_64, at, 0, 0, 0, 0],
+            "arch_prctl(ARCH_MAP_VDSO_64)",
+        )?;
+        let maps = read_maps(&pid.to_string())?;
+        let got = maps.iter().find(|m| m.name == "[vdso]").map(|m| m.start);
+        if got != Some(v.start) {
+            return Err(Error::Invalid(format!(
+                "vDSO landed at {got:x?}, not at {:#x}",
+                v.start
+            )));
+        }
+    }
+
+    // The target's areas, writable while we fill them.
+    let mut open_files: Vec<(&[u8], bool, u64)> = Vec::new();
+    let mut result = map_areas(p, &inj, leader, &base, data, &mut open_files);
+    for (_, _, fd) in &open_files {
+        let r = call(libc::SYS_close, [*fd, 0, 0, 0, 0, 0], "close");
+        if result.is_ok() {
+            result = r.map(drop);
+        }
+    }
+    result?;
+
+    // The old pages, copied by the child itself.
+    if let Some((waddr, _, lo)) = window {
+        copy_pages(p, &inj, leader, &base, data, waddr, lo)?;
+    }
+    for v in &p.vmas {
+        if v.kind.is_anon() || v.kind == VmaKind::File {
+            let fill_prot = fill_prot(v);
+            if fill_prot != v.prot {
+                let prot = u64::from(v.prot.unsigned_abs());
+                call(
+                    libc::SYS_mprotect,
+                    [v.start, v.end - v.start, prot, 0, 0, 0],
+                    &format!("mprotect {:#x}", v.start),
+                )?;
+            }
+        }
+    }
+
+    set_mm(p, &inj, leader, &base, data)?;
+
+    // The other threads, born stopped (PTRACE_O_TRACECLONE).
+    let mut threads: Vec<(Tid, Regs)> = vec![(leader, base)];
+    for t in p.threads.iter().skip(1) {
+        let tid = create_thread(&inj, leader, &base, data, t.tid, guard)?;
+        threads.push((tid, tid.get_regs()?));
+    }
+
+    // Per-thread kernel state.
+    for ((tid, tbase), t) in threads.iter().zip(&p.threads) {
+        let call = |nr: i64, args: [u64; 6], what: &str| inj.call(*tid, tbase, nr, args, what);
+        if let Some(a) = t.tid_address {
+            call(
+                libc::SYS_set_tid_address,
+                [a, 0, 0, 0, 0, 0],
+                "set_tid_address",
+            )?;
+        }
+        if let Some((head, len)) = t.robust_list {
+            call(
+                libc::SYS_set_robust_list,
+                [head, len, 0, 0, 0, 0],
+                "set_robust_list",
+            )?;
+        }
+        if let Some((addr, len, sig)) = t.rseq {
+            let args = [addr, u64::from(len), 0, u64::from(sig), 0, 0];
+            call(libc::SYS_rseq, args, "rseq")?;
+        }
+        let mut name = t.comm.iter().copied().take(15).collect::<Vec<u8>>();
+        name.push(0);
+        inj.write(data, &name)?;
+        let pr_set_name = u64::from(libc::PR_SET_NAME.unsigned_abs());
+        call(
+            libc::SYS_prctl,
+            [pr_set_name, data, 0, 0, 0, 0],
+            "PR_SET_NAME",
+        )?;
+    }
+
+    // Final state of the other threads; they stay stopped until the detach.
+    for ((tid, _), t) in threads.iter().zip(&p.threads).skip(1) {
+        tid.set_regs(&t.regs)?;
+        tid.set_fpregs(&t.fpu)?;
+        tid.set_sigmask(t.sigmask)?;
+    }
+
+    // The leader: drop the window, then (without int3 from here on, so no SIGTRAP can
+    // reset an ignored or blocked SIGTRAP action) the scratch area.
+    let lt = &p.threads[0];
+    if let Some((addr, len, _)) = window {
+        call(
+            libc::SYS_munmap,
+            [addr, len as u64, 0, 0, 0, 0],
+            "munmap window",
+        )?;
+    }
+    leader.set_fpregs(&lt.fpu)?;
+    leader.set_sigmask(lt.sigmask)?;
+    if let Some(s) = p.sigs.iter().find(|s| s.signo == libc::SIGTRAP) {
+        // Earlier int3 stops may have reset it to SIG_DFL: install it again.
+        let mut act = Vec::with_capacity(32);
+        for w in [s.handler, s.flags, s.restorer, s.mask] {
+            act.extend_from_slice(&w.to_ne_bytes());
+        }
+        inj.write(data, &act)?;
+        let sigtrap = u64::from(libc::SIGTRAP.unsigned_abs());
+        inj.call_sysstop(
+            leader,
+            &base,
+            libc::SYS_rt_sigaction,
+            [sigtrap, data, 0, 8, 0, 0],
+            "rt_sigaction(SIGTRAP)",
+        )?;
+    }
+    inj.call_sysstop(
+        leader,
+        &base,
+        libc::SYS_munmap,
+        [scratch, SCRATCH_LEN, 0, 0, 0, 0],
+        "munmap scratch",
+    )?;
+    leader.set_regs(&lt.regs)?;
+
+    for (tid, _) in threads.iter().skip(1).chain(threads.first()) {
+        tid.detach()?;
+    }
+    u32::try_from(threads.len()).map_err(|_| Error::Invalid("too many threads".to_owned()))
+}
+
+/// Protection while filling: writable when there is something to copy.
+fn fill_prot(v: &super::manifest::Vma) -> i32 {
+    if v.copies.is_empty() {
+        v.prot
+    } else {
+        v.prot | libc::PROT_READ | libc::PROT_WRITE
+    }
+}
+
+fn map_areas<'p>(
+    p: &'p Process,
+    inj: &Injector,
+    t: Tid,
+    base: &Regs,
+    data: u64,
+    open_files: &mut Vec<(&'p [u8], bool, u64)>,
+) -> Result<(), Error> {
+    for v in &p.vmas {
+        if !(v.kind.is_anon() || v.kind == VmaKind::File) {
+            continue;
+        }
+        let len = v.end - v.start;
+        let prot = fill_prot(v);
+        let mut flags = libc::MAP_FIXED_NOREPLACE
+            | if v.shared {
+                libc::MAP_SHARED
+            } else {
+                libc::MAP_PRIVATE
+            };
+        if v.growsdown {
+            flags |= libc::MAP_GROWSDOWN;
+        }
+        let (fd, off) = if let Some(path) = v.path.as_deref() {
+            let rw = v.shared && v.prot & libc::PROT_WRITE != 0;
+            let fd = match open_files.iter().find(|f| f.0 == path && f.1 == rw) {
+                Some(f) => f.2,
+                None => {
+                    let mut z = path.to_vec();
+                    z.push(0);
+                    inj.write(data, &z)?;
+                    let mode = if rw { libc::O_RDWR } else { libc::O_RDONLY };
+                    let oflags = u64::from((mode | libc::O_CLOEXEC).unsigned_abs());
+                    let fd = inj.call(
+                        t,
+                        base,
+                        libc::SYS_openat,
+                        [AT_FDCWD, data, oflags, 0, 0, 0],
+                        &format!("open {}", text(path)),
+                    )?;
+                    open_files.push((path, rw, fd));
+                    fd
+                }
+            };
+            (fd, v.pgoff)
+        } else {
+            flags |= libc::MAP_ANONYMOUS;
+            let copied: u64 = v.copies.iter().map(|c| c.len).sum();
+            if copied.saturating_mul(2) >= len {
+                // Mostly present: fault it in with one call instead of page by page.
+                flags |= libc::MAP_POPULATE;
+            }
+            (u64::MAX, 0)
+        };
+        let args = [
+            v.start,
+            len,
+            u64::from(prot.unsigned_abs()),
+            u64::from(flags.unsigned_abs()),
+            fd,
+            off,
+        ];
+        let what = format!("mmap {:#x}-{:#x}", v.start, v.end);
+        let got = inj.call(t, base, libc::SYS_mmap, args, &what)?;
+        if got != v.start {
+            return Err(Error::Invalid(format!("{what} landed at {got:#x}")));
+        }
+    }
+    Ok(())
+}
+
+/// Copies every `copy` run from the window with the child's `rep movsb` loop, in batches
+/// of (dst, src, len) triples written into the scratch data.
+fn copy_pages(
+    p: &Process,
+    inj: &Injector,
+    t: Tid,
+    base: &Regs,
+    data: u64,
+    waddr: u64,
+    lo: u64,
+) -> Result<(), Error> {
+    const MAX: usize = MAX_TRIPLES;
+    let mut triples: Vec<[u64; 3]> = Vec::with_capacity(MAX);
+    let flush = |triples: &mut Vec<[u64; 3]>| -> Result<(), Error> {
+        if triples.is_empty() {
+            return Ok(());
+        }
+        let bytes: Vec<u8> = triples
+            .iter()
+            .flat_map(|t| t.iter().flat_map(|w| w.to_ne_bytes()))
+            .collect();
+        inj.write(data, &bytes)?;
+        inj.copy(t, base, data, triples.len() as u64)?;
+        triples.clear();
+        Ok(())
+    };
+    for c in p.vmas.iter().flat_map(|v| &v.copies) {
+        let src = waddr + (c.gpa - lo);
+        // Merge runs that continue both in the target and in the window.
+        if let Some(last) = triples.last_mut() {
+            if last[0] + last[2] == c.vaddr && last[1] + last[2] == src {
+                last[2] += c.len;
+                continue;
+            }
+        }
+        if triples.len() == MAX {
+            flush(&mut triples)?;
+        }
+        triples.push([c.vaddr, src, c.len]);
+    }
+    flush(&mut triples)
+}
+
+/// `prctl(PR_SET_MM, PR_SET_MM_MAP)` with the `mm` and `auxv` records and the exe file.
+fn set_mm(p: &Process, inj: &Injector, t: Tid, base: &Regs, data: u64) -> Result<(), Error> {
+    let exe_fd = match &p.exe {
+        Some(exe) => {
+            let mut z = exe.clone();
+            z.push(0);
+            inj.write(data, &z)?;
+            let oflags = u64::from((libc::O_RDONLY | libc::O_CLOEXEC).unsigned_abs());
+            let what = format!("open {}", text(exe));
+            Some(inj.call(
+                t,
+                base,
+                libc::SYS_openat,
+                [AT_FDCWD, data, oflags, 0, 0, 0],
+                &what,
+            )?)
+        }
+        None => None,
+    };
+    let m = &p.mm;
+    let auxv_addr = data + 128;
+    let mut buf = Vec::with_capacity(128 + p.auxv.len() * 8);
+    for w in [
+        m.start_code,
+        m.end_code,
+        m.start_data,
+        m.end_data,
+        m.start_brk,
+        m.brk,
+        m.start_stack,
+        m.arg_start,
+        m.arg_end,
+        m.env_start,
+        m.env_end,
+        auxv_addr,
+    ] {
+        buf.extend_from_slice(&w.to_ne_bytes());
+    }
+    let auxv_size = u32::try_from(p.auxv.len() * 8).unwrap_or(u32::MAX);
+    buf.extend_from_slice(&auxv_size.to_ne_bytes());
+    let fd32 = exe_fd.map_or(u32::MAX, |fd| u32::try_from(fd).unwrap_or(u32::MAX));
+    buf.extend_from_slice(&fd32.to_ne_bytes());
+    buf.resize(128, 0);
+    for w in &p.auxv {
+        buf.extend_from_slice(&w.to_ne_bytes());
+    }
+    inj.write(data, &buf)?;
+    let set_mm = u64::from(libc::PR_SET_MM.unsigned_abs());
+    let mm_map = u64::from(libc::PR_SET_MM_MAP.unsigned_abs());
+    let r = inj.call(
+        t,
+        base,
+        libc::SYS_prctl,
+        [set_mm, mm_map, data, PRCTL_MM_MAP_SIZE, 0, 0],
+        "prctl(PR_SET_MM_MAP)",
+    );
+    if let Some(fd) = exe_fd {
+        inj.call(t, base, libc::SYS_close, [fd, 0, 0, 0, 0, 0], "close exe")?;
+    }
+    r.map(drop)
+}
+
+/// Creates one more thread with `clone3(set_tid)` injected into the leader.
+fn create_thread(
+    inj: &Injector,
+    leader: Tid,
+    base: &Regs,
+    data: u64,
+    want: u32,
+    guard: &mut Guard,
+) -> Result<Tid, Error> {
+    let flags = libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM;
+    let mut words = [0u64; 11];
+    words[0] = u64::from(flags.unsigned_abs());
+    words[8] = data + CLONE_ARGS_SIZE; // set_tid
+    words[9] = 1; // set_tid_size
+    let mut buf: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    buf.truncate(usize::try_from(CLONE_ARGS_SIZE).unwrap_or(88));
+    buf.extend_from_slice(&want.to_ne_bytes());
+    inj.write(data, &buf)?;
+    inj.start(
+        leader,
+        base,
+        libc::SYS_clone3,
+        [data, CLONE_ARGS_SIZE, 0, 0, 0, 0],
+    )?;
+    leader.cont(0)?;
+    let status = leader.wait()?;
+    let event = libc::SIGTRAP | (libc::PTRACE_EVENT_CLONE << 8);
+    if !(libc::WIFSTOPPED(status) && (status >> 8) == event) {
+        if libc::WIFSTOPPED(status) && libc::WSTOPSIG(status) == libc::SIGTRAP {
+            let rax = leader.get_regs()?[reg::RAX];
+            let errno = i32::try_from(-i64::from_ne_bytes(rax.to_ne_bytes())).unwrap_or(0);
+            return Err(Error::Remote {
+                what: format!("clone3 thread {want}"),
+                source: io::Error::from_raw_os_error(errno),
+            });
+        }
+        return Err(Error::Invalid(format!(
+            "clone3 thread {want}: {}",
+            tracer::describe_status(status)
+        )));
+    }
+    let new = i32::try_from(leader.event_msg()?).unwrap_or(0);
+    if new > 0 {
+        guard.tids.push(new);
+    }
+    leader.cont(0)?;
+    leader.wait_stop(libc::SIGTRAP, "clone3")?;
+    if u32::try_from(new).ok() != Some(want) {
+        return Err(Error::Invalid(format!(
+            "clone3 gave thread {new}, not {want}"
+        )));
+    }
+    let tid = Tid(new);
+    tid.wait_stop(libc::SIGSTOP, "thread start")?;
+    Ok(tid)
+}
+
+/// Turns the child's error record into an error.
+fn child_error(p: &Process, plan: &ChildPlan, step: u64, index: u64, errno: u64) -> Error {
+    let i = usize::try_from(index).unwrap_or(usize::MAX);
+    let what = match step {
+        STEP_WINDOW => "map the window".to_owned(),
+        STEP_OPEN | STEP_SEEK | STEP_DUP => {
+            let (fd, path) = plan.fds.get(i).map_or((-1, String::new()), |f| {
+                (f.fd, f.path.to_string_lossy().into_owned())
+            });
+            let op = match step {
+                STEP_OPEN => "open",
+                STEP_SEEK => "lseek",
+                _ => "dup3",
+            };
+            format!("fd {fd}: {op} {path}")
+        }
+        STEP_CHDIR => format!("chdir {}", text(p.cwd.as_deref().unwrap_or(b"/"))),
+        STEP_SIGACTION => format!("rt_sigaction({})", plan.sigs.get(i).map_or(0, |s| s.0)),
+        other => format!("step {other}"),
+    };
+    Error::Child {
+        what,
+        source: io::Error::from_raw_os_error(i32::try_from(errno).unwrap_or(libc::EINVAL)),
+    }
+}
+
+/// The child: prepares itself and stops. Never returns.
+///
+/// # Safety
+/// Call only in the fresh child of `clone3` from a single-threaded process; it makes only
+/// async-signal-safe system calls on data prepared before the clone.
+unsafe fn child(plan: &ChildPlan) -> ! {
+    // SAFETY: raw system calls on pre-built arguments; every pointer refers to `plan`
+    // (which this copy of the address space keeps alive) or to the scratch area we map
+    // here; the function ends in a stop and `_exit`.
+    unsafe {
+        if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) == -1 {
+            libc::_exit(EXIT_TRACEME);
+        }
+        let s = libc::mmap(
+            plan.scratch as *mut libc::c_void,
+            SCRATCH_SIZE,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        );
+        if s as u64 != plan.scratch {
+            libc::_exit(EXIT_SCRATCH);
+        }
+        let s = s.cast::<u8>();
+        std::ptr::copy_nonoverlapping(tracer::CODE.as_ptr(), s, tracer::CODE.len());
+        let hdr = s.add(HDR_OFFSET).cast::<u64>();
+        let fail = |step: u64, index: usize| -> ! {
+            let errno = *libc::__errno_location();
+            *hdr = step;
+            *hdr.add(1) = index as u64;
+            *hdr.add(2) = u64::from(errno.unsigned_abs());
+            stop()
+        };
+
+        if let Some((addr, len, fd, off)) = plan.window {
+            let w = libc::mmap(
+                addr as *mut libc::c_void,
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_FIXED_NOREPLACE,
+                fd,
+                off,
+            );
+            if w as u64 != addr {
+                fail(STEP_WINDOW, 0);
+            }
+        }
+        // Nothing of the agent's stays open (the channel, the signal pipe, the window).
+        if libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) != 0 {
+            for fd in 0..4096 {
+                libc::close(fd);
+            }
+        }
+        libc::setsid();
+        for (i, f) in plan.fds.iter().enumerate() {
+            let fd = libc::open(f.path.as_ptr(), f.flags, 0);
+            if fd < 0 {
+                fail(STEP_OPEN, i);
+            }
+            if let Some(pos) = f.seek {
+                if libc::lseek(fd, pos, libc::SEEK_SET) < 0 {
+                    fail(STEP_SEEK, i);
+                }
+            }
+            if fd != f.fd {
+                if libc::dup3(fd, f.fd, f.flags & libc::O_CLOEXEC) < 0 {
+                    fail(STEP_DUP, i);
+                }
+                libc::close(fd);
+            }
+        }
+        if libc::chdir(plan.cwd.as_ptr()) != 0 {
+            fail(STEP_CHDIR, 0);
+        }
+        // The agent's alternate signal stack (if any) is gone with its memory.
+        let ss = libc::stack_t {
+            ss_sp: std::ptr::null_mut(),
+            ss_flags: libc::SS_DISABLE,
+            ss_size: 0,
+        };
+        libc::sigaltstack(&ss, std::ptr::null_mut());
+        for (i, (signo, act)) in plan.sigs.iter().enumerate() {
+            // The kernel's struct sigaction: handler, flags, restorer, mask (8 bytes).
+            let r = libc::syscall(
+                libc::SYS_rt_sigaction,
+                *signo,
+                act.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                8usize,
+            );
+            if r != 0 {
+                fail(STEP_SIGACTION, i);
+            }
+        }
+        stop()
+    }
+}
+
+/// Stops the child for its tracer; if it is ever resumed as it is, it exits.
+fn stop() -> ! {
+    // SAFETY: raw getpid/kill on ourselves, then _exit; no memory is touched.
+    unsafe {
+        let me = libc::syscall(libc::SYS_getpid);
+        libc::syscall(libc::SYS_kill, me, libc::SIGSTOP);
+        libc::_exit(EXIT_RESUMED)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holes_avoid_busy_ranges() {
+        let busy = [
+            (HOLE_LOW, HOLE_LOW + 0x1000),
+            (HOLE_LOW + 0x20_0000, HOLE_LOW + 0x30_0000),
+        ];
+        let a = find_hole(&busy, 0x4_0000).expect("hole");
+        assert!(a >= HOLE_LOW + 0x1000 + HOLE_GUARD);
+        assert!(a + 0x4_0000 + HOLE_GUARD <= HOLE_LOW + 0x20_0000 || a >= HOLE_LOW + 0x30_0000);
+        assert_eq!(a % PAGE, 0);
+        let big = find_hole(&busy, 1 << 40).expect("hole");
+        assert!(big >= HOLE_LOW + 0x30_0000 + HOLE_GUARD);
+        assert_eq!(find_hole(&[(0, USER_TOP)], 0x1000), None);
+        assert_eq!(find_hole(&[], USER_TOP), None);
+    }
+
+    #[test]
+    fn code_bytes() {
+        assert_eq!(&tracer::CODE[..3], &[0x0f, 0x05, 0xcc]);
+        assert_eq!(
+            tracer::CODE[usize::try_from(tracer::COPY_OFF).unwrap_or(0)],
+            0xfc
+        );
+        assert_eq!(tracer::CODE.last(), Some(&0xcc));
+    }
+}

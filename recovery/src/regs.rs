@@ -1,0 +1,417 @@
+//! Final user registers of a thread: the interrupted-system-call rule applied to the frame
+//! saved at the top of its kernel stack, or the registers a vCPU held when it was caught in
+//! user mode; and which task each kernel CPU was running.
+
+use crate::kernel::Kernel;
+use crate::tasks::{PtRegs, USER_CS, USER_DS};
+use crate::Partial;
+
+/// `ENOSYS`: what the entry code puts in `ax` before the system call runs.
+pub const ENOSYS: i64 = 38;
+/// `EINTR`.
+pub const EINTR: i64 = 4;
+/// `ERESTARTSYS`.
+pub const ERESTARTSYS: i64 = 512;
+/// `ERESTARTNOINTR`.
+pub const ERESTARTNOINTR: i64 = 513;
+/// `ERESTARTNOHAND`.
+pub const ERESTARTNOHAND: i64 = 514;
+/// `ERESTART_RESTARTBLOCK`.
+pub const ERESTART_RESTARTBLOCK: i64 = 516;
+/// Most CPUs looked at (`NR_CPUS` is at most 8192 on x86-64).
+pub const MAX_CPUS: u32 = 8192;
+
+fn signed(v: u64) -> i64 {
+    i64::from_ne_bytes(v.to_ne_bytes())
+}
+
+fn unsigned(v: i64) -> u64 {
+    u64::from_ne_bytes(v.to_ne_bytes())
+}
+
+/// Where a thread was with respect to system calls when its frame was saved (section 6 of
+/// the introspection notes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyscallState {
+    /// Case 1: `orig_ax < 0`, the frame was saved by an interrupt or exception. Resume as is.
+    NotInSyscall,
+    /// Case 2: `orig_ax >= 0` and `ax == -ENOSYS`: the system call `nr` was still running
+    /// (typically sleeping).
+    InProgress {
+        /// System call number.
+        nr: u64,
+    },
+    /// Case 3: `ax` is one of the `-ERESTART*` codes: interrupted on its way out.
+    RestartOnExit {
+        /// System call number.
+        nr: u64,
+        /// The (negative) restart code.
+        code: i64,
+    },
+    /// Case 4: the system call `nr` finished with result `ret`.
+    Finished {
+        /// System call number.
+        nr: u64,
+        /// Its return value.
+        ret: i64,
+    },
+}
+
+impl SyscallState {
+    /// True for the cases that resume with `-EINTR` (in progress, or restarting).
+    pub fn interrupted(&self) -> bool {
+        matches!(
+            self,
+            SyscallState::InProgress { .. } | SyscallState::RestartOnExit { .. }
+        )
+    }
+}
+
+/// Classifies a saved user frame.
+pub fn classify_syscall(regs: &PtRegs) -> SyscallState {
+    let orig = signed(regs.orig_ax);
+    if orig < 0 {
+        return SyscallState::NotInSyscall;
+    }
+    let nr = regs.orig_ax;
+    let ax = signed(regs.ax);
+    if ax == -ENOSYS {
+        return SyscallState::InProgress { nr };
+    }
+    if [
+        -ERESTARTSYS,
+        -ERESTARTNOINTR,
+        -ERESTARTNOHAND,
+        -ERESTART_RESTARTBLOCK,
+    ]
+    .contains(&ax)
+    {
+        return SyscallState::RestartOnExit { nr, code: ax };
+    }
+    SyscallState::Finished { nr, ret: ax }
+}
+
+/// `struct user_regs_struct` (x86-64), the order of the manifest's `regs` record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct UserRegs {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub rbp: u64,
+    pub rbx: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub orig_rax: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub eflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    pub ds: u64,
+    pub es: u64,
+    pub fs: u64,
+    pub gs: u64,
+}
+
+impl UserRegs {
+    /// The 27 values in `user_regs_struct` order.
+    pub fn to_array(&self) -> [u64; 27] {
+        [
+            self.r15,
+            self.r14,
+            self.r13,
+            self.r12,
+            self.rbp,
+            self.rbx,
+            self.r11,
+            self.r10,
+            self.r9,
+            self.r8,
+            self.rax,
+            self.rcx,
+            self.rdx,
+            self.rsi,
+            self.rdi,
+            self.orig_rax,
+            self.rip,
+            self.cs,
+            self.eflags,
+            self.rsp,
+            self.ss,
+            self.fs_base,
+            self.gs_base,
+            self.ds,
+            self.es,
+            self.fs,
+            self.gs,
+        ]
+    }
+
+    /// The inverse of [`UserRegs::to_array`].
+    pub fn from_array(v: [u64; 27]) -> Self {
+        let [r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi, orig_rax, rip, cs, eflags, rsp, ss, fs_base, gs_base, ds, es, fs, gs] =
+            v;
+        UserRegs {
+            r15,
+            r14,
+            r13,
+            r12,
+            rbp,
+            rbx,
+            r11,
+            r10,
+            r9,
+            r8,
+            rax,
+            rcx,
+            rdx,
+            rsi,
+            rdi,
+            orig_rax,
+            rip,
+            cs,
+            eflags,
+            rsp,
+            ss,
+            fs_base,
+            gs_base,
+            ds,
+            es,
+            fs,
+            gs,
+        }
+    }
+
+    /// Values the agent can set as they are: `orig_rax = -1` (no restart logic), 64-bit user
+    /// selectors (`cs 0x33`, `ss 0x2b`, data selectors 0).
+    pub fn normalized(mut self) -> Self {
+        self.orig_rax = u64::MAX;
+        self.cs = USER_CS;
+        self.ss = USER_DS;
+        self.ds = 0;
+        self.es = 0;
+        self.fs = 0;
+        self.gs = 0;
+        self
+    }
+}
+
+/// The registers a thread resumes with, from its saved frame: an in-progress or restarting
+/// system call returns `-EINTR` (rip unchanged); `orig_rax` is -1; segments as in
+/// [`UserRegs::normalized`]; `fs_base`/`gs_base` as given (the task's saved bases).
+pub fn final_user_regs(regs: &PtRegs, fs_base: u64, gs_base: u64) -> UserRegs {
+    let rax = if classify_syscall(regs).interrupted() {
+        unsigned(-EINTR)
+    } else {
+        regs.ax
+    };
+    UserRegs {
+        r15: regs.r15,
+        r14: regs.r14,
+        r13: regs.r13,
+        r12: regs.r12,
+        rbp: regs.bp,
+        rbx: regs.bx,
+        r11: regs.r11,
+        r10: regs.r10,
+        r9: regs.r9,
+        r8: regs.r8,
+        rax,
+        rcx: regs.cx,
+        rdx: regs.dx,
+        rsi: regs.si,
+        rdi: regs.di,
+        orig_rax: regs.orig_ax,
+        rip: regs.ip,
+        cs: regs.cs,
+        eflags: regs.flags,
+        rsp: regs.sp,
+        ss: regs.ss,
+        fs_base,
+        gs_base,
+        ..UserRegs::default()
+    }
+    .normalized()
+}
+
+/// What the VMM knows of one vCPU at the crash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuUserState {
+    /// `MSR_GS_BASE` (the per-cpu base while in kernel mode).
+    pub gs_base: u64,
+    /// `MSR_KERNEL_GS_BASE` (the per-cpu base while in user mode, after `swapgs`).
+    pub kernel_gs_base: u64,
+    /// The vCPU was in user mode (CPL 3).
+    pub cpl3: bool,
+    /// Its registers in `user_regs_struct` form (meaningful when `cpl3`), including
+    /// `fs_base` and `gs_base`.
+    pub regs: UserRegs,
+    /// Its FXSAVE image (legacy area of `KVM_GET_XSAVE`).
+    pub fxsave: crate::tasks::FxSave,
+}
+
+impl CpuUserState {
+    /// The per-cpu base of the kernel CPU this vCPU runs: `gs_base` in kernel mode,
+    /// `kernel_gs_base` in user mode.
+    pub fn percpu_base(&self) -> u64 {
+        if self.cpl3 {
+            self.kernel_gs_base
+        } else {
+            self.gs_base
+        }
+    }
+}
+
+/// One kernel CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelCpu {
+    /// CPU number.
+    pub cpu: u32,
+    /// `__per_cpu_offset[cpu]`.
+    pub per_cpu_offset: u64,
+    /// The task it was running (`current_task`, else `runqueues.curr`), when known.
+    pub current: Option<u64>,
+}
+
+/// Reads `__per_cpu_offset[0..nr_cpu_ids]` and each CPU's current task.
+pub fn read_cpus(k: &Kernel<'_>) -> Partial<Vec<KernelCpu>> {
+    let mut out = Partial::ok(Vec::new());
+    let offsets = match k.symbol("__per_cpu_offset") {
+        Ok(a) => a,
+        Err(e) => {
+            out.problems.push(format!("cpus: {e}"));
+            return out;
+        }
+    };
+    let nr = match k.symbol("nr_cpu_ids").and_then(|a| k.read_u32(a)) {
+        Ok(n) if (1..=MAX_CPUS).contains(&n) => n,
+        other => {
+            out.problems
+                .push(format!("cpus: nr_cpu_ids reads {other:?}: assuming 1"));
+            1
+        }
+    };
+    let syms = k.symbols();
+    let current_task = syms.percpu_offset_of("current_task");
+    let rq = syms
+        .percpu_offset_of("runqueues")
+        .and_then(|r| k.offset_of("rq", "curr").ok().map(|c| r.wrapping_add(c)));
+    if current_task.is_none() && rq.is_none() {
+        out.problems
+            .push("cpus: no current_task or runqueues per-cpu symbol".to_owned());
+    }
+    for cpu in 0..nr {
+        let off = match k.read_u64(offsets.wrapping_add(u64::from(cpu) * 8)) {
+            Ok(o) => o,
+            Err(e) => {
+                out.problems
+                    .push(format!("cpu {cpu}: __per_cpu_offset unreadable: {e}"));
+                continue;
+            }
+        };
+        let read_cur = |field: Option<u64>| {
+            field
+                .and_then(|f| k.read_u64(off.wrapping_add(f)).ok())
+                .filter(|&t| crate::kernel::is_kernel_addr(t))
+        };
+        let current = read_cur(current_task).or_else(|| read_cur(rq));
+        if current.is_none() && (current_task.is_some() || rq.is_some()) {
+            out.problems
+                .push(format!("cpu {cpu}: current task unreadable"));
+        }
+        out.value.push(KernelCpu {
+            cpu,
+            per_cpu_offset: off,
+            current,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(orig_ax: i64, ax: i64) -> PtRegs {
+        PtRegs {
+            orig_ax: unsigned(orig_ax),
+            ax: unsigned(ax),
+            ip: 0x40_1000,
+            cx: 0x40_1000,
+            sp: 0x7ffe_0000,
+            cs: USER_CS,
+            ss: USER_DS,
+            di: 3,
+            ..PtRegs::default()
+        }
+    }
+
+    #[test]
+    fn classifies_the_four_cases() {
+        assert_eq!(classify_syscall(&frame(-1, 42)), SyscallState::NotInSyscall);
+        assert_eq!(
+            classify_syscall(&frame(-1, -ENOSYS)),
+            SyscallState::NotInSyscall
+        );
+        assert_eq!(
+            classify_syscall(&frame(7, -ENOSYS)),
+            SyscallState::InProgress { nr: 7 }
+        );
+        for code in [512, 513, 514, 516] {
+            assert_eq!(
+                classify_syscall(&frame(35, -code)),
+                SyscallState::RestartOnExit {
+                    nr: 35,
+                    code: -code
+                }
+            );
+        }
+        assert_eq!(
+            classify_syscall(&frame(0, 5)),
+            SyscallState::Finished { nr: 0, ret: 5 }
+        );
+        assert_eq!(
+            classify_syscall(&frame(0, -515)),
+            SyscallState::Finished { nr: 0, ret: -515 }
+        );
+    }
+
+    #[test]
+    fn final_registers_apply_the_eintr_rule() {
+        for (orig, ax, want) in [
+            (7, -ENOSYS, unsigned(-EINTR)),
+            (35, -ERESTART_RESTARTBLOCK, unsigned(-EINTR)),
+            (35, -ERESTARTSYS, unsigned(-EINTR)),
+            (0, 17, 17),
+            (-1, 99, 99),
+        ] {
+            let r = final_user_regs(&frame(orig, ax), 0x1111, 0x2222);
+            assert_eq!(r.rax, want, "orig {orig} ax {ax}");
+            assert_eq!(r.rip, 0x40_1000);
+            assert_eq!(r.orig_rax, u64::MAX);
+            assert_eq!(
+                (r.cs, r.ss, r.ds, r.es, r.fs, r.gs),
+                (0x33, 0x2b, 0, 0, 0, 0)
+            );
+            assert_eq!(
+                (r.fs_base, r.gs_base, r.rdi, r.rsp),
+                (0x1111, 0x2222, 3, 0x7ffe_0000)
+            );
+        }
+        assert_eq!(unsigned(-EINTR), 0xffff_ffff_ffff_fffc);
+        let r = final_user_regs(&frame(1, 2), 3, 4);
+        assert_eq!(UserRegs::from_array(r.to_array()), r);
+        assert_eq!(r.to_array()[21], 3);
+    }
+}
