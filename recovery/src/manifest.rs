@@ -166,10 +166,27 @@ fn prot(flags: u64) -> String {
 fn thread_state(
     t: &Task,
     live: Option<&CpuUserState>,
+    syscall_entry: Option<u64>,
     notes: &mut Vec<String>,
 ) -> Result<(UserRegs, FxSave), String> {
     let mem_fpu = t.fpu;
+    // kvm_pvm leaves a user-mode SYSCALL half done: RCX/R11 loaded, RIP at
+    // entry_SYSCALL_64, still in user mode (guest-kernel patch 0003 finishes it from the
+    // page-fault handler). Caught there, the system call has not started: resume at the
+    // SYSCALL instruction, with RAX still holding its number.
+    let unstarted = |ip: u64, cs: u64| syscall_entry == Some(ip) && cs & 3 == 3;
     match live {
+        Some(c) if c.cpl3 && unstarted(c.regs.rip, c.regs.cs) => {
+            let mut r = c.regs.normalized();
+            r.rip = r.rcx.wrapping_sub(2);
+            r.eflags = r.r11;
+            let fpu = if t.fpu_live_in_cpu() {
+                c.fxsave
+            } else {
+                mem_fpu.ok_or_else(|| format!("thread {}: FPU state unreadable", t.pid))?
+            };
+            Ok((r, fpu))
+        }
         Some(c) if c.cpl3 => {
             let fpu = if t.fpu_live_in_cpu() {
                 c.fxsave
@@ -179,9 +196,14 @@ fn thread_state(
             Ok((c.regs.normalized(), fpu))
         }
         _ => {
-            let pt = t
+            let mut pt = t
                 .regs
                 .ok_or_else(|| format!("thread {}: no saved user registers", t.pid))?;
+            if unstarted(pt.ip, pt.cs) {
+                pt.ip = pt.cx.wrapping_sub(2);
+                pt.flags = pt.r11;
+                pt.orig_ax = u64::MAX;
+            }
             if pt.cs != USER_CS {
                 return Err(format!(
                     "thread {}: not a 64-bit user frame (cs {:#x})",
@@ -396,8 +418,9 @@ fn render_process(
             a.signo, a.handler, a.flags, a.restorer, a.mask
         );
     }
+    let syscall_entry = k.symbol("entry_SYSCALL_64").ok();
     for t in threads {
-        let (regs, fpu) = thread_state(t, live.get(&t.addr).copied(), notes)?;
+        let (regs, fpu) = thread_state(t, live.get(&t.addr).copied(), syscall_entry, notes)?;
         let _ = writeln!(out, "thread {} {}", t.pid, encode_field(&t.comm));
         let _ = writeln!(out, "regs {}", hex_words(&regs.to_array()));
         let _ = writeln!(out, "fpu {}", fpu.to_hex());
@@ -870,6 +893,48 @@ mod tests {
             ],
             ..MmInfo::default()
         }
+    }
+
+    #[test]
+    fn a_syscall_caught_half_done_at_its_entry_is_run_again() {
+        const ENTRY: u64 = 0xffff_ffff_8180_0000;
+        let mut t = task(5, 5, 0);
+        t.thread_flags = 0;
+        t.regs = Some(PtRegs {
+            ip: ENTRY,
+            cs: 0x33,
+            ss: 0x2b,
+            cx: 0x40_1002,
+            r11: 0x246,
+            ax: 35,
+            orig_ax: 15,
+            ..PtRegs::default()
+        });
+        let mut notes = Vec::new();
+        let (r, _) = thread_state(&t, None, Some(ENTRY), &mut notes).expect("state");
+        assert_eq!(
+            (r.rip, r.rax, r.eflags, r.orig_rax),
+            (0x40_1000, 35, 0x246, u64::MAX)
+        );
+        // The same state seen live on a vCPU still in user mode.
+        let c = CpuUserState {
+            gs_base: 0,
+            kernel_gs_base: 0,
+            cpl3: true,
+            regs: UserRegs {
+                rip: ENTRY,
+                cs: 0x33,
+                rcx: 0x40_2002,
+                r11: 0x202,
+                rax: 230,
+                ..UserRegs::default()
+            },
+            fxsave: FxSave::init(),
+        };
+        let (r, _) = thread_state(&t, Some(&c), Some(ENTRY), &mut notes).expect("state");
+        assert_eq!((r.rip, r.rax, r.eflags), (0x40_2000, 230, 0x202));
+        // Without the symbol, such a frame is refused rather than resumed in the kernel.
+        assert!(thread_state(&t, None, None, &mut notes).is_err());
     }
 
     #[test]

@@ -284,3 +284,23 @@ fn programs_survive_a_panic_raised_inside_the_guest() {
     );
     assert_eq!(vm.stop(), 5);
 }
+
+#[test]
+fn a_crash_of_the_crash_kernel_during_recovery_is_reported_and_the_vmm_stays_up() {
+    let mut vm = restore("crash-in-recovery");
+    let mut ev = vm.events();
+    ev.wait_event("heartbeat", Duration::from_secs(60));
+    let r = vm.call(json!({"cmd": "crash"}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    ev.wait_event("crash-kernel-running", Duration::from_secs(120));
+    // The crash kernel is busy resurrecting (seconds here): crash it too.
+    ev.wait_event("guest-clock-set", Duration::from_secs(60));
+    let r = vm.call(json!({"cmd": "crash"}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let failed = ev.wait_event("recovery-failed", Duration::from_secs(120));
+    assert_eq!(failed["cause"], "panic", "{failed}");
+    let st = vm.call(json!({"cmd": "status"}));
+    assert_eq!(st["ok"], json!(true), "{st}");
+    assert_eq!(st["crashes"].as_array().map(Vec::len), Some(2), "{st}");
+    assert_eq!(vm.stop(), 5);
+}

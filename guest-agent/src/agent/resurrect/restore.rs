@@ -303,8 +303,10 @@ fn build(
     own_vdso: Option<(u64, u64)>,
     guard: &mut Guard,
 ) -> Result<u32, Error> {
+    let mut phases = Phases::new();
     let leader = Tid(pid);
     let status = leader.wait()?;
+    phases.mark("child setup");
     if !(libc::WIFSTOPPED(status) && libc::WSTOPSIG(status) == libc::SIGSTOP) {
         let why = match libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)) {
             Some(EXIT_TRACEME) => "PTRACE_TRACEME failed".to_owned(),
@@ -370,6 +372,7 @@ fn build(
         from = e;
     }
 
+    phases.mark("unmap");
     // The vDSO, where the target had it.
     if let Some(v) = p.vmas.iter().find(|v| v.kind == VmaKind::Vdso) {
         let (vdso, vvar) =
@@ -393,6 +396,7 @@ fn build(
         }
     }
 
+    phases.mark("vdso");
     // The target's areas, writable while we fill them.
     let mut open_files: Vec<(&[u8], bool, u64)> = Vec::new();
     let mut result = map_areas(p, &inj, leader, &base, data, &mut open_files);
@@ -404,10 +408,12 @@ fn build(
     }
     result?;
 
+    phases.mark("map");
     // The old pages, copied by the child itself.
     if let Some((waddr, _, lo)) = window {
         copy_pages(p, &inj, leader, &base, data, waddr, lo)?;
     }
+    phases.mark("copy");
     for v in &p.vmas {
         if v.kind.is_anon() || v.kind == VmaKind::File {
             let fill_prot = fill_prot(v);
@@ -423,6 +429,7 @@ fn build(
     }
 
     set_mm(p, &inj, leader, &base, data)?;
+    phases.mark("mprotect+mm");
 
     // The other threads, born stopped (PTRACE_O_TRACECLONE).
     let mut threads: Vec<(Tid, Regs)> = vec![(leader, base)];
@@ -431,6 +438,7 @@ fn build(
         threads.push((tid, tid.get_regs()?));
     }
 
+    phases.mark("threads");
     // Per-thread kernel state.
     for ((tid, tbase), t) in threads.iter().zip(&p.threads) {
         let call = |nr: i64, args: [u64; 6], what: &str| inj.call(*tid, tbase, nr, args, what);
@@ -510,6 +518,8 @@ fn build(
     for (tid, _) in threads.iter().skip(1).chain(threads.first()) {
         tid.detach()?;
     }
+    phases.mark("thread state+detach");
+    crate::log!("resurrect {pid}: {phases}");
     u32::try_from(threads.len()).map_err(|_| Error::Invalid("too many threads".to_owned()))
 }
 
@@ -923,5 +933,37 @@ mod tests {
             0xfc
         );
         assert_eq!(tracer::CODE.last(), Some(&0xcc));
+    }
+}
+
+/// Time spent in each step of one restore, for the log.
+struct Phases {
+    last: std::time::Instant,
+    done: Vec<(&'static str, u128)>,
+}
+
+impl Phases {
+    fn new() -> Self {
+        Self {
+            last: std::time::Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, what: &'static str) {
+        let now = std::time::Instant::now();
+        self.done
+            .push((what, now.duration_since(self.last).as_millis()));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (what, ms)) in self.done.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{what} {ms} ms")?;
+        }
+        Ok(())
     }
 }
