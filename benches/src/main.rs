@@ -6,6 +6,7 @@ mod ctl;
 mod error;
 mod guest;
 mod proc;
+mod recovery;
 mod report;
 mod runs;
 
@@ -22,6 +23,8 @@ use runs::{Boot, Restore, Setup, Snapshot};
 pub const USAGE: &str = "\
 usage: owvmm-bench [--runs N] [--mem MIB] [--out FILE] [--timeout-secs S]
                    [--owvmm PATH] [--qemu PATH]
+       owvmm-bench --recovery [--sizes MIB,MIB,...] [--runs N] [--out FILE]
+                   [--timeout-secs S] [--recovery-timeout-secs S] [--owvmm PATH]
 
   --runs N           cold boots of each VMM and restores (default 3)
   --mem MIB          guest memory for every VM (default 128)
@@ -29,6 +32,16 @@ usage: owvmm-bench [--runs N] [--mem MIB] [--out FILE] [--timeout-secs S]
   --timeout-secs S   limit for each boot or restore (default 600)
   --owvmm PATH       owvmm binary (default $OWVMM_BIN, else target/release/owvmm)
   --qemu PATH        QEMU binary (default qemu-system-x86_64)
+
+  --recovery         instead: the recovery benchmark (a program with a heap of each
+                     size survives guest kernel crashes; against reboot + restart)
+  --sizes LIST       heap sizes in MiB for --recovery (default 16,64,256)
+  --recovery-timeout-secs S
+                     limit from a crash request until the program prints again
+                     (default 300)
+  With --recovery, --runs is the number of crashes (and cold boots) per size, and --out
+  defaults to benches/results/recovery.md; with that default the section is also put into
+  benches/results/latest.md (replacing an earlier one) when that file exists.
 
 Exit status: 0 when every measurement ran (PASS or FAIL against the targets),
 1 when a measurement failed (the report still shows the rest), 2 bad arguments.";
@@ -47,6 +60,12 @@ struct Args {
     timeout: Duration,
     owvmm: PathBuf,
     qemu: String,
+    recovery: bool,
+    sizes: Vec<u64>,
+    recovery_timeout: Duration,
+    mem_given: bool,
+    out_given: bool,
+    sizes_given: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -58,12 +77,22 @@ fn parse_args() -> Result<Args> {
         owvmm: std::env::var_os("OWVMM_BIN")
             .map_or_else(|| root().join("target/release/owvmm"), PathBuf::from),
         qemu: "qemu-system-x86_64".into(),
+        recovery: false,
+        sizes: recovery::DEFAULT_SIZES.to_vec(),
+        recovery_timeout: Duration::from_secs(300),
+        mem_given: false,
+        out_given: false,
+        sizes_given: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
             println!("{USAGE}");
             std::process::exit(0);
+        }
+        if flag == "--recovery" {
+            a.recovery = true;
+            continue;
         }
         let (name, inline) = match flag.split_once('=') {
             Some((n, v)) => (n.to_string(), Some(v.to_string())),
@@ -80,13 +109,42 @@ fn parse_args() -> Result<Args> {
         };
         match name.as_str() {
             "--runs" => a.runs = usize::try_from(number(&value)?).unwrap_or(usize::MAX),
-            "--mem" => a.mem = number(&value)?,
-            "--out" => a.out = PathBuf::from(value),
+            "--mem" => {
+                a.mem = number(&value)?;
+                a.mem_given = true;
+            }
+            "--out" => {
+                a.out = PathBuf::from(value);
+                a.out_given = true;
+            }
             "--timeout-secs" => a.timeout = Duration::from_secs(number(&value)?),
+            "--sizes" => {
+                a.sizes = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(number)
+                    .collect::<Result<Vec<_>>>()?;
+                if a.sizes.is_empty() {
+                    return Err(BenchError::Usage("--sizes: no size given".into()));
+                }
+                a.sizes_given = true;
+            }
+            "--recovery-timeout-secs" => {
+                a.recovery_timeout = Duration::from_secs(number(&value)?);
+            }
             "--owvmm" => a.owvmm = PathBuf::from(value),
             "--qemu" => a.qemu = value,
             _ => return Err(BenchError::Usage(format!("unknown option {name}"))),
         }
+    }
+    if a.recovery && a.mem_given {
+        return Err(BenchError::Usage(
+            "--mem does not apply to --recovery: the guest memory follows each heap size".into(),
+        ));
+    }
+    if !a.recovery && a.sizes_given {
+        return Err(BenchError::Usage("--sizes needs --recovery".into()));
     }
     Ok(a)
 }
@@ -145,6 +203,22 @@ fn main() -> ExitCode {
 fn run() -> Result<bool> {
     let args = parse_args()?;
     let root = root();
+    if args.recovery {
+        let default_out = root.join("benches/results/recovery.md");
+        return recovery::run(&recovery::Opts {
+            sizes: args.sizes,
+            runs: args.runs,
+            out: if args.out_given {
+                args.out
+            } else {
+                default_out
+            },
+            splice_into: (!args.out_given).then(|| root.join("benches/results/latest.md")),
+            boot_timeout: args.timeout,
+            recovery_timeout: args.recovery_timeout,
+            owvmm: args.owvmm,
+        });
+    }
     if !args.owvmm.exists() {
         return Err(BenchError::Missing(format!(
             "no owvmm binary at {}; build it with `cargo build --release -p owvmm` or pass --owvmm",
@@ -158,14 +232,8 @@ fn run() -> Result<bool> {
         ))
     })?;
 
-    eprintln!("bench: locating the default image (`owvmm image path`; builds it on first use)");
-    let paths = proc::output(&args.owvmm, &["image", "path"])?;
-    let mut lines = paths.lines().map(str::trim).filter(|l| !l.is_empty());
-    let (Some(kdir), Some(initrd)) = (lines.next(), lines.next()) else {
-        return Err(BenchError::Missing(format!(
-            "`owvmm image path` printed {paths:?}, not two paths"
-        )));
-    };
+    let (kdir, initrd) = proc::image_paths(&args.owvmm)?;
+    let (kdir, initrd) = (kdir.as_str(), initrd.as_str());
     let kernel_dir = PathBuf::from(kdir);
     let vmlinux = kernel_dir.join("vmlinux");
     if !vmlinux.exists() {

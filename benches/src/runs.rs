@@ -110,21 +110,8 @@ impl Owvmm {
 
     /// Fails if owvmm has ended or the deadline passed.
     fn check(&mut self, what: &str, deadline: Instant, limit: Duration) -> Result<()> {
-        if let Some(st) = self.guard.exited() {
-            return Err(BenchError::Exited {
-                what: what.to_string(),
-                status: st.to_string(),
-                detail: self.logs(),
-            });
-        }
-        if Instant::now() > deadline {
-            return Err(BenchError::Timeout {
-                what: what.to_string(),
-                secs: limit.as_secs(),
-                detail: self.logs(),
-            });
-        }
-        Ok(())
+        let logs = self.logs();
+        crate::proc::check_alive(&mut self.guard, what, deadline, limit, || logs)
     }
 
     /// Connects as soon as the socket accepts (polling every millisecond) and subscribes.

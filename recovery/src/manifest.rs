@@ -479,6 +479,17 @@ fn live_tasks<'c>(
 /// of each vCPU at the crash. Every user process except pid 1 is either in the manifest or
 /// in [`Manifest::excluded`].
 pub fn build_manifest(kernel: &Kernel<'_>, report: &Report, cpus: &[CpuUserState]) -> Manifest {
+    build_manifest_excluding(kernel, report, cpus, &BTreeMap::new())
+}
+
+/// [`build_manifest`], leaving out the processes in `left_out` (by pid, with the reason),
+/// e.g. the one whose system call crashed the kernel.
+pub fn build_manifest_excluding(
+    kernel: &Kernel<'_>,
+    report: &Report,
+    cpus: &[CpuUserState],
+    left_out: &BTreeMap<i32, String>,
+) -> Manifest {
     let mut m = Manifest::default();
     let live = live_tasks(report, cpus, &mut m.notes);
 
@@ -506,6 +517,10 @@ pub fn build_manifest(kernel: &Kernel<'_>, report: &Report, cpus: &[CpuUserState
         };
         if tgid == 1 {
             exclude("the old init: replaced by the crash kernel's".to_owned());
+            continue;
+        }
+        if let Some(why) = left_out.get(&tgid) {
+            exclude(why.clone());
             continue;
         }
         let Some(leader) = group.first().copied().filter(|t| t.is_leader()) else {

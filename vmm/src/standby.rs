@@ -143,11 +143,14 @@ impl StandbySpec {
         let console = std::fs::File::create(tmp.join("console.log"))
             .map_err(|e| StandbyError::Io("cannot create the standby's console log".into(), e))?;
         let mut cmd = Command::new(exe);
+        // The agent learns from its environment (the kernel hands unknown KEY=VALUE words
+        // of the command line to init) that it is a standby: it then keeps the PIDs from
+        // 1000 up free for the processes it will take in.
         cmd.arg("run")
             .arg("--kernel")
             .arg(&self.kernel)
             .arg("--cmdline")
-            .arg(&self.cmdline)
+            .arg(format!("{} OW_AGENT_STANDBY=1", self.cmdline))
             .arg("--mem")
             .arg(self.mem_mib.to_string())
             .arg("--vcpus")

@@ -100,6 +100,8 @@ struct Agent {
     next_hb: u64,
     reap_due: bool,
     stop: Option<Stop>,
+    /// A standby with nothing to run yet: not a reason to power off.
+    standby_idle: bool,
 }
 
 /// Entry point of the binary. Returns only when not running as PID 1.
@@ -145,6 +147,7 @@ impl Agent {
             next_hb: 0,
             reap_due: false,
             stop: None,
+            standby_idle: false,
         }
     }
 
@@ -162,7 +165,13 @@ impl Agent {
         self.chan.try_open();
 
         let commands = programs::read_exec_file(&self.cfg.exec_file);
-        if commands.is_empty() {
+        if commands.is_empty() && programs::is_standby() {
+            // A crash kernel's standby: it runs nothing until it takes in the processes of
+            // a crashed guest (`resurrect`); a shell here would share the console with
+            // theirs.
+            crate::log!("standby: waiting for a resurrect request");
+            self.standby_idle = true;
+        } else if commands.is_empty() {
             let tty = self.cfg.shell_tty.clone();
             let name = format!("{} (interactive, {})", programs::SHELL, tty.display());
             let result = programs::spawn_shell(&tty);
@@ -218,7 +227,7 @@ impl Agent {
         if self.reap_due {
             self.reap();
         }
-        if self.programs.is_empty() {
+        if self.programs.is_empty() && !self.standby_idle {
             crate::log!("all programs have exited");
             self.stop = Some(Stop::Poweroff);
             return;
@@ -427,6 +436,18 @@ impl Agent {
             sum.failed,
             sum.ms
         );
+        // From now on this is the guest: what starts here must be resurrectable too.
+        programs::raise_pid_floor_now();
+        if self.standby_idle {
+            self.standby_idle = false;
+            if self.programs.is_empty() {
+                // Nothing came back: give the console a shell, as a fresh boot would.
+                let tty = self.cfg.shell_tty.clone();
+                let name = format!("{} (interactive, {})", programs::SHELL, tty.display());
+                let result = programs::spawn_shell(&tty);
+                self.started(name, result);
+            }
+        }
         AgentMsg::ResurrectDone {
             restored: sum.restored,
             failed: sum.failed,

@@ -66,12 +66,28 @@ fn open_rw_noctty(path: &Path) -> io::Result<File> {
 /// Programs get PIDs from here on (see [`raise_pid_floor`]).
 pub const USER_PID_FLOOR: u32 = 1000;
 
-/// Moves the kernel's next PID up to [`USER_PID_FLOOR`] when it is below. A crash kernel is
-/// a freshly booted guest whose kernel threads hold the low PIDs; programs that must get
-/// their PIDs back there after a crash (docs/resurrection.md) must not have low ones. No-op
-/// without `/proc/sys/kernel/ns_last_pid` (CONFIG_CHECKPOINT_RESTORE), and when not the
-/// guest's init (tests run the agent on a host).
+/// Is this agent a crash kernel's standby (`OW_AGENT_STANDBY=1` on the kernel command line,
+/// set by `owvmm standby`)?
+pub fn is_standby() -> bool {
+    std::env::var_os("OW_AGENT_STANDBY").is_some_and(|v| v == "1")
+}
+
+/// Before starting a program: moves the kernel's next PID up to [`USER_PID_FLOOR`] when it
+/// is below. A crash kernel is a freshly booted guest whose kernel threads hold the low
+/// PIDs; programs that must get their PIDs back there after a crash
+/// (docs/resurrection.md) must not have low ones. A standby does not do this: its PIDs
+/// from the floor up must stay free for the processes it will take in (its own shell keeps
+/// a low PID); it moves up after a resurrection ([`raise_pid_floor_now`]).
 pub fn raise_pid_floor() {
+    if !is_standby() {
+        raise_pid_floor_now();
+    }
+}
+
+/// [`raise_pid_floor`], also in a standby. No-op without
+/// `/proc/sys/kernel/ns_last_pid` (CONFIG_PID_NS, CONFIG_CHECKPOINT_RESTORE), and when not
+/// the guest's init (tests run the agent on a host).
+pub fn raise_pid_floor_now() {
     const PATH: &str = "/proc/sys/kernel/ns_last_pid";
     if std::process::id() != 1 {
         return;

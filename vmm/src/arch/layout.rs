@@ -50,6 +50,16 @@ pub fn ram_ranges(mem_size: u64) -> Vec<(u64, u64)> {
     }
 }
 
+/// Where the dead guest's RAM is mapped for the crash kernel (docs/resurrection.md): old
+/// guest-physical address `P` is at `WINDOW_BASE + P`, outside the crash kernel's e820 map.
+pub const WINDOW_BASE: u64 = 0x10_0000_0000;
+/// Where the resurrection manifest is mapped for the crash kernel.
+pub const MANIFEST_BASE: u64 = 0x0f_f000_0000;
+/// First KVM slot of the old-world window (the guest's own RAM uses slots from 0).
+pub const WINDOW_FIRST_SLOT: u32 = 16;
+/// KVM slot of the manifest.
+pub const MANIFEST_SLOT: u32 = 32;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,13 +76,3 @@ mod tests {
         assert_eq!(r.iter().map(|x| x.1).sum::<u64>(), 4 << 30);
     }
 }
-
-/// Where the dead guest's RAM is mapped for the crash kernel (docs/resurrection.md): old
-/// guest-physical address `P` is at `WINDOW_BASE + P`, outside the crash kernel's e820 map.
-pub const WINDOW_BASE: u64 = 0x10_0000_0000;
-/// Where the resurrection manifest is mapped for the crash kernel.
-pub const MANIFEST_BASE: u64 = 0x0f_f000_0000;
-/// First KVM slot of the old-world window (the guest's own RAM uses slots from 0).
-pub const WINDOW_FIRST_SLOT: u32 = 16;
-/// KVM slot of the manifest.
-pub const MANIFEST_SLOT: u32 = 32;

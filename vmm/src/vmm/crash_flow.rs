@@ -113,8 +113,19 @@ impl Vmm {
                 .events
                 .publish("capture-failed", json!({ "error": crate::error_chain(&e) })),
         }
+        // A panic the guest raised itself came from the task running on the panicking CPU
+        // (e.g. a write to /proc/sysrq-trigger); resurrected, it would do it again. A
+        // panic `ctl crash` injected is nobody's fault.
+        let culprit_cpu = match (&cause, self.crash_requested) {
+            (CrashCause::Panic { .. }, None) => self
+                .symbols()
+                .and_then(|s| s.addr_of("panic_cpu"))
+                .and_then(|a| self.read_kernel_u32(a))
+                .filter(|&c| c != PANIC_CPU_INVALID),
+            _ => None,
+        };
         let t_extract = Instant::now();
-        if let Some(x) = self.extract(&cpus) {
+        if let Some(x) = self.extract(&cpus, culprit_cpu) {
             ev["extraction"] = x;
         }
         let extract_ms = t_extract.elapsed().as_secs_f64() * 1000.0;
@@ -146,7 +157,11 @@ impl Vmm {
     /// Reads the dead kernel's processes from its frozen memory (recovery/), publishes
     /// `extraction-done`, builds the resurrection manifest when a microreboot follows, and
     /// returns a summary for the crash record.
-    pub(super) fn extract(&mut self, cpus: &[CpuAtCrash]) -> Option<Value> {
+    pub(super) fn extract(
+        &mut self,
+        cpus: &[CpuAtCrash],
+        culprit_cpu: Option<u32>,
+    ) -> Option<Value> {
         let info = self.kernel_info.as_ref()?;
         let btf_blob = info.btf.as_deref()?;
         let t0 = Instant::now();
@@ -171,7 +186,7 @@ impl Vmm {
             .collect();
         let inspect_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let manifest = if self.on_crash == OnCrash::Microreboot {
-            let m = manifest::build(&mem, info, &report, cpus);
+            let m = manifest::build(&mem, info, &report, cpus, culprit_cpu);
             if let Some(e) = &m.error {
                 self.events
                     .publish("manifest-failed", json!({ "error": e }));
@@ -345,7 +360,7 @@ impl Vmm {
                 return;
             };
             let window_len: u64 = vm_memory::GuestMemoryBackend::iter(old)
-                .map(|reg| vm_memory::GuestMemoryRegion::len(reg))
+                .map(vm_memory::GuestMemoryRegion::len)
                 .sum();
             let msg = VmmMsg::Resurrect {
                 manifest_gpa: MANIFEST_BASE,

@@ -3,7 +3,9 @@
 
 use owvmm_recovery::btf::Btf;
 use owvmm_recovery::kernel::Kernel;
-use owvmm_recovery::manifest::build_manifest;
+use std::collections::BTreeMap;
+
+use owvmm_recovery::manifest::build_manifest_excluding;
 use owvmm_recovery::regs::{CpuUserState, UserRegs};
 use owvmm_recovery::tasks::FxSave;
 use serde_json::{json, Value};
@@ -109,6 +111,7 @@ pub(super) fn build(
     info: &KernelInfo,
     report: &Report,
     cpus: &[CpuAtCrash],
+    culprit_cpu: Option<u32>,
 ) -> Manifest {
     let failed = |e: String| Manifest {
         text: String::new(),
@@ -129,7 +132,22 @@ pub(super) fn build(
         Err(e) => return failed(format!("kernel: {e}")),
     };
     let states: Vec<CpuUserState> = cpus.iter().map(CpuAtCrash::user_state).collect();
-    let m = build_manifest(&kernel, report, &states);
+    let mut left_out = BTreeMap::new();
+    if let Some(task) = culprit_cpu
+        .and_then(|c| report.cpus.iter().find(|k| k.cpu == c))
+        .and_then(|k| k.current)
+        .and_then(|addr| report.tasks.iter().find(|t| t.addr == addr))
+        .filter(|t| t.is_user())
+    {
+        left_out.insert(
+            task.tgid,
+            format!(
+                "it was running on the CPU that panicked (thread {}): resumed, it would crash the kernel again",
+                task.pid
+            ),
+        );
+    }
+    let m = build_manifest_excluding(&kernel, report, &states, &left_out);
     let copy_bytes = m
         .text
         .lines()

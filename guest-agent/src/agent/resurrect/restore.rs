@@ -905,37 +905,6 @@ fn stop() -> ! {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn holes_avoid_busy_ranges() {
-        let busy = [
-            (HOLE_LOW, HOLE_LOW + 0x1000),
-            (HOLE_LOW + 0x20_0000, HOLE_LOW + 0x30_0000),
-        ];
-        let a = find_hole(&busy, 0x4_0000).expect("hole");
-        assert!(a >= HOLE_LOW + 0x1000 + HOLE_GUARD);
-        assert!(a + 0x4_0000 + HOLE_GUARD <= HOLE_LOW + 0x20_0000 || a >= HOLE_LOW + 0x30_0000);
-        assert_eq!(a % PAGE, 0);
-        let big = find_hole(&busy, 1 << 40).expect("hole");
-        assert!(big >= HOLE_LOW + 0x30_0000 + HOLE_GUARD);
-        assert_eq!(find_hole(&[(0, USER_TOP)], 0x1000), None);
-        assert_eq!(find_hole(&[], USER_TOP), None);
-    }
-
-    #[test]
-    fn code_bytes() {
-        assert_eq!(&tracer::CODE[..3], &[0x0f, 0x05, 0xcc]);
-        assert_eq!(
-            tracer::CODE[usize::try_from(tracer::COPY_OFF).unwrap_or(0)],
-            0xfc
-        );
-        assert_eq!(tracer::CODE.last(), Some(&0xcc));
-    }
-}
-
 /// Time spent in each step of one restore, for the log.
 struct Phases {
     last: std::time::Instant,
@@ -965,5 +934,36 @@ impl std::fmt::Display for Phases {
             write!(f, "{sep}{what} {ms} ms")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holes_avoid_busy_ranges() {
+        let busy = [
+            (HOLE_LOW, HOLE_LOW + 0x1000),
+            (HOLE_LOW + 0x20_0000, HOLE_LOW + 0x30_0000),
+        ];
+        let a = find_hole(&busy, 0x4_0000).expect("hole");
+        assert!(a >= HOLE_LOW + 0x1000 + HOLE_GUARD);
+        assert!(a + 0x4_0000 + HOLE_GUARD <= HOLE_LOW + 0x20_0000 || a >= HOLE_LOW + 0x30_0000);
+        assert_eq!(a % PAGE, 0);
+        let big = find_hole(&busy, 1 << 40).expect("hole");
+        assert!(big >= HOLE_LOW + 0x30_0000 + HOLE_GUARD);
+        assert_eq!(find_hole(&[(0, USER_TOP)], 0x1000), None);
+        assert_eq!(find_hole(&[], USER_TOP), None);
+    }
+
+    #[test]
+    fn code_bytes() {
+        assert_eq!(&tracer::CODE[..3], &[0x0f, 0x05, 0xcc]);
+        assert_eq!(
+            tracer::CODE[usize::try_from(tracer::COPY_OFF).unwrap_or(0)],
+            0xfc
+        );
+        assert_eq!(tracer::CODE.last(), Some(&0xcc));
     }
 }
