@@ -215,6 +215,9 @@ pub struct Vmm {
     recovering: Option<Recovering>,
     /// When `ctl crash` asked for a panic (for the detection time).
     crash_requested: Option<Instant>,
+    /// `panic_cpu` was seen unset since the kernel is in place (or a snapshot was
+    /// restored): from then on a set one means a panic.
+    panic_cpu_armed: bool,
     poweroff_since: Option<Instant>,
     clock_synced: bool,
 }
@@ -506,6 +509,7 @@ impl Vmm {
             manifest: None,
             recovering: None,
             crash_requested: None,
+            panic_cpu_armed: saved,
             poweroff_since: None,
             clock_synced: false,
         };

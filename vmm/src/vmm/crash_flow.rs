@@ -36,16 +36,24 @@ impl Vmm {
         self.mem.read_slice(&mut buf, GuestAddress(pa)).is_ok() && &buf == b"Linux version "
     }
 
-    /// Did the guest kernel panic? (`panic_cpu` is set by `panic()` before it resets.)
-    pub(super) fn guest_panicked(&self) -> bool {
+    /// Did the guest kernel panic? (`panic_cpu` is set by `panic()` before it resets.) Only
+    /// once `panic_cpu` was seen unset: while a bzImage's decompressor writes the kernel
+    /// into place, the banner can be there before `panic_cpu`'s initial value is.
+    pub(super) fn guest_panicked(&mut self) -> bool {
         let Some(addr) = self.symbols().and_then(|s| s.addr_of("panic_cpu")) else {
             return false;
         };
         if !self.kernel_in_place() {
             return false;
         }
-        self.read_kernel_u32(addr)
-            .is_some_and(|cpu| cpu != PANIC_CPU_INVALID)
+        match self.read_kernel_u32(addr) {
+            Some(PANIC_CPU_INVALID) => {
+                self.panic_cpu_armed = true;
+                false
+            }
+            Some(_) => self.panic_cpu_armed,
+            None => false,
+        }
     }
 
     /// A crash was detected: freeze, capture, then exit or stay paused.
@@ -290,6 +298,8 @@ impl Vmm {
         };
         self.agent_tx.clear();
         self.clock_synced = false;
+        // The standby's kernel is in place and running.
+        self.panic_cpu_armed = true;
         self.poweroff_since = None;
         self.crashed = false;
         self.resume_all()?;

@@ -2,9 +2,12 @@
 //! page cache before the processes that use them come back.
 
 use std::fs::{self, OpenOptions, Permissions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
+use std::os::fd::AsRawFd;
 
 use super::manifest::FileRec;
+use super::restore::clusters_of;
 use super::{path_of, Error, MemSource};
 
 /// Recreates one file when it is missing, has another size, or `overwrite` is set.
@@ -26,7 +29,9 @@ pub fn recreate(f: &FileRec, mem: &MemSource) -> Result<bool, Error> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(|e| Error::os("create parent directories", e))?;
     }
+    // Read and write: a shared writable mapping needs both.
     let out = OpenOptions::new()
+        .read(true)
         .write(true)
         .create(true)
         .truncate(true)
@@ -34,24 +39,84 @@ pub fn recreate(f: &FileRec, mem: &MemSource) -> Result<bool, Error> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(|e| Error::os("open", e))?;
-    // Map only the span of the old memory this file needs.
-    let lo = f.runs.iter().map(|r| r.gpa).min();
-    let hi = f.runs.iter().map(|r| r.gpa + r.len).max();
-    if let (Some(lo), Some(hi)) = (lo, hi) {
-        let map = mem.map(lo, hi - lo)?;
-        let bytes = map.bytes();
-        for r in &f.runs {
-            let a = usize::try_from(r.gpa - lo).map_err(|_| Error::Invalid("run".into()))?;
-            let b = usize::try_from(r.len).map_err(|_| Error::Invalid("run".into()))?;
-            let chunk = bytes
-                .get(a..a.saturating_add(b))
-                .ok_or_else(|| Error::Invalid("fcopy outside its mapping".to_owned()))?;
-            out.write_all_at(chunk, r.offset)
-                .map_err(|e| Error::os(format!("write at {:#x}", r.offset), e))?;
+    out.set_len(f.size).map_err(|e| Error::os("truncate", e))?;
+    // The content is copied in user space, through a shared mapping of the new file: the
+    // copy then runs at native speed, where a write(2) would copy in the (on some hosts
+    // emulated) kernel. The old memory is mapped only where the file has pages.
+    if f.size > 0 && !f.runs.is_empty() {
+        let dst = SharedMap::new(&out, f.size)?;
+        for (lo, hi) in clusters_of(f.runs.iter().map(|r| (r.gpa, r.len))) {
+            let src = mem.map(lo, hi - lo)?;
+            let bytes = src.bytes();
+            for r in f.runs.iter().filter(|r| r.gpa >= lo && r.gpa + r.len <= hi) {
+                let a = usize::try_from(r.gpa - lo).map_err(|_| Error::Invalid("run".into()))?;
+                let end = r.offset.saturating_add(r.len).min(f.size);
+                let n = usize::try_from(end.saturating_sub(r.offset))
+                    .map_err(|_| Error::Invalid("run".into()))?;
+                let chunk = bytes
+                    .get(a..a.saturating_add(n))
+                    .ok_or_else(|| Error::Invalid("fcopy outside its mapping".to_owned()))?;
+                dst.write_at(r.offset, chunk)?;
+            }
         }
     }
-    out.set_len(f.size).map_err(|e| Error::os("truncate", e))?;
     out.set_permissions(Permissions::from_mode(f.mode))
         .map_err(|e| Error::os("chmod", e))?;
     Ok(true)
+}
+
+/// A writable shared mapping of a whole file.
+struct SharedMap {
+    addr: *mut u8,
+    len: usize,
+}
+
+impl SharedMap {
+    fn new(file: &fs::File, size: u64) -> Result<Self, Error> {
+        let len = usize::try_from(size).map_err(|_| Error::Invalid("file too large".into()))?;
+        // SAFETY: a new shared mapping of `len` bytes of a file we own, at an address of
+        // the kernel's choosing; it aliases nothing and is unmapped in Drop.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(Error::os(
+                "mmap the new file",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(Self {
+            addr: addr.cast(),
+            len,
+        })
+    }
+
+    /// Copies `data` to file offset `at` (bounds-checked against the file size).
+    fn write_at(&self, at: u64, data: &[u8]) -> Result<(), Error> {
+        let at = usize::try_from(at).map_err(|_| Error::Invalid("offset".into()))?;
+        if at.checked_add(data.len()).is_none_or(|end| end > self.len) {
+            return Err(Error::Invalid(format!(
+                "fcopy at {at:#x} beyond the file size"
+            )));
+        }
+        // SAFETY: `at + data.len() <= self.len` was checked, the mapping is writable and
+        // lives as long as `self`; `data` comes from another mapping, so they do not
+        // overlap.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.addr.add(at), data.len()) };
+        Ok(())
+    }
+}
+
+impl Drop for SharedMap {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`.
+        unsafe { libc::munmap(self.addr.cast(), self.len) };
+    }
 }

@@ -61,11 +61,15 @@ const EXIT_TRACEME: i32 = 120;
 const EXIT_SCRATCH: i32 = 121;
 const EXIT_RESUMED: i32 = 122;
 
+/// A part of the window mapped in the child: (address, length, file offset).
+type Cluster = (u64, usize, libc::off_t);
+
 /// What the child needs, prepared before `clone3` (the child does not allocate).
 struct ChildPlan {
     scratch: u64,
-    /// (address, length, fd, file offset) of the window part.
-    window: Option<(u64, usize, RawFd, libc::off_t)>,
+    /// The old memory this process needs: fd of the window, then (address, length, file
+    /// offset) of each cluster of it mapped into the span reserved for the window.
+    window: Option<(RawFd, Vec<Cluster>)>,
     fds: Vec<FdPlan>,
     cwd: CString,
     /// (signo, kernel `struct sigaction`: handler, flags, restorer, mask).
@@ -196,11 +200,24 @@ pub fn restore(p: &Process, mem: &MemSource) -> Result<u32, Error> {
             let len = hi - lo;
             let addr = find_hole(&busy, len)
                 .ok_or_else(|| Error::Invalid("no free address for the window".to_owned()))?;
-            let off = libc::off_t::try_from(mem.base + lo)
-                .map_err(|_| Error::Invalid("window offset too large".to_owned()))?;
             let ulen = usize::try_from(len)
                 .map_err(|_| Error::Invalid("window part too large".to_owned()))?;
-            Some((addr, ulen, mem.file.as_raw_fd(), off, lo))
+            // Only the parts with pages to copy are mapped: /dev/mem maps eagerly, and
+            // every page-table entry the guest kernel writes is slow on some hosts.
+            let mut clusters = Vec::new();
+            for (clo, chi) in clusters_of(
+                p.vmas
+                    .iter()
+                    .flat_map(|v| &v.copies)
+                    .map(|c| (c.gpa, c.len)),
+            ) {
+                let off = libc::off_t::try_from(mem.base + clo)
+                    .map_err(|_| Error::Invalid("window offset too large".to_owned()))?;
+                let clen = usize::try_from(chi - clo)
+                    .map_err(|_| Error::Invalid("window part too large".to_owned()))?;
+                clusters.push((addr + (clo - lo), clen, off));
+            }
+            Some((addr, ulen, mem.file.as_raw_fd(), clusters, lo))
         }
         None => None,
     };
@@ -214,7 +231,7 @@ pub fn restore(p: &Process, mem: &MemSource) -> Result<u32, Error> {
 
     let plan = ChildPlan {
         scratch,
-        window: window.map(|(a, l, fd, off, _)| (a, l, fd, off)),
+        window: window.as_ref().map(|(_, _, fd, c, _)| (*fd, c.clone())),
         fds: p
             .fds
             .iter()
@@ -286,7 +303,7 @@ pub fn restore(p: &Process, mem: &MemSource) -> Result<u32, Error> {
         p,
         pid,
         &plan,
-        window.map(|w| (w.0, w.1, w.4)),
+        window.as_ref().map(|w| (w.0, w.1, w.4)),
         own_vdso.zip(own_vvar),
         &mut guard,
     )?;
@@ -361,16 +378,16 @@ fn build(
     }
     keep.sort_unstable();
     let mut from = 0;
+    let mut unmaps = Vec::new();
     for &(s, e) in keep.iter().chain(std::iter::once(&(USER_TOP, USER_TOP))) {
         if s > from {
-            call(
-                libc::SYS_munmap,
-                [from, s - from, 0, 0, 0, 0],
-                "munmap agent image",
-            )?;
+            unmaps.push((libc::SYS_munmap, [from, s - from, 0, 0, 0, 0]));
         }
         from = e;
     }
+    inj.batch_ok(leader, &base, data, &unmaps, |_| {
+        "munmap agent image".to_owned()
+    })?;
 
     phases.mark("unmap");
     // The vDSO, where the target had it.
@@ -399,14 +416,14 @@ fn build(
     phases.mark("vdso");
     // The target's areas, writable while we fill them.
     let mut open_files: Vec<(&[u8], bool, u64)> = Vec::new();
-    let mut result = map_areas(p, &inj, leader, &base, data, &mut open_files);
-    for (_, _, fd) in &open_files {
-        let r = call(libc::SYS_close, [*fd, 0, 0, 0, 0, 0], "close");
-        if result.is_ok() {
-            result = r.map(drop);
-        }
-    }
+    let result = map_areas(p, &inj, leader, &base, data, &mut open_files);
+    let closes: Vec<(i64, [u64; 6])> = open_files
+        .iter()
+        .map(|(_, _, fd)| (libc::SYS_close, [*fd, 0, 0, 0, 0, 0]))
+        .collect();
+    let closed = inj.batch_ok(leader, &base, data, &closes, |_| "close".to_owned());
     result?;
+    closed?;
 
     phases.mark("map");
     // The old pages, copied by the child itself.
@@ -414,19 +431,21 @@ fn build(
         copy_pages(p, &inj, leader, &base, data, waddr, lo)?;
     }
     phases.mark("copy");
-    for v in &p.vmas {
-        if v.kind.is_anon() || v.kind == VmaKind::File {
-            let fill_prot = fill_prot(v);
-            if fill_prot != v.prot {
-                let prot = u64::from(v.prot.unsigned_abs());
-                call(
-                    libc::SYS_mprotect,
-                    [v.start, v.end - v.start, prot, 0, 0, 0],
-                    &format!("mprotect {:#x}", v.start),
-                )?;
-            }
-        }
-    }
+    let protects: Vec<(i64, [u64; 6])> = p
+        .vmas
+        .iter()
+        .filter(|v| (v.kind.is_anon() || v.kind == VmaKind::File) && fill_prot(v) != v.prot)
+        .map(|v| {
+            let prot = u64::from(v.prot.unsigned_abs());
+            (
+                libc::SYS_mprotect,
+                [v.start, v.end - v.start, prot, 0, 0, 0],
+            )
+        })
+        .collect();
+    inj.batch_ok(leader, &base, data, &protects, |i| {
+        format!("mprotect {:#x}", protects.get(i).map_or(0, |c| c.1[0]))
+    })?;
 
     set_mm(p, &inj, leader, &base, data)?;
     phases.mark("mprotect+mm");
@@ -540,10 +559,48 @@ fn map_areas<'p>(
     data: u64,
     open_files: &mut Vec<(&'p [u8], bool, u64)>,
 ) -> Result<(), Error> {
-    for v in &p.vmas {
-        if !(v.kind.is_anon() || v.kind == VmaKind::File) {
-            continue;
+    let areas: Vec<&super::manifest::Vma> = p
+        .vmas
+        .iter()
+        .filter(|v| v.kind.is_anon() || v.kind == VmaKind::File)
+        .collect();
+    let writable_shared = |v: &super::manifest::Vma| v.shared && v.prot & libc::PROT_WRITE != 0;
+    // The files, opened in one batch: paths first in the data area, then the table.
+    let mut wanted: Vec<(&'p [u8], bool)> = Vec::new();
+    for v in &areas {
+        if let Some(path) = v.path.as_deref() {
+            let key = (path, writable_shared(v));
+            if !wanted.contains(&key) {
+                wanted.push(key);
+            }
         }
+    }
+    let mut strings = Vec::new();
+    let mut opens = Vec::new();
+    for (path, rw) in &wanted {
+        let at = data + strings.len() as u64;
+        strings.extend_from_slice(path);
+        strings.push(0);
+        let mode = if *rw { libc::O_RDWR } else { libc::O_RDONLY };
+        let oflags = u64::from((mode | libc::O_CLOEXEC).unsigned_abs());
+        opens.push((libc::SYS_openat, [AT_FDCWD, at, oflags, 0, 0, 0]));
+    }
+    if !opens.is_empty() {
+        inj.write(data, &strings)?;
+        let table = (data + strings.len() as u64).next_multiple_of(8);
+        let fds = inj.batch(t, base, table, &opens, "open mapped files")?;
+        for (fd, (path, rw)) in fds.iter().zip(&wanted) {
+            if let Some(e) = syscall_failed(*fd) {
+                return Err(Error::Remote {
+                    what: format!("open {}", text(path)),
+                    source: e,
+                });
+            }
+            open_files.push((path, *rw, *fd));
+        }
+    }
+    let mut maps = Vec::new();
+    for v in &areas {
         let len = v.end - v.start;
         let prot = fill_prot(v);
         let mut flags = libc::MAP_FIXED_NOREPLACE
@@ -556,26 +613,12 @@ fn map_areas<'p>(
             flags |= libc::MAP_GROWSDOWN;
         }
         let (fd, off) = if let Some(path) = v.path.as_deref() {
-            let rw = v.shared && v.prot & libc::PROT_WRITE != 0;
-            let fd = match open_files.iter().find(|f| f.0 == path && f.1 == rw) {
-                Some(f) => f.2,
-                None => {
-                    let mut z = path.to_vec();
-                    z.push(0);
-                    inj.write(data, &z)?;
-                    let mode = if rw { libc::O_RDWR } else { libc::O_RDONLY };
-                    let oflags = u64::from((mode | libc::O_CLOEXEC).unsigned_abs());
-                    let fd = inj.call(
-                        t,
-                        base,
-                        libc::SYS_openat,
-                        [AT_FDCWD, data, oflags, 0, 0, 0],
-                        &format!("open {}", text(path)),
-                    )?;
-                    open_files.push((path, rw, fd));
-                    fd
-                }
-            };
+            let rw = writable_shared(v);
+            let fd = open_files
+                .iter()
+                .find(|f| f.0 == path && f.1 == rw)
+                .map(|f| f.2)
+                .ok_or_else(|| Error::Invalid(format!("{} was not opened", text(path))))?;
             (fd, v.pgoff)
         } else {
             flags |= libc::MAP_ANONYMOUS;
@@ -586,21 +629,38 @@ fn map_areas<'p>(
             }
             (u64::MAX, 0)
         };
-        let args = [
-            v.start,
-            len,
-            u64::from(prot.unsigned_abs()),
-            u64::from(flags.unsigned_abs()),
-            fd,
-            off,
-        ];
-        let what = format!("mmap {:#x}-{:#x}", v.start, v.end);
-        let got = inj.call(t, base, libc::SYS_mmap, args, &what)?;
-        if got != v.start {
-            return Err(Error::Invalid(format!("{what} landed at {got:#x}")));
+        maps.push((
+            libc::SYS_mmap,
+            [
+                v.start,
+                len,
+                u64::from(prot.unsigned_abs()),
+                u64::from(flags.unsigned_abs()),
+                fd,
+                off,
+            ],
+        ));
+    }
+    let name = |i: usize| {
+        areas
+            .get(i)
+            .map_or_else(String::new, |v| format!("mmap {:#x}-{:#x}", v.start, v.end))
+    };
+    let got = inj.batch_ok(t, base, data, &maps, name)?;
+    for (i, (addr, v)) in got.iter().zip(&areas).enumerate() {
+        if *addr != v.start {
+            return Err(Error::Invalid(format!("{} landed at {addr:#x}", name(i))));
         }
     }
     Ok(())
+}
+
+/// A raw system call result that is an error.
+fn syscall_failed(rax: u64) -> Option<io::Error> {
+    let v = i64::from_ne_bytes(rax.to_ne_bytes());
+    (-4095..0)
+        .contains(&v)
+        .then(|| io::Error::from_raw_os_error(i32::try_from(-v).unwrap_or(libc::EINVAL)))
 }
 
 /// Copies every `copy` run from the window with the child's `rep movsb` loop, in batches
@@ -831,17 +891,19 @@ unsafe fn child(plan: &ChildPlan) -> ! {
             stop()
         };
 
-        if let Some((addr, len, fd, off)) = plan.window {
-            let w = libc::mmap(
-                addr as *mut libc::c_void,
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED | libc::MAP_FIXED_NOREPLACE,
-                fd,
-                off,
-            );
-            if w as u64 != addr {
-                fail(STEP_WINDOW, 0);
+        if let Some((fd, clusters)) = &plan.window {
+            for (i, &(addr, len, off)) in clusters.iter().enumerate() {
+                let w = libc::mmap(
+                    addr as *mut libc::c_void,
+                    len,
+                    libc::PROT_READ,
+                    libc::MAP_SHARED | libc::MAP_FIXED_NOREPLACE,
+                    *fd,
+                    off,
+                );
+                if w as u64 != addr {
+                    fail(STEP_WINDOW, i);
+                }
             }
         }
         // Nothing of the agent's stays open (the channel, the signal pipe, the window).
@@ -937,9 +999,41 @@ impl std::fmt::Display for Phases {
     }
 }
 
+/// Gap between two runs of old memory below which they share one window mapping.
+const CLUSTER_GAP: u64 = 64 << 10;
+
+/// The (start, end) clusters covering the (gpa, len) runs: sorted, merged where less than
+/// [`CLUSTER_GAP`] apart.
+pub fn clusters_of(runs: impl Iterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = runs.map(|(g, l)| (g, g + l)).collect();
+    runs.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (lo, hi) in runs {
+        match out.last_mut() {
+            Some(last) if lo <= last.1 + CLUSTER_GAP => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clusters_merge_close_runs_only() {
+        let runs = [
+            (0x10_0000, 0x1000),
+            (0x1000, 0x1000),
+            (0x3000, 0x2000),
+            (0x10_1000, 0x1000),
+        ];
+        assert_eq!(
+            clusters_of(runs.into_iter()),
+            [(0x1000, 0x5000), (0x10_0000, 0x10_2000)]
+        );
+    }
 
     #[test]
     fn holes_avoid_busy_ranges() {

@@ -16,6 +16,9 @@ pub type Regs = [u64; 27];
 
 /// Indexes into [`Regs`].
 pub mod reg {
+    pub const R14: usize = 1;
+    pub const R13: usize = 2;
+    pub const R12: usize = 3;
     pub const R10: usize = 7;
     pub const R9: usize = 8;
     pub const R8: usize = 9;
@@ -32,8 +35,11 @@ pub const SYSCALL_OFF: u64 = 0;
 /// Offset of the copy loop: `r8` = array of (dst, src, len) triples, `r9` = their count;
 /// ends in `int3`.
 pub const COPY_OFF: u64 = 0x10;
+/// Offset of the batch loop: `r12` = table of (nr, 6 arguments) entries, `r13` = their
+/// count, `r14` = where each result goes; stops after the first error; ends in `int3`.
+pub const BATCH_OFF: u64 = 0x30;
 /// The code placed at the start of the scratch area.
-pub const CODE: [u8; 0x2d] = [
+pub const CODE: [u8; 0x30 + 66] = [
     0x0f, 0x05, // syscall
     0xcc, // int3
     0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, // padding
@@ -47,6 +53,25 @@ pub const CODE: [u8; 0x2d] = [
     0x49, 0x83, 0xc0, 0x18, // add r8, 24
     0x49, 0xff, 0xc9, // dec r9
     0x75, 0xea, // jnz next
+    0xcc, // done: int3
+    0x90, 0x90, 0x90, // padding to BATCH_OFF
+    0x4d, 0x85, 0xed, // loop: test r13, r13
+    0x74, 0x3c, // jz done
+    0x49, 0x8b, 0x04, 0x24, // mov rax, [r12]
+    0x49, 0x8b, 0x7c, 0x24, 0x08, // mov rdi, [r12 + 8]
+    0x49, 0x8b, 0x74, 0x24, 0x10, // mov rsi, [r12 + 16]
+    0x49, 0x8b, 0x54, 0x24, 0x18, // mov rdx, [r12 + 24]
+    0x4d, 0x8b, 0x54, 0x24, 0x20, // mov r10, [r12 + 32]
+    0x4d, 0x8b, 0x44, 0x24, 0x28, // mov r8, [r12 + 40]
+    0x4d, 0x8b, 0x4c, 0x24, 0x30, // mov r9, [r12 + 48]
+    0x0f, 0x05, // syscall
+    0x49, 0x89, 0x06, // mov [r14], rax
+    0x49, 0x83, 0xc6, 0x08, // add r14, 8
+    0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, // cmp rax, -4095
+    0x73, 0x09, // jae done (an error)
+    0x49, 0x83, 0xc4, 0x38, // add r12, 56
+    0x49, 0xff, 0xcd, // dec r13
+    0xeb, 0xbf, // jmp loop
     0xcc, // done: int3
 ];
 
@@ -342,6 +367,84 @@ impl Injector {
             }),
             None => Ok(rax),
         }
+    }
+
+    /// Runs `calls` one after the other inside thread `t` with one stop: the table goes to
+    /// `table` in the tracee, the results after it. Returns the results of the calls that
+    /// ran; the run ends at the first error, which is then the last result.
+    pub fn batch(
+        &self,
+        t: Tid,
+        base: &Regs,
+        table: u64,
+        calls: &[(i64, [u64; 6])],
+        what: &str,
+    ) -> Result<Vec<u64>, Error> {
+        let n = calls.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut bytes = Vec::with_capacity(n * 64);
+        for (nr, args) in calls {
+            bytes.extend_from_slice(&nr.to_ne_bytes());
+            for a in args {
+                bytes.extend_from_slice(&a.to_ne_bytes());
+            }
+        }
+        const UNSET: u64 = 0x0bad_0bad_0bad_0bad;
+        for _ in 0..n {
+            bytes.extend_from_slice(&UNSET.to_ne_bytes());
+        }
+        self.write(table, &bytes)?;
+        let results_at = table + 56 * n as u64;
+        let mut r = *base;
+        r[reg::RIP] = self.scratch + BATCH_OFF;
+        r[reg::ORIG_RAX] = u64::MAX;
+        r[reg::R12] = table;
+        r[reg::R13] = n as u64;
+        r[reg::R14] = results_at;
+        t.set_regs(&r)?;
+        t.cont(0)?;
+        t.wait_stop(libc::SIGTRAP, what)?;
+        let mut raw = vec![0u8; n * 8];
+        self.read(results_at, &mut raw)?;
+        Ok(raw
+            .chunks_exact(8)
+            .map(|c| {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(c);
+                u64::from_ne_bytes(w)
+            })
+            .take_while(|&v| v != UNSET)
+            .collect())
+    }
+
+    /// [`Injector::batch`] where every call must succeed: the first error names its call
+    /// with `names(i)`.
+    pub fn batch_ok(
+        &self,
+        t: Tid,
+        base: &Regs,
+        table: u64,
+        calls: &[(i64, [u64; 6])],
+        names: impl Fn(usize) -> String,
+    ) -> Result<Vec<u64>, Error> {
+        let out = self.batch(t, base, table, calls, &names(0))?;
+        if let Some(e) = out.last().and_then(|&v| syscall_error(v)) {
+            return Err(Error::Remote {
+                what: names(out.len() - 1),
+                source: e,
+            });
+        }
+        if out.len() != calls.len() {
+            return Err(Error::Invalid(format!(
+                "{}: the batch stopped after {} of {} calls",
+                names(0),
+                out.len(),
+                calls.len()
+            )));
+        }
+        Ok(out)
     }
 
     /// Runs the copy loop over `count` (dst, src, len) triples stored at `list`.
