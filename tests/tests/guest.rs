@@ -103,6 +103,12 @@ fn boot_and_snapshot(attempt: u32) -> Result<Booted, String> {
     }
     let code = vm.stop();
     assert_eq!(code, 5, "stop must end with exit code 5");
+    // scripts/test runs recovery/'s real-image tests on this memory afterwards.
+    if let Some(out) = std::env::var_os("OWVMM_TEST_IMAGE_OUT") {
+        let out = PathBuf::from(out);
+        std::fs::copy(snapshot.join("memory.bin"), out.join("memory.bin"))
+            .expect("copy the guest memory for recovery/'s tests");
+    }
     Ok(Booted {
         count_at_snapshot: last_count(&console),
         snapshot,
