@@ -20,6 +20,10 @@ pub const ERESTARTNOHAND: i64 = 514;
 pub const ERESTART_RESTARTBLOCK: i64 = 516;
 /// Most CPUs looked at (`NR_CPUS` is at most 8192 on x86-64).
 pub const MAX_CPUS: u32 = 8192;
+/// System calls that are run again rather than failed with EINTR when the crash caught
+/// them in progress: clone, fork, vfork, clone3 (they have no effect visible to the
+/// caller until they return, and the kernel never lets them fail with EINTR).
+pub const RESTARTED_SYSCALLS: [u64; 4] = [56, 57, 58, 435];
 
 fn signed(v: u64) -> i64 {
     i64::from_ne_bytes(v.to_ne_bytes())
@@ -211,10 +215,17 @@ impl UserRegs {
 /// system call returns `-EINTR` (rip unchanged); `orig_rax` is -1; segments as in
 /// [`UserRegs::normalized`]; `fs_base`/`gs_base` as given (the task's saved bases).
 pub fn final_user_regs(regs: &PtRegs, fs_base: u64, gs_base: u64) -> UserRegs {
-    let rax = if classify_syscall(regs).interrupted() {
-        unsigned(-EINTR)
-    } else {
-        regs.ax
+    let (rax, rip) = match classify_syscall(regs) {
+        // Never seen as EINTR by a program: run them again (the kernel restarts these
+        // itself: fork and friends return -ERESTARTNOINTR on a signal).
+        SyscallState::InProgress { nr } if RESTARTED_SYSCALLS.contains(&nr) => {
+            (nr, regs.ip.wrapping_sub(2))
+        }
+        SyscallState::RestartOnExit { nr, code } if code == -ERESTARTNOINTR => {
+            (nr, regs.ip.wrapping_sub(2))
+        }
+        s if s.interrupted() => (unsigned(-EINTR), regs.ip),
+        _ => (regs.ax, regs.ip),
     };
     UserRegs {
         r15: regs.r15,
@@ -233,7 +244,7 @@ pub fn final_user_regs(regs: &PtRegs, fs_base: u64, gs_base: u64) -> UserRegs {
         rsi: regs.si,
         rdi: regs.di,
         orig_rax: regs.orig_ax,
-        rip: regs.ip,
+        rip,
         cs: regs.cs,
         eflags: regs.flags,
         rsp: regs.sp,
@@ -410,6 +421,11 @@ mod tests {
             );
         }
         assert_eq!(unsigned(-EINTR), 0xffff_ffff_ffff_fffc);
+        // fork/clone caught in progress, or on its way out to restart: run again.
+        for (orig, ax) in [(56, -ENOSYS), (57, -ERESTARTNOINTR), (435, -ENOSYS)] {
+            let r = final_user_regs(&frame(orig, ax), 0, 0);
+            assert_eq!((r.rax, r.rip), (unsigned(orig), 0x40_0ffe), "orig {orig}");
+        }
         let r = final_user_regs(&frame(1, 2), 3, 4);
         assert_eq!(UserRegs::from_array(r.to_array()), r);
         assert_eq!(r.to_array()[21], 3);

@@ -348,7 +348,7 @@ fn watch_crash(sock: &Path, counter: &Counter, deadline: Instant) -> Result<(), 
             _ => {}
         }
     }
-    if counter.wait_above(at_crash, Duration::from_secs(60)) {
+    if counter.wait_above(at_crash + 2, Duration::from_secs(60)) {
         eprintln!(
             "\n== the counter was at {at_crash} when the kernel crashed; in the fresh kernel it went on: {}",
             counter.get()
