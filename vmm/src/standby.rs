@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -160,6 +161,15 @@ impl StandbySpec {
             .args(["--on-crash", "exit", "--hang-timeout", "0"]);
         if let Some(i) = &self.initrd {
             cmd.arg("--initrd").arg(i);
+        }
+        // SAFETY: the closure runs in the child between fork and exec and only makes one
+        // async-signal-safe system call.
+        unsafe {
+            cmd.pre_exec(|| {
+                // The standby guest must not outlive the owvmm that wanted it.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(console))

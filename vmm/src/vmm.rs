@@ -148,6 +148,8 @@ struct Recovering {
     kernel_ms: f64,
     /// When `resurrect` went to the crash kernel's agent.
     resurrect_sent: Option<Instant>,
+    /// How long the agent may take.
+    resurrect_limit: Duration,
     /// Processes left out of the manifest, with the reason.
     excluded: Vec<Value>,
 }
@@ -843,7 +845,13 @@ impl Vmm {
         } else {
             self.panic_seen = None;
         }
-        if let Some(limit) = self.hang_timeout {
+        // While the crash kernel's agent resurrects, one big process can keep it busy
+        // (and silent) for minutes; the resurrection has its own time limit.
+        let resurrecting = self
+            .recovering
+            .as_ref()
+            .is_some_and(|r| r.resurrect_sent.is_some());
+        if let Some(limit) = self.hang_timeout.filter(|_| !resurrecting) {
             let since = a.last_seen.map_or(self.hang_ref, |t| t.max(self.hang_ref));
             if a.ready && self.state == State::Running && since.elapsed() > limit {
                 self.crash(CrashCause::Hang {

@@ -12,8 +12,11 @@ use super::*;
 use crate::arch::layout::{MANIFEST_BASE, MANIFEST_SLOT, WINDOW_BASE, WINDOW_FIRST_SLOT};
 use crate::vstate::vm::set_slots;
 
-/// How long the crash kernel's agent may take to resurrect the processes.
-const RESURRECT_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long the crash kernel's agent may take to resurrect the processes: a base, plus a
+/// time per MiB of memory to copy (each new page is zeroed by the guest kernel first, about
+/// 2 ms per page where guest kernel code is emulated).
+const RESURRECT_BASE: Duration = Duration::from_secs(300);
+const RESURRECT_PER_MIB: Duration = Duration::from_secs(4);
 
 impl Vmm {
     /// Reads a u32 of the kernel image (link address `va`), for kernels loaded where
@@ -318,12 +321,18 @@ impl Vmm {
             .as_ref()
             .map(|m| m.excluded.clone())
             .unwrap_or_default();
+        let copy_mib = self
+            .manifest
+            .as_ref()
+            .map_or(0, |m| u32::try_from(m.copy_bytes >> 20).unwrap_or(u32::MAX));
         self.recovering = Some(Recovering {
             detected,
             freeze_ms,
             extract_ms,
             kernel_ms,
             resurrect_sent: None,
+            resurrect_limit: RESURRECT_BASE
+                .saturating_add(RESURRECT_PER_MIB.saturating_mul(copy_mib)),
             excluded,
         });
         Ok(())
@@ -385,10 +394,11 @@ impl Vmm {
         };
         if let Some(done) = a.resurrect_done {
             self.morph(Some((sent.elapsed().as_secs_f64() * 1000.0, done)));
-        } else if sent.elapsed() > RESURRECT_TIMEOUT {
+        } else if sent.elapsed() > r.resurrect_limit {
+            let secs = r.resurrect_limit.as_secs();
             self.events.publish(
                 "recovery-failed",
-                json!({ "stage": "resurrection", "error": format!("no answer from the crash kernel's agent in {} s", RESURRECT_TIMEOUT.as_secs()) }),
+                json!({ "stage": "resurrection", "error": format!("no answer from the crash kernel's agent in {secs} s") }),
             );
             self.morph(None);
         }
