@@ -54,11 +54,11 @@ pub enum OnCrash {
     /// Start the crash kernel from its warm standby (a snapshot of a freshly booted guest
     /// of the same shape) in place of the dead one; the old memory is kept until the
     /// recovery is done, then given back.
+    #[default]
     Microreboot,
     /// Freeze the guest and keep the VMM up (inspect, snapshot, stop).
     Pause,
     /// End the VMM with exit code 4.
-    #[default]
     Exit,
 }
 

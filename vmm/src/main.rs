@@ -48,27 +48,9 @@ enum Cmd {
     Standby(StandbyArgs),
 }
 
-#[derive(Args)]
-struct StandbyArgs {
-    /// Kernel [default: the default image's vmlinux]
-    #[arg(long)]
-    kernel: Option<PathBuf>,
-    /// Initramfs [default: the default image's]
-    #[arg(long)]
-    initrd: Option<PathBuf>,
-    /// Kernel command line [default: the default image's]
-    #[arg(long)]
-    cmdline: Option<String>,
-    /// Guest RAM in MiB
-    #[arg(long, default_value_t = 128)]
-    mem: u64,
-    /// Number of vCPUs
-    #[arg(long, default_value_t = 1)]
-    vcpus: u8,
-}
-
+/// What a guest boots and its shape (shared by `run` and `standby`).
 #[derive(Args, Clone, Default)]
-struct RunArgs {
+struct GuestArgs {
     /// Kernel: uncompressed vmlinux (ELF) or bzImage [default: the default image's vmlinux]
     #[arg(long)]
     kernel: Option<PathBuf>,
@@ -84,6 +66,18 @@ struct RunArgs {
     /// Number of vCPUs
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
+}
+
+#[derive(Args)]
+struct StandbyArgs {
+    #[command(flatten)]
+    guest: GuestArgs,
+}
+
+#[derive(Args, Clone, Default)]
+struct RunArgs {
+    #[command(flatten)]
+    guest: GuestArgs,
     /// Control socket path (Unix socket, mode 0600, JSON lines; see docs/control-socket.md)
     #[arg(long)]
     api_sock: Option<PathBuf>,
@@ -215,8 +209,11 @@ fn main() -> ExitCode {
 impl RunArgs {
     fn default_run() -> Self {
         RunArgs {
-            mem: 128,
-            vcpus: 1,
+            guest: GuestArgs {
+                mem: 128,
+                vcpus: 1,
+                ..Default::default()
+            },
             hang_timeout: 60,
             ..Default::default()
         }
@@ -229,7 +226,7 @@ fn build_config(a: RunArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
         .iter()
         .map(|s| parse_add(s))
         .collect::<Result<Vec<_>, _>>()?;
-    let (kernel, initrd) = match (&a.restore, a.kernel.clone(), a.initrd.clone()) {
+    let (kernel, initrd) = match (&a.restore, a.guest.kernel.clone(), a.guest.initrd.clone()) {
         (Some(_), _, _) => (PathBuf::new(), None),
         (None, Some(k), i) => (k, i),
         (None, None, i) => {
@@ -238,6 +235,7 @@ fn build_config(a: RunArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
         }
     };
     let cmdline = a
+        .guest
         .cmdline
         .clone()
         .unwrap_or_else(owvmm::image::default_cmdline);
@@ -253,8 +251,8 @@ fn build_config(a: RunArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
             cmdline,
         },
         machine: MachineConfig {
-            mem_mib: a.mem,
-            vcpus: a.vcpus,
+            mem_mib: a.guest.mem,
+            vcpus: a.guest.vcpus,
         },
         api_sock: a.api_sock,
         add,
@@ -292,12 +290,12 @@ fn auto_standby(
         kernel: kernel.to_path_buf(),
         initrd: initrd.cloned(),
         cmdline: cmdline.to_owned(),
-        mem_mib: a.mem,
-        vcpus: a.vcpus,
+        mem_mib: a.guest.mem,
+        vcpus: a.guest.vcpus,
     })
 }
 
-fn standby(a: StandbyArgs) -> ExitCode {
+fn standby(StandbyArgs { guest: a }: StandbyArgs) -> ExitCode {
     let spec = (|| -> Result<owvmm::standby::StandbySpec, Box<dyn std::error::Error>> {
         let (kernel, initrd) = match (a.kernel, a.initrd) {
             (Some(k), Some(i)) => (k, i),

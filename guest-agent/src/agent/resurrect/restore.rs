@@ -590,13 +590,8 @@ fn map_areas<'p>(
         let table = (data + strings.len() as u64).next_multiple_of(8);
         let fds = inj.batch(t, base, table, &opens, "open mapped files")?;
         for (fd, (path, rw)) in fds.iter().zip(&wanted) {
-            if let Some(e) = syscall_failed(*fd) {
-                return Err(Error::Remote {
-                    what: format!("open {}", text(path)),
-                    source: e,
-                });
-            }
-            open_files.push((path, *rw, *fd));
+            let fd = tracer::checked(*fd, &format!("open {}", text(path)))?;
+            open_files.push((path, *rw, fd));
         }
     }
     let mut maps = Vec::new();
@@ -653,14 +648,6 @@ fn map_areas<'p>(
         }
     }
     Ok(())
-}
-
-/// A raw system call result that is an error.
-fn syscall_failed(rax: u64) -> Option<io::Error> {
-    let v = i64::from_ne_bytes(rax.to_ne_bytes());
-    (-4095..0)
-        .contains(&v)
-        .then(|| io::Error::from_raw_os_error(i32::try_from(-v).unwrap_or(libc::EINVAL)))
 }
 
 /// Copies every `copy` run from the window with the child's `rep movsb` loop, in batches

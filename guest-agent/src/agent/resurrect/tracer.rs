@@ -268,6 +268,17 @@ fn syscall_error(rax: u64) -> Option<io::Error> {
     })
 }
 
+/// `rax` as a result, a negative errno as an error naming `what`.
+pub fn checked(rax: u64, what: &str) -> Result<u64, Error> {
+    match syscall_error(rax) {
+        Some(e) => Err(Error::Remote {
+            what: what.to_owned(),
+            source: e,
+        }),
+        None => Ok(rax),
+    }
+}
+
 impl Injector {
     pub fn new(pid: i32, scratch: u64) -> Result<Self, Error> {
         let path = format!("/proc/{pid}/mem");
@@ -319,13 +330,7 @@ impl Injector {
         what: &str,
     ) -> Result<u64, Error> {
         let rax = self.raw(t, base, nr, args, what)?;
-        match syscall_error(rax) {
-            Some(e) => Err(Error::Remote {
-                what: what.to_owned(),
-                source: e,
-            }),
-            None => Ok(rax),
-        }
+        checked(rax, what)
     }
 
     /// Loads the registers for `nr(args)` at the scratch `syscall`, without running it.
@@ -360,13 +365,7 @@ impl Injector {
         t.cont_syscall()?;
         t.wait_stop(libc::SIGTRAP | 0x80, what)?;
         let rax = t.get_regs()?[reg::RAX];
-        match syscall_error(rax) {
-            Some(e) => Err(Error::Remote {
-                what: what.to_owned(),
-                source: e,
-            }),
-            None => Ok(rax),
-        }
+        checked(rax, what)
     }
 
     /// Runs `calls` one after the other inside thread `t` with one stop: the table goes to
@@ -430,11 +429,8 @@ impl Injector {
         names: impl Fn(usize) -> String,
     ) -> Result<Vec<u64>, Error> {
         let out = self.batch(t, base, table, calls, &names(0))?;
-        if let Some(e) = out.last().and_then(|&v| syscall_error(v)) {
-            return Err(Error::Remote {
-                what: names(out.len() - 1),
-                source: e,
-            });
+        if let Some(&last) = out.last() {
+            checked(last, &names(out.len() - 1))?;
         }
         if out.len() != calls.len() {
             return Err(Error::Invalid(format!(
