@@ -388,6 +388,11 @@ impl Vmm {
                 window_len,
             };
             r.resurrect_sent = Some(Instant::now());
+            eprintln!(
+                "\r\nowvmm: crash kernel up; bringing back {} processes ({} MiB to copy)\r",
+                m.included.len(),
+                m.copy_bytes >> 20
+            );
             lock(&self.agent).resurrect_done = None;
             self.send_agent(&msg);
             return;
