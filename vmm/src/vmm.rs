@@ -552,6 +552,8 @@ impl Vmm {
         for h in v.vcpus.drain(..) {
             h.finish();
         }
+        drop(v);
+        crate::api::server::drain(Duration::from_secs(2));
         result
     }
 

@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::time::Duration;
 
@@ -37,6 +38,18 @@ pub struct ApiCall {
     pub request: Request,
     /// Where the reply goes.
     pub reply: Sender<Value>,
+}
+
+/// Requests taken from clients whose replies have not been written back yet.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Waits (at most `limit`) until every reply the VMM gave has reached its client: the
+/// reply to `stop` must not be lost to the process exiting.
+pub fn drain(limit: std::time::Duration) {
+    let end = std::time::Instant::now() + limit;
+    while IN_FLIGHT.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 /// Checks that `path` can be bound: refuses a live socket or a non-socket file.
@@ -146,15 +159,19 @@ fn serve_client(stream: UnixStream, calls: Sender<ApiCall>, wake: EventFd, event
             return;
         }
         let (tx, rx) = channel();
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
         if calls.send(ApiCall { request, reply: tx }).is_err() {
             send(&mut out, &error("the VMM is shutting down"));
+            IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
             return;
         }
         let _ = wake.write(1);
         let reply = rx
             .recv_timeout(REPLY_TIMEOUT)
             .unwrap_or_else(|_| error("the VMM did not answer"));
-        if !send(&mut out, &reply) {
+        let sent = send(&mut out, &reply);
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        if !sent {
             return;
         }
     }
