@@ -125,7 +125,11 @@ static int threads(const char *file) {
     for (unsigned long count = 1;; count++) {
         char line[64];
         int len = snprintf(line, sizeof line, "line %lu\n", count);
-        if (write(fd, line, (size_t)len) != len) {
+        ssize_t w;
+        /* A write cut off by the crash comes back as EINTR: do it again. */
+        while ((w = write(fd, line, (size_t)len)) < 0 && errno == EINTR) {
+        }
+        if (w != len) {
             printf("threads pid=%d write failed: %s\n", getpid(), strerror(errno));
             fflush(stdout);
         }

@@ -469,12 +469,20 @@ impl Vmm {
         let message = DEFAULT_PAGE_OFFSET + CRASH_MESSAGE_GPA;
         self.crash_requested = Some(Instant::now());
         let was_paused = self.state == State::Paused;
-        for _ in 0..300 {
+        for attempt in 0..300 {
             self.pause_all().map_err(|e| crate::error_chain(&e))?;
-            for h in &self.vcpus {
+            // An idle vCPU first (in the first attempts), so that no program is cut off in
+            // the middle of a system call with side effects, as a write half done.
+            let passes: &[bool] = if attempt < 20 { &[true] } else { &[false] };
+            for h in passes
+                .iter()
+                .flat_map(|&idle_only| self.vcpus.iter().map(move |h| (h, idle_only)))
+            {
+                let (h, idle_only) = h;
                 if let Ok(VcpuResponse::Injected) = h.request(VcpuRequest::InjectCall {
                     rip: panic,
                     rdi: message,
+                    idle_only,
                 }) {
                     let id = h.id;
                     self.resume_all().map_err(|e| crate::error_chain(&e))?;

@@ -145,6 +145,9 @@ pub enum VcpuRequest {
         rip: u64,
         /// First argument.
         rdi: u64,
+        /// Only if the vCPU is idle (halted), so that no task is cut off in the middle
+        /// of a system call.
+        idle_only: bool,
     },
     /// Leave the thread.
     Finish,
@@ -376,12 +379,14 @@ impl Vcpu {
             VcpuRequest::SaveState => VcpuResponse::Error("not paused".into()),
             VcpuRequest::ProbeHalted => VcpuResponse::Halted(self.dead_halted()),
             VcpuRequest::Describe => VcpuResponse::Description(self.describe()),
-            VcpuRequest::InjectCall { rip, rdi } if *state == RunState::Paused => {
-                match self.inject_call(rip, rdi) {
-                    Ok(()) => VcpuResponse::Injected,
-                    Err(e) => VcpuResponse::Error(e),
-                }
-            }
+            VcpuRequest::InjectCall {
+                rip,
+                rdi,
+                idle_only,
+            } if *state == RunState::Paused => match self.inject_call(rip, rdi, idle_only) {
+                Ok(()) => VcpuResponse::Injected,
+                Err(e) => VcpuResponse::Error(e),
+            },
             VcpuRequest::InjectCall { .. } => VcpuResponse::Error("not paused".into()),
             VcpuRequest::RestoreState(s) if *state == RunState::Paused => {
                 match restore_state(&self.fd, self.id, &s) {
@@ -420,11 +425,18 @@ impl Vcpu {
         }
     }
 
-    fn inject_call(&self, rip: u64, rdi: u64) -> Result<(), String> {
+    fn inject_call(&self, rip: u64, rdi: u64, idle_only: bool) -> Result<(), String> {
         const X86_EFLAGS_IF: u64 = 1 << 9;
+        const KVM_MP_STATE_HALTED: u32 = 3;
         let sregs = self.fd.get_sregs().map_err(|e| e.to_string())?;
         if sregs.cs.dpl != 0 {
             return Err("in user mode".into());
+        }
+        if idle_only {
+            let mp = self.fd.get_mp_state().map_err(|e| e.to_string())?;
+            if mp.mp_state != KVM_MP_STATE_HALTED {
+                return Err("not idle".into());
+            }
         }
         let mut regs = self.fd.get_regs().map_err(|e| e.to_string())?;
         regs.rip = rip;
