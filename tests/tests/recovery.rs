@@ -189,8 +189,9 @@ fn crash_and_check(vm: &mut Vm, ev: &mut Conn, how: &str, round: usize) {
         );
     }
     // (a) same pid, the count goes on, the checksum holds.
+    // A whole line (the dying kernel's panic message can cut the last one in two).
     let heap = wait_program(vm, from, "heap", f.pids["heap"], |l| {
-        num(l, "count") > heap_before
+        num(l, "count") > heap_before && l.contains(" sum=") && l.contains(" f=")
     });
     assert!(heap.contains("sum=ok"), "round {round}: {heap}");
     let after = vm.console();
