@@ -7,44 +7,15 @@
 
 use std::fs::{self, File};
 use std::io::{Read as _, Write as _};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{openpty, Pty};
+
 const TIMEOUT: Duration = Duration::from_secs(15);
-
-/// A pseudo-terminal: our master side and the path of the slave side.
-struct Pty {
-    master: File,
-    slave_path: PathBuf,
-    _slave: OwnedFd,
-}
-
-fn openpty() -> Pty {
-    let mut master: libc::c_int = -1;
-    let mut slave: libc::c_int = -1;
-    // SAFETY: the out-pointers are valid; name, termios and winsize may be NULL.
-    let ret = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(ret, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: openpty succeeded; both descriptors are open and owned by nobody else.
-    let (master, slave) = unsafe { (File::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    let slave_path =
-        fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd())).expect("pty slave path");
-    Pty {
-        master,
-        slave_path,
-        _slave: slave,
-    }
-}
 
 /// Waits until `f` is readable or `deadline` passes.
 fn readable(f: &File, deadline: Instant) -> bool {

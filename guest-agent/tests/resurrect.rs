@@ -11,11 +11,13 @@
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{Read as _, Write as _};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
 
 const PAGE: u64 = 4096;
 const PAGE_SZ: usize = 4096;
@@ -33,23 +35,11 @@ struct Agent {
 
 impl Agent {
     fn start(dir: &Path, mem: &Path) -> Self {
-        let mut master: libc::c_int = -1;
-        let mut slave: libc::c_int = -1;
-        // SAFETY: the out-pointers are valid; name, termios and winsize may be NULL.
-        let ret = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(ret, 0, "openpty: {}", std::io::Error::last_os_error());
-        // SAFETY: openpty succeeded; both descriptors are open and owned by nobody else.
-        let (master, slave) = unsafe { (File::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-        let slave_path =
-            fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd())).expect("pty path");
+        let common::Pty {
+            master,
+            slave_path,
+            _slave: slave,
+        } = common::openpty();
         let exec = dir.join("exec");
         fs::write(&exec, "sleep 1000\n").expect("exec file");
         let log = dir.join("agent.log");
