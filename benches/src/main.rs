@@ -267,15 +267,7 @@ fn run() -> Result<bool> {
     let ctx = Context {
         nproc: std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         host_kernel: read_trim("/proc/sys/kernel/osrelease"),
-        cpu: std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|c| {
-                c.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .and_then(|l| l.split_once(':'))
-                    .map(|(_, v)| v.trim().to_string())
-            })
-            .unwrap_or_else(|| "?".into()),
+        cpu: proc::cpu_model(),
         pvm,
         date: proc::first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
             .unwrap_or_else(|| "?".into()),

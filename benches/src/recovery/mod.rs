@@ -109,7 +109,7 @@ pub fn run(o: &Opts) -> Result<bool> {
         host: format!(
             "{} CPUs ({}), Linux {}",
             std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
-            cpu_model(),
+            proc::cpu_model(),
             crate::read_trim("/proc/sys/kernel/osrelease")
         ),
         pvm: Path::new("/sys/module/kvm_pvm").exists(),
@@ -174,18 +174,6 @@ pub fn run(o: &Opts) -> Result<bool> {
         );
         Ok(false)
     }
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "?".into())
 }
 
 /// Builds `tests/guest-programs/owtest.c` statically into `work`.
