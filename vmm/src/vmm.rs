@@ -320,11 +320,10 @@ fn overlay(cfg: &VmConfig) -> Result<Vec<u8>, VmmError> {
     Ok(w.finish())
 }
 
-/// What introspection needs from the kernel's build: `System.map` and the raw BTF,
-/// found next to the kernel image.
+/// What introspection needs from the kernel's build: its symbols (`System.map`) and the
+/// raw BTF, found next to the kernel image.
 struct KernelInfo {
     symbols: SymbolTable,
-    system_map: String,
     btf: Option<Vec<u8>>,
 }
 
@@ -333,11 +332,7 @@ fn load_kernel_info(kernel: &str) -> Option<KernelInfo> {
     let system_map = std::fs::read_to_string(dir.join("System.map")).ok()?;
     let symbols = SymbolTable::parse_system_map(&system_map).ok()?;
     let btf = std::fs::read(dir.join("vmlinux.btf")).ok();
-    Some(KernelInfo {
-        symbols,
-        system_map,
-        btf,
-    })
+    Some(KernelInfo { symbols, btf })
 }
 
 fn unix_now() -> UnixTime {

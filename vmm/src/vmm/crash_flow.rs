@@ -177,7 +177,17 @@ impl Vmm {
         let btf_blob = info.btf.as_deref()?;
         let t0 = Instant::now();
         let mem = GuestMem(&self.mem);
-        let report = owvmm_recovery::inspect(&mem, &info.system_map, btf_blob);
+        // One parse of the types and one kernel view serve the report and the manifest.
+        let btf = owvmm_recovery::btf::Btf::parse(btf_blob).map_err(|e| format!("BTF: {e}"));
+        let kernel = btf.as_ref().map_err(Clone::clone).and_then(|b| {
+            owvmm_recovery::kernel::Kernel::new(&mem, &info.symbols, b)
+                .map_err(|e| format!("kernel: {e}"))
+        });
+        let mut report = owvmm_recovery::Report::default();
+        match &kernel {
+            Ok(k) => owvmm_recovery::inspect::inspect_kernel(k, &mut report),
+            Err(e) => report.problems.push(e.clone()),
+        }
         let processes: Vec<Value> = report
             .user_tasks()
             .filter(|t| t.is_leader())
@@ -197,7 +207,7 @@ impl Vmm {
             .collect();
         let inspect_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let manifest = if self.on_crash == OnCrash::Microreboot {
-            let m = manifest::build(&mem, info, &report, cpus, culprit_cpu);
+            let m = manifest::build(kernel.as_ref(), &report, cpus, culprit_cpu);
             if let Some(e) = &m.error {
                 self.events
                     .publish("manifest-failed", json!({ "error": e }));

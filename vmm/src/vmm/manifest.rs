@@ -1,7 +1,6 @@
 //! The resurrection manifest handed to the crash kernel's agent (docs/resurrection.md),
 //! built by `recovery/` from the dead kernel's memory and the vCPUs frozen at the crash.
 
-use owvmm_recovery::btf::Btf;
 use owvmm_recovery::kernel::Kernel;
 use std::collections::BTreeMap;
 
@@ -10,7 +9,6 @@ use owvmm_recovery::regs::{CpuUserState, UserRegs};
 use owvmm_recovery::tasks::FxSave;
 use serde_json::{json, Value};
 
-use super::{GuestMem, KernelInfo};
 use crate::vstate::vcpu::VcpuState;
 use owvmm_recovery::Report;
 
@@ -107,29 +105,22 @@ impl CpuAtCrash {
 
 /// Builds the manifest for the processes in `report`.
 pub(super) fn build(
-    mem: &GuestMem<'_>,
-    info: &KernelInfo,
+    kernel: Result<&Kernel<'_>, &String>,
     report: &Report,
     cpus: &[CpuAtCrash],
     culprit_cpu: Option<u32>,
 ) -> Manifest {
-    let failed = |e: String| Manifest {
-        text: String::new(),
-        included: Vec::new(),
-        excluded: Vec::new(),
-        copy_bytes: 0,
-        error: Some(e),
-    };
-    let Some(btf_blob) = info.btf.as_deref() else {
-        return failed("no vmlinux.btf next to the kernel".into());
-    };
-    let btf = match Btf::parse(btf_blob) {
-        Ok(b) => b,
-        Err(e) => return failed(format!("BTF: {e}")),
-    };
-    let kernel = match Kernel::new(mem, &info.symbols, &btf) {
+    let kernel = match kernel {
         Ok(k) => k,
-        Err(e) => return failed(format!("kernel: {e}")),
+        Err(e) => {
+            return Manifest {
+                text: String::new(),
+                included: Vec::new(),
+                excluded: Vec::new(),
+                copy_bytes: 0,
+                error: Some(e.clone()),
+            }
+        }
     };
     let states: Vec<CpuUserState> = cpus.iter().map(CpuAtCrash::user_state).collect();
     let mut left_out = BTreeMap::new();
@@ -147,7 +138,7 @@ pub(super) fn build(
             ),
         );
     }
-    let m = build_manifest_excluding(&kernel, report, &states, &left_out);
+    let m = build_manifest_excluding(kernel, report, &states, &left_out);
     let copy_bytes = m
         .text
         .lines()
