@@ -25,7 +25,7 @@ const EXIT_BAD_ARGS: u8 = 2;
     long_about = "owvmm runs a Linux guest on KVM. With no command it boots the default guest \
 (built on first use into ~/.cache/owvmm) with a shell on the console; Ctrl-A x quits.",
     after_help = "Exit codes of `run`: 0 guest powered off, 1 VMM error, 2 bad arguments, \
-3 guest reset/reboot, 4 guest kernel crash, 5 stopped (ctl stop, Ctrl-A x)."
+3 guest reset/reboot, 4 guest kernel crash not recovered, 5 stopped (ctl stop, Ctrl-A x)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -41,7 +41,8 @@ enum Cmd {
     /// Build or locate the default guest kernel and initramfs.
     #[command(subcommand)]
     Image(ImageCmd),
-    /// Show what owvmm does on the default guest: boot, agent, snapshot, restore, crash.
+    /// Show what owvmm does on the default guest: boot, snapshot, restore, then a kernel crash
+    /// that the program survives.
     Demo(demo::DemoArgs),
     /// Prepare (or find in the cache) the crash kernel's warm standby for a machine shape,
     /// and print its directory. `owvmm run` does this by itself when it needs one.

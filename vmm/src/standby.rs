@@ -122,7 +122,20 @@ impl StandbySpec {
             .map_err(|e| StandbyError::Io(format!("cannot create {}", tmp.display()), e))?;
         let sock = tmp.join("api.sock");
         let mut child = self.spawn(&tmp, &sock)?;
-        let r = wait_and_snapshot(&mut child, &sock, &tmp.join("snap"));
+        // Why it failed is the last thing the standby's owvmm said.
+        let r = wait_and_snapshot(&mut child, &sock, &tmp.join("snap")).map_err(|e| match e {
+            StandbyError::Boot(what) => {
+                let said = std::fs::read_to_string(tmp.join("stderr.log")).unwrap_or_default();
+                match said.lines().rev().map(str::trim).find(|l| !l.is_empty()) {
+                    Some(last) => {
+                        let last = last.strip_prefix("owvmm: error: ").unwrap_or(last);
+                        StandbyError::Boot(format!("{what}: {last}"))
+                    }
+                    None => StandbyError::Boot(what),
+                }
+            }
+            other => other,
+        });
         let _ = child.kill();
         let _ = child.wait();
         r?;
@@ -143,6 +156,8 @@ impl StandbySpec {
             .map_err(|e| StandbyError::Io("cannot find the owvmm executable".into(), e))?;
         let console = std::fs::File::create(tmp.join("console.log"))
             .map_err(|e| StandbyError::Io("cannot create the standby's console log".into(), e))?;
+        let stderr = std::fs::File::create(tmp.join("stderr.log"))
+            .map_err(|e| StandbyError::Io("cannot create the standby's log".into(), e))?;
         let mut cmd = Command::new(exe);
         // The agent learns from its environment (the kernel hands unknown KEY=VALUE words
         // of the command line to init) that it is a standby: it then keeps the PIDs from
@@ -173,7 +188,7 @@ impl StandbySpec {
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(console))
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(stderr))
             .spawn()
             .map_err(|e| StandbyError::Io("cannot start the standby guest".into(), e))
     }
