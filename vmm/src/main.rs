@@ -1,5 +1,6 @@
 //! The `owvmm` command line.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -196,8 +197,13 @@ fn main() -> ExitCode {
         }
         Cmd::Image(ImageCmd::Path) => match owvmm::image::build(false, None) {
             Ok(img) => {
-                println!("{}", img.kernel_dir.display());
-                println!("{}", img.initramfs.display());
+                // A reader that stops after the first line (`| head -1`) is not an error.
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "{}\n{}",
+                    img.kernel_dir.display(),
+                    img.initramfs.display()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => fail(EXIT_VMM_ERROR, &e),
