@@ -8,6 +8,7 @@
 //! typed fields) → [`list`], [`tasks`], [`mm`] (walkers) → [`inspect::inspect`] (a report).
 
 pub mod btf;
+pub mod budget;
 pub mod inspect;
 pub mod kernel;
 pub mod list;

@@ -10,6 +10,14 @@
  *                        raising SIGUSR1 on itself every other second: its handler counts
  *                        them (a lost handler would kill the process)
  *   owtest sleeper       blocked in nanosleep(1000 s); an EINTR is printed and retried
+ *   owtest corrupt INIT_TASK TASKS PID MM MT_ROOT
+ *                        (a hostile-kernel test, not an ordinary program) starts three
+ *                        children that sleep, then corrupts the running kernel's view of
+ *                        them through /dev/mem: the first gets a wild mm pointer, the
+ *                        second's memory-area tree a node pointing at itself, the third's
+ *                        task-list link a cycle. Arguments: init_task's address (hex) and
+ *                        the byte offsets of task_struct.tasks, .pid, .mm and
+ *                        mm_struct.mm_mt.ma_root, which the test reads from the BTF.
  *
  * Each line starts with the mode and "pid=<getpid()>".
  */
@@ -23,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 static void sleep_1s(void) {
@@ -158,12 +167,98 @@ static int sleeper(void) {
     }
 }
 
+static int devmem = -1;
+
+/* Kernel virtual to guest-physical: the image is loaded at its link address, the rest is
+ * the direct map (no KASLR in the test kernel). */
+static uint64_t pa_of(uint64_t va) {
+    if (va >= 0xffffffff80000000ULL)
+        return va - 0xffffffff80000000ULL;
+    return va - 0xffff888000000000ULL;
+}
+
+static uint64_t rd(uint64_t va) {
+    uint64_t v = 0;
+    if (pread(devmem, &v, sizeof v, (off_t)pa_of(va)) != (ssize_t)sizeof v)
+        return 0;
+    return v;
+}
+
+static int wr(uint64_t va, uint64_t v) {
+    return pwrite(devmem, &v, sizeof v, (off_t)pa_of(va)) == (ssize_t)sizeof v ? 0 : -1;
+}
+
+static uint64_t find_task(uint64_t init_task, long tasks, long pid_off, pid_t pid) {
+    uint64_t head = init_task + tasks, cur = rd(head);
+    for (int i = 0; i < 100000 && cur != head && cur != 0; i++) {
+        uint64_t t = cur - tasks;
+        int32_t p = 0;
+        if (pread(devmem, &p, sizeof p, (off_t)pa_of(t + pid_off)) == (ssize_t)sizeof p && p == pid)
+            return t;
+        cur = rd(cur);
+    }
+    return 0;
+}
+
+static pid_t victim(int many_areas) {
+    pid_t p = fork();
+    if (p != 0)
+        return p;
+    if (many_areas) {
+        /* Enough separate areas that the tree has an internal root node. */
+        for (int i = 0; i < 64; i++) {
+            char *m = mmap(NULL, 4096, (i & 1) ? PROT_READ : PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (m != MAP_FAILED && !(i & 1))
+                m[0] = 1;
+        }
+    }
+    for (;;)
+        pause();
+}
+
+static int corrupt(char **argv) {
+    uint64_t init_task = strtoull(argv[2], NULL, 16);
+    long tasks = atol(argv[3]), pid_off = atol(argv[4]), mm_off = atol(argv[5]),
+         root_off = atol(argv[6]);
+    devmem = open("/dev/mem", O_RDWR);
+    if (devmem < 0) {
+        printf("corrupt pid=%d cannot open /dev/mem: %s\n", getpid(), strerror(errno));
+        return 1;
+    }
+    pid_t a = victim(0), b = victim(1), c = victim(0);
+    sleep_1s();
+    sleep_1s();
+    uint64_t ta = find_task(init_task, tasks, pid_off, a);
+    uint64_t tb = find_task(init_task, tasks, pid_off, b);
+    uint64_t tc = find_task(init_task, tasks, pid_off, c);
+    if (!ta || !tb || !tc) {
+        printf("corrupt pid=%d victims not found in the task list\n", getpid());
+        return 1;
+    }
+    /* a: an mm far outside guest memory. */
+    int ok_a = wr(ta + mm_off, 0xffff88ffdead0000ULL) == 0;
+    /* b: the root node's first slot points at the root node itself. */
+    uint64_t mm = rd(tb + mm_off), root = rd(mm + root_off);
+    unsigned type = (unsigned)(root >> 3) & 0xf;
+    long slot0 = type == 3 ? 80 : 128; /* maple_arange_64 : maple_range_64 */
+    int ok_b = (root & 3) == 2 && root > 4096 && type >= 2 && wr((root & ~0xffULL) + slot0, root) == 0;
+    /* c: its task-list link points back at itself (last: it breaks the walk above). */
+    int ok_c = wr(tc + tasks, tc + tasks) == 0;
+    printf("corrupt pid=%d wild=%d:%s maple=%d:%s cycle=%d:%s\n", getpid(), a, ok_a ? "ok" : "failed",
+           b, ok_b ? "ok" : "failed", c, ok_c ? "ok" : "failed");
+    fflush(stdout);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc == 3 && strcmp(argv[1], "heap") == 0)
         return heap(atol(argv[2]));
     if (argc == 3 && strcmp(argv[1], "threads") == 0)
         return threads(argv[2]);
+    if (argc == 7 && strcmp(argv[1], "corrupt") == 0)
+        return corrupt(argv);
     if (argc == 2 && strcmp(argv[1], "sleeper") == 0)
         return sleeper();
     fprintf(stderr, "usage: owtest heap MIB | threads FILE | sleeper\n");

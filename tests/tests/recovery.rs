@@ -16,16 +16,18 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use owvmm_tests::{
-    default_image, owtest_libraries, owtest_programs, scratch, standby_dir, tail,
+    default_image, owtest_libraries, owtest_programs, run_to_end, scratch, standby_dir, tail,
     wait_console_after, Conn, Vm,
 };
 use serde_json::{json, Value};
 
 const HEAP_MIB: u32 = 16;
 const LOG: &str = "/tmp/owtest-threads.log";
-/// Panics the kernel from inside on the console line `sysrq-crash`.
+/// Panics the kernel from inside on the console line `sysrq-crash`; runs
+/// `owtest-static corrupt ...` on a line `corrupt ...`.
 const SYSRQ_READER: &str = "while read line < /dev/ttyS0; do \
-     case \"$line\" in sysrq-crash) echo c > /proc/sysrq-trigger;; esac; done";
+     case \"$line\" in sysrq-crash) echo c > /proc/sysrq-trigger;; \
+     corrupt*) /opt/owtest/owtest-static $line & ;; esac; done";
 
 struct Fixture {
     snapshot: PathBuf,
@@ -303,5 +305,195 @@ fn a_crash_of_the_crash_kernel_during_recovery_is_reported_and_the_vmm_stays_up(
     let st = vm.call(json!({"cmd": "status"}));
     assert_eq!(st["ok"], json!(true), "{st}");
     assert_eq!(st["crashes"].as_array().map(Vec::len), Some(2), "{st}");
+    assert_eq!(vm.stop(), 5);
+}
+
+/// Sends `status` on a fresh connection and waits at most a second for the answer.
+fn status_within_a_second(vm: &Vm, what: &str) -> Value {
+    let mut c = Conn::open(&vm.sock);
+    c.send(&json!({"cmd": "status"}));
+    let st = c
+        .recv(Duration::from_secs(1))
+        .unwrap_or_else(|| panic!("status was not answered within a second {what}"));
+    assert_eq!(st["ok"], json!(true), "{st}");
+    st
+}
+
+/// `pid=N:ok` of a `corrupt` line's field `key`.
+fn victim(line: &str, key: &str) -> u64 {
+    let v = fields(line).get(key).copied().unwrap_or("");
+    assert!(v.ends_with(":ok"), "corruption {key} failed: {line}");
+    v.split(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_dead_kernel_with_corrupted_structures_costs_only_the_processes_it_corrupted() {
+    use owvmm_recovery::{btf::Btf, symbols::SymbolTable};
+    let mut vm = restore("hostile");
+    let mut ev = vm.events();
+    ev.wait_event("heartbeat", Duration::from_secs(60));
+    // Where the corrupter must write, from the kernel's own BTF and System.map.
+    let (kdir, _) = default_image();
+    let btf = Btf::parse(&std::fs::read(kdir.join("vmlinux.btf")).expect("vmlinux.btf"))
+        .expect("BTF parses");
+    let map = std::fs::read_to_string(kdir.join("System.map")).expect("System.map");
+    let syms = SymbolTable::parse_system_map(&map).expect("System.map parses");
+    let off = |s: &str, m: &str| btf.member(s, m).expect("member in BTF").offset_bytes;
+    let line = format!(
+        "corrupt {:x} {} {} {} {}",
+        syms.addr_of("init_task").expect("init_task"),
+        off("task_struct", "tasks"),
+        off("task_struct", "pid"),
+        off("task_struct", "mm"),
+        off("mm_struct", "mm_mt") + off("maple_tree", "ma_root"),
+    );
+    let from = vm.console().len();
+    vm.type_console(&format!("{line}\n"));
+    let done = wait_console_after(&mut vm, from, Duration::from_secs(120), "corrupt", |c| {
+        c.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("corrupt pid=") && l.contains(" cycle="))
+            .map(str::to_owned)
+    });
+    let (wild, maple, cycle) = (
+        victim(&done, "wild"),
+        victim(&done, "maple"),
+        victim(&done, "cycle"),
+    );
+    let r = vm.call(json!({"cmd": "crash"}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    // Throughout the recovery the VMM answers at once.
+    let mut restored = Vec::new();
+    let mut extraction = Value::Null;
+    let mut recovered = Value::Null;
+    for round in 0..3000 {
+        status_within_a_second(
+            &vm,
+            &format!("(round {round} of polling during the recovery)"),
+        );
+        while let Some(e) = ev.recv(Duration::from_millis(200)) {
+            match e["event"].as_str() {
+                Some("process-restored") => restored.push(e["pid"].as_u64().unwrap_or(0)),
+                Some("extraction-done") => extraction = e,
+                Some("recovery-failed") | Some("microreboot-failed") => {
+                    panic!("recovery failed: {e}\nstderr: {}", vm.stderr())
+                }
+                Some("recovery-done") => recovered = e,
+                _ => {}
+            }
+        }
+        if !recovered.is_null() {
+            break;
+        }
+    }
+    assert!(
+        !recovered.is_null(),
+        "no recovery-done; stderr: {}",
+        vm.stderr()
+    );
+    let f = fixture();
+    for mode in ["heap", "threads", "sleeper"] {
+        let pid = u64::from(f.pids[mode]);
+        assert!(
+            restored.contains(&pid),
+            "{mode} (pid {pid}) not restored: {restored:?}; {recovered}"
+        );
+    }
+    let excluded = recovered["excluded"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let reason = |pid: u64| {
+        excluded
+            .iter()
+            .find(|x| x["pid"].as_u64() == Some(pid))
+            .and_then(|x| x["reason"].as_str().map(str::to_owned))
+    };
+    for (what, pid) in [("wild mm", wild), ("self-pointing maple node", maple)] {
+        assert!(!restored.contains(&pid), "{what}: pid {pid} was restored");
+        let why =
+            reason(pid).unwrap_or_else(|| panic!("{what}: pid {pid} not reported: {recovered}"));
+        assert!(!why.is_empty(), "{what}: empty reason");
+        eprintln!("{what}: pid {pid} not restored: {why}");
+    }
+    // The task-list cycle is repaired from the other side or costs its own task only.
+    let problems = extraction["problems"].to_string();
+    assert!(
+        problems.contains("task list"),
+        "no task-list problem reported: {extraction}"
+    );
+    eprintln!(
+        "cycle: pid {cycle} {}",
+        if restored.contains(&cycle) {
+            "restored"
+        } else {
+            "not restored"
+        }
+    );
+    assert_eq!(vm.stop(), 5);
+}
+
+/// The checksummed heap program of a cold-booted `--mem 3200` guest: 128 MiB of its RAM lie
+/// above 4 GiB, where the kernel puts user pages first.
+#[test]
+fn a_guest_with_memory_above_4_gib_recovers_a_checksummed_program_twice() {
+    let (code, out, err) = run_to_end(&["standby", "--mem", "3200", "--vcpus", "1"]);
+    assert_eq!(code, 0, "owvmm standby --mem 3200 failed: {err}");
+    assert!(!out.trim().is_empty());
+    let (st, _) = owtest_programs();
+    let (kdir, initrd) = default_image();
+    let dir = scratch("above-4g");
+    let add = format!("{}:/opt/owtest/owtest-static", st.display());
+    let heap = format!("/opt/owtest/owtest-static heap {HEAP_MIB}");
+    let kernel = kdir.join("vmlinux").display().to_string();
+    let initrd = initrd.display().to_string();
+    let mut vm = Vm::start_with_input(
+        &dir,
+        &[
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &initrd,
+            "--mem",
+            "3200",
+            "--vcpus",
+            "1",
+            "--add",
+            &add,
+            "--exec",
+            &heap,
+            "--on-crash",
+            "microreboot",
+        ],
+    );
+    vm.wait_agent_ready(Duration::from_secs(1200));
+    let first = wait_console_after(&mut vm, 0, Duration::from_secs(300), "heap", |c| {
+        last_line(c, "heap")
+            .filter(|l| num(l, "count") >= 2)
+            .map(str::to_owned)
+    });
+    let pid = u32::try_from(num(&first, "pid")).unwrap_or(0);
+    let mut ev = vm.events();
+    for round in 0..2 {
+        let before = vm.console();
+        let count = last_line(&before, "heap").map_or(0, |l| num(l, "count"));
+        let from = before.len();
+        let r = vm.call(json!({"cmd": "crash"}));
+        assert_eq!(r["ok"], json!(true), "round {round}: {r}");
+        let (done, restored) = wait_recovery(&mut ev);
+        assert!(
+            restored.contains(&u64::from(pid)),
+            "round {round}: heap (pid {pid}) not restored: {done}\nstderr: {}",
+            vm.stderr()
+        );
+        let line = wait_program(&mut vm, from, "heap", pid, |l| {
+            num(l, "count") > count && l.contains(" sum=") && l.contains(" f=")
+        });
+        assert!(line.contains("sum=ok"), "round {round}: {line}");
+        eprintln!("--mem 3200 round {round}: {line}");
+    }
     assert_eq!(vm.stop(), 5);
 }

@@ -24,10 +24,7 @@ use crate::api::protocol::{error, ok, Request};
 use crate::api::server::ApiCall;
 use crate::arch::{boot, mptable, regs};
 use crate::config::VmConfig;
-use crate::crash::{
-    ConsoleTail, CrashCause, OnCrash, TeeConsole, CRASH_MESSAGE, CRASH_MESSAGE_GPA,
-    DEFAULT_PAGE_OFFSET, PANIC_CPU_INVALID, START_KERNEL_MAP,
-};
+use crate::crash::{ConsoleTail, CrashCause, OnCrash, TeeConsole};
 use crate::devices::bus::{lock, PioBus};
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{SerialOut, SerialPort};
@@ -39,10 +36,12 @@ use crate::vstate::vcpu::{
 };
 use crate::vstate::vm::{restore_vm_state, save_vm_state, KvmContext};
 
-mod crash_flow;
+mod detect;
 mod manifest;
+mod recovery;
 
-use manifest::Manifest;
+use recovery::Recovery;
+pub use recovery::RecoveryError;
 
 /// Errors while building or running the VM.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +82,9 @@ pub enum VmmError {
     /// The event loop failed.
     #[error("event loop failed: {0}")]
     EventLoop(String),
+    /// The microreboot failed.
+    #[error("microreboot failed")]
+    Recovery(#[from] RecoveryError),
     /// A host resource (eventfd, timerfd) could not be made.
     #[error("cannot create {0}")]
     Host(&'static str, #[source] std::io::Error),
@@ -137,23 +139,6 @@ enum State {
     Paused,
 }
 
-/// A microreboot in progress: the crash kernel runs, the old memory is still held.
-struct Recovering {
-    detected: Instant,
-    /// Detection to frozen and captured.
-    freeze_ms: f64,
-    /// Reading the dead kernel and building the manifest.
-    extract_ms: f64,
-    /// Standby loaded and running.
-    kernel_ms: f64,
-    /// When `resurrect` went to the crash kernel's agent.
-    resurrect_sent: Option<Instant>,
-    /// How long the agent may take.
-    resurrect_limit: Duration,
-    /// Processes left out of the manifest, with the reason.
-    excluded: Vec<Value>,
-}
-
 /// Resident memory of this process, in bytes (from /proc/self/statm).
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -194,7 +179,7 @@ pub struct Vmm {
     state: State,
     started: Instant,
     exit: Option<ExitReason>,
-    kernel_info: Option<KernelInfo>,
+    kernel_info: Option<Arc<KernelInfo>>,
     machine: MachineInfo,
     host: HostKvm,
     restored_from: Option<PathBuf>,
@@ -205,16 +190,9 @@ pub struct Vmm {
     crashes: Vec<Value>,
     crashed: bool,
     console_tail: ConsoleTail,
-    standby: Option<PathBuf>,
-    /// The standby being prepared in the background (no `--standby`, none cached yet).
-    standby_job: Option<std::thread::JoinHandle<Result<PathBuf, crate::standby::StandbyError>>>,
+    /// The standby, the recovery in progress and its stage.
+    recovery: Recovery,
     panic_seen: Option<Instant>,
-    old_world: Option<GuestMemoryMmap>,
-    /// The manifest's own memory while it is mapped for the crash kernel.
-    manifest_mem: Option<GuestMemoryMmap>,
-    /// The manifest built from the dead kernel, for the crash kernel's agent.
-    manifest: Option<Manifest>,
-    recovering: Option<Recovering>,
     /// When `ctl crash` asked for a panic (for the detection time).
     crash_requested: Option<Instant>,
     /// `panic_cpu` was seen unset since the kernel is in place (or a snapshot was
@@ -229,6 +207,7 @@ const DATA_VCPU: u32 = 2;
 const DATA_RESET: u32 = 3;
 const DATA_API: u32 = 4;
 const DATA_TIMER: u32 = 5;
+const DATA_RECOVERY: u32 = 6;
 
 /// Serial ports: COM1 is the console, COM2 the agent channel.
 const COM1: (u16, u32) = (0x3f8, 4);
@@ -452,20 +431,21 @@ impl Vmm {
             .reset(TICK, Some(TICK))
             .map_err(|e| VmmError::Host("timerfd", std::io::Error::from_raw_os_error(e.errno())))?;
 
-        let kernel_info = load_kernel_info(&machine.kernel);
-        let mut standby = cfg.standby.clone();
-        let mut standby_job = None;
-        if let (None, Some(spec)) = (&standby, &cfg.standby_auto) {
-            match spec.cached() {
-                Some(dir) => standby = Some(dir),
-                None => {
-                    let spec = spec.clone();
-                    standby_job = Some(std::thread::spawn(move || {
-                        spec.prepare(&mut crate::standby::log_stderr)
-                    }));
-                }
-            }
-        }
+        let kernel_info = load_kernel_info(&machine.kernel).map(Arc::new);
+        let banner = kernel_info
+            .as_deref()
+            .and_then(|k| recovery::banner_in(&GuestMem(&mem), k));
+        let standby = if cfg.on_crash == OnCrash::Microreboot {
+            recovery::choose_standby(
+                cfg.standby.clone(),
+                cfg.standby_auto.as_ref(),
+                kernel_info.as_deref(),
+                banner.as_deref(),
+            )
+        } else {
+            recovery::Standby::None(None)
+        };
+        let recovery = Recovery::new(standby, banner, eventfd("recovery eventfd")?);
         let restored_from = if saved { cfg.restore.clone() } else { None };
         let vmm = Vmm {
             vm,
@@ -498,13 +478,8 @@ impl Vmm {
             crashes: Vec::new(),
             crashed: false,
             console_tail,
-            standby,
-            standby_job,
+            recovery,
             panic_seen: None,
-            old_world: None,
-            manifest_mem: None,
-            manifest: None,
-            recovering: None,
             crash_requested: None,
             panic_cpu_armed: saved,
             poweroff_since: None,
@@ -642,7 +617,8 @@ impl Vmm {
         }
         let result = self
             .save_vcpus()
-            .and_then(|vcpus| self.write_snapshot(dir, vcpus));
+            .and_then(|vcpus| self.snapshot_state(vcpus))
+            .and_then(|st| Ok(snapshot::write(dir, &st, &self.mem)?));
         if was_running {
             self.resume_all()?;
         }
@@ -653,26 +629,19 @@ impl Vmm {
         Ok(info)
     }
 
-    /// Writes a snapshot of a paused guest with the given vCPU states.
-    fn write_snapshot(
-        &self,
-        dir: &std::path::Path,
-        vcpus: Vec<VcpuState>,
-    ) -> Result<u64, VmmError> {
-        {
-            let st = SnapshotState {
-                format: snapshot::FORMAT.into(),
-                version: snapshot::VERSION,
-                created_unix: unix_now().secs,
-                machine: self.machine.clone(),
-                memory_bytes: self.machine.mem_mib << 20,
-                vm: save_vm_state(&self.vm)?,
-                vcpus,
-                serial: vec![lock(&self.com1).snapshot(), lock(&self.com2).snapshot()],
-                agent_ready: lock(&self.agent).ready,
-            };
-            Ok(snapshot::write(dir, &st, &self.mem)?)
-        }
+    /// The state of a paused guest with the given vCPU states, for a snapshot.
+    fn snapshot_state(&self, vcpus: Vec<VcpuState>) -> Result<SnapshotState, VmmError> {
+        Ok(SnapshotState {
+            format: snapshot::FORMAT.into(),
+            version: snapshot::VERSION,
+            created_unix: unix_now().secs,
+            machine: self.machine.clone(),
+            memory_bytes: self.machine.mem_mib << 20,
+            vm: save_vm_state(&self.vm)?,
+            vcpus,
+            serial: vec![lock(&self.com1).snapshot(), lock(&self.com2).snapshot()],
+            agent_ready: lock(&self.agent).ready,
+        })
     }
 
     fn status(&self) -> Value {
@@ -685,6 +654,7 @@ impl Vmm {
                 (false, State::Paused) => "paused",
             },
             "crashes": self.crashes,
+            "recovery": self.recovery.stage(),
             "uptime_ms": self.uptime_ms(),
             "vcpus": self.machine.vcpus,
             "memory_mib": self.machine.mem_mib,
@@ -711,6 +681,9 @@ impl Vmm {
                 }
                 Err(e) => error(crate::error_chain(&e)),
             },
+            Request::Resume if self.recovery.extracting() => {
+                error("the guest's dead kernel is being read for its recovery; it stays frozen")
+            }
             Request::Resume => match self.resume_all() {
                 Ok(()) => {
                     self.events.publish("resumed", json!({}));
@@ -829,7 +802,7 @@ impl Vmm {
             );
             self.send_agent(&VmmMsg::Time(unix_now()));
         }
-        self.recovery_tick(&a);
+        self.recovery_step();
         // A panicking kernel sets `panic_cpu` first; it may then take long to reset (its
         // one-second waits for other CPUs run emulated here) or never do. Give it a moment
         // to print its message, then call it.
@@ -844,10 +817,7 @@ impl Vmm {
         }
         // While the crash kernel's agent resurrects, one big process can keep it busy
         // (and silent) for minutes; the resurrection has its own time limit.
-        let resurrecting = self
-            .recovering
-            .as_ref()
-            .is_some_and(|r| r.resurrect_sent.is_some());
+        let resurrecting = self.recovery.resurrecting();
         if let Some(limit) = self.hang_timeout.filter(|_| !resurrecting) {
             let since = a.last_seen.map_or(self.hang_ref, |t| t.max(self.hang_ref));
             if a.ready && self.state == State::Running && since.elapsed() > limit {
@@ -932,6 +902,10 @@ impl MutEventSubscriber for Vmm {
                     self.handle_api(call);
                 }
             }
+            DATA_RECOVERY => {
+                let _ = self.recovery.wake().read();
+                self.recovery_step();
+            }
             DATA_TIMER => {
                 let _ = self.timer.wait();
                 self.tick();
@@ -944,6 +918,11 @@ impl MutEventSubscriber for Vmm {
         let _ = ops.add(Events::with_data(&self.vcpu_evt, DATA_VCPU, EventSet::IN));
         let _ = ops.add(Events::with_data(&self.reset_evt, DATA_RESET, EventSet::IN));
         let _ = ops.add(Events::with_data(&self.api_evt, DATA_API, EventSet::IN));
+        let _ = ops.add(Events::with_data(
+            self.recovery.wake(),
+            DATA_RECOVERY,
+            EventSet::IN,
+        ));
         let _ = ops.add(Events::with_data_raw(
             self.timer.as_raw_fd(),
             DATA_TIMER,
