@@ -193,6 +193,24 @@ fn to_usize(v: u32) -> usize {
 }
 
 impl Btf {
+    /// Types of a kernel without BTF: none (only `void`). Enough for the address layout
+    /// ([`crate::kernel::Kernel`]), which falls back to defaults where it would use types.
+    pub fn empty() -> Btf {
+        Btf {
+            types: vec![Type {
+                name_off: 0,
+                kind: Kind::Void,
+                size_or_type: 0,
+                extra: 0,
+                nelems: 0,
+                members: 0..0,
+            }],
+            members: Vec::new(),
+            strings: vec![0],
+            by_name: HashMap::new(),
+        }
+    }
+
     /// Parses a raw little-endian BTF blob.
     pub fn parse(blob: &[u8]) -> Result<Btf, BtfError> {
         let magic = rd_u16(blob, 0).ok_or(BtfError::Truncated("header"))?;

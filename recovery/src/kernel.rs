@@ -271,6 +271,33 @@ impl<'a> Kernel<'a> {
         })
     }
 
+    /// A view with a layout found before (by [`Kernel::new`] or [`Kernel::with_slide`] over
+    /// the same kernel), without searching memory again: for callers that read a few
+    /// variables often, such as a VMM polling `panic_cpu`.
+    pub fn from_layout(
+        mem: &'a dyn PhysRead,
+        syms: &'a SymbolTable,
+        btf: &'a Btf,
+        layout: Layout,
+    ) -> Kernel<'a> {
+        Kernel {
+            mem,
+            syms,
+            btf,
+            layout,
+            notes: Vec::new(),
+        }
+    }
+
+    /// True when the image's `phys_base` was found in memory (the kernel is in place), not
+    /// assumed.
+    pub fn image_found(&self) -> bool {
+        !self
+            .notes
+            .iter()
+            .any(|n| n.starts_with("phys_base not found"))
+    }
+
     /// The layout found in memory.
     pub fn layout(&self) -> &Layout {
         &self.layout

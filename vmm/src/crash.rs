@@ -121,10 +121,6 @@ impl Write for TeeConsole {
     }
 }
 
-/// Link-time base of the kernel image mapping (`__START_KERNEL_map`).
-pub const START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
-/// The direct map's base when the kernel does not randomise it.
-pub const DEFAULT_PAGE_OFFSET: u64 = 0xffff_8880_0000_0000;
 /// Where `ctl crash` puts its panic message: the end of the zero page, which Linux keeps
 /// reserved (the first MiB is never handed to the page allocator).
 pub const CRASH_MESSAGE_GPA: u64 = 0x7f00;

@@ -303,14 +303,27 @@ fn overlay(cfg: &VmConfig) -> Result<Vec<u8>, VmmError> {
 /// raw BTF, found next to the kernel image.
 struct KernelInfo {
     symbols: SymbolTable,
-    btf: Option<Vec<u8>>,
+    /// The kernel's types, parsed once.
+    btf: Option<owvmm_recovery::btf::Btf>,
+}
+
+impl KernelInfo {
+    /// The types, or none (for the address layout alone) without BTF.
+    fn types(&self) -> &owvmm_recovery::btf::Btf {
+        static NONE: std::sync::OnceLock<owvmm_recovery::btf::Btf> = std::sync::OnceLock::new();
+        self.btf
+            .as_ref()
+            .unwrap_or_else(|| NONE.get_or_init(owvmm_recovery::btf::Btf::empty))
+    }
 }
 
 fn load_kernel_info(kernel: &str) -> Option<KernelInfo> {
     let dir = std::path::Path::new(kernel).parent()?;
     let system_map = std::fs::read_to_string(dir.join("System.map")).ok()?;
     let symbols = SymbolTable::parse_system_map(&system_map).ok()?;
-    let btf = std::fs::read(dir.join("vmlinux.btf")).ok();
+    let btf = std::fs::read(dir.join("vmlinux.btf"))
+        .ok()
+        .and_then(|b| owvmm_recovery::btf::Btf::parse(&b).ok());
     Some(KernelInfo { symbols, btf })
 }
 
@@ -434,7 +447,7 @@ impl Vmm {
         let kernel_info = load_kernel_info(&machine.kernel).map(Arc::new);
         let banner = kernel_info
             .as_deref()
-            .and_then(|k| recovery::banner_in(&GuestMem(&mem), k));
+            .and_then(|k| recovery::banner_in(&mem, k));
         let standby = if cfg.on_crash == OnCrash::Microreboot {
             recovery::choose_standby(
                 cfg.standby.clone(),

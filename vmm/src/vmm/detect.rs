@@ -1,49 +1,60 @@
 //! Detecting a guest kernel panic (`panic_cpu`), and `ctl crash`, which makes the kernel
-//! panic from outside.
+//! panic from outside. Kernel addresses are translated by `owvmm_recovery::kernel` (KASLR
+//! slide, `phys_base`, direct-map base), the same view the extraction uses. (`panic_cpu`
+//! polling is the fallback for kernels without a pvpanic driver.)
 
 use std::time::{Duration, Instant};
 
+use owvmm_recovery::kernel::{find_kaslr_slide, Kernel, Layout};
 use serde_json::{json, Value};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{State, Vmm};
-use crate::crash::{
-    CRASH_MESSAGE, CRASH_MESSAGE_GPA, DEFAULT_PAGE_OFFSET, PANIC_CPU_INVALID, START_KERNEL_MAP,
-};
+use super::{GuestMem, State, Vmm};
+use crate::crash::{CRASH_MESSAGE, CRASH_MESSAGE_GPA, PANIC_CPU_INVALID};
 use crate::vstate::vcpu::{VcpuRequest, VcpuResponse};
 
 impl Vmm {
-    /// Reads a u32 of the kernel image (link address `va`), for kernels loaded where
-    /// they were linked (the VMM loads vmlinux at its physical address; no KASLR).
-    pub(super) fn read_kernel_u32(&self, va: u64) -> Option<u32> {
-        let pa = va.checked_sub(START_KERNEL_MAP)?;
-        self.mem.read_obj::<u32>(GuestAddress(pa)).ok()
+    /// The running kernel's layout (KASLR slide, `phys_base`, direct-map base), once its
+    /// image is in place (not while a bzImage's decompressor still runs, whose data lies
+    /// where the kernel will be). Found afresh each time: with the image in place that is a
+    /// handful of reads, and a layout kept from before the kernel set itself up (its
+    /// paging mode, its direct-map base) could be stale.
+    pub(super) fn kernel_layout(&self) -> Option<Layout> {
+        let info = self.kernel_info.as_deref()?;
+        let btf = info.types();
+        let mem = GuestMem(&self.mem);
+        let k = Kernel::new(&mem, &info.symbols, btf).ok()?;
+        if k.image_found() {
+            return Some(k.layout().clone());
+        }
+        // A KASLR kernel: find its slide through a vCPU's page tables.
+        let cr3 = self
+            .vcpus
+            .first()
+            .and_then(|h| match h.request(VcpuRequest::Describe) {
+                Ok(VcpuResponse::Description(b)) => Some(b.cr3),
+                _ => None,
+            })?;
+        let slide = find_kaslr_slide(&mem, &info.symbols, cr3, false)?;
+        let k = Kernel::with_slide(&mem, &info.symbols, btf, slide).ok()?;
+        k.image_found().then(|| k.layout().clone())
     }
 
-    /// Is the kernel image in place (its banner readable where it was linked)? Not while
-    /// a bzImage's decompressor still runs, whose data lies where the kernel will be.
-    fn kernel_in_place(&self) -> bool {
-        let Some(addr) = self.symbols().and_then(|s| s.addr_of("linux_banner")) else {
-            return false;
-        };
-        let Some(pa) = addr.checked_sub(START_KERNEL_MAP) else {
-            return false;
-        };
-        let mut buf = [0u8; 14];
-        self.mem.read_slice(&mut buf, GuestAddress(pa)).is_ok() && &buf == b"Linux version "
+    /// Reads the u32 kernel variable `symbol` of the running kernel.
+    pub(super) fn read_kernel_u32(&self, symbol: &str) -> Option<u32> {
+        let layout = self.kernel_layout()?;
+        let info = self.kernel_info.as_deref()?;
+        let btf = info.types();
+        let mem = GuestMem(&self.mem);
+        let k = Kernel::from_layout(&mem, &info.symbols, btf, layout);
+        k.read_u32(k.symbol(symbol).ok()?).ok()
     }
 
     /// Did the guest kernel panic? (`panic_cpu` is set by `panic()` before it resets.) Only
     /// once `panic_cpu` was seen unset: while a bzImage's decompressor writes the kernel
     /// into place, the banner can be there before `panic_cpu`'s initial value is.
     pub(super) fn guest_panicked(&mut self) -> bool {
-        let Some(addr) = self.symbols().and_then(|s| s.addr_of("panic_cpu")) else {
-            return false;
-        };
-        if !self.kernel_in_place() {
-            return false;
-        }
-        match self.read_kernel_u32(addr) {
+        match self.read_kernel_u32("panic_cpu") {
             Some(PANIC_CPU_INVALID) => {
                 self.panic_cpu_armed = true;
                 false
@@ -62,10 +73,17 @@ impl Vmm {
             .symbols()
             .and_then(|s| s.addr_of("panic"))
             .ok_or("no System.map next to the kernel: cannot find panic()")?;
+        // The kernel's own layout (KASLR slide, direct map), when it was found.
+        let (slide, page_offset) = self
+            .kernel_layout()
+            .map_or((0, owvmm_recovery::kernel::DEFAULT_PAGE_OFFSET), |l| {
+                (l.slide, l.page_offset_base)
+            });
+        let panic = panic.wrapping_add(slide);
         self.mem
             .write_slice(CRASH_MESSAGE, GuestAddress(CRASH_MESSAGE_GPA))
             .map_err(|e| format!("cannot write the panic message: {e}"))?;
-        let message = DEFAULT_PAGE_OFFSET + CRASH_MESSAGE_GPA;
+        let message = page_offset.wrapping_add(CRASH_MESSAGE_GPA);
         self.crash_requested = Some(Instant::now());
         let was_paused = self.state == State::Paused;
         for attempt in 0..300 {

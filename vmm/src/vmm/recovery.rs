@@ -84,9 +84,6 @@ pub enum RecoveryError {
         /// The guest's banner.
         guest: String,
     },
-    /// The standby's kernel banner cannot be read.
-    #[error("cannot read the kernel banner of the standby {0}")]
-    NoBanner(PathBuf, #[source] std::io::Error),
     /// The standby snapshot cannot be read.
     #[error("cannot load the standby")]
     Snapshot(#[source] snapshot::SnapshotError),
@@ -235,15 +232,18 @@ impl Recovery {
     }
 }
 
-/// Reads the banner (`linux_banner`) of the kernel in `mem`, linked at its System.map
-/// address and loaded at its physical one.
-pub(super) fn banner_in(mem: &dyn owvmm_recovery::PhysRead, info: &KernelInfo) -> Option<String> {
-    let addr = info.symbols.addr_of("linux_banner")?;
-    let pa = addr.checked_sub(crate::crash::START_KERNEL_MAP)?;
-    let mut buf = [0u8; 256];
-    if !mem.read_phys(pa, &mut buf) {
+/// Reads the banner (`linux_banner`, with the build number and time) of the kernel in
+/// `mem`, through the kernel's own layout (KASLR slide, `phys_base`).
+pub(super) fn banner_in(mem: &GuestMemoryMmap, info: &KernelInfo) -> Option<String> {
+    let btf = info.types();
+    let mem = GuestMem(mem);
+    let k = owvmm_recovery::kernel::Kernel::new(&mem, &info.symbols, btf).ok()?;
+    if !k.image_found() {
         return None;
     }
+    let mut buf = [0u8; 256];
+    k.read_bytes(k.symbol("linux_banner").ok()?, &mut buf)
+        .ok()?;
     banner_text(&buf)
 }
 
@@ -253,25 +253,15 @@ fn banner_text(buf: &[u8]) -> Option<String> {
     s.starts_with("Linux version ").then(|| s.to_owned())
 }
 
-/// The banner of the kernel in a standby snapshot (its memory file holds the first RAM
-/// region from offset 0, where the kernel is).
+/// The banner of the kernel in a standby snapshot (its memory mapped copy-on-write, only
+/// the pages read are touched).
 pub(super) fn standby_banner(
     dir: &std::path::Path,
     info: &KernelInfo,
 ) -> Result<Option<String>, RecoveryError> {
-    use std::os::unix::fs::FileExt;
-    let (_, file) = snapshot::read(dir).map_err(RecoveryError::Snapshot)?;
-    let Some(pa) = info
-        .symbols
-        .addr_of("linux_banner")
-        .and_then(|a| a.checked_sub(crate::crash::START_KERNEL_MAP))
-    else {
-        return Ok(None);
-    };
-    let mut buf = [0u8; 256];
-    file.read_exact_at(&mut buf, pa)
-        .map_err(|e| RecoveryError::NoBanner(dir.into(), e))?;
-    Ok(banner_text(&buf))
+    let (st, file) = snapshot::read(dir).map_err(RecoveryError::Snapshot)?;
+    let mem = crate::memory::from_file(&file, st.memory_bytes).map_err(RecoveryError::Memory)?;
+    Ok(banner_in(&mem, info))
 }
 
 /// Checks that the standby in `dir` runs the kernel whose banner is `guest`.
@@ -353,17 +343,9 @@ fn extract(
             ),
         }
     });
-    let (summary, manifest) = match info.and_then(|i| i.btf.as_deref().map(|b| (i, b))) {
-        Some((info, btf_blob)) => {
-            let (s, m) = inspect(
-                mem,
-                info,
-                btf_blob,
-                cpus,
-                culprit_cpu,
-                want_manifest,
-                limits,
-            );
+    let (summary, manifest) = match info.and_then(|i| i.btf.as_ref().map(|b| (i, b))) {
+        Some((info, btf)) => {
+            let (s, m) = inspect(mem, info, btf, cpus, culprit_cpu, want_manifest, limits);
             (Some(s), m)
         }
         None => (None, None),
@@ -379,7 +361,7 @@ fn extract(
 fn inspect(
     mem: &GuestMemoryMmap,
     info: &KernelInfo,
-    btf_blob: &[u8],
+    btf: &owvmm_recovery::btf::Btf,
     cpus: &[CpuAtCrash],
     culprit_cpu: Option<u32>,
     want_manifest: bool,
@@ -388,12 +370,10 @@ fn inspect(
     let t0 = Instant::now();
     let raw = GuestMem(mem);
     let mem = Budgeted::new(&raw, limits);
-    // One parse of the types and one kernel view serve the report and the manifest.
-    let btf = owvmm_recovery::btf::Btf::parse(btf_blob).map_err(|e| format!("BTF: {e}"));
-    let kernel = btf.as_ref().map_err(Clone::clone).and_then(|b| {
-        owvmm_recovery::kernel::Kernel::new(&mem, &info.symbols, b)
-            .map_err(|e| format!("kernel: {e}"))
-    });
+    // One kernel view serves the report and the manifest (the types were parsed once,
+    // when the kernel was loaded).
+    let kernel = owvmm_recovery::kernel::Kernel::new(&mem, &info.symbols, btf)
+        .map_err(|e| format!("kernel: {e}"));
     let mut report = owvmm_recovery::Report::default();
     match &kernel {
         Ok(k) => owvmm_recovery::inspect::inspect_kernel(k, &mut report),
@@ -510,9 +490,7 @@ impl Vmm {
         // panic `ctl crash` injected is nobody's fault.
         let culprit_cpu = match (&cause, ev.get("detect_ms")) {
             (CrashCause::Panic { .. }, None) => self
-                .symbols()
-                .and_then(|s| s.addr_of("panic_cpu"))
-                .and_then(|a| self.read_kernel_u32(a))
+                .read_kernel_u32("panic_cpu")
                 .filter(|&c| c != PANIC_CPU_INVALID),
             _ => None,
         };
