@@ -80,8 +80,18 @@ pub enum VmmError {
     #[error("cannot read {0}")]
     ReadFile(PathBuf, #[source] std::io::Error),
     /// The event loop failed.
-    #[error("event loop failed: {0}")]
-    EventLoop(String),
+    #[error("event loop failed")]
+    EventLoop(#[source] event_manager::Error),
+    /// A vCPU answered something else than asked.
+    #[error("vCPU {id} answered {answer} to {asked}")]
+    VcpuAnswer {
+        /// vCPU index.
+        id: u8,
+        /// The request.
+        asked: &'static str,
+        /// What it said.
+        answer: String,
+    },
     /// The microreboot failed.
     #[error("microreboot failed")]
     Recovery(#[from] RecoveryError),
@@ -167,6 +177,10 @@ pub struct Vmm {
     com2: Arc<Mutex<SerialPort>>,
     agent: Arc<Mutex<AgentState>>,
     agent_tx: VecDeque<u8>,
+    /// Console input waiting for room in COM1's FIFO (bounded: `CONSOLE_INPUT_MAX`).
+    console_rx: VecDeque<u8>,
+    /// Written when the guest has emptied COM1's / COM2's input FIFO.
+    room: [EventFd; 2],
     events: EventBus,
     vcpu_events: Receiver<VcpuEvent>,
     vcpu_evt: EventFd,
@@ -208,6 +222,12 @@ const DATA_RESET: u32 = 3;
 const DATA_API: u32 = 4;
 const DATA_TIMER: u32 = 5;
 const DATA_RECOVERY: u32 = 6;
+const DATA_COM1_ROOM: u32 = 7;
+const DATA_COM2_ROOM: u32 = 8;
+
+/// Most console input kept for the guest while its FIFO is full (what a user pastes); more
+/// is dropped, as a terminal would when the other side does not read.
+const CONSOLE_INPUT_MAX: usize = 64 * 1024;
 
 /// Serial ports: COM1 is the console, COM2 the agent channel.
 const COM1: (u16, u32) = (0x3f8, 4);
@@ -226,6 +246,8 @@ struct Devices {
     bus: PioBus,
     com1: Arc<Mutex<SerialPort>>,
     com2: Arc<Mutex<SerialPort>>,
+    /// Written when the guest has emptied COM1's / COM2's input FIFO.
+    room: [EventFd; 2],
     reset_evt: EventFd,
 }
 
@@ -252,12 +274,15 @@ fn make_devices(
         .map_err(|e| crate::vstate::vm::VmError::Kvm("IRQFD", e))?;
     let out1 = console_writer(console, tail);
     let out2: SerialOut = Box::new(link);
+    let room = [eventfd("COM1 room eventfd")?, eventfd("COM2 room eventfd")?];
+    let clone = |e: &EventFd| e.try_clone().map_err(|e| VmmError::Host("room eventfd", e));
+    let (r1, r2) = (Some(clone(&room[0])?), Some(clone(&room[1])?));
     let (p1, p2) = match saved {
         Some([s1, s2]) => (
-            SerialPort::from_snapshot(s1, irq1, out1)?,
-            SerialPort::from_snapshot(s2, irq2, out2)?,
+            SerialPort::from_snapshot(s1, irq1, r1, out1)?,
+            SerialPort::from_snapshot(s2, irq2, r2, out2)?,
         ),
-        _ => (SerialPort::new(irq1, out1), SerialPort::new(irq2, out2)),
+        _ => (SerialPort::new(irq1, r1, out1)?, SerialPort::new(irq2, r2, out2)?),
     };
     let com1 = Arc::new(Mutex::new(p1));
     let com2 = Arc::new(Mutex::new(p2));
@@ -275,8 +300,28 @@ fn make_devices(
         bus,
         com1,
         com2,
+        room,
         reset_evt,
     })
+}
+
+/// Moves as many bytes of `queue` into `port`'s input FIFO as fit, in order.
+fn feed(port: &Mutex<SerialPort>, queue: &mut VecDeque<u8>) {
+    if queue.is_empty() {
+        return;
+    }
+    let mut port = lock(port);
+    let n = port.input_room().min(queue.len());
+    if n == 0 {
+        return;
+    }
+    let chunk: Vec<u8> = queue.drain(..n).collect();
+    if let Ok(taken) = port.input(&chunk) {
+        // Put back what did not fit, in order.
+        for b in chunk[taken..].iter().rev() {
+            queue.push_front(*b);
+        }
+    }
 }
 
 /// The run-time overlay appended to the initramfs: `--add` files and the `--exec` list.
@@ -468,6 +513,8 @@ impl Vmm {
             com2: devices.com2,
             agent,
             agent_tx: VecDeque::new(),
+            console_rx: VecDeque::new(),
+            room: devices.room,
             events,
             vcpu_events,
             vcpu_evt,
@@ -518,13 +565,13 @@ impl Vmm {
     /// Runs until the guest powers off, resets, crashes, or the VMM is stopped.
     pub fn run(self) -> Result<ExitReason, VmmError> {
         let mut em: EventManager<Arc<Mutex<Vmm>>> =
-            EventManager::new().map_err(|e| VmmError::EventLoop(format!("{e:?}")))?;
+            EventManager::new().map_err(VmmError::EventLoop)?;
         let vmm = Arc::new(Mutex::new(self));
         em.add_subscriber(vmm.clone());
         let raw = crate::terminal::RawMode::enter();
         let result = loop {
             if let Err(e) = em.run() {
-                break Err(VmmError::EventLoop(format!("{e:?}")));
+                break Err(VmmError::EventLoop(e));
             }
             if let Some(reason) = lock(&vmm).exit.clone() {
                 break Ok(reason);
@@ -570,22 +617,11 @@ impl Vmm {
     }
 
     fn flush_agent(&mut self) {
-        if self.agent_tx.is_empty() {
-            return;
-        }
-        let mut port = lock(&self.com2);
-        let room = port.input_room();
-        let n = room.min(self.agent_tx.len());
-        if n == 0 {
-            return;
-        }
-        let chunk: Vec<u8> = self.agent_tx.drain(..n).collect();
-        if let Ok(taken) = port.input(&chunk) {
-            // Put back what did not fit, in order.
-            for b in chunk[taken..].iter().rev() {
-                self.agent_tx.push_front(*b);
-            }
-        }
+        feed(&self.com2, &mut self.agent_tx);
+    }
+
+    fn flush_console(&mut self) {
+        feed(&self.com1, &mut self.console_rx);
     }
 
     fn pause_all(&mut self) -> Result<(), VmmError> {
@@ -612,10 +648,11 @@ impl Vmm {
             match h.request(VcpuRequest::SaveState)? {
                 VcpuResponse::State(s) => vcpus.push(*s),
                 other => {
-                    return Err(VmmError::EventLoop(format!(
-                        "vCPU {} answered {other:?} to save-state",
-                        h.id
-                    )))
+                    return Err(VmmError::VcpuAnswer {
+                        id: h.id,
+                        asked: "save-state",
+                        answer: format!("{other:?}"),
+                    })
                 }
             }
         }
@@ -857,7 +894,7 @@ impl Vmm {
     }
 
     fn handle_stdin(&mut self, ops: &mut EventOps) {
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; 1024];
         // SAFETY: reads into a local buffer of the given length from fd 0.
         let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
         let Ok(n) = usize::try_from(n) else {
@@ -886,8 +923,10 @@ impl Vmm {
                 out.push(b);
             }
         }
-        // Input beyond the FIFO's room is dropped, as on a real UART.
-        let _ = lock(&self.com1).input(&out);
+        // What does not fit the FIFO waits until the guest has read it empty.
+        let room = CONSOLE_INPUT_MAX.saturating_sub(self.console_rx.len());
+        self.console_rx.extend(out.iter().take(room));
+        self.flush_console();
     }
 }
 
@@ -915,6 +954,14 @@ impl MutEventSubscriber for Vmm {
                     self.handle_api(call);
                 }
             }
+            DATA_COM1_ROOM => {
+                let _ = self.room[0].read();
+                self.flush_console();
+            }
+            DATA_COM2_ROOM => {
+                let _ = self.room[1].read();
+                self.flush_agent();
+            }
             DATA_RECOVERY => {
                 let _ = self.recovery.wake().read();
                 self.recovery_step();
@@ -936,6 +983,8 @@ impl MutEventSubscriber for Vmm {
             DATA_RECOVERY,
             EventSet::IN,
         ));
+        let _ = ops.add(Events::with_data(&self.room[0], DATA_COM1_ROOM, EventSet::IN));
+        let _ = ops.add(Events::with_data(&self.room[1], DATA_COM2_ROOM, EventSet::IN));
         let _ = ops.add(Events::with_data_raw(
             self.timer.as_raw_fd(),
             DATA_TIMER,

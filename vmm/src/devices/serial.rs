@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use serde::{Deserialize, Serialize};
-use vm_superio::serial::{NoEvents, SerialState};
+use vm_superio::serial::{SerialEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -33,9 +33,33 @@ impl Trigger for IrqTrigger {
 /// Where the guest's output goes.
 pub type SerialOut = Box<dyn Write + Send>;
 
+/// Tells the VMM (through an eventfd) that the guest has emptied the input FIFO, so that
+/// the next bytes waiting for the guest go in at once instead of being dropped or waiting
+/// for a tick.
+pub struct RoomEvents(Option<EventFd>);
+
+impl SerialEvents for RoomEvents {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        if let Some(e) = &self.0 {
+            // A full eventfd counter still wakes the loop.
+            let _ = e.write(1);
+        }
+    }
+}
+
 /// A serial port on the port-I/O bus.
 pub struct SerialPort {
-    inner: Serial<IrqTrigger, NoEvents, SerialOut>,
+    inner: Serial<IrqTrigger, RoomEvents, SerialOut>,
+    room: Option<EventFd>,
+}
+
+fn clone_room(room: Option<&EventFd>) -> Result<Option<EventFd>, SerialError> {
+    room.map(EventFd::try_clone)
+        .transpose()
+        .map_err(|e| SerialError::State(e.to_string()))
 }
 
 /// The register state of a port, as kept in snapshots.
@@ -62,17 +86,20 @@ pub struct SerialSnapshot {
 }
 
 impl SerialPort {
-    /// A fresh port.
-    pub fn new(irq: EventFd, out: SerialOut) -> Self {
-        SerialPort {
-            inner: Serial::new(IrqTrigger(irq), out),
-        }
+    /// A fresh port; `room` (if any) is written whenever the guest empties the input FIFO.
+    pub fn new(irq: EventFd, room: Option<EventFd>, out: SerialOut) -> Result<Self, SerialError> {
+        let events = RoomEvents(clone_room(room.as_ref())?);
+        Ok(SerialPort {
+            inner: Serial::with_events(IrqTrigger(irq), events, out),
+            room,
+        })
     }
 
     /// A port in a saved state.
     pub fn from_snapshot(
         s: &SerialSnapshot,
         irq: EventFd,
+        room: Option<EventFd>,
         out: SerialOut,
     ) -> Result<Self, SerialError> {
         let state = SerialState {
@@ -87,9 +114,10 @@ impl SerialPort {
             scratch: s.scratch,
             in_buffer: s.in_buffer.clone(),
         };
-        let inner = Serial::from_state(&state, IrqTrigger(irq), NoEvents, out)
+        let events = RoomEvents(clone_room(room.as_ref())?);
+        let inner = Serial::from_state(&state, IrqTrigger(irq), events, out)
             .map_err(|e| SerialError::State(format!("{e:?}")))?;
-        Ok(SerialPort { inner })
+        Ok(SerialPort { inner, room })
     }
 
     /// Loads a saved register state, keeping this port's interrupt line and output.
@@ -102,13 +130,15 @@ impl SerialPort {
             .map_err(|e| SerialError::State(e.to_string()))?;
         let placeholder_irq =
             EventFd::new(libc::EFD_NONBLOCK).map_err(|e| SerialError::State(e.to_string()))?;
-        let placeholder = Serial::new(
+        let placeholder = Serial::with_events(
             IrqTrigger(placeholder_irq),
+            RoomEvents(None),
             Box::new(std::io::sink()) as SerialOut,
         );
         let old = std::mem::replace(&mut self.inner, placeholder);
         let out = old.into_writer();
-        *self = SerialPort::from_snapshot(s, irq, out)?;
+        let room = self.room.take();
+        *self = SerialPort::from_snapshot(s, irq, room, out)?;
         Ok(())
     }
 
@@ -184,7 +214,13 @@ mod tests {
     fn output_input_and_snapshot_round_trip() {
         let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
         let sink = Sink::default();
-        let mut port = SerialPort::new(irq.try_clone().expect("clone"), Box::new(sink.clone()));
+        let room = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let mut port = SerialPort::new(
+            irq.try_clone().expect("clone"),
+            Some(room.try_clone().expect("clone")),
+            Box::new(sink.clone()),
+        )
+        .expect("port");
         for b in b"hi" {
             port.write(0, &[*b]);
         }
@@ -193,11 +229,21 @@ mod tests {
         assert_eq!(port.input(b"xyz").expect("input"), 3);
         let snap = port.snapshot();
         assert_eq!(snap.in_buffer, b"xyz");
-        let mut again =
-            SerialPort::from_snapshot(&snap, irq, Box::new(std::io::sink())).expect("restore");
+        let mut again = SerialPort::from_snapshot(
+            &snap,
+            irq,
+            Some(room.try_clone().expect("clone")),
+            Box::new(std::io::sink()),
+        )
+        .expect("restore");
         let mut b = [0u8];
-        again.read(0, &mut b);
-        assert_eq!(b[0], b'x');
+        assert!(room.read().is_err(), "no room event before the FIFO is empty");
+        for want in b"xyz" {
+            again.read(0, &mut b);
+            assert_eq!(b[0], *want);
+        }
+        // The guest emptied the FIFO: the VMM is told there is room.
+        assert_eq!(room.read().expect("room event"), 1);
         assert_eq!(again.snapshot().interrupt_enable, 1);
     }
 }

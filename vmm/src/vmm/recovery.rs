@@ -104,6 +104,9 @@ pub enum RecoveryError {
         /// What it said.
         answer: String,
     },
+    /// The crash kernel's vCPUs could not be resumed.
+    #[error("cannot resume the crash kernel")]
+    Resume(#[source] Box<VmmError>),
     /// A serial port's state could not be loaded.
     #[error("cannot load the standby's serial ports")]
     Serial(#[source] crate::devices::serial::SerialError),
@@ -763,13 +766,8 @@ impl Vmm {
         self.panic_cpu_armed = true;
         self.poweroff_since = None;
         self.crashed = false;
-        self.resume_all().map_err(|e| match e {
-            VmmError::Vcpu(v) => RecoveryError::Vcpu(v),
-            other => RecoveryError::VcpuAnswer {
-                id: 0,
-                answer: crate::error_chain(&other),
-            },
-        })?;
+        self.resume_all()
+            .map_err(|e| RecoveryError::Resume(Box::new(e)))?;
         a.kernel_ms = t0.elapsed().as_secs_f64() * 1000.0;
         self.events.publish(
             "crash-kernel-running",
