@@ -237,8 +237,13 @@ fn manifest(r: &mut Rng) -> Manifest {
 #[test]
 fn write_then_parse_gives_the_same_manifest() {
     let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+    let (mut runs, mut threads, mut escapes) = (0, 0, 0);
     for i in 0..3000 {
         let m = manifest(&mut r);
+        runs += m.files.iter().map(|f| f.runs.len()).sum::<usize>();
+        let vmas = m.processes.iter().flat_map(|p| &p.vmas);
+        runs += vmas.map(|v| v.copies.len()).sum::<usize>();
+        threads += m.processes.iter().map(|p| p.threads.len()).sum::<usize>();
         let text = m.to_text();
         let back = match parse(text.as_bytes()) {
             Ok(b) => b,
@@ -259,7 +264,13 @@ fn write_then_parse_gives_the_same_manifest() {
                 .map(|r| r.len)
                 .sum::<u64>();
         assert_eq!(m.copy_bytes(), copies, "case {i}");
+        escapes += text.matches('%').count();
     }
+    // The generator covers what it should.
+    assert!(
+        runs > 3000 && threads > 3000 && escapes > 3000,
+        "{runs} {threads} {escapes}"
+    );
 }
 
 #[test]

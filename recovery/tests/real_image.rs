@@ -392,7 +392,10 @@ fn process_state_pages_and_manifest() {
     let sum = parse_manifest(&m.text).expect("manifest parses");
     assert_eq!(sum, m.manifest);
     assert_eq!(sum.processes.len(), m.processes.len());
-    assert!(!sum.files.is_empty(), "the busybox binary lives on the initramfs");
+    assert!(
+        !sum.files.is_empty(),
+        "the busybox binary lives on the initramfs"
+    );
     assert!(m.text.contains(&format!("\nprocess {} sh\n", sh.tgid)));
     assert!(m.text.contains("\ncwd /\n"));
 }
