@@ -198,6 +198,15 @@ pub fn parse(text: &[u8]) -> Result<Manifest, ParseError> {
     parse_each(text).into_manifest()
 }
 
+impl std::str::FromStr for Manifest {
+    type Err = ParseError;
+
+    /// [`parse`].
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        parse(s.as_bytes())
+    }
+}
+
 /// Parses a whole manifest, going on after bad lines. Never fails as such: problems are in
 /// the result.
 pub fn parse_each(text: &[u8]) -> Parsed {

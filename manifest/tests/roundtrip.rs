@@ -279,5 +279,6 @@ fn the_empty_manifest_is_the_header() {
     assert_eq!(m.to_text(), "owvmm-manifest 1\n");
     assert_eq!(parse(b"owvmm-manifest 1\n"), Ok(m.clone()));
     // The final newline may be missing.
-    assert_eq!(parse(b"owvmm-manifest 1"), Ok(m));
+    assert_eq!(parse(b"owvmm-manifest 1"), Ok(m.clone()));
+    assert_eq!("owvmm-manifest 1\n".parse::<Manifest>(), Ok(m));
 }
