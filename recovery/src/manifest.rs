@@ -4,9 +4,14 @@
 //! A process goes into the manifest only when everything about it was read cleanly and can
 //! be restored; otherwise it is listed in [`Manifest::excluded`] with the reason, so that
 //! nothing is resumed in a wrong state.
+//!
+//! The types, the text and its parser are the `owvmm-manifest` crate's (re-exported here
+//! as [`wire`]); this module only decides what goes in.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt::Write as _;
+
+pub use owvmm_manifest as wire;
+pub use owvmm_manifest::{Excluded, HEADER};
 
 use crate::inspect::Report;
 use crate::kernel::Kernel;
@@ -16,22 +21,12 @@ use crate::process::{file_inode, FileKind, InodeInfo, ProcessInfo, O_CLOEXEC};
 use crate::regs::{final_user_regs, CpuUserState, UserRegs};
 use crate::tasks::{FxSave, Task, ROBUST_LIST_HEAD_LEN, USER_CS};
 
-/// The first line of a version-1 manifest.
-pub const HEADER: &str = "owvmm-manifest 1";
-
-/// A process left out of the manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Excluded {
-    /// Process id.
-    pub pid: i32,
-    /// Why (`fd 5: cannot restore sock`, ...).
-    pub reason: String,
-}
-
 /// A built manifest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Manifest {
-    /// The manifest text (ends with a newline).
+    /// The manifest.
+    pub manifest: wire::Manifest,
+    /// Its text, as [`wire::Manifest::to_text`] writes it (ends with a newline).
     pub text: String,
     /// Pids of the processes in it, in order.
     pub processes: Vec<i32>,
@@ -41,21 +36,7 @@ pub struct Manifest {
     pub notes: Vec<String>,
 }
 
-/// Writes `s` as a manifest path/name field: bytes outside printable ASCII and `%` become
-/// `%xx` (lower-case hex).
-pub fn encode_field(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for &b in s.as_bytes() {
-        if b == b'%' || !(0x20..=0x7e).contains(&b) {
-            let _ = write!(out, "%{b:02x}");
-        } else {
-            out.push(char::from(b));
-        }
-    }
-    out
-}
-
-/// A `vma` record's kind.
+/// A `vma` record's kind, as recovery sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum VmaKind {
     Anon,
@@ -69,14 +50,14 @@ enum VmaKind {
 }
 
 impl VmaKind {
-    fn name(self) -> &'static str {
+    fn wire(self) -> wire::VmaKind {
         match self {
-            VmaKind::Anon | VmaKind::SharedAnon => "anon",
-            VmaKind::File => "file",
-            VmaKind::Heap => "heap",
-            VmaKind::Stack => "stack",
-            VmaKind::Vdso => "vdso",
-            VmaKind::Vvar => "vvar",
+            VmaKind::Anon | VmaKind::SharedAnon => wire::VmaKind::Anon,
+            VmaKind::File => wire::VmaKind::File,
+            VmaKind::Heap => wire::VmaKind::Heap,
+            VmaKind::Stack => wire::VmaKind::Stack,
+            VmaKind::Vdso => wire::VmaKind::Vdso,
+            VmaKind::Vvar => wire::VmaKind::Vvar,
         }
     }
 }
@@ -89,10 +70,9 @@ struct FileRecord {
     overwrite: bool,
 }
 
-/// What one process needs beyond its own text: files, and the failures found while
-/// rendering it.
+/// One process, and the files it needs.
 struct Rendered {
-    text: String,
+    process: wire::Process,
     files: Vec<FileRecord>,
 }
 
@@ -149,17 +129,10 @@ fn classify_vma(k: &Kernel<'_>, v: &Vma) -> Result<(VmaKind, Option<InodeInfo>),
     Ok((VmaKind::File, Some(inode)))
 }
 
-fn prot(flags: u64) -> String {
-    let f = |bit, c| if flags & bit != 0 { c } else { '-' };
-    let mut s: String = [f(VM_READ, 'r'), f(VM_WRITE, 'w'), f(VM_EXEC, 'x')]
-        .iter()
-        .collect();
-    s.push(' ');
-    s.push(if flags & VM_SHARED != 0 { 's' } else { 'p' });
-    if flags & VM_GROWSDOWN != 0 {
-        s.push('g');
-    }
-    s
+/// `PROT_*` bits of `vm_flags`.
+fn prot(flags: u64) -> i32 {
+    let f = |bit, p| if flags & bit != 0 { p } else { 0 };
+    f(VM_READ, wire::PROT_READ) | f(VM_WRITE, wire::PROT_WRITE) | f(VM_EXEC, wire::PROT_EXEC)
 }
 
 /// The registers and FPU image a thread resumes with.
@@ -231,24 +204,12 @@ fn thread_state(
     }
 }
 
-fn hex_words(words: &[u64]) -> String {
-    let mut s = String::new();
-    for (i, w) in words.iter().enumerate() {
-        if i > 0 {
-            s.push(' ');
-        }
-        let _ = write!(s, "{w:x}");
-    }
-    s
-}
-
 /// Copies of a shared anonymous area: its shmem object's cached pages at `pgoff..`.
 fn shared_anon_copies(
     k: &Kernel<'_>,
     v: &Vma,
     inode: &InodeInfo,
-    out: &mut String,
-) -> Result<(), String> {
+) -> Result<Vec<wire::Copy>, String> {
     let content = file_pages(k, inode.addr);
     if let Some(p) = content.problems.first() {
         return Err(format!("vma {:#x}: shared memory: {p}", v.start));
@@ -268,10 +229,15 @@ fn shared_anon_copies(
         }
         runs.push((va, phys, 4096));
     }
-    for (va, phys, len) in runs {
-        let _ = writeln!(out, "copy {va:x} {phys:x} {len:x}");
-    }
-    Ok(())
+    Ok(runs
+        .into_iter()
+        .map(|(vaddr, gpa, len)| wire::Copy { vaddr, gpa, len })
+        .collect())
+}
+
+/// A pid or tid as the manifest has it.
+fn wire_pid(pid: i32) -> Result<u32, String> {
+    u32::try_from(pid).map_err(|_| format!("bad pid {pid}"))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -284,7 +250,6 @@ fn render_process(
     live: &HashMap<u64, &CpuUserState>,
     notes: &mut Vec<String>,
 ) -> Result<Rendered, String> {
-    let mut out = String::new();
     let mut files: Vec<FileRecord> = Vec::new();
     let mut want_file = |path: &str, inode: InodeInfo, writable: bool| {
         if inode.kind() == FileKind::Reg && inode.in_memory_fs() {
@@ -295,7 +260,6 @@ fn render_process(
             });
         }
     };
-    let _ = writeln!(out, "process {} {}", leader.pid, encode_field(&leader.comm));
     let exe = mm.exe.as_deref().ok_or("executable unknown")?;
     if deleted(exe) {
         return Err(format!("executable was deleted ({exe})"));
@@ -305,82 +269,69 @@ fn render_process(
             want_file(exe, inode, false);
         }
     }
-    let _ = writeln!(out, "exe {}", encode_field(exe));
     let cwd = proc_.cwd.as_deref().ok_or("current directory unknown")?;
     if deleted(cwd) {
         return Err(format!("current directory was deleted ({cwd})"));
     }
-    let _ = writeln!(out, "cwd {}", encode_field(cwd));
-    let _ = writeln!(
-        out,
-        "mm {}",
-        hex_words(&[
-            mm.start_code,
-            mm.end_code,
-            mm.start_data,
-            mm.end_data,
-            mm.start_brk,
-            mm.brk,
-            mm.start_stack,
-            mm.arg_start,
-            mm.arg_end,
-            mm.env_start,
-            mm.env_end,
-        ])
-    );
     if mm.auxv.is_empty() {
         return Err("saved auxv unreadable".to_owned());
     }
-    let _ = writeln!(out, "auxv {}", hex_words(&mm.auxv));
 
+    let mut vmas = Vec::with_capacity(mm.vmas.len());
     for v in &mm.vmas {
         let (kind, inode) = classify_vma(k, v)?;
         if let Some(p) = v.pages.problems.first() {
             return Err(format!("vma {:#x}: pages: {p}", v.start));
         }
-        let pgoff = if kind == VmaKind::File {
-            v.pgoff.wrapping_mul(4096)
-        } else {
-            0
-        };
-        let _ = write!(
-            out,
-            "vma {:x} {:x} {} {:x} {}",
-            v.start,
-            v.end,
-            prot(v.flags),
-            pgoff,
-            kind.name()
-        );
+        let mut path = None;
         if kind == VmaKind::File {
-            let path = v.file.as_deref().unwrap_or_default();
-            let _ = write!(out, " {}", encode_field(path));
+            let p = v.file.as_deref().unwrap_or_default();
             if let Some(inode) = inode {
-                want_file(path, inode, false);
+                want_file(p, inode, false);
             }
+            path = Some(p.as_bytes().to_vec());
         }
-        out.push('\n');
         let shared = v.flags & VM_SHARED != 0;
-        match kind {
-            VmaKind::Vdso | VmaKind::Vvar => {}
-            VmaKind::SharedAnon => {
-                if let Some(inode) = inode {
-                    shared_anon_copies(k, v, &inode, &mut out)?;
-                }
-            }
-            VmaKind::File if shared => {}
+        let copies = match kind {
+            VmaKind::Vdso | VmaKind::Vvar => Vec::new(),
+            VmaKind::SharedAnon => match inode {
+                Some(inode) => shared_anon_copies(k, v, &inode)?,
+                None => Vec::new(),
+            },
+            VmaKind::File if shared => Vec::new(),
             _ => {
                 let only_anon = kind == VmaKind::File;
-                for r in &v.pages.value.runs {
-                    if only_anon && !r.anon {
-                        continue;
-                    }
-                    let _ = writeln!(out, "copy {:x} {:x} {:x}", r.vaddr, r.phys, r.len);
-                }
+                v.pages
+                    .value
+                    .runs
+                    .iter()
+                    .filter(|r| !only_anon || r.anon)
+                    .map(|r| wire::Copy {
+                        vaddr: r.vaddr,
+                        gpa: r.phys,
+                        len: r.len,
+                    })
+                    .collect()
             }
-        }
+        };
+        vmas.push(wire::Vma {
+            start: v.start,
+            end: v.end,
+            prot: prot(v.flags),
+            shared,
+            growsdown: v.flags & VM_GROWSDOWN != 0,
+            pgoff: if kind == VmaKind::File {
+                v.pgoff.wrapping_mul(4096)
+            } else {
+                0
+            },
+            kind: kind.wire(),
+            path,
+            copies,
+        });
     }
 
+    let mut fds = Vec::with_capacity(proc_.files.len());
     for f in &proc_.files {
         let kind = f.kind();
         if !matches!(kind, FileKind::Reg | FileKind::Chr | FileKind::Dir) {
@@ -400,43 +351,68 @@ fn render_process(
         if let Some(inode) = f.inode {
             want_file(path, inode, f.writable());
         }
-        let flags = f.flags | if f.cloexec { O_CLOEXEC } else { 0 };
-        let _ = writeln!(
-            out,
-            "fd {} {:x} {:x} {} {}",
-            f.fd,
-            flags,
-            f.pos,
-            kind.manifest_name(),
-            encode_field(path)
-        );
+        fds.push(wire::FdRec {
+            fd: i32::try_from(f.fd).map_err(|_| format!("fd {}: number too large", f.fd))?,
+            flags: f.flags | if f.cloexec { O_CLOEXEC } else { 0 },
+            pos: f.pos,
+            kind: match kind {
+                FileKind::Reg => wire::FdKind::Reg,
+                FileKind::Chr => wire::FdKind::Chr,
+                _ => wire::FdKind::Dir,
+            },
+            path: path.as_bytes().to_vec(),
+        });
     }
+    let mut sigs = Vec::with_capacity(proc_.sigactions.len());
     for a in &proc_.sigactions {
-        let _ = writeln!(
-            out,
-            "sig {} {:x} {:x} {:x} {:x}",
-            a.signo, a.handler, a.flags, a.restorer, a.mask
-        );
+        sigs.push(wire::SigRec {
+            signo: i32::try_from(a.signo).map_err(|_| format!("bad signal {}", a.signo))?,
+            handler: a.handler,
+            flags: a.flags,
+            restorer: a.restorer,
+            mask: a.mask,
+        });
     }
     let syscall_entry = k.symbol("entry_SYSCALL_64").ok();
+    let mut out_threads = Vec::with_capacity(threads.len());
     for t in threads {
         let (regs, fpu) = thread_state(t, live.get(&t.addr).copied(), syscall_entry, notes)?;
-        let _ = writeln!(out, "thread {} {}", t.pid, encode_field(&t.comm));
-        let _ = writeln!(out, "regs {}", hex_words(&regs.to_array()));
-        let _ = writeln!(out, "fpu {}", fpu.to_hex());
-        let _ = writeln!(out, "sigmask {:x}", t.effective_sigmask());
-        let _ = writeln!(out, "tid-address {:x}", t.clear_child_tid);
-        let _ = writeln!(
-            out,
-            "robust-list {:x} {:x}",
-            t.robust_list, ROBUST_LIST_HEAD_LEN
-        );
-        if let Some(r) = t.rseq {
-            let _ = writeln!(out, "rseq {:x} {:x} {:x}", r.addr, r.len, r.sig);
-        }
+        out_threads.push(wire::Thread {
+            tid: wire_pid(t.pid)?,
+            comm: t.comm.as_bytes().to_vec(),
+            regs: regs.to_array(),
+            fpu: Box::new(fpu.0),
+            sigmask: t.effective_sigmask(),
+            tid_address: Some(t.clear_child_tid),
+            robust_list: Some((t.robust_list, ROBUST_LIST_HEAD_LEN)),
+            rseq: t.rseq.map(|r| (r.addr, r.len, r.sig)),
+        });
     }
-    out.push_str("end\n");
-    Ok(Rendered { text: out, files })
+    let process = wire::Process {
+        pid: wire_pid(leader.pid)?,
+        comm: leader.comm.as_bytes().to_vec(),
+        exe: Some(exe.as_bytes().to_vec()),
+        cwd: Some(cwd.as_bytes().to_vec()),
+        mm: wire::Mm {
+            start_code: mm.start_code,
+            end_code: mm.end_code,
+            start_data: mm.start_data,
+            end_data: mm.end_data,
+            start_brk: mm.start_brk,
+            brk: mm.brk,
+            start_stack: mm.start_stack,
+            arg_start: mm.arg_start,
+            arg_end: mm.arg_end,
+            env_start: mm.env_start,
+            env_end: mm.env_end,
+        },
+        auxv: mm.auxv.clone(),
+        vmas,
+        fds,
+        sigs,
+        threads: out_threads,
+    };
+    Ok(Rendered { process, files })
 }
 
 /// Maps each task that was current on a CPU to the vCPU that ran that CPU: kernel CPU N
@@ -616,7 +592,7 @@ pub fn build_manifest_excluding(
         );
     }
     let mut used: BTreeSet<u64> = BTreeSet::new();
-    let mut body = String::new();
+    let mut processes = Vec::new();
     for (tgid, r) in rendered {
         let bad = r
             .files
@@ -630,175 +606,34 @@ pub fn build_manifest_excluding(
             continue;
         }
         used.extend(r.files.iter().map(|f| f.inode.addr));
-        body.push_str(&r.text);
+        processes.push(r.process);
         m.processes.push(tgid);
     }
 
-    m.text.push_str(HEADER);
-    m.text.push('\n');
+    let mut out_files = Vec::new();
     for inode in used {
         let (Some(f), Some(Ok(c))) = (files.get(&inode), contents.get(&inode)) else {
             continue;
         };
-        let _ = writeln!(
-            m.text,
-            "file {:x} {:x} {} {}",
-            c.size,
-            f.inode.mode & 0o7777,
-            u8::from(f.overwrite),
-            encode_field(&f.path)
-        );
-        for (off, gpa, len) in c.runs() {
-            let _ = writeln!(m.text, "fcopy {off:x} {gpa:x} {len:x}");
-        }
+        out_files.push(wire::FileRec {
+            size: c.size,
+            mode: f.inode.mode & 0o7777,
+            overwrite: f.overwrite,
+            path: f.path.as_bytes().to_vec(),
+            runs: c
+                .runs()
+                .into_iter()
+                .map(|(offset, gpa, len)| wire::FileRun { offset, gpa, len })
+                .collect(),
+        });
     }
-    m.text.push_str(&body);
+    m.manifest = wire::Manifest {
+        files: out_files,
+        processes,
+    };
+    m.text = m.manifest.to_text();
     m.excluded.sort_by_key(|e| e.pid);
     m
-}
-
-/// Counts found by [`parse_manifest`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ManifestSummary {
-    /// `file` records.
-    pub files: usize,
-    /// `process` records.
-    pub processes: usize,
-    /// `thread` records.
-    pub threads: usize,
-    /// Bytes of `copy` runs.
-    pub copy_bytes: u64,
-}
-
-/// Checks a manifest against the version-1 format: header, known records in the documented
-/// order, field counts, number syntax. Used by tests and the fuzz target.
-pub fn parse_manifest(text: &str) -> Result<ManifestSummary, String> {
-    let mut lines = text.lines().enumerate();
-    match lines.next() {
-        Some((_, HEADER)) => {}
-        other => return Err(format!("bad header {other:?}")),
-    }
-    let hex = |s: &str| {
-        u64::from_str_radix(s, 16)
-            .ok()
-            .filter(|_| s == s.to_lowercase())
-    };
-    let dec = |s: &str| s.parse::<u64>().ok();
-    let mut sum = ManifestSummary::default();
-    // State: 0 files, 1 in process before threads, 2 in a thread, 3 between processes.
-    let mut in_process = false;
-    let mut after_file = false;
-    let mut after_vma = false;
-    let mut in_thread = false;
-    for (n, line) in lines {
-        let err = |what: &str| Err(format!("line {}: {what}: {line:?}", n + 1));
-        let (ty, rest) = line.split_once(' ').unwrap_or((line, ""));
-        let f: Vec<&str> = if rest.is_empty() {
-            Vec::new()
-        } else {
-            rest.split(' ').collect()
-        };
-        let nums = |count: usize, decimal_first: usize| -> bool {
-            f.len() >= count
-                && f[..count].iter().enumerate().all(|(i, v)| {
-                    if i < decimal_first {
-                        dec(v).is_some()
-                    } else {
-                        hex(v).is_some()
-                    }
-                })
-        };
-        let path_ok = |from: usize| {
-            rest.splitn(from + 1, ' ')
-                .nth(from)
-                .is_some_and(|p| !p.is_empty())
-        };
-        let ok = match ty {
-            "file" if !in_process => {
-                after_file = true;
-                sum.files += 1;
-                nums(3, 0) && path_ok(3)
-            }
-            "fcopy" if after_file && !in_process => f.len() == 3 && nums(3, 0),
-            "process" if !in_process => {
-                in_process = true;
-                after_file = false;
-                sum.processes += 1;
-                nums(1, 1) && path_ok(1)
-            }
-            "exe" | "cwd" if in_process && !in_thread => !rest.is_empty(),
-            "mm" if in_process && !in_thread => f.len() == 11 && nums(11, 0),
-            "auxv" if in_process && !in_thread => {
-                !f.is_empty() && f.len() & 1 == 0 && nums(f.len(), 0)
-            }
-            "vma" if in_process && !in_thread => {
-                after_vma = true;
-                f.len() >= 6
-                    && hex(f[0]).is_some()
-                    && hex(f[1]).is_some()
-                    && f[2].len() == 3
-                    && matches!(f[3], "p" | "s" | "pg" | "sg")
-                    && hex(f[4]).is_some()
-                    && matches!(
-                        f[5],
-                        "anon" | "file" | "heap" | "stack" | "vdso" | "vvar" | "vsyscall"
-                    )
-                    && (f[5] == "file") == (f.len() > 6)
-            }
-            "copy" if after_vma && !in_thread => {
-                if let Some(l) = f.get(2).and_then(|v| hex(v)) {
-                    sum.copy_bytes += l;
-                }
-                f.len() == 3 && nums(3, 0)
-            }
-            "fd" if in_process && !in_thread => {
-                after_vma = false;
-                nums(3, 1)
-                    && matches!(
-                        f.get(3),
-                        Some(&("reg" | "chr" | "dir" | "fifo" | "sock" | "other"))
-                    )
-                    && path_ok(4)
-            }
-            "sig" if in_process && !in_thread => f.len() == 5 && nums(5, 1),
-            "thread" if in_process => {
-                after_vma = false;
-                in_thread = true;
-                sum.threads += 1;
-                nums(1, 1) && path_ok(1)
-            }
-            "regs" if in_thread => f.len() == 27 && nums(27, 0),
-            "fpu" if in_thread => {
-                f.len() == 1
-                    && f[0].len() == 1024
-                    && f[0]
-                        .bytes()
-                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-            }
-            "sigmask" | "tid-address" if in_thread => f.len() == 1 && nums(1, 0),
-            "robust-list" if in_thread => f.len() == 2 && nums(2, 0),
-            "rseq" if in_thread => f.len() == 3 && nums(3, 0),
-            "end" if in_process && in_thread => {
-                in_process = false;
-                in_thread = false;
-                after_vma = false;
-                f.is_empty()
-            }
-            _ => return err("unexpected record"),
-        };
-        if !ok {
-            return err("bad fields");
-        }
-        if ty == "fcopy" || ty == "file" {
-            // fine
-        } else if !in_process && ty != "end" {
-            return err("record outside a process");
-        }
-    }
-    if in_process {
-        return Err("last process has no end".to_owned());
-    }
-    Ok(sum)
 }
 
 #[cfg(test)]
@@ -1035,10 +870,16 @@ mod tests {
         assert_eq!(reasons[0].0, 1);
         assert_eq!(reasons[1], (7, "fd 3: cannot restore sock"));
         assert_eq!(reasons[2], (8, "exiting"));
-        let sum = parse_manifest(&man.text).expect("parses");
+        let parsed = wire::parse(man.text.as_bytes()).expect("parses");
+        assert_eq!(parsed, man.manifest);
         assert_eq!(
-            (sum.files, sum.processes, sum.threads, sum.copy_bytes),
-            (1, 1, 2, 0x3000)
+            (
+                parsed.files.len(),
+                parsed.processes.len(),
+                parsed.processes[0].threads.len(),
+                parsed.copy_bytes()
+            ),
+            (1, 1, 2, 0x3000 + 0x1000)
         );
         let t = &man.text;
         assert!(t.starts_with(
@@ -1113,13 +954,17 @@ mod tests {
 
     #[test]
     fn encodes_fields_and_rejects_bad_manifests() {
-        assert_eq!(encode_field("a b%c\n\u{e9}"), "a b%25c%0a%c3%a9");
-        assert!(parse_manifest("").is_err());
-        assert!(parse_manifest("owvmm-manifest 2\n").is_err());
-        assert!(parse_manifest("owvmm-manifest 1\nbogus 1\n").is_err());
-        assert!(parse_manifest("owvmm-manifest 1\nprocess 5 x\nexe /x\n").is_err());
-        assert!(parse_manifest("owvmm-manifest 1\ncopy 1 2 3\n").is_err());
-        assert!(parse_manifest("owvmm-manifest 1\nfile 10 1a4 0 /x\nfcopy 0 1000 10\n").is_ok());
-        assert!(parse_manifest("owvmm-manifest 1\nfile 10 1A4 0 /x\n").is_err());
+        let parse = |t: &str| wire::parse(t.as_bytes());
+        assert_eq!(
+            wire::encode_field("a b%c\n\u{e9}".as_bytes()),
+            "a b%25c%0a%c3%a9"
+        );
+        assert!(parse("").is_err());
+        assert!(parse("owvmm-manifest 2\n").is_err());
+        assert!(parse("owvmm-manifest 1\nbogus 1\n").is_err());
+        assert!(parse("owvmm-manifest 1\nprocess 5 x\nexe /x\n").is_err());
+        assert!(parse("owvmm-manifest 1\ncopy 1 2 3\n").is_err());
+        assert!(parse("owvmm-manifest 1\nfile 10 1a4 0 /x\nfcopy 0 1000 10\n").is_ok());
+        assert!(parse("owvmm-manifest 1\nfile 10 1A4 0 /x\n").is_err());
     }
 }

@@ -11,12 +11,17 @@ use std::path::PathBuf;
 
 use owvmm_recovery::btf::Btf;
 use owvmm_recovery::kernel::{find_kaslr_slide, Kernel};
-use owvmm_recovery::manifest::{build_manifest, parse_manifest, Manifest};
+use owvmm_recovery::manifest::{build_manifest, wire, Manifest};
 use owvmm_recovery::process::FileKind;
 use owvmm_recovery::regs::{CpuUserState, UserRegs};
 use owvmm_recovery::symbols::SymbolTable;
 use owvmm_recovery::tasks::{is_user_addr, FxSave, USER_CS};
 use owvmm_recovery::{inspect, FlatMemory, Report};
+
+/// The manifest's own parser, on the text the writer made.
+fn parse_manifest(text: &str) -> Result<wire::Manifest, wire::ParseError> {
+    wire::parse(text.as_bytes())
+}
 
 struct Image {
     memory: Vec<u8>,
@@ -390,8 +395,12 @@ fn process_state_pages_and_manifest() {
     assert!(!m.processes.contains(&1));
     assert!(m.excluded.iter().any(|e| e.pid == 1));
     let sum = parse_manifest(&m.text).expect("manifest parses");
-    assert_eq!(sum.processes, m.processes.len());
-    assert!(sum.files >= 1, "the busybox binary lives on the initramfs");
+    assert_eq!(sum, m.manifest);
+    assert_eq!(sum.processes.len(), m.processes.len());
+    assert!(
+        !sum.files.is_empty(),
+        "the busybox binary lives on the initramfs"
+    );
     assert!(m.text.contains(&format!("\nprocess {} sh\n", sh.tgid)));
     assert!(m.text.contains("\ncwd /\n"));
 }

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use owvmm_recovery::btf::Btf;
 use owvmm_recovery::kernel::Kernel;
-use owvmm_recovery::manifest::{build_manifest, parse_manifest};
+use owvmm_recovery::manifest::{build_manifest, wire};
 use owvmm_recovery::regs::{CpuUserState, UserRegs};
 use owvmm_recovery::symbols::SymbolTable;
 use owvmm_recovery::tasks::FxSave;
@@ -89,8 +89,9 @@ fn run_one(data: &[u8]) {
         })
         .collect();
     let m = build_manifest(&k, &report, &cpus);
-    if let Err(e) = parse_manifest(&m.text) {
-        panic!("manifest does not parse: {e}\n{}", m.text);
+    match wire::parse(m.text.as_bytes()) {
+        Ok(parsed) => assert!(parsed == m.manifest, "manifest reads back differently\n{}", m.text),
+        Err(e) => panic!("manifest does not parse: {e}\n{}", m.text),
     }
 }
 

@@ -139,13 +139,8 @@ pub(super) fn build(
         );
     }
     let m = build_manifest_excluding(kernel, report, &states, &left_out);
-    let copy_bytes = m
-        .text
-        .lines()
-        .filter(|l| l.starts_with("copy ") || l.starts_with("fcopy "))
-        .filter_map(|l| l.rsplit(' ').next())
-        .filter_map(|len| u64::from_str_radix(len, 16).ok())
-        .sum();
+    // From the typed manifest the text was written from: the `copy` and `fcopy` runs.
+    let copy_bytes = m.manifest.copy_bytes();
     Manifest {
         text: m.text,
         included: m.processes,

@@ -2,7 +2,8 @@
 //! that `recovery/` wrote and the dead kernel's memory (the "old-world window").
 //! The contract is `docs/resurrection.md`.
 //!
-//! - [`manifest`] parses the manifest (strictly, every bad line with its number).
+//! - [`manifest`] parses the manifest (strictly, every bad line with its number; the
+//!   `owvmm-manifest` crate).
 //! - [`files`] recreates the files of in-memory file systems (`file` records).
 //! - [`restore`] recreates one process: `clone3(set_tid)`, then a ptrace-driven rebuild
 //!   through system calls injected with [`tracer`].
@@ -256,7 +257,7 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
             return sum;
         }
     };
-    let m = manifest::parse(manifest_map.bytes());
+    let m = manifest::parse_each(manifest_map.bytes());
     drop(manifest_map);
     if !m.errors.is_empty() {
         for e in m.errors.iter().take(MAX_ERR_LINES) {

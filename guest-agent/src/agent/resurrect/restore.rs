@@ -236,8 +236,10 @@ pub fn restore(p: &Process, mem: &MemSource) -> Result<u32, Error> {
             .fds
             .iter()
             .map(|f| {
+                // f_flags are 32 bits; open(2) takes them as an int.
+                let flags = i32::from_ne_bytes(f.flags.to_ne_bytes());
                 let mut flags =
-                    (f.flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_NOCTTY;
+                    (flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_NOCTTY;
                 if f.kind == FdKind::Dir {
                     flags |= libc::O_DIRECTORY;
                 }

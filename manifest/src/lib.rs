@@ -1,0 +1,343 @@
+//! The resurrection manifest (`docs/resurrection.md`, version 1): what the crash kernel's
+//! agent needs to recreate the processes of a dead kernel.
+//!
+//! One crate for both sides: `recovery/` builds a [`Manifest`] and writes it with its
+//! [`Display`](std::fmt::Display) implementation ([`Manifest::to_text`]); the agent reads it
+//! with [`parse`] (or [`parse_each`], which fails only the process whose block is bad). No
+//! I/O, no dependencies beyond `thiserror`: the agent is a static binary.
+//!
+//! Round trip: for every manifest `m` the parser accepts, `parse(m.to_text()) == m`.
+
+mod parse;
+mod write;
+
+pub use parse::{parse, parse_each, BadProcess, ErrorKind, ParseError, Parsed};
+pub use write::encode_field;
+
+/// Page size of the guest (x86-64).
+pub const PAGE: u64 = 4096;
+/// The manifest format version this crate reads and writes.
+pub const VERSION: u32 = 1;
+/// The first line of a version-1 manifest.
+pub const HEADER: &str = "owvmm-manifest 1";
+/// Longest accepted manifest line (an `fpu` line is about 1030 bytes, a path up to
+/// 3 x 4096 when every byte is escaped).
+pub const MAX_LINE: usize = 16 * 1024;
+/// Longest decoded path or name (PATH_MAX without the NUL).
+pub const MAX_PATH: usize = 4095;
+/// Most `auxv` words (the kernel keeps fewer in `saved_auxv`).
+pub const MAX_AUXV: usize = 128;
+/// Most `vma` records in one process.
+pub const MAX_VMAS: usize = 1 << 20;
+/// Most `thread` records in one process.
+pub const MAX_THREADS: usize = 1 << 16;
+/// Largest `file` size (the agent makes the file this long and maps it).
+pub const MAX_FILE_SIZE: u64 = 1 << 40;
+/// Largest pid or tid (`PID_MAX_LIMIT`).
+pub const MAX_PID: u32 = 4_194_304;
+/// Errors kept per manifest (and per process); more are counted but not kept.
+pub const MAX_ERRORS: usize = 100;
+
+/// `PROT_READ`, as in Linux.
+pub const PROT_READ: i32 = 1;
+/// `PROT_WRITE`, as in Linux.
+pub const PROT_WRITE: i32 = 2;
+/// `PROT_EXEC`, as in Linux.
+pub const PROT_EXEC: i32 = 4;
+
+/// A whole manifest: the files to recreate, then the processes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Manifest {
+    /// The `file` records, in order.
+    pub files: Vec<FileRec>,
+    /// The `process` blocks, in order.
+    pub processes: Vec<Process>,
+}
+
+impl Manifest {
+    /// Bytes of old memory the agent will copy: the lengths of all `copy` and `fcopy` runs.
+    pub fn copy_bytes(&self) -> u64 {
+        let files = self.files.iter().flat_map(|f| &f.runs).map(|r| r.len);
+        let copies = self
+            .processes
+            .iter()
+            .flat_map(|p| &p.vmas)
+            .flat_map(|v| &v.copies)
+            .map(|c| c.len);
+        files.chain(copies).fold(0, u64::saturating_add)
+    }
+
+    /// The manifest text (its `Display`), ending with a newline.
+    pub fn to_text(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// `file <size> <mode> <overwrite> <path>` and its `fcopy` runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRec {
+    /// The final length.
+    pub size: u64,
+    /// Permission bits (`i_mode & 0o7777`).
+    pub mode: u32,
+    /// Some process had it open for writing: rewrite it even when the size matches.
+    pub overwrite: bool,
+    /// Absolute path (raw bytes).
+    pub path: Vec<u8>,
+    /// The cached content.
+    pub runs: Vec<FileRun>,
+}
+
+/// `fcopy <offset> <gpa> <len>`: `len` bytes of a file at `offset` from old memory `gpa`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileRun {
+    pub offset: u64,
+    pub gpa: u64,
+    pub len: u64,
+}
+
+/// One process: everything between `process` and `end`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    pub pid: u32,
+    /// `comm` (raw bytes, may be empty).
+    pub comm: Vec<u8>,
+    /// The executable's path.
+    pub exe: Option<Vec<u8>>,
+    /// The current directory.
+    pub cwd: Option<Vec<u8>>,
+    pub mm: Mm,
+    /// `saved_auxv` words up to and including the `AT_NULL` pair.
+    pub auxv: Vec<u64>,
+    /// Sorted by address, not overlapping.
+    pub vmas: Vec<Vma>,
+    pub fds: Vec<FdRec>,
+    pub sigs: Vec<SigRec>,
+    /// The leader first.
+    pub threads: Vec<Thread>,
+}
+
+/// The `mm` record, in the order of `struct prctl_mm_map`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Mm {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+impl Mm {
+    /// The 11 words in record order.
+    pub fn to_array(&self) -> [u64; 11] {
+        [
+            self.start_code,
+            self.end_code,
+            self.start_data,
+            self.end_data,
+            self.start_brk,
+            self.brk,
+            self.start_stack,
+            self.arg_start,
+            self.arg_end,
+            self.env_start,
+            self.env_end,
+        ]
+    }
+
+    /// From the 11 words in record order.
+    pub fn from_array(v: [u64; 11]) -> Self {
+        let [start_code, end_code, start_data, end_data, start_brk, brk, start_stack, arg_start, arg_end, env_start, env_end] =
+            v;
+        Self {
+            start_code,
+            end_code,
+            start_data,
+            end_data,
+            start_brk,
+            brk,
+            start_stack,
+            arg_start,
+            arg_end,
+            env_start,
+            env_end,
+        }
+    }
+}
+
+/// What backs a memory area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmaKind {
+    Anon,
+    File,
+    Heap,
+    Stack,
+    Vdso,
+    Vvar,
+    Vsyscall,
+}
+
+impl VmaKind {
+    /// Every kind, in no particular order.
+    pub const ALL: [VmaKind; 7] = [
+        Self::Anon,
+        Self::File,
+        Self::Heap,
+        Self::Stack,
+        Self::Vdso,
+        Self::Vvar,
+        Self::Vsyscall,
+    ];
+
+    /// The manifest word.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Anon => "anon",
+            Self::File => "file",
+            Self::Heap => "heap",
+            Self::Stack => "stack",
+            Self::Vdso => "vdso",
+            Self::Vvar => "vvar",
+            Self::Vsyscall => "vsyscall",
+        }
+    }
+
+    /// The kind named `s`.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// Anonymous memory that the agent maps itself.
+    pub fn is_anon(self) -> bool {
+        matches!(self, Self::Anon | Self::Heap | Self::Stack)
+    }
+
+    /// Kernel-provided areas that take no `copy`.
+    pub fn is_special(self) -> bool {
+        matches!(self, Self::Vdso | Self::Vvar | Self::Vsyscall)
+    }
+}
+
+/// `vma <start> <end> <prot> <share> <pgoff> <kind> [path]` and its `copy` runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    /// [`PROT_READ`] | [`PROT_WRITE`] | [`PROT_EXEC`] bits.
+    pub prot: i32,
+    pub shared: bool,
+    pub growsdown: bool,
+    /// File offset in bytes.
+    pub pgoff: u64,
+    pub kind: VmaKind,
+    /// Present exactly for [`VmaKind::File`].
+    pub path: Option<Vec<u8>>,
+    pub copies: Vec<Copy>,
+}
+
+/// `copy <vaddr> <gpa> <len>`: put `len` bytes from old memory `gpa` at `vaddr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Copy {
+    pub vaddr: u64,
+    pub gpa: u64,
+    pub len: u64,
+}
+
+/// The kind of an open file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdKind {
+    Reg,
+    Chr,
+    Dir,
+    Fifo,
+    Sock,
+    Other,
+}
+
+impl FdKind {
+    /// Every kind.
+    pub const ALL: [FdKind; 6] = [
+        Self::Reg,
+        Self::Chr,
+        Self::Dir,
+        Self::Fifo,
+        Self::Sock,
+        Self::Other,
+    ];
+
+    /// The manifest word.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Reg => "reg",
+            Self::Chr => "chr",
+            Self::Dir => "dir",
+            Self::Fifo => "fifo",
+            Self::Sock => "sock",
+            Self::Other => "other",
+        }
+    }
+
+    /// The kind named `s`.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// Kinds reopened by path (their path must be absolute).
+    pub fn reopens(self) -> bool {
+        matches!(self, Self::Reg | Self::Chr | Self::Dir)
+    }
+}
+
+/// `fd <fd> <flags> <pos> <kind> <path>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FdRec {
+    pub fd: i32,
+    /// `f_flags` (with `O_CLOEXEC` when close-on-exec).
+    pub flags: u32,
+    pub pos: u64,
+    pub kind: FdKind,
+    /// Absolute for [`FdKind::reopens`] kinds; may be empty for the others.
+    pub path: Vec<u8>,
+}
+
+/// `sig <signo> <handler> <flags> <restorer> <mask>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SigRec {
+    pub signo: i32,
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+/// One thread: `thread` and the records after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Thread {
+    pub tid: u32,
+    pub comm: Vec<u8>,
+    /// `struct user_regs_struct`, 27 words.
+    pub regs: [u64; 27],
+    /// The FXSAVE image.
+    pub fpu: Box<[u8; 512]>,
+    /// Blocked signals (0 when the record is absent).
+    pub sigmask: u64,
+    pub tid_address: Option<u64>,
+    /// (head, len).
+    pub robust_list: Option<(u64, u64)>,
+    /// (addr, len, sig).
+    pub rseq: Option<(u64, u32, u32)>,
+}
+
+/// A process left out of a manifest, and why (not part of the text: the VMM reports it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Excluded {
+    pub pid: i32,
+    /// `fd 5: cannot restore sock`, ...
+    pub reason: String,
+}

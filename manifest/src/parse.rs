@@ -1,0 +1,1026 @@
+//! The strict parser.
+//!
+//! Every bad line is reported with its line number. [`parse_each`] keeps going after a bad
+//! line: a bad line inside a `process` ... `end` block fails only that process, a bad line
+//! anywhere else (the header, the `file` records, the structure) fails the whole manifest.
+//! [`parse`] accepts a manifest only when it has no bad line at all. Neither panics, and
+//! both bound what they accept (line and path length, auxv length, counts, error count)
+//! rather than allocate it.
+
+use std::collections::HashSet;
+
+use crate::{
+    Copy, FdKind, FdRec, FileRec, FileRun, Manifest, Mm, Process, SigRec, Thread, Vma, VmaKind,
+    HEADER, MAX_AUXV, MAX_ERRORS, MAX_FILE_SIZE, MAX_LINE, MAX_PATH, MAX_PID, MAX_THREADS,
+    MAX_VMAS, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE,
+};
+
+/// `SIGKILL` and `SIGSTOP` (x86-64 Linux): they cannot have an action.
+const SIGKILL: i32 = 9;
+const SIGSTOP: i32 = 19;
+
+/// One bad line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {kind}")]
+pub struct ParseError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong with it.
+    pub kind: ErrorKind,
+}
+
+/// What is wrong with a line. Texts taken from the input are shortened to 40 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ErrorKind {
+    #[error("empty manifest")]
+    Empty,
+    #[error("not a version-1 manifest (expected '{HEADER}')")]
+    NotVersion1,
+    #[error("line too long ({len} bytes, limit {MAX_LINE})")]
+    LineTooLong { len: usize },
+    #[error("empty line")]
+    EmptyLine,
+    #[error("byte 0x{byte:02x} is not printable ASCII")]
+    NotPrintable { byte: u8 },
+    #[error("unknown record '{record}'")]
+    UnknownRecord { record: String },
+    #[error("'{record}' outside a process")]
+    OutsideProcess { record: &'static str },
+    #[error("'{record}' after the first process")]
+    AfterFirstProcess { record: &'static str },
+    #[error("'{record}' after the first 'thread'")]
+    AfterFirstThread { record: &'static str },
+    #[error("'{record}' before the first 'thread'")]
+    BeforeFirstThread { record: &'static str },
+    #[error("process {pid} has no 'end' before this 'process'")]
+    NoEndBeforeProcess { pid: u32 },
+    #[error("process block without 'end'")]
+    BlockWithoutEnd,
+    #[error("manifest ends inside a process block")]
+    EndsInsideProcess,
+    #[error("'end' outside a process")]
+    EndOutsideProcess,
+    #[error("unexpected data after 'end'")]
+    DataAfterEnd,
+    #[error("expected {expected} fields")]
+    FieldCount { expected: usize },
+    #[error("unexpected trailing data")]
+    TrailingData,
+    #[error("missing path")]
+    MissingPath,
+    #[error("bad <{what}> '{text}'")]
+    Bad { what: &'static str, text: String },
+    #[error("<{what}> {text} out of range")]
+    OutOfRange { what: &'static str, text: String },
+    #[error("more than {limit} {what}")]
+    TooMany { what: &'static str, limit: usize },
+    #[error("bad %-escape in '{text}'")]
+    BadEscape { text: String },
+    #[error("text longer than {MAX_PATH} bytes")]
+    TextTooLong,
+    #[error("path '{text}' is not absolute")]
+    NotAbsolute { text: String },
+    #[error("NUL byte in path")]
+    NulInPath,
+    #[error("second '{record}'")]
+    Second { record: &'static str },
+    #[error("second '{record}' for thread {tid}")]
+    SecondForThread { record: &'static str, tid: u32 },
+    #[error("'fcopy' without a preceding 'file'")]
+    FcopyWithoutFile,
+    #[error("empty fcopy")]
+    EmptyFcopy,
+    #[error("fcopy beyond the file size")]
+    FcopyBeyondSize,
+    #[error("{record} <gpa> + <len> overflows")]
+    Overflows { record: &'static str },
+    #[error("auxv longer than {MAX_AUXV} words")]
+    AuxvTooLong,
+    #[error("auxv must be (type, value) pairs")]
+    AuxvPairs,
+    #[error("auxv does not end with AT_NULL")]
+    AuxvNoAtNull,
+    #[error("bad area {start:x}-{end:x}")]
+    BadArea { start: u64, end: u64 },
+    #[error("<pgoff> {pgoff:x} is not page aligned")]
+    PgoffUnaligned { pgoff: u64 },
+    #[error("a 'file' area needs a path")]
+    FileAreaNeedsPath,
+    #[error("a '{kind}' area has no path")]
+    AreaHasNoPath { kind: &'static str },
+    #[error("area {start:x}-{end:x} is not above the previous one (ends at {prev_end:x})")]
+    NotAbove { start: u64, end: u64, prev_end: u64 },
+    #[error("'copy' without a preceding 'vma'")]
+    CopyWithoutVma,
+    #[error("copy is not whole, page-aligned pages")]
+    CopyNotPages,
+    #[error("copy at {vaddr:x} is outside its area")]
+    CopyOutside { vaddr: u64 },
+    #[error("copy into a {kind} area")]
+    CopyIntoSpecial { kind: &'static str },
+    #[error("two copies to {vaddr:x}")]
+    TwoCopies { vaddr: u64 },
+    #[error("fd {fd} listed twice")]
+    FdTwice { fd: i32 },
+    #[error("signal {signo} cannot have an action")]
+    SignalWithoutAction { signo: i32 },
+    #[error("signal {signo} listed twice")]
+    SignalTwice { signo: i32 },
+    #[error("the first thread must be the leader ({leader}), not {tid}")]
+    NotLeader { leader: u32, tid: u32 },
+    #[error("thread {tid} listed twice")]
+    ThreadTwice { tid: u32 },
+    #[error("fpu needs 1024 hex digits, not {len}")]
+    FpuLength { len: usize },
+    #[error("fpu: not lower-case hex")]
+    FpuHex,
+    #[error("no 'mm' record")]
+    NoMm,
+    #[error("no 'auxv' record")]
+    NoAuxv,
+    #[error("no 'thread' record")]
+    NoThread,
+    #[error("thread {tid} has no 'regs'")]
+    NoRegs { tid: u32 },
+    #[error("thread {tid} has no 'fpu'")]
+    NoFpu { tid: u32 },
+}
+
+/// A process block with at least one bad line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadProcess {
+    /// Its PID, or 0 when the `process` line itself was bad.
+    pub pid: u32,
+    /// Its bad lines (at most [`MAX_ERRORS`]), in order.
+    pub errors: Vec<ParseError>,
+}
+
+/// What [`parse_each`] found: the good parts, and every bad line.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    /// The `file` records, in order.
+    pub files: Vec<FileRec>,
+    /// The `process` blocks, in order; a block with bad lines is an `Err`.
+    pub processes: Vec<Result<Process, BadProcess>>,
+    /// Bad lines outside process blocks: when there are any, nothing may be restored.
+    pub errors: Vec<ParseError>,
+    /// Errors beyond [`MAX_ERRORS`] that were not kept.
+    pub more_errors: usize,
+}
+
+impl Parsed {
+    /// The first bad line: the earliest of the global errors and of each bad process's
+    /// first error (a process's later errors, such as a missing `mm` after a bad `mm`
+    /// line, are consequences).
+    pub fn first_error(&self) -> Option<&ParseError> {
+        let in_processes = self.processes.iter().filter_map(|p| p.as_ref().err());
+        self.errors
+            .first()
+            .into_iter()
+            .chain(in_processes.filter_map(|b| b.errors.first()))
+            .min_by_key(|e| e.line)
+    }
+
+    /// The whole manifest, when nothing in it is bad.
+    pub fn into_manifest(self) -> Result<Manifest, ParseError> {
+        if let Some(e) = self.first_error() {
+            return Err(e.clone());
+        }
+        Ok(Manifest {
+            files: self.files,
+            processes: self.processes.into_iter().filter_map(Result::ok).collect(),
+        })
+    }
+}
+
+/// Parses a whole manifest strictly: the first bad line is the error.
+pub fn parse(text: &[u8]) -> Result<Manifest, ParseError> {
+    parse_each(text).into_manifest()
+}
+
+impl std::str::FromStr for Manifest {
+    type Err = ParseError;
+
+    /// [`parse`].
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        parse(s.as_bytes())
+    }
+}
+
+/// Parses a whole manifest, going on after bad lines. Never fails as such: problems are in
+/// the result.
+pub fn parse_each(text: &[u8]) -> Parsed {
+    let mut p = Parser::default();
+    let mut lines = text.split(|&b| b == b'\n').enumerate().peekable();
+    let mut last = 1;
+    while let Some((i, raw)) = lines.next() {
+        let n = i + 1;
+        last = n;
+        // The piece after the final newline is not a line.
+        if raw.is_empty() && lines.peek().is_none() {
+            break;
+        }
+        let line = match check_line(raw) {
+            Ok(l) => l,
+            Err(kind) if n > 1 => {
+                p.error(n, kind);
+                continue;
+            }
+            Err(_) => "",
+        };
+        if n == 1 {
+            if line != HEADER {
+                p.global(n, ErrorKind::NotVersion1);
+                return p.finish(n);
+            }
+            continue;
+        }
+        p.record(n, line);
+    }
+    if text.is_empty() {
+        p.global(1, ErrorKind::Empty);
+    }
+    p.finish(last)
+}
+
+/// A line must be printable ASCII (paths are %-escaped) and not too long.
+fn check_line(raw: &[u8]) -> Result<&str, ErrorKind> {
+    if raw.len() > MAX_LINE {
+        return Err(ErrorKind::LineTooLong { len: raw.len() });
+    }
+    if raw.is_empty() {
+        return Err(ErrorKind::EmptyLine);
+    }
+    if let Some(&byte) = raw.iter().find(|&&b| !(0x20..0x7f).contains(&b)) {
+        return Err(ErrorKind::NotPrintable { byte });
+    }
+    // All bytes are printable ASCII, so this cannot fail.
+    std::str::from_utf8(raw).map_err(|_| ErrorKind::NotPrintable { byte: 0 })
+}
+
+/// Records that belong inside a process block (besides `process` and `end`).
+const PROCESS_RECORDS: [&str; 14] = [
+    "exe",
+    "cwd",
+    "mm",
+    "auxv",
+    "vma",
+    "copy",
+    "fd",
+    "sig",
+    "thread",
+    "regs",
+    "fpu",
+    "sigmask",
+    "tid-address",
+    "robust-list",
+];
+/// Records of a thread.
+const THREAD_RECORDS: [&str; 6] = [
+    "regs",
+    "fpu",
+    "sigmask",
+    "tid-address",
+    "robust-list",
+    "rseq",
+];
+
+fn known(list: &[&'static str], kind: &str) -> Option<&'static str> {
+    list.iter().copied().find(|&k| k == kind)
+}
+
+/// Where we are.
+#[derive(Default)]
+enum State {
+    /// After the header, `file` records allowed.
+    #[default]
+    Files,
+    /// Inside a process block.
+    Process(Box<ProcBuilder>),
+    /// Between process blocks (no more `file`).
+    Between,
+}
+
+struct ProcBuilder {
+    line: usize,
+    pid: u32,
+    comm: Vec<u8>,
+    exe: Option<Vec<u8>>,
+    cwd: Option<Vec<u8>>,
+    mm: Option<Mm>,
+    auxv: Option<Vec<u64>>,
+    vmas: Vec<Vma>,
+    fds: Vec<FdRec>,
+    sigs: Vec<SigRec>,
+    threads: Vec<ThreadBuilder>,
+    errors: Vec<ParseError>,
+}
+
+struct ThreadBuilder {
+    line: usize,
+    tid: u32,
+    comm: Vec<u8>,
+    regs: Option<[u64; 27]>,
+    fpu: Option<Box<[u8; 512]>>,
+    sigmask: Option<u64>,
+    tid_address: Option<u64>,
+    robust_list: Option<(u64, u64)>,
+    rseq: Option<(u64, u32, u32)>,
+}
+
+#[derive(Default)]
+struct Parser {
+    state: State,
+    out: Parsed,
+}
+
+impl Parser {
+    /// A bad line: charged to the current process if we are in one.
+    fn error(&mut self, line: usize, kind: ErrorKind) {
+        match &mut self.state {
+            State::Process(p) => push_error(&mut p.errors, &mut self.out.more_errors, line, kind),
+            _ => self.global(line, kind),
+        }
+    }
+
+    fn global(&mut self, line: usize, kind: ErrorKind) {
+        push_error(&mut self.out.errors, &mut self.out.more_errors, line, kind);
+    }
+
+    fn record(&mut self, n: usize, line: &str) {
+        let (kind, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let result = match kind {
+            "file" => self.file(rest),
+            "fcopy" => self.fcopy(rest),
+            "process" => {
+                if let State::Process(p) = &self.state {
+                    let pid = p.pid;
+                    self.close_process(n, false);
+                    self.global(n, ErrorKind::NoEndBeforeProcess { pid });
+                }
+                self.start_process(n, rest);
+                Ok(())
+            }
+            "end" => {
+                if !rest.is_empty() {
+                    Err(ErrorKind::DataAfterEnd)
+                } else if matches!(self.state, State::Process(_)) {
+                    self.close_process(n, true);
+                    Ok(())
+                } else {
+                    Err(ErrorKind::EndOutsideProcess)
+                }
+            }
+            _ => match &mut self.state {
+                State::Process(p) => p.record(n, kind, rest),
+                _ => Err(
+                    match known(&PROCESS_RECORDS, kind).or(known(&THREAD_RECORDS, kind)) {
+                        Some(record) => ErrorKind::OutsideProcess { record },
+                        None => ErrorKind::UnknownRecord {
+                            record: shorten(kind),
+                        },
+                    },
+                ),
+            },
+        };
+        if let Err(kind) = result {
+            self.error(n, kind);
+        }
+    }
+
+    fn file(&mut self, rest: &str) -> Result<(), ErrorKind> {
+        if !matches!(self.state, State::Files) {
+            return Err(ErrorKind::AfterFirstProcess { record: "file" });
+        }
+        let (f, path) = fields(rest, 3, Tail::Required)?;
+        let size = hex(f[0], "size")?;
+        if size > MAX_FILE_SIZE {
+            return Err(out_of_range("size", f[0]));
+        }
+        let mode = hex(f[1], "mode")?;
+        let mode = u32::try_from(mode)
+            .ok()
+            .filter(|m| m & !0o7777 == 0)
+            .ok_or_else(|| out_of_range("mode", f[1]))?;
+        let overwrite = match f[2] {
+            "0" => false,
+            "1" => true,
+            other => return Err(bad("overwrite", other)),
+        };
+        let path = abs_path(path.unwrap_or(""))?;
+        self.out.files.push(FileRec {
+            size,
+            mode,
+            overwrite,
+            path,
+            runs: Vec::new(),
+        });
+        Ok(())
+    }
+
+    fn fcopy(&mut self, rest: &str) -> Result<(), ErrorKind> {
+        if !matches!(self.state, State::Files) {
+            return Err(ErrorKind::AfterFirstProcess { record: "fcopy" });
+        }
+        let (f, _) = fields(rest, 3, Tail::None)?;
+        let run = FileRun {
+            offset: hex(f[0], "offset")?,
+            gpa: hex(f[1], "gpa")?,
+            len: hex(f[2], "len")?,
+        };
+        let Some(file) = self.out.files.last_mut() else {
+            return Err(ErrorKind::FcopyWithoutFile);
+        };
+        if run.len == 0 {
+            return Err(ErrorKind::EmptyFcopy);
+        }
+        match run.offset.checked_add(run.len) {
+            Some(end) if end <= file.size => {}
+            _ => return Err(ErrorKind::FcopyBeyondSize),
+        }
+        if run.gpa.checked_add(run.len).is_none() {
+            return Err(ErrorKind::Overflows { record: "fcopy" });
+        }
+        file.runs.push(run);
+        Ok(())
+    }
+
+    fn start_process(&mut self, n: usize, rest: &str) {
+        let mut b = ProcBuilder {
+            line: n,
+            pid: 0,
+            comm: Vec::new(),
+            exe: None,
+            cwd: None,
+            mm: None,
+            auxv: None,
+            vmas: Vec::new(),
+            fds: Vec::new(),
+            sigs: Vec::new(),
+            threads: Vec::new(),
+            errors: Vec::new(),
+        };
+        let parsed = fields(rest, 1, Tail::Optional)
+            .and_then(|(f, comm)| Ok((pid(f[0], "pid")?, unescape(comm.unwrap_or(""))?)));
+        match parsed {
+            Ok((pid, comm)) => {
+                b.pid = pid;
+                b.comm = comm;
+            }
+            Err(kind) => b.errors.push(ParseError { line: n, kind }),
+        }
+        self.state = State::Process(Box::new(b));
+    }
+
+    /// Ends the current process block (`complete`: it ended with `end`).
+    fn close_process(&mut self, n: usize, complete: bool) {
+        let State::Process(b) = std::mem::replace(&mut self.state, State::Between) else {
+            return;
+        };
+        let mut b = *b;
+        if !complete {
+            b.errors.push(ParseError {
+                line: n,
+                kind: ErrorKind::BlockWithoutEnd,
+            });
+        }
+        let entry = b.build(n, &mut self.out.more_errors);
+        self.out.processes.push(entry);
+    }
+
+    fn finish(mut self, last_line: usize) -> Parsed {
+        if matches!(self.state, State::Process(_)) {
+            self.close_process(last_line, false);
+            self.global(last_line, ErrorKind::EndsInsideProcess);
+        }
+        self.out
+    }
+}
+
+fn push_error(errors: &mut Vec<ParseError>, more: &mut usize, line: usize, kind: ErrorKind) {
+    if errors.len() < MAX_ERRORS {
+        errors.push(ParseError { line, kind });
+    } else {
+        *more += 1;
+    }
+}
+
+impl ProcBuilder {
+    fn record(&mut self, n: usize, kind: &str, rest: &str) -> Result<(), ErrorKind> {
+        let process_level = ["exe", "cwd", "mm", "auxv", "vma", "copy", "fd", "sig"];
+        if let Some(record) = known(&process_level, kind) {
+            if !self.threads.is_empty() {
+                return Err(ErrorKind::AfterFirstThread { record });
+            }
+        }
+        match kind {
+            "exe" | "cwd" => {
+                let (_, path) = fields(rest, 0, Tail::Required)?;
+                let path = abs_path(path.unwrap_or(""))?;
+                let (slot, record) = if kind == "exe" {
+                    (&mut self.exe, "exe")
+                } else {
+                    (&mut self.cwd, "cwd")
+                };
+                if slot.is_some() {
+                    return Err(ErrorKind::Second { record });
+                }
+                *slot = Some(path);
+            }
+            "mm" => {
+                let (f, _) = fields(rest, 11, Tail::None)?;
+                let mut v = [0u64; 11];
+                for (slot, s) in v.iter_mut().zip(&f) {
+                    *slot = hex(s, "mm value")?;
+                }
+                if self.mm.is_some() {
+                    return Err(ErrorKind::Second { record: "mm" });
+                }
+                self.mm = Some(Mm::from_array(v));
+            }
+            "auxv" => {
+                if self.auxv.is_some() {
+                    return Err(ErrorKind::Second { record: "auxv" });
+                }
+                let mut words = Vec::new();
+                for s in rest.split(' ') {
+                    if words.len() == MAX_AUXV {
+                        return Err(ErrorKind::AuxvTooLong);
+                    }
+                    words.push(hex(s, "auxv word")?);
+                }
+                if words.len() < 2 || words.len() % 2 != 0 {
+                    return Err(ErrorKind::AuxvPairs);
+                }
+                if words.get(words.len() - 2) != Some(&0) {
+                    return Err(ErrorKind::AuxvNoAtNull);
+                }
+                self.auxv = Some(words);
+            }
+            "vma" => self.vma(rest)?,
+            "copy" => self.copy(rest)?,
+            "fd" => self.fd(rest)?,
+            "sig" => self.sig(rest)?,
+            "thread" => self.thread(n, rest)?,
+            _ => {
+                if let Some(record) = known(&THREAD_RECORDS, kind) {
+                    let Some(t) = self.threads.last_mut() else {
+                        return Err(ErrorKind::BeforeFirstThread { record });
+                    };
+                    t.record(record, rest)?;
+                } else {
+                    return Err(ErrorKind::UnknownRecord {
+                        record: shorten(kind),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn vma(&mut self, rest: &str) -> Result<(), ErrorKind> {
+        let (f, path) = fields(rest, 6, Tail::Optional)?;
+        let start = hex(f[0], "start")?;
+        let end = hex(f[1], "end")?;
+        let prot = parse_prot(f[2])?;
+        let (shared, growsdown) = match f[3] {
+            "p" => (false, false),
+            "s" => (true, false),
+            "pg" => (false, true),
+            "sg" => (true, true),
+            other => return Err(bad("share", other)),
+        };
+        let pgoff = hex(f[4], "pgoff")?;
+        let kind = VmaKind::from_name(f[5]).ok_or_else(|| bad("kind", f[5]))?;
+        if start >= end || !start.is_multiple_of(PAGE) || !end.is_multiple_of(PAGE) {
+            return Err(ErrorKind::BadArea { start, end });
+        }
+        if !pgoff.is_multiple_of(PAGE) {
+            return Err(ErrorKind::PgoffUnaligned { pgoff });
+        }
+        let path = match (kind, path) {
+            (VmaKind::File, Some(p)) => Some(abs_path(p)?),
+            (VmaKind::File, None) => return Err(ErrorKind::FileAreaNeedsPath),
+            (_, Some(_)) => return Err(ErrorKind::AreaHasNoPath { kind: kind.name() }),
+            (_, None) => None,
+        };
+        if let Some(prev) = self.vmas.last() {
+            if start < prev.end {
+                return Err(ErrorKind::NotAbove {
+                    start,
+                    end,
+                    prev_end: prev.end,
+                });
+            }
+        }
+        if self.vmas.len() == MAX_VMAS {
+            return Err(ErrorKind::TooMany {
+                what: "areas",
+                limit: MAX_VMAS,
+            });
+        }
+        self.vmas.push(Vma {
+            start,
+            end,
+            prot,
+            shared,
+            growsdown,
+            pgoff,
+            kind,
+            path,
+            copies: Vec::new(),
+        });
+        Ok(())
+    }
+
+    fn copy(&mut self, rest: &str) -> Result<(), ErrorKind> {
+        let (f, _) = fields(rest, 3, Tail::None)?;
+        let c = Copy {
+            vaddr: hex(f[0], "vaddr")?,
+            gpa: hex(f[1], "gpa")?,
+            len: hex(f[2], "len")?,
+        };
+        let Some(v) = self.vmas.last_mut() else {
+            return Err(ErrorKind::CopyWithoutVma);
+        };
+        if c.len == 0
+            || !c.len.is_multiple_of(PAGE)
+            || !c.vaddr.is_multiple_of(PAGE)
+            || !c.gpa.is_multiple_of(PAGE)
+        {
+            return Err(ErrorKind::CopyNotPages);
+        }
+        match c.vaddr.checked_add(c.len) {
+            Some(end) if c.vaddr >= v.start && end <= v.end => {}
+            _ => return Err(ErrorKind::CopyOutside { vaddr: c.vaddr }),
+        }
+        if c.gpa.checked_add(c.len).is_none() {
+            return Err(ErrorKind::Overflows { record: "copy" });
+        }
+        if v.kind.is_special() {
+            return Err(ErrorKind::CopyIntoSpecial {
+                kind: v.kind.name(),
+            });
+        }
+        v.copies.push(c);
+        Ok(())
+    }
+
+    fn fd(&mut self, rest: &str) -> Result<(), ErrorKind> {
+        let (f, path) = fields(rest, 4, Tail::Optional)?;
+        let fd = dec(f[0], "fd")?;
+        let fd = i32::try_from(fd).map_err(|_| out_of_range("fd", f[0]))?;
+        let flags = hex(f[1], "flags")?;
+        let flags = u32::try_from(flags).map_err(|_| out_of_range("flags", f[1]))?;
+        let pos = hex(f[2], "pos")?;
+        let kind = FdKind::from_name(f[3]).ok_or_else(|| bad("kind", f[3]))?;
+        let path = match (kind.reopens(), path) {
+            (true, p) => abs_path(p.unwrap_or(""))?,
+            (false, Some(p)) => unescape(p)?,
+            (false, None) => Vec::new(),
+        };
+        if self.fds.iter().any(|r| r.fd == fd) {
+            return Err(ErrorKind::FdTwice { fd });
+        }
+        self.fds.push(FdRec {
+            fd,
+            flags,
+            pos,
+            kind,
+            path,
+        });
+        Ok(())
+    }
+
+    fn sig(&mut self, rest: &str) -> Result<(), ErrorKind> {
+        let (f, _) = fields(rest, 5, Tail::None)?;
+        let signo = dec(f[0], "signo")?;
+        let signo = i32::try_from(signo)
+            .ok()
+            .filter(|s| (1..=64).contains(s))
+            .ok_or_else(|| out_of_range("signo", f[0]))?;
+        if signo == SIGKILL || signo == SIGSTOP {
+            return Err(ErrorKind::SignalWithoutAction { signo });
+        }
+        if self.sigs.iter().any(|s| s.signo == signo) {
+            return Err(ErrorKind::SignalTwice { signo });
+        }
+        self.sigs.push(SigRec {
+            signo,
+            handler: hex(f[1], "handler")?,
+            flags: hex(f[2], "flags")?,
+            restorer: hex(f[3], "restorer")?,
+            mask: hex(f[4], "mask")?,
+        });
+        Ok(())
+    }
+
+    fn thread(&mut self, n: usize, rest: &str) -> Result<(), ErrorKind> {
+        let (f, comm) = fields(rest, 1, Tail::Optional)?;
+        let tid = pid(f[0], "tid")?;
+        if self.threads.is_empty() && tid != self.pid {
+            return Err(ErrorKind::NotLeader {
+                leader: self.pid,
+                tid,
+            });
+        }
+        if self.threads.iter().any(|t| t.tid == tid) {
+            return Err(ErrorKind::ThreadTwice { tid });
+        }
+        if self.threads.len() == MAX_THREADS {
+            return Err(ErrorKind::TooMany {
+                what: "threads",
+                limit: MAX_THREADS,
+            });
+        }
+        self.threads.push(ThreadBuilder {
+            line: n,
+            tid,
+            comm: unescape(comm.unwrap_or(""))?,
+            regs: None,
+            fpu: None,
+            sigmask: None,
+            tid_address: None,
+            robust_list: None,
+            rseq: None,
+        });
+        Ok(())
+    }
+
+    fn build(self, n: usize, more: &mut usize) -> Result<Process, BadProcess> {
+        let mut errors = self.errors;
+        let mut err = |line: usize, kind: ErrorKind| push_error(&mut errors, more, line, kind);
+        if self.mm.is_none() {
+            err(self.line, ErrorKind::NoMm);
+        }
+        if self.auxv.is_none() {
+            err(self.line, ErrorKind::NoAuxv);
+        }
+        if self.threads.is_empty() {
+            err(n, ErrorKind::NoThread);
+        }
+        let mut threads = Vec::with_capacity(self.threads.len());
+        for t in self.threads {
+            match (t.regs, t.fpu) {
+                (Some(regs), Some(fpu)) => threads.push(Thread {
+                    tid: t.tid,
+                    comm: t.comm,
+                    regs,
+                    fpu,
+                    sigmask: t.sigmask.unwrap_or(0),
+                    tid_address: t.tid_address,
+                    robust_list: t.robust_list,
+                    rseq: t.rseq,
+                }),
+                (None, _) => err(t.line, ErrorKind::NoRegs { tid: t.tid }),
+                (_, None) => err(t.line, ErrorKind::NoFpu { tid: t.tid }),
+            }
+        }
+        // Copies of one process must not overlap each other in the target.
+        let mut seen = HashSet::new();
+        for v in &self.vmas {
+            for c in &v.copies {
+                if !seen.insert(c.vaddr) {
+                    err(self.line, ErrorKind::TwoCopies { vaddr: c.vaddr });
+                }
+            }
+        }
+        match (self.mm, self.auxv) {
+            (Some(mm), Some(auxv)) if errors.is_empty() => Ok(Process {
+                pid: self.pid,
+                comm: self.comm,
+                exe: self.exe,
+                cwd: self.cwd,
+                mm,
+                auxv,
+                vmas: self.vmas,
+                fds: self.fds,
+                sigs: self.sigs,
+                threads,
+            }),
+            _ => Err(BadProcess {
+                pid: self.pid,
+                errors,
+            }),
+        }
+    }
+}
+
+impl ThreadBuilder {
+    fn record(&mut self, record: &'static str, rest: &str) -> Result<(), ErrorKind> {
+        let tid = self.tid;
+        let dup = || ErrorKind::SecondForThread { record, tid };
+        match record {
+            "regs" => {
+                let (f, _) = fields(rest, 27, Tail::None)?;
+                let mut regs = [0u64; 27];
+                for (slot, s) in regs.iter_mut().zip(&f) {
+                    *slot = hex(s, "register")?;
+                }
+                if self.regs.replace(regs).is_some() {
+                    return Err(dup());
+                }
+            }
+            "fpu" => {
+                let (f, _) = fields(rest, 1, Tail::None)?;
+                let digits = f[0].as_bytes();
+                if digits.len() != 1024 {
+                    return Err(ErrorKind::FpuLength { len: digits.len() });
+                }
+                let mut fpu = Box::new([0u8; 512]);
+                for (byte, pair) in fpu.iter_mut().zip(digits.chunks_exact(2)) {
+                    match (lower_hex_digit(pair[0]), lower_hex_digit(pair[1])) {
+                        (Some(h), Some(l)) => *byte = (h << 4) | l,
+                        _ => return Err(ErrorKind::FpuHex),
+                    }
+                }
+                if self.fpu.replace(fpu).is_some() {
+                    return Err(dup());
+                }
+            }
+            "sigmask" => {
+                let (f, _) = fields(rest, 1, Tail::None)?;
+                if self.sigmask.replace(hex(f[0], "mask")?).is_some() {
+                    return Err(dup());
+                }
+            }
+            "tid-address" => {
+                let (f, _) = fields(rest, 1, Tail::None)?;
+                if self.tid_address.replace(hex(f[0], "addr")?).is_some() {
+                    return Err(dup());
+                }
+            }
+            "robust-list" => {
+                let (f, _) = fields(rest, 2, Tail::None)?;
+                let v = (hex(f[0], "head")?, hex(f[1], "len")?);
+                if self.robust_list.replace(v).is_some() {
+                    return Err(dup());
+                }
+            }
+            _ => {
+                let (f, _) = fields(rest, 3, Tail::None)?;
+                let addr = hex(f[0], "addr")?;
+                let len = hex32(f[1], "len")?;
+                let sig = hex32(f[2], "sig")?;
+                if self.rseq.replace((addr, len, sig)).is_some() {
+                    return Err(dup());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a record ends in a free-text field (path, comm).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tail {
+    None,
+    Optional,
+    Required,
+}
+
+/// Splits `rest` into exactly `n` non-empty space-separated fields, plus the tail.
+fn fields(rest: &str, n: usize, tail: Tail) -> Result<(Vec<&str>, Option<&str>), ErrorKind> {
+    let mut out = Vec::with_capacity(n);
+    let mut left = Some(rest);
+    for _ in 0..n {
+        let r = left.take().unwrap_or("");
+        let (f, r) = match r.split_once(' ') {
+            Some((f, r)) => (f, Some(r)),
+            None => (r, None),
+        };
+        if f.is_empty() {
+            return Err(ErrorKind::FieldCount { expected: n });
+        }
+        out.push(f);
+        left = r;
+    }
+    let tail_text = if n == 0 {
+        (!rest.is_empty()).then_some(rest)
+    } else {
+        left
+    };
+    match (tail, tail_text) {
+        (Tail::None, None) => Ok((out, None)),
+        (Tail::None, Some(_)) => Err(ErrorKind::TrailingData),
+        (Tail::Required, None | Some("")) => Err(ErrorKind::MissingPath),
+        (_, t) => Ok((out, t.filter(|s| !s.is_empty()))),
+    }
+}
+
+fn bad(what: &'static str, text: &str) -> ErrorKind {
+    ErrorKind::Bad {
+        what,
+        text: shorten(text),
+    }
+}
+
+fn out_of_range(what: &'static str, text: &str) -> ErrorKind {
+    ErrorKind::OutOfRange {
+        what,
+        text: shorten(text),
+    }
+}
+
+fn lower_hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// Lower-case hex without `0x`, 1 to 16 digits.
+fn hex(s: &str, what: &'static str) -> Result<u64, ErrorKind> {
+    if s.is_empty() || s.len() > 16 {
+        return Err(bad(what, s));
+    }
+    let mut v = 0u64;
+    for &b in s.as_bytes() {
+        v = (v << 4) | u64::from(lower_hex_digit(b).ok_or_else(|| bad(what, s))?);
+    }
+    Ok(v)
+}
+
+/// [`hex`] that must fit 32 bits.
+fn hex32(s: &str, what: &'static str) -> Result<u32, ErrorKind> {
+    let v = hex(s, what)?;
+    u32::try_from(v).map_err(|_| out_of_range(what, s))
+}
+
+/// A decimal number (pid, tid, fd, signo).
+fn dec(s: &str, what: &'static str) -> Result<u32, ErrorKind> {
+    if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad(what, s));
+    }
+    s.parse().map_err(|_| bad(what, s))
+}
+
+/// A pid or tid: decimal, 1 to [`MAX_PID`].
+fn pid(s: &str, what: &'static str) -> Result<u32, ErrorKind> {
+    let v = dec(s, what)?;
+    if v == 0 || v > MAX_PID {
+        return Err(out_of_range(what, s));
+    }
+    Ok(v)
+}
+
+fn parse_prot(s: &str) -> Result<i32, ErrorKind> {
+    let b = s.as_bytes();
+    if b.len() != 3 {
+        return Err(bad("prot", s));
+    }
+    let bit = |c: u8, want: u8, v: i32| match c {
+        c if c == want => Ok(v),
+        b'-' => Ok(0),
+        _ => Err(bad("prot", s)),
+    };
+    Ok(bit(b[0], b'r', PROT_READ)? | bit(b[1], b'w', PROT_WRITE)? | bit(b[2], b'x', PROT_EXEC)?)
+}
+
+/// Decodes `%XX` escapes (either case).
+fn unescape(s: &str) -> Result<Vec<u8>, ErrorKind> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len().min(MAX_PATH));
+    let mut i = 0;
+    while i < b.len() {
+        if out.len() == MAX_PATH {
+            return Err(ErrorKind::TextTooLong);
+        }
+        if b[i] == b'%' {
+            let digit = |c: Option<&u8>| c.and_then(|&c| char::from(c).to_digit(16));
+            let v = match (digit(b.get(i + 1)), digit(b.get(i + 2))) {
+                (Some(h), Some(l)) => u8::try_from(h * 16 + l).ok(),
+                _ => None,
+            };
+            out.push(v.ok_or_else(|| ErrorKind::BadEscape { text: shorten(s) })?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// A decoded absolute path without NUL bytes.
+fn abs_path(s: &str) -> Result<Vec<u8>, ErrorKind> {
+    let p = unescape(s)?;
+    if p.first() != Some(&b'/') {
+        return Err(ErrorKind::NotAbsolute { text: shorten(s) });
+    }
+    if p.contains(&0) {
+        return Err(ErrorKind::NulInPath);
+    }
+    Ok(p)
+}
+
+fn shorten(s: &str) -> String {
+    const LIMIT: usize = 40;
+    if s.len() <= LIMIT {
+        s.to_owned()
+    } else {
+        // Lines are ASCII, so every index is a character boundary.
+        format!("{}...", s.get(..LIMIT).unwrap_or(""))
+    }
+}

@@ -1,0 +1,180 @@
+//! The writer: a [`Manifest`] as version-1 text.
+
+use std::fmt::{self, Display, Formatter, Write as _};
+
+use crate::{
+    FdRec, FileRec, Manifest, Process, Thread, Vma, HEADER, PROT_EXEC, PROT_READ, PROT_WRITE,
+};
+
+/// Writes `bytes` as a manifest path/name field: bytes outside printable ASCII and `%`
+/// become `%xx` (lower-case hex).
+pub fn encode_field(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if b == b'%' || !(0x20..=0x7e).contains(&b) {
+            let _ = write!(out, "%{b:02x}");
+        } else {
+            out.push(char::from(b));
+        }
+    }
+    out
+}
+
+/// A field written through [`encode_field`] without allocating.
+struct Field<'a>(&'a [u8]);
+
+impl Display for Field<'_> {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        for &b in self.0 {
+            if b == b'%' || !(0x20..=0x7e).contains(&b) {
+                write!(f, "%{b:02x}")?;
+            } else {
+                f.write_char(char::from(b))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// ` <field>`, or nothing when the field is empty.
+struct Tail<'a>(&'a [u8]);
+
+impl Display for Tail<'_> {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            write!(f, " {}", Field(self.0))
+        }
+    }
+}
+
+/// Space-separated lower-case hex words.
+struct Words<'a>(&'a [u64]);
+
+impl Display for Words<'_> {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        for (i, w) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_char(' ')?;
+            }
+            write!(f, "{w:x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Display for Manifest {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{HEADER}")?;
+        for file in &self.files {
+            write_file(f, file)?;
+        }
+        for p in &self.processes {
+            write_process(f, p)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_file(f: &mut Formatter<'_>, file: &FileRec) -> fmt::Result {
+    writeln!(
+        f,
+        "file {:x} {:x} {} {}",
+        file.size,
+        file.mode,
+        u8::from(file.overwrite),
+        Field(&file.path)
+    )?;
+    for r in &file.runs {
+        writeln!(f, "fcopy {:x} {:x} {:x}", r.offset, r.gpa, r.len)?;
+    }
+    Ok(())
+}
+
+fn write_process(f: &mut Formatter<'_>, p: &Process) -> fmt::Result {
+    writeln!(f, "process {}{}", p.pid, Tail(&p.comm))?;
+    if let Some(exe) = &p.exe {
+        writeln!(f, "exe {}", Field(exe))?;
+    }
+    if let Some(cwd) = &p.cwd {
+        writeln!(f, "cwd {}", Field(cwd))?;
+    }
+    writeln!(f, "mm {}", Words(&p.mm.to_array()))?;
+    writeln!(f, "auxv {}", Words(&p.auxv))?;
+    for v in &p.vmas {
+        write_vma(f, v)?;
+    }
+    for fd in &p.fds {
+        write_fd(f, fd)?;
+    }
+    for s in &p.sigs {
+        writeln!(
+            f,
+            "sig {} {:x} {:x} {:x} {:x}",
+            s.signo, s.handler, s.flags, s.restorer, s.mask
+        )?;
+    }
+    for t in &p.threads {
+        write_thread(f, t)?;
+    }
+    writeln!(f, "end")
+}
+
+fn write_vma(f: &mut Formatter<'_>, v: &Vma) -> fmt::Result {
+    let bit = |b: i32, c: char| if v.prot & b != 0 { c } else { '-' };
+    write!(
+        f,
+        "vma {:x} {:x} {}{}{} {}{} {:x} {}",
+        v.start,
+        v.end,
+        bit(PROT_READ, 'r'),
+        bit(PROT_WRITE, 'w'),
+        bit(PROT_EXEC, 'x'),
+        if v.shared { 's' } else { 'p' },
+        if v.growsdown { "g" } else { "" },
+        v.pgoff,
+        v.kind.name()
+    )?;
+    if let Some(path) = &v.path {
+        write!(f, " {}", Field(path))?;
+    }
+    f.write_char('\n')?;
+    for c in &v.copies {
+        writeln!(f, "copy {:x} {:x} {:x}", c.vaddr, c.gpa, c.len)?;
+    }
+    Ok(())
+}
+
+fn write_fd(f: &mut Formatter<'_>, fd: &FdRec) -> fmt::Result {
+    writeln!(
+        f,
+        "fd {} {:x} {:x} {}{}",
+        fd.fd,
+        fd.flags,
+        fd.pos,
+        fd.kind.name(),
+        Tail(&fd.path)
+    )
+}
+
+fn write_thread(f: &mut Formatter<'_>, t: &Thread) -> fmt::Result {
+    writeln!(f, "thread {}{}", t.tid, Tail(&t.comm))?;
+    writeln!(f, "regs {}", Words(&t.regs))?;
+    f.write_str("fpu ")?;
+    for b in t.fpu.iter() {
+        write!(f, "{b:02x}")?;
+    }
+    f.write_char('\n')?;
+    writeln!(f, "sigmask {:x}", t.sigmask)?;
+    if let Some(a) = t.tid_address {
+        writeln!(f, "tid-address {a:x}")?;
+    }
+    if let Some((head, len)) = t.robust_list {
+        writeln!(f, "robust-list {head:x} {len:x}")?;
+    }
+    if let Some((addr, len, sig)) = t.rseq {
+        writeln!(f, "rseq {addr:x} {len:x} {sig:x}")?;
+    }
+    Ok(())
+}

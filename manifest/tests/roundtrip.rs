@@ -1,0 +1,284 @@
+//! Round trip over generated manifests: `parse(write(m)) == m` and `write(parse(x)) == x`
+//! for `x = write(m)`. A small seeded generator (no dependency); it makes only manifests the
+//! parser must accept, with awkward names (escapes, spaces, non-ASCII), extreme numbers and
+//! every optional record both present and absent.
+
+use owvmm_manifest::{
+    parse, Copy, FdKind, FdRec, FileRec, FileRun, Manifest, Mm, Process, SigRec, Thread, Vma,
+    VmaKind, MAX_FILE_SIZE, MAX_PID, PAGE,
+};
+
+/// xorshift64*.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// `0..n`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn idx(&mut self, n: usize) -> usize {
+        usize::try_from(self.below(n as u64)).expect("fits")
+    }
+
+    fn bool(&mut self) -> bool {
+        self.next() & 1 == 1
+    }
+
+    /// A number: small, full-range or an edge.
+    fn word(&mut self) -> u64 {
+        match self.below(4) {
+            0 => self.below(16),
+            1 => [0, 1, u64::MAX, 1 << 63][self.idx(4)],
+            2 => self.below(1 << 32),
+            _ => self.next(),
+        }
+    }
+
+    fn u32(&mut self) -> u32 {
+        u32::try_from(self.word() & 0xffff_ffff).expect("masked")
+    }
+
+    /// Name bytes: printable, `%`, space, controls, non-ASCII.
+    fn bytes(&mut self, max: usize) -> Vec<u8> {
+        let n = self.idx(max + 1);
+        (0..n)
+            .map(|_| match self.below(4) {
+                0 => b' ',
+                1 => b'%',
+                2 => u8::try_from(self.below(256)).expect("byte"),
+                _ => b'a' + u8::try_from(self.below(26)).expect("letter"),
+            })
+            .collect()
+    }
+
+    fn path(&mut self) -> Vec<u8> {
+        let mut p = vec![b'/'];
+        p.extend(
+            self.bytes(40)
+                .into_iter()
+                .map(|b| if b == 0 { b'0' } else { b }),
+        );
+        p
+    }
+
+    fn page(&mut self) -> u64 {
+        self.below(1 << 30) * PAGE
+    }
+}
+
+fn file(r: &mut Rng) -> FileRec {
+    let size = if r.bool() {
+        r.below(1 << 20)
+    } else {
+        r.below(MAX_FILE_SIZE + 1)
+    };
+    let mut runs = Vec::new();
+    let mut off = 0;
+    for _ in 0..r.below(4) {
+        if off >= size {
+            break;
+        }
+        let start = off + r.below(size - off);
+        let len = 1 + r.below(size - start);
+        runs.push(FileRun {
+            offset: start,
+            gpa: r.below(u64::MAX - len),
+            len,
+        });
+        off = start + len;
+    }
+    FileRec {
+        size,
+        mode: u32::try_from(r.below(0o10000)).expect("mode"),
+        overwrite: r.bool(),
+        path: r.path(),
+        runs,
+    }
+}
+
+fn vmas(r: &mut Rng) -> Vec<Vma> {
+    let mut out = Vec::new();
+    let mut at = r.page();
+    for _ in 0..r.below(6) {
+        let start = at + r.below(4) * PAGE;
+        let pages = 1 + r.below(64);
+        let end = start + pages * PAGE;
+        let kind = VmaKind::ALL[r.idx(VmaKind::ALL.len())];
+        let mut copies = Vec::new();
+        if !kind.is_special() {
+            let mut p = 0;
+            while p < pages && r.below(3) != 0 {
+                let first = p + r.below(pages - p);
+                let n = 1 + r.below(pages - first);
+                copies.push(Copy {
+                    vaddr: start + first * PAGE,
+                    gpa: r.page(),
+                    len: n * PAGE,
+                });
+                p = first + n;
+            }
+        }
+        out.push(Vma {
+            start,
+            end,
+            prot: i32::try_from(r.below(8)).expect("prot"),
+            shared: r.bool(),
+            growsdown: r.bool(),
+            pgoff: r.below(1 << 40) * PAGE,
+            kind,
+            path: (kind == VmaKind::File).then(|| r.path()),
+            copies,
+        });
+        at = end;
+    }
+    out
+}
+
+fn thread(r: &mut Rng, tid: u32) -> Thread {
+    let mut regs = [0u64; 27];
+    regs.iter_mut().for_each(|w| *w = r.word());
+    let mut fpu = Box::new([0u8; 512]);
+    fpu.iter_mut()
+        .for_each(|b| *b = u8::try_from(r.below(256)).expect("byte"));
+    Thread {
+        tid,
+        comm: r.bytes(16),
+        regs,
+        fpu,
+        sigmask: r.word(),
+        tid_address: r.bool().then(|| r.word()),
+        robust_list: r.bool().then(|| (r.word(), r.word())),
+        rseq: r.bool().then(|| (r.word(), r.u32(), r.u32())),
+    }
+}
+
+fn process(r: &mut Rng) -> Process {
+    let pid = u32::try_from(1 + r.below(u64::from(MAX_PID))).expect("pid");
+    let mut mm = [0u64; 11];
+    mm.iter_mut().for_each(|w| *w = r.word());
+    let mut auxv = Vec::new();
+    for _ in 0..r.below(5) {
+        auxv.extend([1 + r.below(50), r.word()]);
+    }
+    auxv.extend([0, r.word()]);
+    let mut fds: Vec<FdRec> = Vec::new();
+    for _ in 0..r.below(5) {
+        let fd = if r.bool() {
+            i32::try_from(r.below(8)).expect("fd")
+        } else {
+            i32::try_from(r.below(1 << 31)).expect("fd")
+        };
+        if fds.iter().any(|f| f.fd == fd) {
+            continue;
+        }
+        let kind = FdKind::ALL[r.idx(FdKind::ALL.len())];
+        fds.push(FdRec {
+            fd,
+            flags: r.u32(),
+            pos: r.word(),
+            kind,
+            path: if kind.reopens() {
+                r.path()
+            } else {
+                r.bytes(20)
+            },
+        });
+    }
+    let mut sigs: Vec<SigRec> = Vec::new();
+    for _ in 0..r.below(5) {
+        let signo = i32::try_from(1 + r.below(64)).expect("signo");
+        if signo == 9 || signo == 19 || sigs.iter().any(|s| s.signo == signo) {
+            continue;
+        }
+        sigs.push(SigRec {
+            signo,
+            handler: r.word(),
+            flags: r.word(),
+            restorer: r.word(),
+            mask: r.word(),
+        });
+    }
+    let mut threads = vec![thread(r, pid)];
+    for _ in 0..r.below(3) {
+        let tid = u32::try_from(1 + r.below(u64::from(MAX_PID))).expect("tid");
+        if threads.iter().all(|t| t.tid != tid) {
+            threads.push(thread(r, tid));
+        }
+    }
+    Process {
+        pid,
+        comm: r.bytes(16),
+        exe: r.bool().then(|| r.path()),
+        cwd: r.bool().then(|| r.path()),
+        mm: Mm::from_array(mm),
+        auxv,
+        vmas: vmas(r),
+        fds,
+        sigs,
+        threads,
+    }
+}
+
+fn manifest(r: &mut Rng) -> Manifest {
+    Manifest {
+        files: (0..r.below(4)).map(|_| file(r)).collect(),
+        processes: (0..r.below(4)).map(|_| process(r)).collect(),
+    }
+}
+
+#[test]
+fn write_then_parse_gives_the_same_manifest() {
+    let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+    let (mut runs, mut threads, mut escapes) = (0, 0, 0);
+    for i in 0..3000 {
+        let m = manifest(&mut r);
+        runs += m.files.iter().map(|f| f.runs.len()).sum::<usize>();
+        let vmas = m.processes.iter().flat_map(|p| &p.vmas);
+        runs += vmas.map(|v| v.copies.len()).sum::<usize>();
+        threads += m.processes.iter().map(|p| p.threads.len()).sum::<usize>();
+        let text = m.to_text();
+        let back = match parse(text.as_bytes()) {
+            Ok(b) => b,
+            Err(e) => panic!("case {i}: {e}\n{text}"),
+        };
+        assert_eq!(back, m, "case {i}\n{text}");
+        assert_eq!(back.to_text(), text, "case {i}");
+        let copies: u64 = m
+            .processes
+            .iter()
+            .flat_map(|p| &p.vmas)
+            .flat_map(|v| &v.copies)
+            .map(|c| c.len)
+            .sum::<u64>()
+            + m.files
+                .iter()
+                .flat_map(|f| &f.runs)
+                .map(|r| r.len)
+                .sum::<u64>();
+        assert_eq!(m.copy_bytes(), copies, "case {i}");
+        escapes += text.matches('%').count();
+    }
+    // The generator covers what it should.
+    assert!(
+        runs > 3000 && threads > 3000 && escapes > 3000,
+        "{runs} {threads} {escapes}"
+    );
+}
+
+#[test]
+fn the_empty_manifest_is_the_header() {
+    let m = Manifest::default();
+    assert_eq!(m.to_text(), "owvmm-manifest 1\n");
+    assert_eq!(parse(b"owvmm-manifest 1\n"), Ok(m.clone()));
+    // The final newline may be missing.
+    assert_eq!(parse(b"owvmm-manifest 1"), Ok(m.clone()));
+    assert_eq!("owvmm-manifest 1\n".parse::<Manifest>(), Ok(m));
+}
