@@ -370,8 +370,8 @@ impl Vmm {
                 let fd = vm
                     .create_vcpu(u64::from(id))
                     .map_err(|e| crate::vstate::vm::VmError::Kvm("CREATE_VCPU", e))?;
-                regs::setup_cpuid(&fd, &kvm.cpuid, id, st.machine.vcpus)?;
-                restore_state(&fd, id, vs)?;
+                regs::check_cpuid(kvm.cpuid.as_slice(), &vs.cpuid)?;
+                restore_state(&fd, id, vs, crate::vstate::vm::xsave2_size())?;
                 fds.push(fd);
             }
             lock(&agent).ready = st.agent_ready;
