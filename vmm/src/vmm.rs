@@ -74,6 +74,9 @@ pub enum VmmError {
     /// Snapshot read or write failed.
     #[error("snapshot failed")]
     Snapshot(#[from] snapshot::SnapshotError),
+    /// The machine's shape is refused.
+    #[error("machine refused")]
+    Machine(#[from] crate::config::MachineError),
     /// Control socket failed.
     #[error("control socket failed")]
     Api(#[from] crate::api::server::ApiError),
@@ -377,7 +380,7 @@ impl Vmm {
             lock(&agent).ready = st.agent_ready;
             (vm, mem, devices, fds, st.machine, true)
         } else {
-            let mem_bytes = cfg.machine.mem_mib << 20;
+            let mem_bytes = cfg.machine.mem_bytes()?;
             let mem = crate::memory::anonymous(mem_bytes)?;
             let vm = kvm.create_vm(&mem)?;
             let devices = make_devices(&vm, console, console_tail.clone(), link, None)?;
@@ -665,7 +668,7 @@ impl Vmm {
                 version: snapshot::VERSION,
                 created_unix: unix_now().secs,
                 machine: self.machine.clone(),
-                memory_bytes: self.machine.mem_mib << 20,
+                memory_bytes: self.machine.mem_bytes()?,
                 vm: save_vm_state(&self.vm)?,
                 vcpus,
                 serial: vec![lock(&self.com1).snapshot(), lock(&self.com2).snapshot()],
