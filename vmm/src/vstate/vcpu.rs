@@ -928,6 +928,102 @@ mod tests {
         );
     }
 
+    /// A vCPU on /dev/kvm in its boot state at a `hlt`.
+    fn kvm_vcpu(
+        kvm: &crate::vstate::vm::KvmContext,
+    ) -> (kvm_ioctls::VmFd, GuestMemoryMmap, VcpuFd) {
+        use crate::arch::regs;
+        let mem = crate::memory::anonymous(4 << 20).expect("memory");
+        let vm = kvm.create_vm(&mem).expect("vm");
+        let fd = vm.create_vcpu(0).expect("vcpu");
+        regs::setup_cpuid(&fd, &kvm.cpuid, 0, 1).expect("cpuid");
+        regs::setup_msrs(&fd).expect("msrs");
+        mem.write_obj(0xf4u8, GuestAddress(0x10_0000)).expect("hlt");
+        regs::setup_regs(&fd, 0x10_0000).expect("regs");
+        regs::setup_sregs(&mem, &fd).expect("sregs");
+        regs::setup_fpu(&fd).expect("fpu");
+        regs::setup_lapic(&fd).expect("lapic");
+        (vm, mem, fd)
+    }
+
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    /// Saves a vCPU through its thread and puts the state into a fresh vCPU of another VM:
+    /// what a snapshot and a restore do, without a guest kernel.
+    #[test]
+    fn kvm_state_round_trip_keeps_cpuid_xsave_and_registers() {
+        let Ok(kvm) = crate::vstate::vm::KvmContext::open() else {
+            eprintln!("no usable /dev/kvm: skipped");
+            return;
+        };
+        let (_vm, _mem, fd) = kvm_vcpu(&kvm);
+        let booted_cpuid = fd
+            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .expect("cpuid")
+            .as_slice()
+            .to_vec();
+        let (etx, _erx) = channel();
+        let evt = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let v = Vcpu::new(0, fd, Arc::new(PioBus::default()), etx, evt);
+        let h = v.start(true).expect("start");
+        // Resuming from a pause tells kvmclock (the guest has none: EINVAL, ignored).
+        match h.request(VcpuRequest::Resume) {
+            Ok(VcpuResponse::Resumed { kvmclock_error }) => {
+                assert!(kvmclock_error.is_none(), "{kvmclock_error:?}")
+            }
+            other => panic!("resume: {other:?}"),
+        }
+        assert!(matches!(
+            h.request(VcpuRequest::Pause),
+            Ok(VcpuResponse::Paused)
+        ));
+        let mut st = match h.request(VcpuRequest::SaveState) {
+            Ok(VcpuResponse::State(s)) => *s,
+            other => panic!("save: {other:?}"),
+        };
+        h.finish();
+        eprintln!(
+            "KVM_CAP_XSAVE2: {:?}, saved {st:?}",
+            crate::vstate::vm::xsave2_size()
+        );
+        assert_eq!(st.cpuid, booted_cpuid);
+        assert_eq!(
+            st.xsave_bytes(),
+            crate::vstate::vm::xsave2_size().map_or(4096, |n| n.max(4096))
+        );
+        st.regs.rbx = 0x1234_5678;
+        let (_vm2, _mem2, fd2) = kvm_vcpu(&kvm);
+        // A vCPU set up with other CPUID gets the saved one.
+        let other = CpuId::from_entries(&st.cpuid[..1]).expect("cpuid");
+        fd2.set_cpuid2(&other).expect("other cpuid");
+        restore_state(&fd2, 0, &st, crate::vstate::vm::xsave2_size()).expect("restore");
+        assert_eq!(
+            fd2.get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+                .expect("cpuid")
+                .as_slice(),
+            st.cpuid.as_slice()
+        );
+        let regs = fd2.get_regs().expect("regs");
+        assert_eq!((regs.rbx, regs.rip), (0x1234_5678, st.regs.rip));
+        let (x, extra) = match crate::vstate::vm::xsave2_size() {
+            Some(n) => get_xsave2(&fd2, n).expect("xsave2"),
+            None => (fd2.get_xsave().expect("xsave"), Vec::new()),
+        };
+        assert_eq!(&x.region[..], &st.xsave.region[..]);
+        assert_eq!(extra, st.xsave_extra);
+        assert_eq!(
+            fd2.get_mp_state().expect("mp").mp_state,
+            st.mp_state.mp_state
+        );
+        // An XSAVE area larger than the host's is refused, not cut.
+        let host_words = crate::vstate::vm::xsave2_size().map_or(0, xsave_extra_words);
+        st.xsave_extra = vec![0; host_words + 1];
+        assert!(matches!(
+            restore_state(&fd2, 0, &st, crate::vstate::vm::xsave2_size()),
+            Err(VcpuError::XsaveTooLarge { .. })
+        ));
+    }
+
     #[test]
     fn xsave_sizes() {
         assert_eq!(xsave_extra_words(0), 0);
