@@ -374,8 +374,8 @@ impl Vmm {
                     .create_vcpu(u64::from(id))
                     .map_err(|e| crate::vstate::vm::VmError::Kvm("CREATE_VCPU", e))?;
                 regs::check_cpuid(kvm.cpuid.as_slice(), &vs.cpuid)?;
-                restore_state(&fd, id, vs, crate::vstate::vm::xsave2_size())?;
-                fds.push(fd);
+                restore_state(&fd, id, vs, None, crate::vstate::vm::xsave2_size())?;
+                fds.push((fd, vs.cpuid.clone()));
             }
             lock(&agent).ready = st.agent_ready;
             (vm, mem, devices, fds, st.machine, true)
@@ -409,13 +409,13 @@ impl Vmm {
                 let fd = vm
                     .create_vcpu(u64::from(id))
                     .map_err(|e| crate::vstate::vm::VmError::Kvm("CREATE_VCPU", e))?;
-                regs::setup_cpuid(&fd, &kvm.cpuid, id, cfg.machine.vcpus)?;
+                let cpuid = regs::setup_cpuid(&fd, &kvm.cpuid, id, cfg.machine.vcpus)?;
                 regs::setup_msrs(&fd)?;
                 regs::setup_regs(&fd, kernel.entry)?;
                 regs::setup_sregs(&mem, &fd)?;
                 regs::setup_fpu(&fd)?;
                 regs::setup_lapic(&fd)?;
-                fds.push(fd);
+                fds.push((fd, cpuid.as_slice().to_vec()));
             }
             let machine = MachineInfo {
                 mem_mib: cfg.machine.mem_mib,
@@ -428,12 +428,12 @@ impl Vmm {
 
         let bus = Arc::new(devices.bus);
         let mut vcpus = Vec::new();
-        for (i, fd) in fds.into_iter().enumerate() {
+        for (i, (fd, cpuid)) in fds.into_iter().enumerate() {
             let id = u8::try_from(i).unwrap_or(u8::MAX);
             let evt = vcpu_evt
                 .try_clone()
                 .map_err(|e| VmmError::Host("vCPU eventfd", e))?;
-            let v = Vcpu::new(id, fd, bus.clone(), vtx.clone(), evt);
+            let v = Vcpu::new(id, fd, cpuid, bus.clone(), vtx.clone(), evt);
             vcpus.push(v.start(false)?);
         }
 

@@ -229,11 +229,12 @@ pub fn setup_lapic(vcpu: &VcpuFd) -> Result<(), RegsError> {
         .map_err(|e| RegsError::Kvm("SET_LAPIC", e))
 }
 
-/// Adjusts KVM's supported CPUID for one vCPU (APIC IDs, CPU count) and sets it.
+/// Adjusts KVM's supported CPUID for one vCPU (APIC IDs, CPU count), sets it and returns
+/// it (what a snapshot keeps: kvm_pvm's `KVM_GET_CPUID2` answers the host CPU's view).
 ///
 /// On kvm_pvm hosts the guest sees the host's CPUID whatever is set here (see
 /// `host_quirks`); it is still set so that hardware KVM gets the right view.
-pub fn setup_cpuid(vcpu: &VcpuFd, base: &CpuId, id: u8, count: u8) -> Result<(), RegsError> {
+pub fn setup_cpuid(vcpu: &VcpuFd, base: &CpuId, id: u8, count: u8) -> Result<CpuId, RegsError> {
     let mut cpuid = base.clone();
     for e in cpuid.as_mut_slice() {
         match e.function {
@@ -250,7 +251,8 @@ pub fn setup_cpuid(vcpu: &VcpuFd, base: &CpuId, id: u8, count: u8) -> Result<(),
         }
     }
     vcpu.set_cpuid2(&cpuid)
-        .map_err(|e| RegsError::Kvm("SET_CPUID2", e))
+        .map_err(|e| RegsError::Kvm("SET_CPUID2", e))?;
+    Ok(cpuid)
 }
 
 #[derive(Clone, Copy)]

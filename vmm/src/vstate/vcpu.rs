@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs,
     kvm_run, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, Xsave,
-    KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use serde::{Deserialize, Serialize};
@@ -90,7 +89,8 @@ pub enum VcpuError {
 /// Everything KVM keeps about a vCPU that a snapshot must carry.
 #[derive(Serialize, Deserialize)]
 pub struct VcpuState {
-    /// The CPUID the vCPU was booted with (`KVM_GET_CPUID2`): a restore sets this one, not
+    /// The CPUID the vCPU was booted with (the entries owvmm set; kvm_pvm's
+    /// `KVM_GET_CPUID2` answers the host CPU's view instead): a restore sets this one, not
     /// one recomputed from the restoring host.
     pub cpuid: Vec<kvm_cpuid_entry2>,
     /// Multiprocessing state (read first: reading it can deliver pending INIT/SIPI events
@@ -332,6 +332,8 @@ pub struct Vcpu {
     /// vCPU index.
     pub id: u8,
     fd: VcpuFd,
+    /// The CPUID set on this vCPU (at boot, or by the last restore).
+    cpuid: Vec<kvm_cpuid_entry2>,
     bus: Arc<PioBus>,
     events: Sender<VcpuEvent>,
     events_evt: EventFd,
@@ -349,10 +351,12 @@ enum Flow {
 }
 
 impl Vcpu {
-    /// Wraps a configured vCPU.
+    /// Wraps a configured vCPU; `cpuid` is what was set on it (`regs::setup_cpuid`, or the
+    /// restored state's).
     pub fn new(
         id: u8,
         fd: VcpuFd,
+        cpuid: Vec<kvm_cpuid_entry2>,
         bus: Arc<PioBus>,
         events: Sender<VcpuEvent>,
         events_evt: EventFd,
@@ -360,6 +364,7 @@ impl Vcpu {
         Vcpu {
             id,
             fd,
+            cpuid,
             bus,
             events,
             events_evt,
@@ -474,8 +479,12 @@ impl Vcpu {
             },
             VcpuRequest::InjectCall { .. } => VcpuResponse::Error("not paused".into()),
             VcpuRequest::RestoreState(s) if *state == RunState::Paused => {
-                match restore_state(&self.fd, self.id, &s, crate::vstate::vm::xsave2_size()) {
-                    Ok(()) => VcpuResponse::Restored,
+                let xsave2 = crate::vstate::vm::xsave2_size();
+                match restore_state(&self.fd, self.id, &s, Some(&self.cpuid), xsave2) {
+                    Ok(()) => {
+                        self.cpuid = s.cpuid;
+                        VcpuResponse::Restored
+                    }
                     Err(e) => VcpuResponse::Error(crate::error_chain(&e)),
                 }
             }
@@ -664,14 +673,10 @@ impl Vcpu {
         let xcrs = self.kvm("GET_XCRS", fd.get_xcrs())?;
         let debugregs = self.kvm("GET_DEBUGREGS", fd.get_debug_regs())?;
         let lapic = self.kvm("GET_LAPIC", fd.get_lapic())?;
-        let cpuid = self
-            .kvm("GET_CPUID2", fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES))?
-            .as_slice()
-            .to_vec();
         let msrs = self.kvm("GET_MSRS", read_msrs(fd, &crate::vstate::vm::msr_indices()))?;
         let events = self.kvm("GET_VCPU_EVENTS", fd.get_vcpu_events())?;
         Ok(VcpuState {
-            cpuid,
+            cpuid: self.cpuid.clone(),
             mp_state,
             regs,
             sregs,
@@ -773,20 +778,20 @@ pub fn read_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<kvm_msr_entry>, kvm
 /// which MSRs and XSAVE features exist), the multiprocessing state, registers, XSAVE, LAPIC
 /// before the MSRs (the TSC deadline MSR needs it), the pending events last.
 ///
-/// `xsave2_size` is what `KVM_CAP_XSAVE2` reports on this host (None: not offered). On a
-/// vCPU that has already run, the CPUID is left alone when it is the saved one; KVM refuses
-/// to change it otherwise.
+/// `current_cpuid` is the CPUID the vCPU already has (None for a fresh vCPU): when it is the
+/// saved one it is left alone (KVM refuses to change the CPUID of a vCPU that has run);
+/// `xsave2_size` is what `KVM_CAP_XSAVE2` reports on this host (None: not offered).
 pub fn restore_state(
     fd: &VcpuFd,
     id: u8,
     s: &VcpuState,
+    current_cpuid: Option<&[kvm_cpuid_entry2]>,
     xsave2_size: Option<usize>,
 ) -> Result<(), VcpuError> {
     let kvm = |what, r: Result<(), kvm_ioctls::Error>| {
         r.map_err(|source| VcpuError::Kvm { id, what, source })
     };
-    let current = fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES).ok();
-    if current.as_ref().map(|c| c.as_slice()) != Some(s.cpuid.as_slice()) {
+    if current_cpuid != Some(s.cpuid.as_slice()) {
         let cpuid = CpuId::from_entries(&s.cpuid).map_err(|_| VcpuError::TooMany {
             id,
             what: "CPUID entries",
@@ -928,22 +933,22 @@ mod tests {
         );
     }
 
-    /// A vCPU on /dev/kvm in its boot state at a `hlt`.
+    /// A vCPU on /dev/kvm in its boot state at a `hlt`, and the CPUID set on it.
     fn kvm_vcpu(
         kvm: &crate::vstate::vm::KvmContext,
-    ) -> (kvm_ioctls::VmFd, GuestMemoryMmap, VcpuFd) {
+    ) -> (kvm_ioctls::VmFd, GuestMemoryMmap, VcpuFd, CpuId) {
         use crate::arch::regs;
         let mem = crate::memory::anonymous(4 << 20).expect("memory");
         let vm = kvm.create_vm(&mem).expect("vm");
         let fd = vm.create_vcpu(0).expect("vcpu");
-        regs::setup_cpuid(&fd, &kvm.cpuid, 0, 1).expect("cpuid");
+        let cpuid = regs::setup_cpuid(&fd, &kvm.cpuid, 0, 1).expect("cpuid");
         regs::setup_msrs(&fd).expect("msrs");
         mem.write_obj(0xf4u8, GuestAddress(0x10_0000)).expect("hlt");
         regs::setup_regs(&fd, 0x10_0000).expect("regs");
         regs::setup_sregs(&mem, &fd).expect("sregs");
         regs::setup_fpu(&fd).expect("fpu");
         regs::setup_lapic(&fd).expect("lapic");
-        (vm, mem, fd)
+        (vm, mem, fd, cpuid)
     }
 
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -956,15 +961,18 @@ mod tests {
             eprintln!("no usable /dev/kvm: skipped");
             return;
         };
-        let (_vm, _mem, fd) = kvm_vcpu(&kvm);
-        let booted_cpuid = fd
-            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
-            .expect("cpuid")
-            .as_slice()
-            .to_vec();
+        let (_vm, _mem, fd, booted) = kvm_vcpu(&kvm);
+        let booted_cpuid = booted.as_slice().to_vec();
         let (etx, _erx) = channel();
         let evt = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
-        let v = Vcpu::new(0, fd, Arc::new(PioBus::default()), etx, evt);
+        let v = Vcpu::new(
+            0,
+            fd,
+            booted_cpuid.clone(),
+            Arc::new(PioBus::default()),
+            etx,
+            evt,
+        );
         let h = v.start(true).expect("start");
         // Resuming from a pause tells kvmclock (the guest has none: EINVAL, ignored).
         match h.request(VcpuRequest::Resume) {
@@ -986,23 +994,21 @@ mod tests {
             "KVM_CAP_XSAVE2: {:?}, saved {st:?}",
             crate::vstate::vm::xsave2_size()
         );
+        // The CPUID set at boot, not KVM_GET_CPUID2's (the host CPU's on kvm_pvm).
         assert_eq!(st.cpuid, booted_cpuid);
+        crate::arch::regs::check_cpuid(kvm.cpuid.as_slice(), &st.cpuid)
+            .expect("a state saved here restores here");
         assert_eq!(
             st.xsave_bytes(),
             crate::vstate::vm::xsave2_size().map_or(4096, |n| n.max(4096))
         );
         st.regs.rbx = 0x1234_5678;
-        let (_vm2, _mem2, fd2) = kvm_vcpu(&kvm);
-        // A vCPU set up with other CPUID gets the saved one.
+        let (_vm2, _mem2, fd2, _) = kvm_vcpu(&kvm);
+        // A vCPU set up with other CPUID (not yet run) gets the saved one.
         let other = CpuId::from_entries(&st.cpuid[..1]).expect("cpuid");
         fd2.set_cpuid2(&other).expect("other cpuid");
-        restore_state(&fd2, 0, &st, crate::vstate::vm::xsave2_size()).expect("restore");
-        assert_eq!(
-            fd2.get_cpuid2(KVM_MAX_CPUID_ENTRIES)
-                .expect("cpuid")
-                .as_slice(),
-            st.cpuid.as_slice()
-        );
+        let xsave2 = crate::vstate::vm::xsave2_size();
+        restore_state(&fd2, 0, &st, Some(other.as_slice()), xsave2).expect("restore");
         let regs = fd2.get_regs().expect("regs");
         assert_eq!((regs.rbx, regs.rip), (0x1234_5678, st.regs.rip));
         let (x, extra) = match crate::vstate::vm::xsave2_size() {
@@ -1019,7 +1025,7 @@ mod tests {
         let host_words = crate::vstate::vm::xsave2_size().map_or(0, xsave_extra_words);
         st.xsave_extra = vec![0; host_words + 1];
         assert!(matches!(
-            restore_state(&fd2, 0, &st, crate::vstate::vm::xsave2_size()),
+            restore_state(&fd2, 0, &st, None, xsave2),
             Err(VcpuError::XsaveTooLarge { .. })
         ));
     }
