@@ -25,6 +25,53 @@ pub struct MachineConfig {
     pub vcpus: u8,
 }
 
+/// Most vCPUs a guest may have.
+pub const MAX_VCPUS: u8 = 64;
+/// Most guest RAM, in MiB.
+pub const MAX_MEM_MIB: u64 = 65536;
+
+/// A machine shape owvmm does not run (a fresh boot's or a snapshot's alike).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MachineError {
+    /// vCPU count out of range.
+    #[error("{0} vCPUs: owvmm runs 1 to {MAX_VCPUS}")]
+    Vcpus(u8),
+    /// More memory than owvmm supports (or than a byte count can hold).
+    #[error("{0} MiB of memory: owvmm supports at most {MAX_MEM_MIB} MiB")]
+    MemTooLarge(u64),
+    /// No memory at all.
+    #[error("0 MiB of memory")]
+    NoMemory,
+}
+
+/// Bytes of `mem_mib` MiB, refused above [`MAX_MEM_MIB`] (so it can never wrap).
+pub fn mem_bytes(mem_mib: u64) -> Result<u64, MachineError> {
+    if mem_mib > MAX_MEM_MIB {
+        return Err(MachineError::MemTooLarge(mem_mib));
+    }
+    mem_mib
+        .checked_mul(1 << 20)
+        .ok_or(MachineError::MemTooLarge(mem_mib))
+}
+
+impl MachineConfig {
+    /// Guest RAM in bytes.
+    pub fn mem_bytes(&self) -> Result<u64, MachineError> {
+        mem_bytes(self.mem_mib)
+    }
+
+    /// Checks the shape: 1 to [`MAX_VCPUS`] vCPUs, 1 to [`MAX_MEM_MIB`] MiB.
+    pub fn check(&self) -> Result<(), MachineError> {
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(MachineError::Vcpus(self.vcpus));
+        }
+        if self.mem_bytes()? == 0 {
+            return Err(MachineError::NoMemory);
+        }
+        Ok(())
+    }
+}
+
 /// A file copied into the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddFile {
@@ -65,7 +112,7 @@ pub struct VmConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// `--vcpus` out of range.
-    #[error("--vcpus must be between 1 and 64, not {0}")]
+    #[error("--vcpus must be between 1 and {MAX_VCPUS}, not {0}")]
     Vcpus(u8),
     /// `--mem` too small or too large.
     #[error("--mem {got} MiB is too small: kernel and initramfs need at least {need} MiB")]
@@ -76,7 +123,7 @@ pub enum ConfigError {
         need: u64,
     },
     /// `--mem` over the limit.
-    #[error("--mem {0} MiB is more than the 65536 MiB owvmm supports")]
+    #[error("--mem {0} MiB is more than the {MAX_MEM_MIB} MiB owvmm supports")]
     MemTooLarge(u64),
     /// A file the configuration names cannot be read.
     #[error("{what} {path} cannot be read")]
@@ -183,15 +230,18 @@ impl VmConfig {
             crate::api::server::check_path(p).map_err(ConfigError::ApiSock)?;
         }
         if let Some(dir) = &self.restore {
+            // Reading checks the snapshot's machine against the same limits as a boot's
+            // (`MachineConfig::check`), and its sizes and counts against each other.
             crate::snapshot::read(dir).map_err(ConfigError::Restore)?;
             return Ok(());
         }
         let m = &self.machine;
-        if m.vcpus == 0 || m.vcpus > 64 {
-            return Err(ConfigError::Vcpus(m.vcpus));
-        }
-        if m.mem_mib > 65536 {
-            return Err(ConfigError::MemTooLarge(m.mem_mib));
+        match m.check() {
+            Ok(()) => {}
+            Err(MachineError::Vcpus(n)) => return Err(ConfigError::Vcpus(n)),
+            Err(MachineError::MemTooLarge(n)) => return Err(ConfigError::MemTooLarge(n)),
+            // The kernel's minimum below says how much is needed.
+            Err(MachineError::NoMemory) => {}
         }
         let ksize = file_size("kernel", &self.boot.kernel)?;
         probe_kernel(&self.boot.kernel).map_err(ConfigError::Kernel)?;
@@ -298,6 +348,41 @@ mod tests {
             c.validate(),
             Err(ConfigError::MemTooSmall { got: 8, .. })
         ));
+        c.machine.mem_mib = 0;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::MemTooSmall { got: 0, .. })
+        ));
+        c.machine.mem_mib = 65537;
+        assert!(matches!(c.validate(), Err(ConfigError::MemTooLarge(65537))));
+        c.machine.mem_mib = 128;
+        c.machine.vcpus = 65;
+        assert!(matches!(c.validate(), Err(ConfigError::Vcpus(65))));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn memory_sizes_never_wrap() {
+        let m = |mem_mib, vcpus| MachineConfig { mem_mib, vcpus };
+        assert_eq!(m(1, 1).mem_bytes(), Ok(1 << 20));
+        assert_eq!(m(MAX_MEM_MIB, 1).mem_bytes(), Ok(64 << 30));
+        assert_eq!(
+            m(MAX_MEM_MIB + 1, 1).mem_bytes(),
+            Err(MachineError::MemTooLarge(MAX_MEM_MIB + 1))
+        );
+        // 2^44 MiB << 20 is 2^64: it would wrap to 0.
+        assert_eq!(
+            m(1 << 44, 1).mem_bytes(),
+            Err(MachineError::MemTooLarge(1 << 44))
+        );
+        assert_eq!(
+            m(u64::MAX, 1).mem_bytes(),
+            Err(MachineError::MemTooLarge(u64::MAX))
+        );
+        assert_eq!(m(128, 1).check(), Ok(()));
+        assert_eq!(m(128, MAX_VCPUS).check(), Ok(()));
+        assert_eq!(m(128, 0).check(), Err(MachineError::Vcpus(0)));
+        assert_eq!(m(128, 65).check(), Err(MachineError::Vcpus(65)));
+        assert_eq!(m(0, 1).check(), Err(MachineError::NoMemory));
     }
 }

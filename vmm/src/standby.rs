@@ -69,6 +69,7 @@ impl StandbySpec {
         h.update(self.mem_mib.to_le_bytes());
         h.update([self.vcpus]);
         h.update(env!("CARGO_PKG_VERSION").as_bytes());
+        h.update(crate::snapshot::VERSION.to_le_bytes());
         let d = h.finalize();
         d.iter().take(8).map(|b| format!("{b:02x}")).collect()
     }

@@ -73,6 +73,9 @@ pub enum VmmError {
     /// Snapshot read or write failed.
     #[error("snapshot failed")]
     Snapshot(#[from] snapshot::SnapshotError),
+    /// The machine's shape is refused.
+    #[error("machine refused")]
+    Machine(#[from] crate::config::MachineError),
     /// Control socket failed.
     #[error("control socket failed")]
     Api(#[from] crate::api::server::ApiError),
@@ -407,14 +410,14 @@ impl Vmm {
                 let fd = vm
                     .create_vcpu(u64::from(id))
                     .map_err(|e| crate::vstate::vm::VmError::Kvm("CREATE_VCPU", e))?;
-                regs::setup_cpuid(&fd, &kvm.cpuid, id, st.machine.vcpus)?;
-                restore_state(&fd, id, vs)?;
-                fds.push(fd);
+                regs::check_cpuid(kvm.cpuid.as_slice(), &vs.cpuid)?;
+                restore_state(&fd, id, vs, None, crate::vstate::vm::xsave2_size())?;
+                fds.push((fd, vs.cpuid.clone()));
             }
             lock(&agent).ready = st.agent_ready;
             (vm, mem, devices, fds, st.machine, true)
         } else {
-            let mem_bytes = cfg.machine.mem_mib << 20;
+            let mem_bytes = cfg.machine.mem_bytes()?;
             let mem = crate::memory::anonymous(mem_bytes)?;
             let vm = kvm.create_vm(&mem)?;
             let devices = make_devices(&vm, console, console_tail.clone(), link, None)?;
@@ -443,13 +446,13 @@ impl Vmm {
                 let fd = vm
                     .create_vcpu(u64::from(id))
                     .map_err(|e| crate::vstate::vm::VmError::Kvm("CREATE_VCPU", e))?;
-                regs::setup_cpuid(&fd, &kvm.cpuid, id, cfg.machine.vcpus)?;
+                let cpuid = regs::setup_cpuid(&fd, &kvm.cpuid, id, cfg.machine.vcpus)?;
                 regs::setup_msrs(&fd)?;
                 regs::setup_regs(&fd, kernel.entry)?;
                 regs::setup_sregs(&mem, &fd)?;
                 regs::setup_fpu(&fd)?;
                 regs::setup_lapic(&fd)?;
-                fds.push(fd);
+                fds.push((fd, cpuid.as_slice().to_vec()));
             }
             let machine = MachineInfo {
                 mem_mib: cfg.machine.mem_mib,
@@ -462,12 +465,12 @@ impl Vmm {
 
         let bus = Arc::new(devices.bus);
         let mut vcpus = Vec::new();
-        for (i, fd) in fds.into_iter().enumerate() {
+        for (i, (fd, cpuid)) in fds.into_iter().enumerate() {
             let id = u8::try_from(i).unwrap_or(u8::MAX);
             let evt = vcpu_evt
                 .try_clone()
                 .map_err(|e| VmmError::Host("vCPU eventfd", e))?;
-            let v = Vcpu::new(id, fd, bus.clone(), vtx.clone(), evt);
+            let v = Vcpu::new(id, fd, cpuid, bus.clone(), vtx.clone(), evt);
             vcpus.push(v.start(false)?);
         }
 
@@ -686,7 +689,7 @@ impl Vmm {
             version: snapshot::VERSION,
             created_unix: unix_now().secs,
             machine: self.machine.clone(),
-            memory_bytes: self.machine.mem_mib << 20,
+            memory_bytes: self.machine.mem_bytes()?,
             vm: save_vm_state(&self.vm)?,
             vcpus,
             serial: vec![lock(&self.com1).snapshot(), lock(&self.com2).snapshot()],

@@ -165,3 +165,59 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod layout_edges {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+
+    fn total(r: &[(u64, u64)]) -> u64 {
+        r.iter().map(|x| x.1).sum()
+    }
+
+    #[test]
+    fn exactly_3_gib_fills_the_space_below_the_hole() {
+        let r = ram_ranges(3 * GIB);
+        assert_eq!(r, vec![(0, MMIO_HOLE_START)]);
+        assert_eq!(r[0].0 + r[0].1, MMIO_HOLE_START);
+    }
+
+    #[test]
+    fn one_mib_more_than_3_gib_goes_above_4_gib() {
+        let r = ram_ranges(3 * GIB + MIB);
+        assert_eq!(r, vec![(0, MMIO_HOLE_START), (MMIO_HOLE_END, MIB)]);
+        assert_eq!(total(&r), 3 * GIB + MIB);
+    }
+
+    #[test]
+    fn the_largest_guest_64_gib_ends_at_65_gib() {
+        let r = ram_ranges(64 * GIB);
+        assert_eq!(r, vec![(0, MMIO_HOLE_START), (MMIO_HOLE_END, 61 * GIB)]);
+        assert_eq!(total(&r), 64 * GIB);
+        assert_eq!(r[1].0 + r[1].1, 65 * GIB);
+    }
+
+    #[test]
+    fn no_range_touches_the_mmio_hole() {
+        for size in [
+            MIB,
+            3 * GIB - MIB,
+            3 * GIB,
+            3 * GIB + MIB,
+            4 * GIB,
+            64 * GIB,
+        ] {
+            let r = ram_ranges(size);
+            assert_eq!(total(&r), size, "{size:#x}");
+            for &(start, len) in &r {
+                let end = start + len;
+                assert!(
+                    end <= MMIO_HOLE_START || start >= MMIO_HOLE_END,
+                    "{size:#x}: {start:#x}..{end:#x}"
+                );
+            }
+        }
+    }
+}

@@ -1,7 +1,9 @@
 //! Boot-time vCPU state: 64-bit mode with identity page tables, as the Linux 64-bit boot
 //! protocol wants it, plus the MSRs, FPU, LAPIC and CPUID set-up rust-vmm VMMs use.
 
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, CpuId, Msrs};
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, CpuId, Msrs,
+};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -23,6 +25,21 @@ pub enum RegsError {
         set: usize,
         /// How many were given.
         want: usize,
+    },
+    /// A saved CPUID (a snapshot's) has features this host's KVM cannot give the guest.
+    #[error(
+        "the guest was booted with CPUID leaf {function:#x}.{index} {reg} bits {missing:#010x}, \
+         which this host's KVM does not support: the snapshot cannot be restored here"
+    )]
+    CpuidUnsupported {
+        /// CPUID leaf.
+        function: u32,
+        /// Subleaf.
+        index: u32,
+        /// Register.
+        reg: &'static str,
+        /// Bits the guest has and the host lacks.
+        missing: u32,
     },
 }
 
@@ -212,11 +229,12 @@ pub fn setup_lapic(vcpu: &VcpuFd) -> Result<(), RegsError> {
         .map_err(|e| RegsError::Kvm("SET_LAPIC", e))
 }
 
-/// Adjusts KVM's supported CPUID for one vCPU (APIC IDs, CPU count) and sets it.
+/// Adjusts KVM's supported CPUID for one vCPU (APIC IDs, CPU count), sets it and returns
+/// it (what a snapshot keeps: kvm_pvm's `KVM_GET_CPUID2` answers the host CPU's view).
 ///
 /// On kvm_pvm hosts the guest sees the host's CPUID whatever is set here (see
 /// `host_quirks`); it is still set so that hardware KVM gets the right view.
-pub fn setup_cpuid(vcpu: &VcpuFd, base: &CpuId, id: u8, count: u8) -> Result<(), RegsError> {
+pub fn setup_cpuid(vcpu: &VcpuFd, base: &CpuId, id: u8, count: u8) -> Result<CpuId, RegsError> {
     let mut cpuid = base.clone();
     for e in cpuid.as_mut_slice() {
         match e.function {
@@ -233,7 +251,85 @@ pub fn setup_cpuid(vcpu: &VcpuFd, base: &CpuId, id: u8, count: u8) -> Result<(),
         }
     }
     vcpu.set_cpuid2(&cpuid)
-        .map_err(|e| RegsError::Kvm("SET_CPUID2", e))
+        .map_err(|e| RegsError::Kvm("SET_CPUID2", e))?;
+    Ok(cpuid)
+}
+
+#[derive(Clone, Copy)]
+enum Reg {
+    Eax,
+    Ebx,
+    Ecx,
+    Edx,
+}
+
+impl Reg {
+    fn of(self, e: &kvm_cpuid_entry2) -> u32 {
+        match self {
+            Reg::Eax => e.eax,
+            Reg::Ebx => e.ebx,
+            Reg::Ecx => e.ecx,
+            Reg::Edx => e.edx,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Reg::Eax => "EAX",
+            Reg::Ebx => "EBX",
+            Reg::Ecx => "ECX",
+            Reg::Edx => "EDX",
+        }
+    }
+}
+
+/// The CPUID registers that hold feature flags (leaf, subleaf, register) and the bits in
+/// them a check leaves out: ones owvmm sets itself (hypervisor, HTT) and ones KVM changes
+/// at run time from the guest's control registers (OSXSAVE, APIC, OSPKE).
+const FEATURE_REGS: &[(u32, u32, Reg, u32)] = &[
+    (0x1, 0, Reg::Ecx, (1 << 27) | (1 << 31)),
+    (0x1, 0, Reg::Edx, (1 << 9) | (1 << 28)),
+    (0x7, 0, Reg::Ebx, 0),
+    (0x7, 0, Reg::Ecx, 1 << 4),
+    (0x7, 0, Reg::Edx, 0),
+    (0x7, 1, Reg::Eax, 0),
+    (0xd, 0, Reg::Eax, 0),
+    (0xd, 0, Reg::Edx, 0),
+    (0xd, 1, Reg::Eax, 0),
+    (0x8000_0001, 0, Reg::Ecx, 0),
+    (0x8000_0001, 0, Reg::Edx, 0),
+    (0x8000_0008, 0, Reg::Ebx, 0),
+];
+
+/// Checks that a saved CPUID (the one a snapshot's guest was booted with) asks for no
+/// feature that `supported` (this host's `KVM_GET_SUPPORTED_CPUID`) lacks, so that a
+/// snapshot from a host with more features is refused with the first missing one instead
+/// of a guest that faults on an instruction later.
+pub fn check_cpuid(
+    supported: &[kvm_cpuid_entry2],
+    saved: &[kvm_cpuid_entry2],
+) -> Result<(), RegsError> {
+    let find = |list: &[kvm_cpuid_entry2], function: u32, index: u32| {
+        list.iter()
+            .find(|e| e.function == function && e.index == index)
+            .copied()
+    };
+    for &(function, index, reg, ignore) in FEATURE_REGS {
+        let Some(want) = find(saved, function, index) else {
+            continue;
+        };
+        let have = find(supported, function, index).map_or(0, |e| reg.of(&e));
+        let missing = reg.of(&want) & !have & !ignore;
+        if missing != 0 {
+            return Err(RegsError::CpuidUnsupported {
+                function,
+                index,
+                reg: reg.name(),
+                missing,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Lowest address the page tables and boot structures use (for sanity checks).
@@ -252,5 +348,53 @@ mod tests {
         let s = seg_from_gdt(gdt_entry(0xa09b, 0, 0xfffff), 1);
         assert_eq!((s.selector, s.l, s.present, s.type_), (8, 1, 1, 0xb));
         assert_eq!(s.limit, 0xfffff);
+    }
+
+    fn leaf(function: u32, index: u32, ebx: u32, ecx: u32, edx: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ebx,
+            ecx,
+            edx,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_cpuid_booted_here_passes_the_check() {
+        let supported = [
+            leaf(1, 0, 0, 0x0020_2000, 0x0000_0001),
+            leaf(7, 0, 0x9, 0, 0),
+        ];
+        let mut booted = supported.to_vec();
+        // What owvmm and KVM add themselves: hypervisor, HTT, OSXSAVE, APIC, APIC IDs.
+        booted[0].ecx |= (1 << 31) | (1 << 27);
+        booted[0].edx |= (1 << 28) | (1 << 9);
+        booted[0].ebx = 0x0102_0000;
+        check_cpuid(&supported, &booted).expect("same host");
+        // Features the host has and the guest was not given are fine too.
+        check_cpuid(&supported, &booted[..1]).expect("subset");
+    }
+
+    #[test]
+    fn a_cpuid_with_features_this_host_lacks_is_refused() {
+        let supported = [leaf(1, 0, 0, 0x0020_2000, 0), leaf(7, 0, 0x9, 0, 0)];
+        // AVX2 (leaf 7 EBX bit 5) from a bigger host.
+        let saved = [leaf(1, 0, 0, 0x0020_2000, 0), leaf(7, 0, 0x29, 0, 0)];
+        let e = check_cpuid(&supported, &saved).expect_err("avx2 missing");
+        assert!(matches!(
+            e,
+            RegsError::CpuidUnsupported {
+                function: 7,
+                index: 0,
+                reg: "EBX",
+                missing: 0x20
+            }
+        ));
+        assert!(e.to_string().contains("cannot be restored here"));
+        // A whole leaf the host does not have.
+        let saved = [leaf(0x8000_0001, 0, 0, 1, 0)];
+        assert!(check_cpuid(&supported, &saved).is_err());
     }
 }

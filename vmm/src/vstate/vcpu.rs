@@ -3,14 +3,15 @@
 //! from a signal handler, so `KVM_RUN` returns `EINTR`.
 
 use std::cell::Cell;
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{
-    kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_run, kvm_sregs,
-    kvm_vcpu_events, kvm_xcrs, kvm_xsave, Msrs,
+    kvm_cpuid_entry2, kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs,
+    kvm_run, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, Xsave,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use serde::{Deserialize, Serialize};
@@ -50,38 +51,93 @@ pub enum VcpuError {
         /// What it said.
         msg: String,
     },
+    /// A saved list (CPUID entries, MSRs) is longer than KVM takes.
+    #[error("vCPU {id}: {count} {what} are more than KVM takes")]
+    TooMany {
+        /// vCPU index.
+        id: u8,
+        /// What the list holds.
+        what: &'static str,
+        /// How many there are.
+        count: usize,
+    },
+    /// KVM set only part of the saved MSRs.
+    #[error("vCPU {id}: KVM refused MSR {index:#x} ({set} of {total} set)")]
+    MsrRefused {
+        /// vCPU index.
+        id: u8,
+        /// The first MSR not set.
+        index: u32,
+        /// How many were set.
+        set: usize,
+        /// How many were given.
+        total: usize,
+    },
+    /// The saved XSAVE area is larger than this host's KVM takes: the state was saved on a
+    /// host with more (or dynamically enabled) XSAVE features.
+    #[error("vCPU {id}: the saved XSAVE area has {saved} bytes, this host's KVM takes {host}")]
+    XsaveTooLarge {
+        /// vCPU index.
+        id: u8,
+        /// Bytes saved.
+        saved: usize,
+        /// Bytes this host's KVM reads and writes.
+        host: usize,
+    },
 }
 
 /// Everything KVM keeps about a vCPU that a snapshot must carry.
 #[derive(Serialize, Deserialize)]
 pub struct VcpuState {
+    /// The CPUID the vCPU was booted with (the entries owvmm set; kvm_pvm's
+    /// `KVM_GET_CPUID2` answers the host CPU's view instead): a restore sets this one, not
+    /// one recomputed from the restoring host.
+    pub cpuid: Vec<kvm_cpuid_entry2>,
+    /// Multiprocessing state (read first: reading it can deliver pending INIT/SIPI events
+    /// into the state the other calls read).
+    pub mp_state: kvm_mp_state,
     /// General registers.
     pub regs: kvm_regs,
     /// Segment and control registers.
     pub sregs: kvm_sregs,
-    /// FPU/SSE/AVX state.
+    /// FPU/SSE/AVX state: the first 4 KiB of the XSAVE area (all of it when the host's
+    /// area fits, or the host has no `KVM_CAP_XSAVE2`).
     pub xsave: kvm_xsave,
+    /// The rest of the XSAVE area past the first 4 KiB, in 32-bit words, as
+    /// `KVM_GET_XSAVE2` returned it (empty when the area fits in 4 KiB).
+    pub xsave_extra: Vec<u32>,
     /// Extended control registers.
     pub xcrs: kvm_xcrs,
+    /// Debug registers.
+    pub debugregs: kvm_debugregs,
     /// Local APIC.
     pub lapic: kvm_lapic_state,
     /// Model-specific registers.
     pub msrs: Vec<kvm_msr_entry>,
-    /// Multiprocessing state.
-    pub mp_state: kvm_mp_state,
     /// Pending exceptions, interrupts, NMIs.
     pub events: kvm_vcpu_events,
-    /// Debug registers.
-    pub debugregs: kvm_debugregs,
+}
+
+/// Most XSAVE bytes a saved state may carry (the architectural area with every component
+/// known today, AMX included, is about 11 KiB).
+pub const MAX_XSAVE_BYTES: usize = 64 << 10;
+
+impl VcpuState {
+    /// Bytes of the saved XSAVE area.
+    pub fn xsave_bytes(&self) -> usize {
+        std::mem::size_of::<kvm_xsave>().saturating_add(self.xsave_extra.len().saturating_mul(4))
+    }
 }
 
 impl std::fmt::Debug for VcpuState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "VcpuState {{ rip: {:#x}, msrs: {} }}",
+            "VcpuState {{ rip: {:#x}, cpuid: {}, msrs: {}, xsave: {} bytes }}",
             self.regs.rip,
-            self.msrs.len()
+            self.cpuid.len(),
+            self.msrs.len(),
+            self.xsave_bytes()
         )
     }
 }
@@ -159,7 +215,11 @@ pub enum VcpuResponse {
     /// Now paused.
     Paused,
     /// Now running.
-    Resumed,
+    Resumed {
+        /// Telling the guest's kvmclock that it was paused (so that its soft-lockup
+        /// watchdog does not count the pause) failed; the vCPU runs anyway.
+        kvmclock_error: Option<kvm_ioctls::Error>,
+    },
     /// The saved state.
     State(Box<VcpuState>),
     /// Halted with interrupts off.
@@ -206,40 +266,54 @@ pub fn install_kick_handler() -> Result<(), VcpuError> {
         .map_err(|e| VcpuError::Signal(vmm_sys_util::errno::Error::new(e)))
 }
 
+/// A request with its sequence number.
+type Numbered<T> = (u64, T);
+
 /// The VMM's end of a vCPU thread.
+///
+/// Every request carries a sequence number and its answer echoes it, so an answer that
+/// comes after its request timed out is recognised and dropped, never taken as the answer
+/// to a later request.
 pub struct VcpuHandle {
     /// vCPU index.
     pub id: u8,
-    tx: Sender<VcpuRequest>,
-    rx: Receiver<VcpuResponse>,
+    tx: Sender<Numbered<VcpuRequest>>,
+    rx: Receiver<Numbered<VcpuResponse>>,
     thread: Option<JoinHandle<()>>,
+    next_seq: AtomicU64,
+    timeout: Duration,
 }
 
 /// How long a vCPU may take to answer a request.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl VcpuHandle {
-    fn send(&self, req: VcpuRequest) -> Result<(), VcpuError> {
+    fn send(&self, req: VcpuRequest) -> Result<u64, VcpuError> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         self.tx
-            .send(req)
+            .send((seq, req))
             .map_err(|_| VcpuError::NoAnswer(self.id))?;
         if let Some(t) = &self.thread {
             // A failed kick only means the thread already left.
             let _ = t.kill(SIGRTMIN());
         }
-        Ok(())
+        Ok(seq)
     }
 
     /// Sends a request and waits for its answer.
     pub fn request(&self, req: VcpuRequest) -> Result<VcpuResponse, VcpuError> {
-        // Drop answers left over from a request that timed out.
-        while self.rx.try_recv().is_ok() {}
-        self.send(req)?;
-        match self.rx.recv_timeout(ANSWER_TIMEOUT) {
-            Ok(VcpuResponse::Error(msg)) => Err(VcpuError::Refused { id: self.id, msg }),
-            Ok(r) => Ok(r),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-                Err(VcpuError::NoAnswer(self.id))
+        let seq = self.send(req)?;
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                // A late answer to an earlier request that timed out.
+                Ok((s, _)) if s != seq => continue,
+                Ok((_, VcpuResponse::Error(msg))) => {
+                    return Err(VcpuError::Refused { id: self.id, msg })
+                }
+                Ok((_, r)) => return Ok(r),
+                Err(_) => return Err(VcpuError::NoAnswer(self.id)),
             }
         }
     }
@@ -258,6 +332,8 @@ pub struct Vcpu {
     /// vCPU index.
     pub id: u8,
     fd: VcpuFd,
+    /// The CPUID set on this vCPU (at boot, or by the last restore).
+    cpuid: Vec<kvm_cpuid_entry2>,
     bus: Arc<PioBus>,
     events: Sender<VcpuEvent>,
     events_evt: EventFd,
@@ -275,10 +351,12 @@ enum Flow {
 }
 
 impl Vcpu {
-    /// Wraps a configured vCPU.
+    /// Wraps a configured vCPU; `cpuid` is what was set on it (`regs::setup_cpuid`, or the
+    /// restored state's).
     pub fn new(
         id: u8,
         fd: VcpuFd,
+        cpuid: Vec<kvm_cpuid_entry2>,
         bus: Arc<PioBus>,
         events: Sender<VcpuEvent>,
         events_evt: EventFd,
@@ -286,6 +364,7 @@ impl Vcpu {
         Vcpu {
             id,
             fd,
+            cpuid,
             bus,
             events,
             events_evt,
@@ -307,6 +386,8 @@ impl Vcpu {
             tx: req_tx,
             rx: resp_rx,
             thread: Some(thread),
+            next_seq: AtomicU64::new(0),
+            timeout: ANSWER_TIMEOUT,
         })
     }
 
@@ -315,7 +396,12 @@ impl Vcpu {
         let _ = self.events_evt.write(1);
     }
 
-    fn run_loop(mut self, req: Receiver<VcpuRequest>, resp: Sender<VcpuResponse>, paused: bool) {
+    fn run_loop(
+        mut self,
+        req: Receiver<Numbered<VcpuRequest>>,
+        resp: Sender<Numbered<VcpuResponse>>,
+        paused: bool,
+    ) {
         let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
         KVM_RUN_PTR.with(|p| p.set(run_ptr));
         let mut state = if paused {
@@ -359,9 +445,9 @@ impl Vcpu {
 
     fn handle_request(
         &mut self,
-        r: VcpuRequest,
+        (seq, r): Numbered<VcpuRequest>,
         state: &mut RunState,
-        resp: &Sender<VcpuResponse>,
+        resp: &Sender<Numbered<VcpuResponse>>,
     ) -> Flow {
         let answer = match r {
             VcpuRequest::Pause => {
@@ -369,8 +455,12 @@ impl Vcpu {
                 VcpuResponse::Paused
             }
             VcpuRequest::Resume => {
+                let kvmclock_error = match *state {
+                    RunState::Paused => self.kvmclock_paused(),
+                    RunState::Running => None,
+                };
                 *state = RunState::Running;
-                VcpuResponse::Resumed
+                VcpuResponse::Resumed { kvmclock_error }
             }
             VcpuRequest::SaveState if *state == RunState::Paused => match self.save_state() {
                 Ok(s) => VcpuResponse::State(Box::new(s)),
@@ -389,16 +479,37 @@ impl Vcpu {
             },
             VcpuRequest::InjectCall { .. } => VcpuResponse::Error("not paused".into()),
             VcpuRequest::RestoreState(s) if *state == RunState::Paused => {
-                match restore_state(&self.fd, self.id, &s) {
-                    Ok(()) => VcpuResponse::Restored,
+                let xsave2 = crate::vstate::vm::xsave2_size();
+                match restore_state(&self.fd, self.id, &s, Some(&self.cpuid), xsave2) {
+                    Ok(()) => {
+                        self.cpuid = s.cpuid;
+                        VcpuResponse::Restored
+                    }
                     Err(e) => VcpuResponse::Error(crate::error_chain(&e)),
                 }
             }
             VcpuRequest::RestoreState(_) => VcpuResponse::Error("not paused".into()),
             VcpuRequest::Finish => return Flow::Stop,
         };
-        let _ = resp.send(answer);
+        let _ = resp.send((seq, answer));
         Flow::Continue
+    }
+
+    /// Tells KVM the guest was paused (`KVM_KVMCLOCK_CTRL`), so that the guest's
+    /// soft-lockup watchdog does not take the pause for a hang. `EINVAL` means the guest
+    /// has no kvmclock, which is fine; any other failure is reported (and returned).
+    fn kvmclock_paused(&self) -> Option<kvm_ioctls::Error> {
+        match self.fd.kvmclock_ctrl() {
+            Ok(()) => None,
+            Err(e) if e.errno() == libc::EINVAL => None,
+            Err(e) => {
+                eprintln!(
+                    "\r\nowvmm: vCPU {}: KVM_KVMCLOCK_CTRL failed ({e}); the guest may report a soft lockup\r",
+                    self.id
+                );
+                Some(e)
+            }
+        }
     }
 
     fn describe(&self) -> VcpuBrief {
@@ -547,26 +658,97 @@ impl Vcpu {
         })
     }
 
+    /// Reads the vCPU's state, in the order Firecracker uses: `KVM_GET_MP_STATE` first
+    /// (it lets KVM accept pending INIT/SIPI events, which changes the registers and the
+    /// LAPIC), the LAPIC late (reading it may update it), the pending events last.
     fn save_state(&self) -> Result<VcpuState, VcpuError> {
         let fd = &self.fd;
+        let mp_state = self.kvm("GET_MP_STATE", fd.get_mp_state())?;
+        let regs = self.kvm("GET_REGS", fd.get_regs())?;
+        let sregs = self.kvm("GET_SREGS", fd.get_sregs())?;
+        let (xsave, xsave_extra) = match crate::vstate::vm::xsave2_size() {
+            Some(size) => self.kvm("GET_XSAVE2", get_xsave2(fd, size))?,
+            None => (self.kvm("GET_XSAVE", fd.get_xsave())?, Vec::new()),
+        };
+        let xcrs = self.kvm("GET_XCRS", fd.get_xcrs())?;
+        let debugregs = self.kvm("GET_DEBUGREGS", fd.get_debug_regs())?;
+        let lapic = self.kvm("GET_LAPIC", fd.get_lapic())?;
+        let msrs = self.kvm("GET_MSRS", read_msrs(fd, &crate::vstate::vm::msr_indices()))?;
+        let events = self.kvm("GET_VCPU_EVENTS", fd.get_vcpu_events())?;
         Ok(VcpuState {
-            regs: self.kvm("GET_REGS", fd.get_regs())?,
-            sregs: self.kvm("GET_SREGS", fd.get_sregs())?,
-            xsave: self.kvm("GET_XSAVE", fd.get_xsave())?,
-            xcrs: self.kvm("GET_XCRS", fd.get_xcrs())?,
-            lapic: self.kvm("GET_LAPIC", fd.get_lapic())?,
-            msrs: read_msrs(fd, &crate::vstate::vm::msr_indices()).map_err(|source| {
-                VcpuError::Kvm {
-                    id: self.id,
-                    what: "GET_MSRS",
-                    source,
-                }
-            })?,
-            mp_state: self.kvm("GET_MP_STATE", fd.get_mp_state())?,
-            events: self.kvm("GET_VCPU_EVENTS", fd.get_vcpu_events())?,
-            debugregs: self.kvm("GET_DEBUGREGS", fd.get_debug_regs())?,
+            cpuid: self.cpuid.clone(),
+            mp_state,
+            regs,
+            sregs,
+            xsave,
+            xsave_extra,
+            xcrs,
+            debugregs,
+            lapic,
+            msrs,
+            events,
         })
     }
+}
+
+/// The number of 32-bit words past the first 4 KiB in an XSAVE area of `size` bytes.
+fn xsave_extra_words(size: usize) -> usize {
+    size.saturating_sub(std::mem::size_of::<kvm_xsave>())
+        .div_ceil(std::mem::size_of::<u32>())
+}
+
+/// `KVM_GET_XSAVE2` into a buffer of `size` bytes (what `KVM_CAP_XSAVE2` reported): the
+/// first 4 KiB and the words past them.
+fn get_xsave2(fd: &VcpuFd, size: usize) -> Result<(kvm_xsave, Vec<u32>), kvm_ioctls::Error> {
+    let mut x =
+        Xsave::new(xsave_extra_words(size)).map_err(|_| kvm_ioctls::Error::new(libc::E2BIG))?;
+    // SAFETY: `x` holds 4 KiB plus enough words for `size` bytes, the size KVM_CAP_XSAVE2
+    // reported for this process; KVM_GET_XSAVE2 writes that many bytes (owvmm never enables
+    // XSAVE features dynamically, so the size cannot have grown since).
+    unsafe { fd.get_xsave2(&mut x) }?;
+    let head = kvm_xsave {
+        region: x.as_fam_struct_ref().xsave.region,
+        ..Default::default()
+    };
+    Ok((head, x.as_slice().to_vec()))
+}
+
+/// Puts a saved XSAVE area back: with a buffer of the size this host's KVM reads
+/// (`KVM_CAP_XSAVE2`; the saved area zero-padded to it), or the legacy 4 KiB
+/// `KVM_SET_XSAVE` on a host without that capability.
+fn set_xsave(
+    fd: &VcpuFd,
+    id: u8,
+    s: &VcpuState,
+    host_size: Option<usize>,
+) -> Result<(), VcpuError> {
+    let host_words = host_size.map_or(0, xsave_extra_words);
+    if s.xsave_extra.len() > host_words {
+        return Err(VcpuError::XsaveTooLarge {
+            id,
+            saved: s.xsave_bytes(),
+            host: std::mem::size_of::<kvm_xsave>() + host_words * std::mem::size_of::<u32>(),
+        });
+    }
+    let kvm = |what, source| VcpuError::Kvm { id, what, source };
+    if host_size.is_none() {
+        // SAFETY: without KVM_CAP_XSAVE2 (Linux before 5.17) KVM_SET_XSAVE reads exactly a
+        // 4 KiB kvm_xsave, which `s.xsave` is.
+        return unsafe { fd.set_xsave(&s.xsave) }.map_err(|e| kvm("SET_XSAVE", e));
+    }
+    let mut extra = s.xsave_extra.clone();
+    extra.resize(host_words, 0);
+    let mut x = Xsave::from_entries(&extra).map_err(|_| VcpuError::XsaveTooLarge {
+        id,
+        saved: s.xsave_bytes(),
+        host: std::mem::size_of::<kvm_xsave>() + host_words * std::mem::size_of::<u32>(),
+    })?;
+    // SAFETY: only the fixed 4 KiB region is written, not the length of the array behind it.
+    unsafe { x.as_mut_fam_struct() }.xsave.region = s.xsave.region;
+    // SAFETY: `x` holds 4 KiB plus the words of the size KVM_CAP_XSAVE2 reported for this
+    // process, which is what KVM_SET_XSAVE reads (owvmm never enables XSAVE features
+    // dynamically, so the size cannot have grown since).
+    unsafe { fd.set_xsave2(&x) }.map_err(|e| kvm("SET_XSAVE2", e))
 }
 
 /// Reads the given MSRs, skipping any this KVM refuses (it stops at the first it cannot
@@ -592,23 +774,42 @@ pub fn read_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<kvm_msr_entry>, kvm
     Ok(out)
 }
 
-/// Puts a saved state back into a vCPU (CPUID must already be set).
-pub fn restore_state(fd: &VcpuFd, id: u8, s: &VcpuState) -> Result<(), VcpuError> {
+/// Puts a saved state back into a vCPU, in Firecracker's order: CPUID first (it decides
+/// which MSRs and XSAVE features exist), the multiprocessing state, registers, XSAVE, LAPIC
+/// before the MSRs (the TSC deadline MSR needs it), the pending events last.
+///
+/// `current_cpuid` is the CPUID the vCPU already has (None for a fresh vCPU): when it is the
+/// saved one it is left alone (KVM refuses to change the CPUID of a vCPU that has run);
+/// `xsave2_size` is what `KVM_CAP_XSAVE2` reports on this host (None: not offered).
+pub fn restore_state(
+    fd: &VcpuFd,
+    id: u8,
+    s: &VcpuState,
+    current_cpuid: Option<&[kvm_cpuid_entry2]>,
+    xsave2_size: Option<usize>,
+) -> Result<(), VcpuError> {
     let kvm = |what, r: Result<(), kvm_ioctls::Error>| {
         r.map_err(|source| VcpuError::Kvm { id, what, source })
     };
+    if current_cpuid != Some(s.cpuid.as_slice()) {
+        let cpuid = CpuId::from_entries(&s.cpuid).map_err(|_| VcpuError::TooMany {
+            id,
+            what: "CPUID entries",
+            count: s.cpuid.len(),
+        })?;
+        kvm("SET_CPUID2", fd.set_cpuid2(&cpuid))?;
+    }
     kvm("SET_MP_STATE", fd.set_mp_state(s.mp_state))?;
-    kvm("SET_SREGS", fd.set_sregs(&s.sregs))?;
     kvm("SET_REGS", fd.set_regs(&s.regs))?;
-    // SAFETY: `s.xsave` is a plain kvm_xsave of the legacy 4 KiB size, which is what
-    // KVM_SET_XSAVE reads; no extended (XSAVE2) area follows it.
-    kvm("SET_XSAVE", unsafe { fd.set_xsave(&s.xsave) })?;
+    kvm("SET_SREGS", fd.set_sregs(&s.sregs))?;
+    set_xsave(fd, id, s, xsave2_size)?;
     kvm("SET_XCRS", fd.set_xcrs(&s.xcrs))?;
     kvm("SET_DEBUGREGS", fd.set_debug_regs(&s.debugregs))?;
     kvm("SET_LAPIC", fd.set_lapic(&s.lapic))?;
-    let msrs = Msrs::from_entries(&s.msrs).map_err(|_| VcpuError::Refused {
+    let msrs = Msrs::from_entries(&s.msrs).map_err(|_| VcpuError::TooMany {
         id,
-        msg: format!("{} MSRs are too many", s.msrs.len()),
+        what: "MSRs",
+        count: s.msrs.len(),
     })?;
     let set = fd.set_msrs(&msrs).map_err(|source| VcpuError::Kvm {
         id,
@@ -616,12 +817,224 @@ pub fn restore_state(fd: &VcpuFd, id: u8, s: &VcpuState) -> Result<(), VcpuError
         source,
     })?;
     if set != s.msrs.len() {
-        let which = s.msrs.get(set).map(|e| e.index).unwrap_or(0);
-        return Err(VcpuError::Refused {
+        return Err(VcpuError::MsrRefused {
             id,
-            msg: format!("KVM refused MSR {which:#x} ({set} of {} set)", s.msrs.len()),
+            index: s.msrs.get(set).map(|e| e.index).unwrap_or(0),
+            set,
+            total: s.msrs.len(),
         });
     }
     kvm("SET_VCPU_EVENTS", fd.set_vcpu_events(&s.events))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type FakeVcpu = (
+        VcpuHandle,
+        Receiver<Numbered<VcpuRequest>>,
+        Sender<Numbered<VcpuResponse>>,
+    );
+
+    /// A handle whose "vCPU thread" is the test itself.
+    fn fake(timeout: Duration) -> FakeVcpu {
+        let (req_tx, req_rx) = channel();
+        let (resp_tx, resp_rx) = channel();
+        let h = VcpuHandle {
+            id: 7,
+            tx: req_tx,
+            rx: resp_rx,
+            thread: None,
+            next_seq: AtomicU64::new(0),
+            timeout,
+        };
+        (h, req_rx, resp_tx)
+    }
+
+    #[test]
+    fn a_late_answer_is_not_taken_for_the_next_request() {
+        let (h, req_rx, resp_tx) = fake(Duration::from_millis(200));
+        // A slow vCPU: it answers the first request only once the second has come, that is
+        // after the first timed out; the late answer is queued ahead of the right one.
+        let slow = std::thread::spawn(move || {
+            let (first, r) = req_rx.recv().expect("first request");
+            assert!(matches!(r, VcpuRequest::ProbeHalted));
+            let (second, r) = req_rx.recv().expect("second request");
+            assert!(matches!(r, VcpuRequest::ProbeHalted));
+            assert_ne!(first, second);
+            resp_tx
+                .send((first, VcpuResponse::Halted(true)))
+                .expect("late answer");
+            resp_tx
+                .send((second, VcpuResponse::Halted(false)))
+                .expect("answer");
+        });
+        assert!(matches!(
+            h.request(VcpuRequest::ProbeHalted),
+            Err(VcpuError::NoAnswer(7))
+        ));
+        assert!(matches!(
+            h.request(VcpuRequest::ProbeHalted),
+            Ok(VcpuResponse::Halted(false))
+        ));
+        slow.join().expect("responder");
+    }
+
+    #[test]
+    fn a_late_answer_already_waiting_is_dropped_and_the_wait_goes_on() {
+        let (h, req_rx, resp_tx) = fake(Duration::from_millis(100));
+        assert!(h.request(VcpuRequest::Describe).is_err());
+        let (first, _) = req_rx.recv().expect("first request");
+        // The late answer arrives between the two requests.
+        resp_tx
+            .send((first, VcpuResponse::Paused))
+            .expect("late answer");
+        let slow = std::thread::spawn(move || {
+            let (second, r) = req_rx.recv().expect("second request");
+            assert!(matches!(r, VcpuRequest::Pause));
+            std::thread::sleep(Duration::from_millis(20));
+            resp_tx
+                .send((second, VcpuResponse::Injected))
+                .expect("answer");
+            // Keep the channel open until the handle is done.
+            req_rx.recv().ok();
+        });
+        assert!(matches!(
+            h.request(VcpuRequest::Pause),
+            Ok(VcpuResponse::Injected)
+        ));
+        drop(h);
+        slow.join().expect("responder");
+    }
+
+    #[test]
+    fn refusals_and_a_vanished_thread_are_errors() {
+        let (h, req_rx, resp_tx) = fake(Duration::from_secs(5));
+        let t = std::thread::spawn(move || {
+            let (seq, _) = req_rx.recv().expect("request");
+            resp_tx
+                .send((seq, VcpuResponse::Error("not paused".into())))
+                .expect("answer");
+            // Then the thread ends: both channel ends go away.
+        });
+        let e = h.request(VcpuRequest::SaveState).expect_err("refused");
+        assert!(matches!(e, VcpuError::Refused { id: 7, .. }));
+        t.join().expect("responder");
+        let t0 = Instant::now();
+        assert!(matches!(
+            h.request(VcpuRequest::Describe),
+            Err(VcpuError::NoAnswer(7))
+        ));
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "no wait for a gone thread"
+        );
+    }
+
+    /// A vCPU on /dev/kvm in its boot state at a `hlt`, and the CPUID set on it.
+    fn kvm_vcpu(
+        kvm: &crate::vstate::vm::KvmContext,
+    ) -> (kvm_ioctls::VmFd, GuestMemoryMmap, VcpuFd, CpuId) {
+        use crate::arch::regs;
+        let mem = crate::memory::anonymous(4 << 20).expect("memory");
+        let vm = kvm.create_vm(&mem).expect("vm");
+        let fd = vm.create_vcpu(0).expect("vcpu");
+        let cpuid = regs::setup_cpuid(&fd, &kvm.cpuid, 0, 1).expect("cpuid");
+        regs::setup_msrs(&fd).expect("msrs");
+        mem.write_obj(0xf4u8, GuestAddress(0x10_0000)).expect("hlt");
+        regs::setup_regs(&fd, 0x10_0000).expect("regs");
+        regs::setup_sregs(&mem, &fd).expect("sregs");
+        regs::setup_fpu(&fd).expect("fpu");
+        regs::setup_lapic(&fd).expect("lapic");
+        (vm, mem, fd, cpuid)
+    }
+
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    /// Saves a vCPU through its thread and puts the state into a fresh vCPU of another VM:
+    /// what a snapshot and a restore do, without a guest kernel.
+    #[test]
+    fn kvm_state_round_trip_keeps_cpuid_xsave_and_registers() {
+        let Ok(kvm) = crate::vstate::vm::KvmContext::open() else {
+            eprintln!("no usable /dev/kvm: skipped");
+            return;
+        };
+        let (_vm, _mem, fd, booted) = kvm_vcpu(&kvm);
+        let booted_cpuid = booted.as_slice().to_vec();
+        let (etx, _erx) = channel();
+        let evt = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let v = Vcpu::new(
+            0,
+            fd,
+            booted_cpuid.clone(),
+            Arc::new(PioBus::default()),
+            etx,
+            evt,
+        );
+        let h = v.start(true).expect("start");
+        // Resuming from a pause tells kvmclock (the guest has none: EINVAL, ignored).
+        match h.request(VcpuRequest::Resume) {
+            Ok(VcpuResponse::Resumed { kvmclock_error }) => {
+                assert!(kvmclock_error.is_none(), "{kvmclock_error:?}")
+            }
+            other => panic!("resume: {other:?}"),
+        }
+        assert!(matches!(
+            h.request(VcpuRequest::Pause),
+            Ok(VcpuResponse::Paused)
+        ));
+        let mut st = match h.request(VcpuRequest::SaveState) {
+            Ok(VcpuResponse::State(s)) => *s,
+            other => panic!("save: {other:?}"),
+        };
+        h.finish();
+        eprintln!(
+            "KVM_CAP_XSAVE2: {:?}, saved {st:?}",
+            crate::vstate::vm::xsave2_size()
+        );
+        // The CPUID set at boot, not KVM_GET_CPUID2's (the host CPU's on kvm_pvm).
+        assert_eq!(st.cpuid, booted_cpuid);
+        crate::arch::regs::check_cpuid(kvm.cpuid.as_slice(), &st.cpuid)
+            .expect("a state saved here restores here");
+        assert_eq!(
+            st.xsave_bytes(),
+            crate::vstate::vm::xsave2_size().map_or(4096, |n| n.max(4096))
+        );
+        st.regs.rbx = 0x1234_5678;
+        let (_vm2, _mem2, fd2, _) = kvm_vcpu(&kvm);
+        // A vCPU set up with other CPUID (not yet run) gets the saved one.
+        let other = CpuId::from_entries(&st.cpuid[..1]).expect("cpuid");
+        fd2.set_cpuid2(&other).expect("other cpuid");
+        let xsave2 = crate::vstate::vm::xsave2_size();
+        restore_state(&fd2, 0, &st, Some(other.as_slice()), xsave2).expect("restore");
+        let regs = fd2.get_regs().expect("regs");
+        assert_eq!((regs.rbx, regs.rip), (0x1234_5678, st.regs.rip));
+        let (x, extra) = match crate::vstate::vm::xsave2_size() {
+            Some(n) => get_xsave2(&fd2, n).expect("xsave2"),
+            None => (fd2.get_xsave().expect("xsave"), Vec::new()),
+        };
+        assert_eq!(&x.region[..], &st.xsave.region[..]);
+        assert_eq!(extra, st.xsave_extra);
+        assert_eq!(
+            fd2.get_mp_state().expect("mp").mp_state,
+            st.mp_state.mp_state
+        );
+        // An XSAVE area larger than the host's is refused, not cut.
+        let host_words = crate::vstate::vm::xsave2_size().map_or(0, xsave_extra_words);
+        st.xsave_extra = vec![0; host_words + 1];
+        assert!(matches!(
+            restore_state(&fd2, 0, &st, None, xsave2),
+            Err(VcpuError::XsaveTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn xsave_sizes() {
+        assert_eq!(xsave_extra_words(0), 0);
+        assert_eq!(xsave_extra_words(4096), 0);
+        assert_eq!(xsave_extra_words(4097), 1);
+        assert_eq!(xsave_extra_words(11008), (11008 - 4096) / 4);
+    }
 }

@@ -41,10 +41,18 @@ pub struct VmState {
 }
 
 static MSR_INDICES: OnceLock<Vec<u32>> = OnceLock::new();
+static XSAVE2_SIZE: OnceLock<Option<usize>> = OnceLock::new();
 
 /// The MSRs KVM can save and restore (filled once the VM is created).
 pub fn msr_indices() -> Vec<u32> {
     MSR_INDICES.get().cloned().unwrap_or_default()
+}
+
+/// Bytes of a vCPU's XSAVE area as `KVM_GET_XSAVE2`/`KVM_SET_XSAVE` move it
+/// (`KVM_CAP_XSAVE2`), or None when this KVM lacks the capability (Linux before 5.17: the
+/// legacy 4 KiB `KVM_GET_XSAVE`). Known once /dev/kvm is open.
+pub fn xsave2_size() -> Option<usize> {
+    XSAVE2_SIZE.get().copied().flatten()
 }
 
 /// An open KVM with the facts the VMM needs from it.
@@ -82,6 +90,8 @@ impl KvmContext {
             .get_msr_index_list()
             .map_err(|e| VmError::Kvm("GET_MSR_INDEX_LIST", e))?;
         let _ = MSR_INDICES.set(list.as_slice().to_vec());
+        let xsave2 = kvm.check_extension_int(Cap::Xsave2);
+        let _ = XSAVE2_SIZE.set(usize::try_from(xsave2).ok().filter(|&n| n > 0));
         Ok(KvmContext { kvm, cpuid })
     }
 
