@@ -92,8 +92,10 @@ pub const MAX_CLIENTS: usize = 64;
 pub const MAX_REQUEST: usize = 64 * 1024;
 /// A request connection that sends no complete line for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// A write to a client that blocks for this long closes the connection.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A write to a client that blocks for this long closes the connection. As long as the
+/// idle timeout: an `events` client that stopped reading is normally dropped by the event
+/// bus first (its queue fills), and then has this long to read its last line.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Default for Limits {
     fn default() -> Self {
