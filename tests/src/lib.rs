@@ -414,3 +414,10 @@ pub fn wait_console_after<T>(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+impl Vm {
+    /// The `owvmm` process's PID (to read its `/proc` entries).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}

@@ -11,8 +11,9 @@ use serde_json::json;
 use crate::devices::bus::lock;
 use crate::events::EventBus;
 
-/// Longest line accepted from the agent; longer ones are dropped as garbage.
-const MAX_LINE: usize = 4096;
+/// Longest line accepted from the agent (without its `\n`, as `ow_agent::proto::MAX_LINE`).
+/// A longer one is discarded up to the next `\n`, and never buffered beyond this.
+pub const MAX_LINE: usize = ow_agent::proto::MAX_LINE;
 
 /// What the VMM knows of the agent.
 #[derive(Debug, Default, Clone)]
@@ -33,8 +34,10 @@ pub struct AgentState {
     pub poweroff: bool,
     /// The agent announced a reboot.
     pub reboot: bool,
-    /// Lines that did not parse.
+    /// Lines that did not parse (over-long ones included).
     pub bad_lines: u64,
+    /// Lines longer than [`MAX_LINE`], discarded unread.
+    pub long_lines: u64,
     /// The agent confirmed it set the clock (it is alive and answering).
     pub clock_set: bool,
     /// The agent finished a `resurrect` request: (restored, failed, guest ms).
@@ -60,12 +63,31 @@ impl AgentLink {
         }
     }
 
+    /// The line being read just went over [`MAX_LINE`]: what it held is discarded, the rest
+    /// of it will be, and one event says so.
+    fn overflow(&mut self) {
+        self.overlong = true;
+        self.line.clear();
+        let mut st = lock(&self.state);
+        st.bad_lines += 1;
+        st.long_lines += 1;
+        let n = st.long_lines;
+        drop(st);
+        self.events.publish(
+            "agent-line-dropped",
+            json!({
+                "limit": MAX_LINE,
+                "lines_dropped": n,
+                "reason": format!("a line longer than {MAX_LINE} bytes on the agent channel; discarded up to the next newline"),
+            }),
+        );
+    }
+
     fn handle_line(&mut self) {
-        let line = std::mem::take(&mut self.line);
         if std::mem::take(&mut self.overlong) {
-            lock(&self.state).bad_lines += 1;
             return;
         }
+        let line = std::mem::take(&mut self.line);
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches('\r');
         if text.is_empty() {
@@ -185,10 +207,12 @@ impl Write for AgentLink {
         for &b in buf {
             if b == b'\n' {
                 self.handle_line();
+            } else if self.overlong {
+                // Still inside a discarded line.
             } else if self.line.len() < MAX_LINE {
                 self.line.push(b);
             } else {
-                self.overlong = true;
+                self.overflow();
             }
         }
         Ok(buf.len())
@@ -215,8 +239,11 @@ mod tests {
         assert!(st.ready);
         assert_eq!(st.heartbeats, 1);
         assert_eq!(st.guest_uptime_ms, 2500);
-        assert_eq!(rx.try_recv().expect("ev")["event"], "agent-ready");
-        assert_eq!(rx.try_recv().expect("ev")["event"], "heartbeat");
+        let event = |l: crate::events::EventLine| {
+            serde_json::from_str::<serde_json::Value>(&l).expect("json")["event"].clone()
+        };
+        assert_eq!(event(rx.try_recv().expect("ev")), "agent-ready");
+        assert_eq!(event(rx.try_recv().expect("ev")), "heartbeat");
     }
 
     #[test]
@@ -228,7 +255,61 @@ mod tests {
         link.write_all(b"\npoweroff\n").expect("w");
         let st = lock(&state).clone();
         assert_eq!(st.bad_lines, 2);
+        assert_eq!(st.long_lines, 1);
         assert!(st.poweroff);
         assert!(!st.ready);
+    }
+
+    #[test]
+    fn a_16_mib_line_is_not_buffered_and_is_reported_once() {
+        let state = Arc::new(Mutex::new(AgentState::default()));
+        let bus = EventBus::new(Instant::now());
+        let rx = bus.subscribe();
+        let mut link = AgentLink::new(state.clone(), bus);
+        link.write_all(b"hb 1 1000\nerr this line goes on ")
+            .expect("w");
+        // 16 MiB without a newline, written the way a UART delivers it and in big chunks.
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..256 {
+            link.write_all(&chunk).expect("w");
+            assert!(link.line.capacity() <= MAX_LINE, "{}", link.line.capacity());
+        }
+        for _ in 0..1000 {
+            link.write_all(b"y").expect("w");
+        }
+        assert!(link.line.capacity() <= MAX_LINE);
+        // The next newline ends it; what follows is read normally.
+        link.write_all(b"still the long line\nhb 2 2000\n")
+            .expect("w");
+        let st = lock(&state).clone();
+        assert_eq!((st.heartbeats, st.guest_uptime_ms), (2, 2000));
+        assert_eq!((st.long_lines, st.bad_lines), (1, 1));
+        let events: Vec<serde_json::Value> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|l| serde_json::from_str(&l).expect("json"))
+            .collect();
+        let names: Vec<_> = events.iter().map(|e| e["event"].clone()).collect();
+        assert_eq!(
+            names,
+            ["heartbeat", "agent-line-dropped", "heartbeat"],
+            "{events:?}"
+        );
+        assert_eq!(events[1]["limit"], MAX_LINE);
+        assert_eq!(events[1]["lines_dropped"], 1);
+    }
+
+    #[test]
+    fn a_line_of_exactly_the_limit_is_accepted() {
+        let state = Arc::new(Mutex::new(AgentState::default()));
+        let mut link = AgentLink::new(state.clone(), EventBus::new(Instant::now()));
+        let mut line = b"err ".to_vec();
+        line.resize(MAX_LINE, b'z');
+        line.push(b'\n');
+        link.write_all(&line).expect("w");
+        line.insert(0, b'z');
+        link.write_all(&line).expect("w");
+        let st = lock(&state).clone();
+        // The first is an `err` message, the second one byte too long.
+        assert_eq!((st.long_lines, st.bad_lines), (1, 1));
+        assert!(st.last_seen.is_some());
     }
 }
