@@ -113,7 +113,11 @@ mod tests {
         assert!(c.starts_with(NEUTRAL), "{c}");
         for (opt, why) in PVM_CMDLINE {
             assert!(!why.is_empty());
-            assert_eq!(c.split_whitespace().filter(|w| w == opt).count(), 1, "{opt} in {c}");
+            assert_eq!(
+                c.split_whitespace().filter(|w| w == opt).count(),
+                1,
+                "{opt} in {c}"
+            );
         }
         assert!(c.contains(PVM_KERNEL_SWITCH));
         assert_eq!(
@@ -122,18 +126,24 @@ mod tests {
         );
         // Idempotent: applying it again (a standby, a restored guest) adds nothing.
         assert_eq!(with_host_options(HostKvm::Pvm, &c), c);
-        assert_eq!(
-            missing_options(HostKvm::Pvm, "").len(),
-            PVM_CMDLINE.len()
-        );
+        assert_eq!(missing_options(HostKvm::Pvm, "").len(), PVM_CMDLINE.len());
     }
 
     #[test]
     fn user_options_win() {
-        let c = with_host_options(HostKvm::Pvm, "console=ttyS0 clearcpuid=pku owvmm.pvm_quirks=0");
+        let c = with_host_options(
+            HostKvm::Pvm,
+            "console=ttyS0 clearcpuid=pku owvmm.pvm_quirks=0",
+        );
         assert!(c.contains("clearcpuid=pku") && !c.contains("popcnt"), "{c}");
-        assert!(c.contains("owvmm.pvm_quirks=0") && !c.contains(PVM_KERNEL_SWITCH), "{c}");
-        assert!(c.contains("no-kvm-hypercalls") && c.contains("GLIBC_TUNABLES="), "{c}");
+        assert!(
+            c.contains("owvmm.pvm_quirks=0") && !c.contains(PVM_KERNEL_SWITCH),
+            "{c}"
+        );
+        assert!(
+            c.contains("no-kvm-hypercalls") && c.contains("GLIBC_TUNABLES="),
+            "{c}"
+        );
         let c = with_host_options(HostKvm::Pvm, "no-kvm-hypercalls");
         assert_eq!(c.matches("no-kvm-hypercalls").count(), 1);
         assert!(c.starts_with("no-kvm-hypercalls "), "{c}");
@@ -143,8 +153,17 @@ mod tests {
     fn the_default_command_line_is_neutral() {
         let d = crate::image::default_cmdline();
         assert!(d.contains("console=ttyS0"), "{d}");
-        assert!(missing_options(HostKvm::Pvm, &d).len() == PVM_CMDLINE.len(), "{d}");
-        for w in ["clearcpuid", "noxsave", "GLIBC_TUNABLES", "owvmm.pvm_quirks", "kvm-hypercalls"] {
+        assert!(
+            missing_options(HostKvm::Pvm, &d).len() == PVM_CMDLINE.len(),
+            "{d}"
+        );
+        for w in [
+            "clearcpuid",
+            "noxsave",
+            "GLIBC_TUNABLES",
+            "owvmm.pvm_quirks",
+            "kvm-hypercalls",
+        ] {
             assert!(!d.contains(w), "{w} in the default command line: {d}");
         }
     }
