@@ -462,7 +462,12 @@ fn corrupt_fd_tables_exclude_the_process_with_a_reason() {
         },
     );
     let r = inspect(&budget, &img.map, &img.btf);
-    assert_eq!(budget.exhausted(), None, "read {} bytes", budget.bytes_read());
+    assert_eq!(
+        budget.exhausted(),
+        None,
+        "read {} bytes",
+        budget.bytes_read()
+    );
     assert!(
         r.problems
             .iter()

@@ -25,7 +25,7 @@ pub struct DemoArgs {
 #[derive(Debug, thiserror::Error)]
 enum DemoError {
     #[error("cannot build the default image")]
-    Image(#[from] owvmm::image::ImageError),
+    Image(#[from] crate::image::ImageError),
     #[error("cannot start owvmm")]
     Spawn(#[source] std::io::Error),
     #[error("control socket")]
@@ -135,12 +135,12 @@ fn stop(sock: &Path, mut child: Child) {
 fn steps(a: &DemoArgs) -> Result<(), DemoError> {
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
     eprintln!("== owvmm demo: 1/6 default guest image (built once, then cached)");
-    let img = owvmm::image::build(false, None)?;
+    let img = crate::image::build(false, None)?;
     eprintln!("\n== 2/6 the crash kernel's warm standby: a freshly booted guest, frozen (prepared once, then cached)");
     let spec = owvmm::standby::StandbySpec {
         kernel: img.vmlinux.clone(),
         initrd: Some(img.initramfs.clone()),
-        cmdline: owvmm::image::default_cmdline(),
+        cmdline: crate::image::default_cmdline(),
         mem_mib: 128,
         vcpus: 1,
     };
@@ -150,7 +150,7 @@ fn steps(a: &DemoArgs) -> Result<(), DemoError> {
     eprintln!("   {}", standby.display());
     let snap = match &a.snapshot_dir {
         Some(d) => d.clone(),
-        None => owvmm::image::cache_dir()?.join("demo-snapshot"),
+        None => crate::image::cache_dir()?.join("demo-snapshot"),
     };
     let sock = std::env::temp_dir().join(format!("owvmm-demo-{}.sock", std::process::id()));
     let sock_s = sock.display().to_string();

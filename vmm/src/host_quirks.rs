@@ -148,23 +148,4 @@ mod tests {
         assert_eq!(c.matches("no-kvm-hypercalls").count(), 1);
         assert!(c.starts_with("no-kvm-hypercalls "), "{c}");
     }
-
-    #[test]
-    fn the_default_command_line_is_neutral() {
-        let d = crate::image::default_cmdline();
-        assert!(d.contains("console=ttyS0"), "{d}");
-        assert!(
-            missing_options(HostKvm::Pvm, &d).len() == PVM_CMDLINE.len(),
-            "{d}"
-        );
-        for w in [
-            "clearcpuid",
-            "noxsave",
-            "GLIBC_TUNABLES",
-            "owvmm.pvm_quirks",
-            "kvm-hypercalls",
-        ] {
-            assert!(!d.contains(w), "{w} in the default command line: {d}");
-        }
-    }
 }

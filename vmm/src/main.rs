@@ -12,6 +12,7 @@ use owvmm::vmm::{ConsoleOut, Vmm};
 use serde_json::json;
 
 mod demo;
+mod image;
 
 /// Exit code for a VMM error at run time.
 const EXIT_VMM_ERROR: u8 = 1;
@@ -192,7 +193,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run(a),
         Cmd::Ctl(a) => ctl(a),
         Cmd::Image(ImageCmd::Build { force, agent }) => {
-            match owvmm::image::build(force, agent.as_deref()) {
+            match crate::image::build(force, agent.as_deref()) {
                 Ok(img) => {
                     println!("kernel    {}", img.vmlinux.display());
                     println!("initramfs {}", img.initramfs.display());
@@ -201,7 +202,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(EXIT_VMM_ERROR, &e),
             }
         }
-        Cmd::Image(ImageCmd::Path) => match owvmm::image::build(false, None) {
+        Cmd::Image(ImageCmd::Path) => match crate::image::build(false, None) {
             Ok(img) => {
                 // A reader that stops after the first line (`| head -1`) is not an error.
                 let _ = writeln!(
@@ -243,7 +244,7 @@ fn build_config(a: RunArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
         (Some(_), _, _) => (PathBuf::new(), None),
         (None, Some(k), i) => (k, i),
         (None, None, i) => {
-            let img = owvmm::image::build(false, None)?;
+            let img = crate::image::build(false, None)?;
             (img.vmlinux, Some(i.unwrap_or(img.initramfs)))
         }
     };
@@ -251,7 +252,7 @@ fn build_config(a: RunArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
         .guest
         .cmdline
         .clone()
-        .unwrap_or_else(owvmm::image::default_cmdline);
+        .unwrap_or_else(crate::image::default_cmdline);
     let standby_auto = if a.on_crash == owvmm::crash::OnCrash::Microreboot && a.standby.is_none() {
         Some(auto_standby(&a, &kernel, initrd.as_ref(), &cmdline)?)
     } else {
@@ -289,11 +290,11 @@ fn auto_standby(
 ) -> Result<owvmm::standby::StandbySpec, Box<dyn std::error::Error>> {
     if let Some(dir) = &a.restore {
         let (st, _) = owvmm::snapshot::read(dir)?;
-        let img = owvmm::image::build(false, None)?;
+        let img = crate::image::build(false, None)?;
         return Ok(owvmm::standby::StandbySpec {
             kernel: PathBuf::from(&st.machine.kernel),
             initrd: Some(img.initramfs),
-            cmdline: owvmm::image::default_cmdline(),
+            cmdline: crate::image::default_cmdline(),
             mem_mib: st.machine.mem_mib,
             vcpus: st.machine.vcpus,
         });
@@ -313,14 +314,14 @@ fn standby(StandbyArgs { guest: a }: StandbyArgs) -> ExitCode {
         let (kernel, initrd) = match (a.kernel, a.initrd) {
             (Some(k), Some(i)) => (k, i),
             (k, i) => {
-                let img = owvmm::image::build(false, None)?;
+                let img = crate::image::build(false, None)?;
                 (k.unwrap_or(img.vmlinux), i.unwrap_or(img.initramfs))
             }
         };
         Ok(owvmm::standby::StandbySpec {
             kernel,
             initrd: Some(initrd),
-            cmdline: a.cmdline.unwrap_or_else(owvmm::image::default_cmdline),
+            cmdline: a.cmdline.unwrap_or_else(crate::image::default_cmdline),
             mem_mib: a.mem,
             vcpus: a.vcpus,
         })
@@ -351,7 +352,7 @@ fn print_cmdline(a: &RunArgs) -> ExitCode {
             .guest
             .cmdline
             .clone()
-            .unwrap_or_else(owvmm::image::default_cmdline);
+            .unwrap_or_else(crate::image::default_cmdline);
         let host = host_quirks::detect();
         if !host_quirks::quirks_disabled_by_env() {
             for (opt, why) in host_quirks::missing_options(host, &base) {

@@ -35,7 +35,7 @@ pub struct StandbySpec {
 pub enum StandbyError {
     /// The cache directory is unknown.
     #[error("no cache directory")]
-    Cache(#[source] crate::image::ImageError),
+    Cache(#[source] crate::cache::NoCache),
     /// A file could not be read or written.
     #[error("{0}")]
     Io(String, #[source] std::io::Error),
@@ -76,7 +76,7 @@ impl StandbySpec {
 
     /// Where this standby is cached.
     pub fn dir(&self) -> Result<PathBuf, StandbyError> {
-        let cache = crate::image::cache_dir().map_err(StandbyError::Cache)?;
+        let cache = crate::cache::cache_dir().map_err(StandbyError::Cache)?;
         Ok(cache.join(format!(
             "standby-{}m-{}c-{}",
             self.mem_mib,

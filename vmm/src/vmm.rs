@@ -285,7 +285,10 @@ fn make_devices(
             SerialPort::from_snapshot(s1, irq1, r1, out1)?,
             SerialPort::from_snapshot(s2, irq2, r2, out2)?,
         ),
-        _ => (SerialPort::new(irq1, r1, out1)?, SerialPort::new(irq2, r2, out2)?),
+        _ => (
+            SerialPort::new(irq1, r1, out1)?,
+            SerialPort::new(irq2, r2, out2)?,
+        ),
     };
     let com1 = Arc::new(Mutex::new(p1));
     let com2 = Arc::new(Mutex::new(p2));
@@ -986,8 +989,16 @@ impl MutEventSubscriber for Vmm {
             DATA_RECOVERY,
             EventSet::IN,
         ));
-        let _ = ops.add(Events::with_data(&self.room[0], DATA_COM1_ROOM, EventSet::IN));
-        let _ = ops.add(Events::with_data(&self.room[1], DATA_COM2_ROOM, EventSet::IN));
+        let _ = ops.add(Events::with_data(
+            &self.room[0],
+            DATA_COM1_ROOM,
+            EventSet::IN,
+        ));
+        let _ = ops.add(Events::with_data(
+            &self.room[1],
+            DATA_COM2_ROOM,
+            EventSet::IN,
+        ));
         let _ = ops.add(Events::with_data_raw(
             self.timer.as_raw_fd(),
             DATA_TIMER,

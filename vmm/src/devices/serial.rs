@@ -237,7 +237,10 @@ mod tests {
         )
         .expect("restore");
         let mut b = [0u8];
-        assert!(room.read().is_err(), "no room event before the FIFO is empty");
+        assert!(
+            room.read().is_err(),
+            "no room event before the FIFO is empty"
+        );
         for want in b"xyz" {
             again.read(0, &mut b);
             assert_eq!(b[0], *want);

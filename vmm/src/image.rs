@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
-use crate::cpio::CpioWriter;
+use owvmm::cpio::CpioWriter;
 
 include!(concat!(env!("OUT_DIR"), "/kernel_inputs.rs"));
 
@@ -27,8 +27,8 @@ pub fn default_cmdline() -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// No home or cache directory.
-    #[error("no cache directory: set OWVMM_CACHE or HOME")]
-    NoCache,
+    #[error(transparent)]
+    NoCache(#[from] owvmm::cache::NoCache),
     /// A file operation failed.
     #[error("cannot write {0}")]
     Io(PathBuf, #[source] std::io::Error),
@@ -57,11 +57,7 @@ pub enum ImageError {
 
 /// The cache root.
 pub fn cache_dir() -> Result<PathBuf, ImageError> {
-    if let Some(d) = std::env::var_os("OWVMM_CACHE") {
-        return Ok(PathBuf::from(d));
-    }
-    let home = std::env::var_os("HOME").ok_or(ImageError::NoCache)?;
-    Ok(PathBuf::from(home).join(".cache/owvmm"))
+    Ok(owvmm::cache::cache_dir()?)
 }
 
 fn hex(b: &[u8]) -> String {
@@ -353,5 +349,25 @@ mod tests {
         let me = std::env::current_exe().expect("exe");
         assert!(!is_static(&me));
         assert!(!is_static(Path::new("/nonexistent")));
+    }
+
+    #[test]
+    fn the_default_command_line_is_neutral() {
+        let d = default_cmdline();
+        assert!(d.contains("console=ttyS0"), "{d}");
+        assert!(
+            owvmm::host_quirks::missing_options(owvmm::host_quirks::HostKvm::Pvm, &d).len()
+                == owvmm::host_quirks::PVM_CMDLINE.len(),
+            "{d}"
+        );
+        for w in [
+            "clearcpuid",
+            "noxsave",
+            "GLIBC_TUNABLES",
+            "owvmm.pvm_quirks",
+            "kvm-hypercalls",
+        ] {
+            assert!(!d.contains(w), "{w} in the default command line: {d}");
+        }
     }
 }
