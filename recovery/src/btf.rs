@@ -151,6 +151,20 @@ struct Type {
     members: std::ops::Range<usize>,
 }
 
+impl Type {
+    /// Type id 0.
+    fn void() -> Type {
+        Type {
+            name_off: 0,
+            kind: Kind::Void,
+            size_or_type: 0,
+            extra: 0,
+            nelems: 0,
+            members: 0..0,
+        }
+    }
+}
+
 /// A member found by [`Btf::member`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Member {
@@ -197,14 +211,7 @@ impl Btf {
     /// ([`crate::kernel::Kernel`]), which falls back to defaults where it would use types.
     pub fn empty() -> Btf {
         Btf {
-            types: vec![Type {
-                name_off: 0,
-                kind: Kind::Void,
-                size_or_type: 0,
-                extra: 0,
-                nelems: 0,
-                members: 0..0,
-            }],
+            types: vec![Type::void()],
             members: Vec::new(),
             strings: vec![0],
             by_name: HashMap::new(),
