@@ -247,14 +247,7 @@ impl Btf {
         let tsec = section(type_off, type_len, "type section")?;
         let strings = section(str_off, str_len, "string section")?.to_vec();
 
-        let mut types = vec![Type {
-            name_off: 0,
-            kind: Kind::Void,
-            size_or_type: 0,
-            extra: 0,
-            nelems: 0,
-            members: 0..0,
-        }];
+        let mut types = vec![Type::void()];
         let mut members = Vec::new();
         let mut pos = 0usize;
         while pos < tsec.len() {
