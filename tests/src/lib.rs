@@ -1,6 +1,7 @@
 //! Harness for the integration tests in `tests/`: runs the real `owvmm` binary on real
 //! KVM, watches its console and talks to its control socket.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -420,4 +421,67 @@ impl Vm {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+// Lines of the owtest programs (tests/guest-programs/owtest.c) and recoveries.
+
+/// `key=value` fields of an owtest line (`heap pid=12 count=3 ...`).
+pub fn fields(line: &str) -> HashMap<&str, &str> {
+    line.split_whitespace()
+        .filter_map(|f| f.split_once('='))
+        .collect()
+}
+
+/// The last line of `mode` on `console` (a line starting with `"<mode> pid="`).
+pub fn last_line<'a>(console: &'a str, mode: &str) -> Option<&'a str> {
+    let prefix = format!("{mode} pid=");
+    console
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with(&prefix))
+}
+
+pub fn num(line: &str, key: &str) -> u64 {
+    fields(line)
+        .get(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits for one whole recovery on `ev`; returns `recovery-done` and the pids restored.
+pub fn wait_recovery(ev: &mut Conn) -> (Value, Vec<u64>) {
+    let crash = ev.wait_event("crash-detected", Duration::from_secs(120));
+    assert_eq!(crash["cause"], "panic", "{crash}");
+    let mut restored = Vec::new();
+    loop {
+        let e = ev.recv(Duration::from_secs(600)).expect("recovery events");
+        match e["event"].as_str() {
+            Some("process-restored") => restored.push(e["pid"].as_u64().unwrap_or(0)),
+            Some("process-not-restored") => eprintln!("not restored: {e}"),
+            Some("recovery-failed") | Some("microreboot-failed") => {
+                panic!("recovery failed: {e}")
+            }
+            Some("recovery-done") => return (e, restored),
+            _ => {}
+        }
+    }
+}
+
+/// After the console position `from`, waits for a line of `mode` from `pid` that
+/// satisfies `ok`.
+pub fn wait_program(
+    vm: &mut Vm,
+    from: usize,
+    mode: &str,
+    pid: u32,
+    ok: impl Fn(&str) -> bool,
+) -> String {
+    let prefix = format!("{mode} pid={pid} ");
+    wait_console_after(vm, from, Duration::from_secs(120), &prefix, |c| {
+        c.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(&prefix) && ok(l))
+            .map(str::to_owned)
+    })
 }
