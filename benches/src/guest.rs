@@ -1,94 +1,62 @@
-//! What the benchmark learns from the source tree: the default kernel command line, the
-//! options owvmm adds on a kvm_pvm host, and what the kernel config does for boot time.
+//! What the benchmark learns from owvmm and the source tree: the kernel command line owvmm
+//! boots with on this host (asked from the binary), and what the kernel config does for
+//! boot time.
 
 use std::path::Path;
+use std::process::{Command, Stdio};
 
-/// owvmm's built-in command line when `guest-kernel/cmdline` is absent
-/// (`vmm/src/image/mod.rs`, `default_cmdline`).
-const BUILTIN_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+use crate::error::{BenchError, Result};
 
-/// Used only if `vmm/src/host_quirks.rs` cannot be read or parsed: a copy of its
-/// `PVM_CMDLINE` options at the time of writing.
-const PVM_FALLBACK: &[&str] = &[
-    "noxsave",
-    "clearcpuid=popcnt,smap,cx16",
-    "nopti",
-    "nofsgsbase",
-    "no-kvm-hypercalls",
-];
+/// The prefix of each stderr line of `owvmm run --print-cmdline` that names an option it
+/// added for this host's KVM: `owvmm: added for kvm_pvm: OPT -- WHY`.
+const ADDED_PREFIX: &str = "owvmm: added for kvm_pvm: ";
 
-/// The default command line and where it came from.
-pub fn default_cmdline(root: &Path) -> (String, String) {
-    let p = root.join("guest-kernel/cmdline");
-    match std::fs::read_to_string(&p) {
-        Ok(t) => (
-            t.split_whitespace().collect::<Vec<_>>().join(" "),
-            "guest-kernel/cmdline".into(),
-        ),
-        Err(_) => (
-            BUILTIN_CMDLINE.into(),
-            "owvmm's built-in default; there is no guest-kernel/cmdline".into(),
-        ),
-    }
+/// The kernel command line owvmm's default guest boots with on this host.
+pub struct EffectiveCmdline {
+    /// The whole line (`owvmm run --print-cmdline`'s stdout).
+    pub cmdline: String,
+    /// The options owvmm added for this host's KVM, each with owvmm's reason (empty on
+    /// hardware KVM).
+    pub added: Vec<(String, String)>,
 }
 
-/// The options owvmm adds on a kvm_pvm host, with the reason for each, parsed from the
-/// `PVM_CMDLINE` table in `vmm/src/host_quirks.rs`.
-pub fn pvm_options(root: &Path) -> (Vec<(String, String)>, bool) {
-    let parsed = std::fs::read_to_string(root.join("vmm/src/host_quirks.rs"))
-        .ok()
-        .map(|src| parse_pvm_table(&src))
-        .unwrap_or_default();
-    if parsed.is_empty() {
-        let v = PVM_FALLBACK
-            .iter()
-            .map(|o| ((*o).to_string(), String::new()))
-            .collect();
-        (v, false)
-    } else {
-        (parsed, true)
+/// Asks `owvmm run --print-cmdline`: owvmm's default command line plus what it adds on
+/// this host, so QEMU gets exactly the line owvmm boots with.
+pub fn effective_cmdline(owvmm: &Path) -> Result<EffectiveCmdline> {
+    let args = ["run", "--print-cmdline"];
+    let out = Command::new(owvmm)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| BenchError::Spawn {
+            program: owvmm.display().to_string(),
+            source,
+        })?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let cmdline = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || cmdline.is_empty() {
+        return Err(BenchError::Command {
+            command: format!("{} {}", owvmm.display(), args.join(" ")),
+            status: out.status.to_string(),
+            stderr: stderr.trim().to_string(),
+        });
     }
+    Ok(EffectiveCmdline {
+        cmdline,
+        added: parse_added(&stderr),
+    })
 }
 
-fn parse_pvm_table(src: &str) -> Vec<(String, String)> {
-    let Some(start) = src.find("PVM_CMDLINE") else {
-        return Vec::new();
-    };
-    let body = &src[start..];
-    let end = body.find("];").unwrap_or(body.len());
-    body[..end]
+/// The `(option, reason)` pairs of `owvmm run --print-cmdline`'s stderr.
+fn parse_added(stderr: &str) -> Vec<(String, String)> {
+    stderr
         .lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let inner = l.strip_prefix("(\"")?;
-            let (opt, rest) = inner.split_once('"')?;
-            let why = rest
-                .split_once('"')
-                .and_then(|(_, r)| r.rsplit_once('"'))
-                .map(|(w, _)| w.to_string())
-                .unwrap_or_default();
-            Some((opt.to_string(), why))
+        .filter_map(|l| l.trim().strip_prefix(ADDED_PREFIX))
+        .map(|rest| match rest.split_once(" -- ") {
+            Some((opt, why)) => (opt.trim().to_string(), why.trim().to_string()),
+            None => (rest.trim().to_string(), String::new()),
         })
         .collect()
-}
-
-/// Appends `opts` to `cmdline`, skipping an option whose key is already there (the same
-/// rule as owvmm's `host_quirks::adjust_cmdline`).
-pub fn add_options(cmdline: &str, opts: &[(String, String)]) -> String {
-    let mut out = cmdline.trim().to_string();
-    for (opt, _) in opts {
-        let key = opt.split('=').next().unwrap_or(opt);
-        let present = out
-            .split_whitespace()
-            .any(|w| w == opt || w.split('=').next() == Some(key));
-        if !present {
-            if !out.is_empty() {
-                out.push(' ');
-            }
-            out.push_str(opt);
-        }
-    }
-    out
 }
 
 /// The command line for the console-profile boot: no `quiet`, `loglevel=7`, timestamps on.
@@ -256,36 +224,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_the_pvm_table() {
-        let src = r#"
-pub const PVM_CMDLINE: &[(&str, &str)] = &[
-    ("noxsave", "xsave/xrstor are not emulated"),
-    ("clearcpuid=popcnt,smap,cx16", "popcnt, \"quoted\" and cx16"),
-];
-"#;
-        let t = parse_pvm_table(src);
-        assert_eq!(t.len(), 2);
+    fn parses_the_added_options() {
+        let err = "owvmm: added for kvm_pvm: owvmm.pvm_quirks=1 -- turns on the patches\n\
+                   something else\n\
+                   owvmm: added for kvm_pvm: clearcpuid=xsave,popcnt -- a -- b\n\
+                   owvmm: added for kvm_pvm: no-kvm-hypercalls\n";
         assert_eq!(
-            t[0],
-            ("noxsave".into(), "xsave/xrstor are not emulated".into())
+            parse_added(err),
+            vec![
+                (
+                    "owvmm.pvm_quirks=1".to_string(),
+                    "turns on the patches".to_string()
+                ),
+                ("clearcpuid=xsave,popcnt".to_string(), "a -- b".to_string()),
+                ("no-kvm-hypercalls".to_string(), String::new()),
+            ]
         );
-        assert_eq!(t[1].0, "clearcpuid=popcnt,smap,cx16");
-    }
-
-    #[test]
-    fn adds_options_once() {
-        let opts = vec![
-            ("noxsave".to_string(), String::new()),
-            ("clearcpuid=popcnt".to_string(), String::new()),
-        ];
-        assert_eq!(
-            add_options("console=ttyS0", &opts),
-            "console=ttyS0 noxsave clearcpuid=popcnt"
-        );
-        assert_eq!(
-            add_options("clearcpuid=pku noxsave", &opts),
-            "clearcpuid=pku noxsave"
-        );
+        assert!(parse_added("").is_empty());
     }
 
     #[test]

@@ -160,9 +160,7 @@ struct Context {
     qemu_version: String,
     guest_kernel: String,
     kernel_dir: PathBuf,
-    cmdline_source: String,
     pvm_options: Vec<(String, String)>,
-    pvm_parsed: bool,
 }
 
 /// Everything measured.
@@ -243,14 +241,13 @@ fn run() -> Result<bool> {
         )));
     }
 
-    let (base, cmdline_source) = guest::default_cmdline(&root);
     let pvm = Path::new("/sys/module/kvm_pvm").exists();
-    let (pvm_options, pvm_parsed) = guest::pvm_options(&root);
-    let cmdline = if pvm {
-        guest::add_options(&base, &pvm_options)
-    } else {
-        base
-    };
+    // The line owvmm boots its default guest with here (default + this host's quirks);
+    // QEMU gets the same string.
+    let guest::EffectiveCmdline {
+        cmdline,
+        added: pvm_options,
+    } = guest::effective_cmdline(&args.owvmm)?;
 
     let work = std::env::temp_dir().join(format!("owvmm-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(io("cannot create scratch directory", &work))?;
@@ -276,9 +273,7 @@ fn run() -> Result<bool> {
         qemu_version,
         guest_kernel: read_trim(kernel_dir.join("version")),
         kernel_dir,
-        cmdline_source,
         pvm_options,
-        pvm_parsed,
     };
     eprintln!(
         "bench: kernel {} ({})",
@@ -490,16 +485,14 @@ fn render(s: &Setup, ctx: &Context, r: &Results, runs: usize) -> String {
         "Kernel command line, the same string for both VMMs:\n\n    {}\n",
         s.cmdline
     );
-    let _ = write!(
-        md,
-        "It is the default command line ({})",
-        ctx.cmdline_source
+    md.push_str(
+        "It is what `owvmm run --print-cmdline` prints: owvmm's default command line \
+         (`guest-kernel/cmdline`, the same on every host)",
     );
-    if ctx.pvm {
-        let _ = writeln!(
-            md,
-            " plus the options owvmm adds on a kvm_pvm host (`PVM_CMDLINE` in `vmm/src/host_quirks.rs`{}):\n",
-            if ctx.pvm_parsed { "" } else { "; the file could not be parsed, a copy built into the bench was used" }
+    if !ctx.pvm_options.is_empty() {
+        md.push_str(
+            " plus the options owvmm adds on a kvm_pvm host (`PVM_CMDLINE` in \
+             `vmm/src/host_quirks.rs`), with owvmm's reasons:\n\n",
         );
         for (opt, why) in &ctx.pvm_options {
             let _ = writeln!(
@@ -509,6 +502,8 @@ fn render(s: &Setup, ctx: &Context, r: &Results, runs: usize) -> String {
                 why
             );
         }
+    } else if ctx.pvm {
+        md.push_str(" (kvm_pvm host, but owvmm added nothing: `OWVMM_NO_CMDLINE_QUIRKS` set?).\n");
     } else {
         md.push_str(" (hardware KVM: owvmm adds nothing).\n");
     }

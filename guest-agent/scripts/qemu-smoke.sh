@@ -13,7 +13,7 @@
 #        and busybox `poweroff` (SIGUSR2 to PID 1) ending in `exited ...` and `poweroff`.
 #
 # Environment: WORK (default /tmp/agent-test), CARGO_TARGET_DIR (default /tmp/agent-target),
-# CMDLINE (default: guest-kernel/cmdline if present, else the workarounds this host needs),
+# CMDLINE (default: `owvmm run --print-cmdline` of target/release/owvmm, else the workarounds this host needs),
 # BOOT_TIMEOUT seconds (default 600).
 set -eu
 
@@ -29,10 +29,10 @@ work=${WORK:-/tmp/agent-test}
 target_dir=${CARGO_TARGET_DIR:-/tmp/agent-target}
 boot_timeout=${BOOT_TIMEOUT:-600}
 if [ -z "${CMDLINE:-}" ]; then
-    if [ -f "$repo/guest-kernel/cmdline" ]; then
-        CMDLINE=$(cat "$repo/guest-kernel/cmdline")
+    if [ -x "$repo/target/release/owvmm" ]; then   # default + this host's quirks
+        CMDLINE=$("$repo/target/release/owvmm" run --print-cmdline 2>/dev/null)
     else
-        CMDLINE="console=ttyS0 noxsave clearcpuid=popcnt,smap,cx16"
+        CMDLINE="console=ttyS0 owvmm.pvm_quirks=1 noxsave clearcpuid=popcnt,smap,cx16"
     fi
 fi
 

@@ -149,3 +149,89 @@ fn help_explains_exit_codes() {
     let (_, out, _) = run_to_end(&["--help"]);
     assert!(out.contains("Exit codes"), "{out}");
 }
+
+/// `owvmm run --print-cmdline` with `env` set, to completion: (exit code, stdout, stderr).
+fn print_cmdline(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = std::process::Command::new(owvmm_tests::owvmm_bin())
+        .args(["run", "--print-cmdline"])
+        .args(args)
+        .env_remove("OWVMM_NO_CMDLINE_QUIRKS")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run owvmm");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn print_cmdline_adds_the_host_quirks_only_on_kvm_pvm() {
+    const SWITCH: &str = "owvmm.pvm_quirks=1";
+    let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
+    let has = |line: &str, word: &str| line.split_whitespace().any(|w| w == word);
+
+    // The default: neutral line, plus this host's options (kvm_pvm only), each once.
+    let (code, out, err) = print_cmdline(&[], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let line = out.trim();
+    assert!(line.starts_with("console=ttyS0 "), "{line}");
+    assert!(has(line, "reboot=k") && has(line, "panic=-1"), "{line}");
+    assert_eq!(has(line, SWITCH), pvm, "{line}");
+    assert_eq!(has(line, "no-kvm-hypercalls"), pvm, "{line}");
+    assert_eq!(line.contains("clearcpuid="), pvm, "{line}");
+    assert_eq!(line.contains("GLIBC_TUNABLES="), pvm, "{line}");
+    assert_eq!(line.matches(SWITCH).count(), usize::from(pvm), "{line}");
+    if pvm {
+        assert!(
+            err.contains(&format!("owvmm: added for kvm_pvm: {SWITCH} -- ")),
+            "{err}"
+        );
+    } else {
+        assert!(err.trim().is_empty(), "{err}");
+    }
+
+    // The user's command line, with the options of `run`: the user's values win.
+    let (code, out, err) = print_cmdline(
+        &[
+            "--cmdline",
+            "console=ttyS0 clearcpuid=pku",
+            "--mem",
+            "256",
+            "--vcpus",
+            "2",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let line = out.trim();
+    assert!(line.starts_with("console=ttyS0 clearcpuid=pku"), "{line}");
+    assert!(!line.contains("popcnt"), "{line}");
+    assert_eq!(has(line, SWITCH), pvm, "{line}");
+    let (_, out, _) = print_cmdline(&["--cmdline", "console=ttyS0 owvmm.pvm_quirks=0"], &[]);
+    assert!(!has(out.trim(), SWITCH), "{out}");
+
+    // OWVMM-side quirks turned off: exactly the neutral default, nothing added.
+    let (code, out, err) = print_cmdline(&[], &[("OWVMM_NO_CMDLINE_QUIRKS", "1")]);
+    assert_eq!(code, 0, "{err}");
+    let line = out.trim();
+    assert!(line.starts_with("console=ttyS0 "), "{line}");
+    for w in [
+        "owvmm.pvm_quirks",
+        "clearcpuid",
+        "no-kvm-hypercalls",
+        "GLIBC_TUNABLES",
+    ] {
+        assert!(!line.contains(w), "{w} in {line}");
+    }
+    assert!(err.trim().is_empty(), "{err}");
+
+    // A snapshot's command line is what it booted with; a missing one is refused.
+    refused(
+        &["run", "--print-cmdline", "--restore", "/nonexistent/snap"],
+        "cannot read /nonexistent/snap/state.json",
+    );
+}

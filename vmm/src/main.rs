@@ -60,6 +60,7 @@ struct GuestArgs {
     #[arg(long)]
     initrd: Option<PathBuf>,
     /// Kernel command line [default: guest-kernel/cmdline]; options this host's KVM needs are added
+    /// (on kvm_pvm only; `run --print-cmdline` shows the result)
     #[arg(long)]
     cmdline: Option<String>,
     /// Guest memory in MiB
@@ -114,6 +115,11 @@ struct RunArgs {
     /// Do not show the guest console
     #[arg(long)]
     no_console: bool,
+    /// Print the kernel command line the guest would boot with (--cmdline or the default,
+    /// plus the options this host's KVM needs; with --restore the snapshot's) and exit 0
+    /// without booting. The added options and why go to stderr
+    #[arg(long)]
+    print_cmdline: bool,
 }
 
 #[derive(Args)]
@@ -332,7 +338,36 @@ fn standby(StandbyArgs { guest: a }: StandbyArgs) -> ExitCode {
     }
 }
 
+/// `run --print-cmdline`: the effective kernel command line on stdout, one line.
+fn print_cmdline(a: &RunArgs) -> ExitCode {
+    use owvmm::host_quirks;
+    let line = if let Some(dir) = &a.restore {
+        match owvmm::snapshot::read(dir) {
+            Ok((st, _)) => st.machine.cmdline,
+            Err(e) => return fail(EXIT_BAD_ARGS, &e),
+        }
+    } else {
+        let base = a
+            .guest
+            .cmdline
+            .clone()
+            .unwrap_or_else(owvmm::image::default_cmdline);
+        let host = host_quirks::detect();
+        if !host_quirks::quirks_disabled_by_env() {
+            for (opt, why) in host_quirks::missing_options(host, &base) {
+                eprintln!("owvmm: added for kvm_pvm: {opt} -- {why}");
+            }
+        }
+        host_quirks::adjust_cmdline(host, &base)
+    };
+    let _ = writeln!(std::io::stdout(), "{line}");
+    ExitCode::SUCCESS
+}
+
 fn run(a: RunArgs) -> ExitCode {
+    if a.print_cmdline {
+        return print_cmdline(&a);
+    }
     let console = if a.no_console {
         ConsoleOut::Null
     } else {

@@ -12,13 +12,15 @@ use crate::cpio::CpioWriter;
 
 include!(concat!(env!("OUT_DIR"), "/kernel_inputs.rs"));
 
-/// The default kernel command line (`guest-kernel/cmdline`), host options added at boot.
+/// The default kernel command line (`guest-kernel/cmdline`): neutral, right for any KVM.
+/// The options this host's KVM needs are added at boot (`host_quirks::adjust_cmdline`);
+/// `owvmm run --print-cmdline` shows the result.
 pub fn default_cmdline() -> String {
     KERNEL_INPUTS
         .iter()
         .find(|(n, _)| *n == "cmdline")
         .map(|(_, d)| String::from_utf8_lossy(d).trim().to_string())
-        .unwrap_or_else(|| "console=ttyS0 reboot=k panic=-1".into())
+        .unwrap_or_else(|| "console=ttyS0 reboot=k panic=-1 quiet".into())
 }
 
 /// Errors while building or finding the default image.
