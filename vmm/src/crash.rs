@@ -9,14 +9,40 @@ use serde::Serialize;
 
 use crate::devices::bus::lock;
 
+/// Who told the VMM that the kernel panicked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum PanicSource {
+    /// The guest's pvpanic driver wrote `PVPANIC_PANICKED` to the pvpanic port.
+    #[serde(rename = "pvpanic")]
+    Pvpanic,
+    /// The VMM read the dead kernel's `panic_cpu` (polled, or on the reset that followed):
+    /// the fallback for kernels without a pvpanic driver.
+    #[serde(rename = "panic_cpu")]
+    PanicCpu,
+}
+
+impl PanicSource {
+    /// The name in events.
+    pub fn name(self) -> &'static str {
+        match self {
+            PanicSource::Pvpanic => "pvpanic",
+            PanicSource::PanicCpu => "panic_cpu",
+        }
+    }
+}
+
 /// Why the VMM decided the guest kernel died.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "cause", rename_all = "kebab-case")]
 pub enum CrashCause {
-    /// The kernel panicked (it reset the machine with `panic_cpu` set).
+    /// The kernel panicked: it said so through pvpanic, or `panic_cpu` was seen set (while
+    /// it ran on, or when it reset the machine).
     Panic {
         /// The panic line from the console, when it was seen.
         message: Option<String>,
+        /// Who saw it (also the event's `source`, see [`CrashCause::source`]).
+        #[serde(skip)]
+        source: PanicSource,
     },
     /// A triple fault (KVM shutdown exit).
     TripleFault {
@@ -36,11 +62,25 @@ pub enum CrashCause {
 }
 
 impl CrashCause {
+    /// What detected the crash, for the `source` of `crash-detected` and of the crash
+    /// records in `status`: `pvpanic` or `panic_cpu` for a panic, else `triple-fault`,
+    /// `emulation-failure` or `hang`.
+    pub fn source(&self) -> &'static str {
+        match self {
+            CrashCause::Panic { source, .. } => source.name(),
+            CrashCause::TripleFault { .. } => "triple-fault",
+            CrashCause::EmulationFailure { .. } => "emulation-failure",
+            CrashCause::Hang { .. } => "hang",
+        }
+    }
+
     /// One line for logs.
     pub fn describe(&self) -> String {
         match self {
-            CrashCause::Panic { message: Some(m) } => format!("kernel panic: {m}"),
-            CrashCause::Panic { message: None } => "kernel panic".into(),
+            CrashCause::Panic {
+                message: Some(m), ..
+            } => format!("kernel panic: {m}"),
+            CrashCause::Panic { message: None, .. } => "kernel panic".into(),
             CrashCause::TripleFault { vcpu } => format!("triple fault on vCPU {vcpu}"),
             CrashCause::EmulationFailure { description } => description.clone(),
             CrashCause::Hang { seconds } => format!("hang: no agent heartbeat for {seconds} s"),
@@ -149,5 +189,29 @@ mod tests {
         let v = serde_json::to_value(CrashCause::TripleFault { vcpu: 1 }).expect("json");
         assert_eq!(v["cause"], "triple-fault");
         assert_eq!(v["vcpu"], 1);
+    }
+
+    #[test]
+    fn every_cause_names_its_source() {
+        let p = |source| CrashCause::Panic {
+            message: None,
+            source,
+        };
+        assert_eq!(p(PanicSource::Pvpanic).source(), "pvpanic");
+        assert_eq!(p(PanicSource::PanicCpu).source(), "panic_cpu");
+        assert_eq!(CrashCause::TripleFault { vcpu: 0 }.source(), "triple-fault");
+        let e = CrashCause::EmulationFailure {
+            description: String::new(),
+        };
+        assert_eq!(e.source(), "emulation-failure");
+        assert_eq!(CrashCause::Hang { seconds: 1 }.source(), "hang");
+        // The serialized cause does not repeat the source (crash() adds it once).
+        let v = serde_json::to_value(p(PanicSource::Pvpanic)).expect("json");
+        assert_eq!(v["cause"], "panic");
+        assert!(v.get("source").is_none());
+        assert_eq!(
+            serde_json::to_value(PanicSource::PanicCpu).expect("json"),
+            "panic_cpu"
+        );
     }
 }

@@ -22,11 +22,13 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::agent::{AgentLink, AgentState};
 use crate::api::protocol::{error, ok, Request};
 use crate::api::server::ApiCall;
-use crate::arch::{boot, mptable, regs};
+use crate::arch::{acpi, boot, mptable, regs};
 use crate::config::VmConfig;
-use crate::crash::{ConsoleTail, CrashCause, OnCrash, TeeConsole};
+use crate::crash::{ConsoleTail, CrashCause, OnCrash, PanicSource, TeeConsole};
+use crate::devices::acpi_pm::{AcpiPm, PM_BASE, PM_PORTS};
 use crate::devices::bus::{lock, PioBus};
 use crate::devices::i8042::I8042;
+use crate::devices::pvpanic::{PvPanic, PvPanicState, PVPANIC_PORT};
 use crate::devices::serial::{SerialOut, SerialPort};
 use crate::events::EventBus;
 use crate::host_quirks::{self, HostKvm};
@@ -64,6 +66,9 @@ pub enum VmmError {
     /// MP table failure.
     #[error("MP table set-up failed")]
     Mptable(#[from] mptable::MptableError),
+    /// ACPI tables failure.
+    #[error("ACPI table set-up failed")]
+    Acpi(#[from] acpi::AcpiError),
     /// Device set-up failed.
     #[error("device set-up failed")]
     Bus(#[from] crate::devices::bus::BusError),
@@ -188,6 +193,10 @@ pub struct Vmm {
     vcpu_events: Receiver<VcpuEvent>,
     vcpu_evt: EventFd,
     reset_evt: EventFd,
+    /// Written by the pvpanic device on a `PVPANIC_PANICKED` event.
+    pvpanic_evt: EventFd,
+    /// What the pvpanic device saw.
+    pvpanic: Arc<PvPanicState>,
     api_rx: Receiver<ApiCall>,
     api_evt: EventFd,
     timer: TimerFd,
@@ -227,6 +236,7 @@ const DATA_TIMER: u32 = 5;
 const DATA_RECOVERY: u32 = 6;
 const DATA_COM1_ROOM: u32 = 7;
 const DATA_COM2_ROOM: u32 = 8;
+const DATA_PVPANIC: u32 = 9;
 
 /// Most console input kept for the guest while its FIFO is full (what a user pastes); more
 /// is dropped, as a terminal would when the other side does not read.
@@ -240,6 +250,10 @@ const POWEROFF_GRACE: Duration = Duration::from_secs(30);
 const TICK: Duration = Duration::from_millis(100);
 /// How long a kernel may be seen panicking before the VMM calls it a crash.
 const PANIC_GRACE: Duration = Duration::from_millis(300);
+/// The same when the kernel's pvpanic driver bound to the device: it reports the panic
+/// itself from its panic notifier, after the panic message, the stack dump and stopping
+/// the other CPUs (a second or so here); `panic_cpu` decides only if that never comes.
+const PVPANIC_GRACE: Duration = Duration::from_secs(5);
 
 fn eventfd(what: &'static str) -> Result<EventFd, VmmError> {
     EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::Host(what, e))
@@ -252,6 +266,8 @@ struct Devices {
     /// Written when the guest has emptied COM1's / COM2's input FIFO.
     room: [EventFd; 2],
     reset_evt: EventFd,
+    pvpanic_evt: EventFd,
+    pvpanic: Arc<PvPanicState>,
 }
 
 fn console_writer(out: ConsoleOut, tail: ConsoleTail) -> SerialOut {
@@ -298,16 +314,28 @@ fn make_devices(
             .try_clone()
             .map_err(|e| VmmError::Host("reset eventfd", e))?,
     )));
+    let pvpanic_evt = eventfd("pvpanic eventfd")?;
+    let pvpanic = Arc::new(PvPanicState::default());
+    let pvpanic_dev = Arc::new(Mutex::new(PvPanic::new(
+        pvpanic.clone(),
+        pvpanic_evt
+            .try_clone()
+            .map_err(|e| VmmError::Host("pvpanic eventfd", e))?,
+    )));
     let mut bus = PioBus::default();
     bus.insert(COM1.0, 8, com1.clone())?;
     bus.insert(COM2.0, 8, com2.clone())?;
     bus.insert(0x60, 5, i8042)?;
+    bus.insert(PVPANIC_PORT, 1, pvpanic_dev)?;
+    bus.insert(PM_BASE, PM_PORTS, Arc::new(Mutex::new(AcpiPm::default())))?;
     Ok(Devices {
         bus,
         com1,
         com2,
         room,
         reset_evt,
+        pvpanic_evt,
+        pvpanic,
     })
 }
 
@@ -442,7 +470,10 @@ impl Vmm {
             };
             let cmdline = host_quirks::adjust_cmdline(host, &cfg.boot.cmdline);
             let c = boot::make_cmdline(&cmdline)?;
-            boot::write_boot_params(&mem, &kernel, &c, initrd)?;
+            // ACPI (MADT, and the DSDT naming the pvpanic device) for kernels with ACPI;
+            // the MP table for kernels without.
+            let rsdp = acpi::setup(&mem, cfg.machine.vcpus)?;
+            boot::write_boot_params(&mem, &kernel, &c, initrd, Some(rsdp))?;
             mptable::setup(&mem, cfg.machine.vcpus)?;
             let mut fds = Vec::new();
             for id in 0..cfg.machine.vcpus {
@@ -525,6 +556,8 @@ impl Vmm {
             vcpu_events,
             vcpu_evt,
             reset_evt: devices.reset_evt,
+            pvpanic_evt: devices.pvpanic_evt,
+            pvpanic: devices.pvpanic,
             api_rx,
             api_evt,
             timer,
@@ -551,6 +584,10 @@ impl Vmm {
             poweroff_since: None,
             clock_synced: false,
         };
+        if saved && vmm.kernel_has_pvpanic() {
+            // A restored guest does not probe the port again: its driver bound at its boot.
+            vmm.pvpanic.set_probed();
+        }
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         if let Some(dir) = &vmm.restored_from {
             vmm.events.publish(
@@ -864,9 +901,13 @@ impl Vmm {
         // to print its message, then call it.
         if !self.crashed && self.state == State::Running && self.guest_panicked() {
             let seen = *self.panic_seen.get_or_insert_with(Instant::now);
-            if seen.elapsed() >= PANIC_GRACE {
-                let message = self.console_tail.panic_line();
-                self.crash(CrashCause::Panic { message });
+            let grace = if self.pvpanic.probed() {
+                PVPANIC_GRACE
+            } else {
+                PANIC_GRACE
+            };
+            if seen.elapsed() >= grace {
+                self.crash(self.panic_cause(PanicSource::PanicCpu));
             }
         } else {
             self.panic_seen = None;
@@ -946,12 +987,20 @@ impl MutEventSubscriber for Vmm {
             }
             DATA_RESET => {
                 let _ = self.reset_evt.read();
-                if self.guest_panicked() {
-                    let message = self.console_tail.panic_line();
-                    self.crash(CrashCause::Panic { message });
+                if self.pvpanic.panicked() {
+                    // The pvpanic eventfd may not have been served yet.
+                    self.crash(self.panic_cause(PanicSource::Pvpanic));
+                } else if self.guest_panicked() {
+                    self.crash(self.panic_cause(PanicSource::PanicCpu));
                 } else {
                     self.events.publish("guest-reset", json!({}));
                     self.finish_with(ExitReason::Reset);
+                }
+            }
+            DATA_PVPANIC => {
+                let _ = self.pvpanic_evt.read();
+                if self.pvpanic.panicked() {
+                    self.crash(self.panic_cause(PanicSource::Pvpanic));
                 }
             }
             DATA_API => {
@@ -983,6 +1032,11 @@ impl MutEventSubscriber for Vmm {
     fn init(&mut self, ops: &mut EventOps) {
         let _ = ops.add(Events::with_data(&self.vcpu_evt, DATA_VCPU, EventSet::IN));
         let _ = ops.add(Events::with_data(&self.reset_evt, DATA_RESET, EventSet::IN));
+        let _ = ops.add(Events::with_data(
+            &self.pvpanic_evt,
+            DATA_PVPANIC,
+            EventSet::IN,
+        ));
         let _ = ops.add(Events::with_data(&self.api_evt, DATA_API, EventSet::IN));
         let _ = ops.add(Events::with_data(
             self.recovery.wake(),

@@ -187,6 +187,7 @@ pub fn e820_map(mem: &GuestMemoryMmap) -> Vec<boot_e820_entry> {
             size: EBDA_START,
             r#type: E820_RAM,
         },
+        // EBDA, MP table (`MPTABLE_START`), ACPI tables (`ACPI_START..ACPI_END`), BIOS.
         boot_e820_entry {
             addr: EBDA_START,
             size: HIMEM_START - EBDA_START,
@@ -207,12 +208,15 @@ pub fn e820_map(mem: &GuestMemoryMmap) -> Vec<boot_e820_entry> {
     map
 }
 
-/// Writes the command line and the zero page.
+/// Writes the command line and the zero page; `rsdp` is where the ACPI tables start, if
+/// there are any (boot protocol 2.14 `acpi_rsdp_addr`; a kernel that does not read it
+/// finds the RSDP by its scan of the BIOS area).
 pub fn write_boot_params(
     mem: &GuestMemoryMmap,
     kernel: &LoadedKernel,
     cmdline: &Cmdline,
     initrd: Option<(u64, u64)>,
+    rsdp: Option<u64>,
 ) -> Result<(), BootError> {
     load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline).map_err(BootError::CmdlineWrite)?;
     let cmdline_len = cmdline
@@ -234,6 +238,9 @@ pub fn write_boot_params(
     if let Some((addr, size)) = initrd {
         params.hdr.ramdisk_image = u32::try_from(addr).unwrap_or(0);
         params.hdr.ramdisk_size = u32::try_from(size).unwrap_or(0);
+    }
+    if let Some(addr) = rsdp {
+        params.acpi_rsdp_addr = addr;
     }
     let map = e820_map(mem);
     for (slot, e) in params.e820_table.iter_mut().zip(map.iter()) {

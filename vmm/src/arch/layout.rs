@@ -22,6 +22,11 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 pub const MPTABLE_START: u64 = 0x9fc00;
 /// End of the low RAM block below the legacy hole.
 pub const EBDA_START: u64 = 0x9fc00;
+/// The ACPI tables (RSDP first): the BIOS area, where a kernel that is not told the RSDP's
+/// address scans for it, and reserved in the e820 map (`EBDA_START..HIMEM_START`).
+pub const ACPI_START: u64 = 0xe0000;
+/// End of the room for the ACPI tables.
+pub const ACPI_END: u64 = 0x10_0000;
 /// Start of high memory: the kernel is loaded at or above this.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO hole (LAPIC, IOAPIC live at its top).

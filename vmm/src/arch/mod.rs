@@ -1,5 +1,6 @@
-//! x86-64 specifics: memory layout, boot protocol, vCPU boot state, MP table.
+//! x86-64 specifics: memory layout, boot protocol, vCPU boot state, MP table, ACPI tables.
 
+pub mod acpi;
 pub mod boot;
 pub mod layout;
 pub mod mptable;

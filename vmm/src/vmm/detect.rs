@@ -1,7 +1,9 @@
-//! Detecting a guest kernel panic (`panic_cpu`), and `ctl crash`, which makes the kernel
-//! panic from outside. Kernel addresses are translated by `owvmm_recovery::kernel` (KASLR
-//! slide, `phys_base`, direct-map base), the same view the extraction uses. (`panic_cpu`
-//! polling is the fallback for kernels without a pvpanic driver.)
+//! Detecting a guest kernel panic, and `ctl crash`, which makes the kernel panic from
+//! outside. A kernel with a pvpanic driver says it panicked through the pvpanic port
+//! (`devices::pvpanic`); `panic_cpu`, read from guest memory (polled, and on a reset), is
+//! the fallback for kernels without one. Kernel addresses are translated by
+//! `owvmm_recovery::kernel` (KASLR slide, `phys_base`, direct-map base), the same view the
+//! extraction uses.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +12,7 @@ use serde_json::{json, Value};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::{GuestMem, State, Vmm};
-use crate::crash::{CRASH_MESSAGE, CRASH_MESSAGE_GPA, PANIC_CPU_INVALID};
+use crate::crash::{CrashCause, PanicSource, CRASH_MESSAGE, CRASH_MESSAGE_GPA, PANIC_CPU_INVALID};
 use crate::vstate::vcpu::{VcpuRequest, VcpuResponse};
 
 impl Vmm {
@@ -62,6 +64,21 @@ impl Vmm {
             Some(_) => self.panic_cpu_armed,
             None => false,
         }
+    }
+
+    /// A panic seen by `source`, with the panic line from the console if it was printed.
+    pub(super) fn panic_cause(&self, source: PanicSource) -> CrashCause {
+        CrashCause::Panic {
+            message: self.console_tail.panic_line(),
+            source,
+        }
+    }
+
+    /// The kernel has the pvpanic driver built in (its `System.map` names the probe).
+    pub(super) fn kernel_has_pvpanic(&self) -> bool {
+        self.symbols()
+            .and_then(|s| s.addr_of("pvpanic_mmio_probe"))
+            .is_some()
     }
 
     /// `ctl crash`: makes a vCPU that is in kernel mode call `panic()`.

@@ -428,6 +428,12 @@ fn inspect(
 impl Vmm {
     /// A crash was detected: freeze and capture on the loop (milliseconds), then read the
     /// dead kernel on the extraction thread.
+    /// Drops the pvpanic events of a kernel that was just frozen.
+    fn forget_pvpanic(&mut self) {
+        let _ = self.pvpanic_evt.read();
+        self.pvpanic.clear();
+    }
+
     pub(super) fn crash(&mut self, cause: CrashCause) {
         if self.crashed || self.exit.is_some() {
             return;
@@ -437,6 +443,7 @@ impl Vmm {
         let text = cause.describe();
         eprintln!("\r\nowvmm: guest kernel crashed: {text}\r");
         let mut ev = serde_json::to_value(&cause).unwrap_or_default();
+        ev["source"] = json!(cause.source());
         ev["description"] = json!(text);
         self.events.publish("crash-detected", ev.clone());
         if let Some(a) = self.recovery.attempt.take() {
@@ -444,6 +451,7 @@ impl Vmm {
             // VMM up and the guest frozen for inspection.
             let _ = self.pause_all();
             self.state = State::Paused;
+            self.forget_pvpanic();
             self.unmap_old_world();
             ev["stage"] = json!(a.stage.name());
             eprintln!(
@@ -457,8 +465,9 @@ impl Vmm {
         let frozen = self.pause_all();
         self.state = State::Paused;
         // A reset the dying kernel requested before it was frozen belongs to this crash, not
-        // to whatever runs next.
+        // to whatever runs next; so does a pvpanic event.
         let _ = self.reset_evt.read();
+        self.forget_pvpanic();
         let freeze_ms = t0.elapsed().as_secs_f64() * 1000.0;
         if let Some(req) = self.crash_requested.take() {
             ev["detect_ms"] = json!(req.elapsed().as_secs_f64() * 1000.0 - freeze_ms);
