@@ -46,9 +46,10 @@ use ow_agent::proto::VmmMsg;
 
 /// How long the crash kernel's agent may take to resurrect the processes: a base, plus a
 /// time per MiB of memory to copy (each new page is zeroed by the guest kernel first, about
-/// 2 ms per page where guest kernel code is emulated).
-const RESURRECT_BASE: Duration = Duration::from_secs(300);
-const RESURRECT_PER_MIB: Duration = Duration::from_secs(4);
+/// 2 ms per page where guest kernel code is emulated, and over 40 ms when several guests
+/// share the host's cores). Its own crash is detected at once; this only bounds a stuck one.
+const RESURRECT_BASE: Duration = Duration::from_secs(600);
+const RESURRECT_PER_MIB: Duration = Duration::from_secs(20);
 
 /// Errors of a microreboot.
 #[derive(Debug, thiserror::Error)]
