@@ -1,7 +1,6 @@
 //! The running VMM: builds a VM (fresh boot or snapshot restore), then runs the event loop
 //! that serves the console, the agent channel, the control socket and the vCPUs' reports.
 
-use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver};
@@ -29,15 +28,17 @@ use crate::devices::acpi_pm::{AcpiPm, PM_BASE, PM_PORTS};
 use crate::devices::bus::{lock, PioBus};
 use crate::devices::i8042::I8042;
 use crate::devices::pvpanic::{PvPanic, PvPanicState, PVPANIC_PORT};
-use crate::devices::serial::{SerialOut, SerialPort};
+use crate::devices::serial::{SerialInput, SerialOut, SerialPort};
 use crate::events::EventBus;
 use crate::host_quirks::{self, HostKvm};
 use crate::snapshot::{self, MachineInfo, SnapshotState};
+use crate::terminal::ConsoleInput;
 use crate::vstate::vcpu::{
     restore_state, FaultInfo, Vcpu, VcpuEvent, VcpuHandle, VcpuRequest, VcpuResponse, VcpuState,
 };
 use crate::vstate::vm::{restore_vm_state, save_vm_state, KvmContext};
 
+mod api;
 mod detect;
 mod manifest;
 mod recovery;
@@ -184,11 +185,12 @@ pub struct Vmm {
     com1: Arc<Mutex<SerialPort>>,
     com2: Arc<Mutex<SerialPort>>,
     agent: Arc<Mutex<AgentState>>,
-    agent_tx: VecDeque<u8>,
-    /// Console input waiting for room in COM1's FIFO (bounded: `CONSOLE_INPUT_MAX`).
-    console_rx: VecDeque<u8>,
-    /// Written when the guest has emptied COM1's / COM2's input FIFO.
-    room: [EventFd; 2],
+    /// Console input waiting for room in COM1's FIFO (its own subscriber; fed from stdin).
+    console_in: Arc<Mutex<SerialInput>>,
+    /// The VMM's messages to the agent waiting for room in COM2's FIFO.
+    agent_in: Arc<Mutex<SerialInput>>,
+    /// Written by the console input on `Ctrl-A x`.
+    stop_evt: EventFd,
     events: EventBus,
     vcpu_events: Receiver<VcpuEvent>,
     vcpu_evt: EventFd,
@@ -197,11 +199,9 @@ pub struct Vmm {
     pvpanic_evt: EventFd,
     /// What the pvpanic device saw.
     pvpanic: Arc<PvPanicState>,
-    api_rx: Receiver<ApiCall>,
-    api_evt: EventFd,
+    /// The control socket's queue and eventfd, until `run` gives them to their subscriber.
+    api: Option<(Receiver<ApiCall>, EventFd)>,
     timer: TimerFd,
-    stdin_open: bool,
-    ctrl_a: bool,
     state: State,
     started: Instant,
     exit: Option<ExitReason>,
@@ -228,19 +228,21 @@ pub struct Vmm {
     clock_synced: bool,
 }
 
-const DATA_STDIN: u32 = 1;
+// The VMM's own endpoints; the console, the serial inputs and the control socket are
+// subscribers of their own.
 const DATA_VCPU: u32 = 2;
 const DATA_RESET: u32 = 3;
-const DATA_API: u32 = 4;
+const DATA_STOP: u32 = 4;
 const DATA_TIMER: u32 = 5;
 const DATA_RECOVERY: u32 = 6;
-const DATA_COM1_ROOM: u32 = 7;
-const DATA_COM2_ROOM: u32 = 8;
 const DATA_PVPANIC: u32 = 9;
 
 /// Most console input kept for the guest while its FIFO is full (what a user pastes); more
 /// is dropped, as a terminal would when the other side does not read.
 const CONSOLE_INPUT_MAX: usize = 64 * 1024;
+/// Most VMM messages kept for the agent while COM2's FIFO is full (the largest is a
+/// resurrect request of a few hundred bytes).
+const AGENT_INPUT_MAX: usize = 1024 * 1024;
 
 /// Serial ports: COM1 is the console, COM2 the agent channel.
 const COM1: (u16, u32) = (0x3f8, 4);
@@ -263,8 +265,9 @@ struct Devices {
     bus: PioBus,
     com1: Arc<Mutex<SerialPort>>,
     com2: Arc<Mutex<SerialPort>>,
-    /// Written when the guest has emptied COM1's / COM2's input FIFO.
-    room: [EventFd; 2],
+    /// Bytes waiting for COM1's / COM2's input FIFO.
+    console_in: Arc<Mutex<SerialInput>>,
+    agent_in: Arc<Mutex<SerialInput>>,
     reset_evt: EventFd,
     pvpanic_evt: EventFd,
     pvpanic: Arc<PvPanicState>,
@@ -328,34 +331,25 @@ fn make_devices(
     bus.insert(0x60, 5, i8042)?;
     bus.insert(PVPANIC_PORT, 1, pvpanic_dev)?;
     bus.insert(PM_BASE, PM_PORTS, Arc::new(Mutex::new(AcpiPm::default())))?;
+    let [room1, room2] = room;
     Ok(Devices {
         bus,
+        console_in: Arc::new(Mutex::new(SerialInput::new(
+            com1.clone(),
+            room1,
+            CONSOLE_INPUT_MAX,
+        ))),
+        agent_in: Arc::new(Mutex::new(SerialInput::new(
+            com2.clone(),
+            room2,
+            AGENT_INPUT_MAX,
+        ))),
         com1,
         com2,
-        room,
         reset_evt,
         pvpanic_evt,
         pvpanic,
     })
-}
-
-/// Moves as many bytes of `queue` into `port`'s input FIFO as fit, in order.
-fn feed(port: &Mutex<SerialPort>, queue: &mut VecDeque<u8>) {
-    if queue.is_empty() {
-        return;
-    }
-    let mut port = lock(port);
-    let n = port.input_room().min(queue.len());
-    if n == 0 {
-        return;
-    }
-    let chunk: Vec<u8> = queue.drain(..n).collect();
-    if let Ok(taken) = port.input(&chunk) {
-        // Put back what did not fit, in order.
-        for b in chunk[taken..].iter().rev() {
-            queue.push_front(*b);
-        }
-    }
 }
 
 /// The run-time overlay appended to the initramfs: `--add` files and the `--exec` list.
@@ -549,20 +543,17 @@ impl Vmm {
             com1: devices.com1,
             com2: devices.com2,
             agent,
-            agent_tx: VecDeque::new(),
-            console_rx: VecDeque::new(),
-            room: devices.room,
+            console_in: devices.console_in,
+            agent_in: devices.agent_in,
+            stop_evt: eventfd("stop eventfd")?,
             events,
             vcpu_events,
             vcpu_evt,
             reset_evt: devices.reset_evt,
             pvpanic_evt: devices.pvpanic_evt,
             pvpanic: devices.pvpanic,
-            api_rx,
-            api_evt,
+            api: Some((api_rx, api_evt)),
             timer,
-            stdin_open: true,
-            ctrl_a: false,
             state: State::Running,
             started,
             exit: None,
@@ -606,11 +597,28 @@ impl Vmm {
     }
 
     /// Runs until the guest powers off, resets, crashes, or the VMM is stopped.
-    pub fn run(self) -> Result<ExitReason, VmmError> {
-        let mut em: EventManager<Arc<Mutex<Vmm>>> =
+    pub fn run(mut self) -> Result<ExitReason, VmmError> {
+        let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber>>> =
             EventManager::new().map_err(VmmError::EventLoop)?;
+        let api = self.api.take();
+        let console = ConsoleInput::new(
+            self.console_in.clone(),
+            self.stop_evt
+                .try_clone()
+                .map_err(|e| VmmError::Host("stop eventfd", e))?,
+        );
+        em.add_subscriber(self.console_in.clone());
+        em.add_subscriber(self.agent_in.clone());
+        em.add_subscriber(Arc::new(Mutex::new(console)));
         let vmm = Arc::new(Mutex::new(self));
         em.add_subscriber(vmm.clone());
+        if let Some((calls, evt)) = api {
+            em.add_subscriber(Arc::new(Mutex::new(api::ApiAdapter::new(
+                vmm.clone(),
+                calls,
+                evt,
+            ))));
+        }
         let raw = crate::terminal::RawMode::enter();
         let result = loop {
             if let Err(e) = em.run() {
@@ -655,16 +663,10 @@ impl Vmm {
 
     fn send_agent(&mut self, msg: &VmmMsg) {
         // `encode` ends the line with its newline.
-        self.agent_tx.extend(msg.encode().bytes());
-        self.flush_agent();
-    }
-
-    fn flush_agent(&mut self) {
-        feed(&self.com2, &mut self.agent_tx);
-    }
-
-    fn flush_console(&mut self) {
-        feed(&self.com1, &mut self.console_rx);
+        let line = msg.encode();
+        if lock(&self.agent_in).push(line.as_bytes()) < line.len() {
+            eprintln!("\r\nowvmm: the agent does not read its channel; a message to it was cut\r");
+        }
     }
 
     fn pause_all(&mut self) -> Result<(), VmmError> {
@@ -879,7 +881,6 @@ impl Vmm {
     }
 
     fn tick(&mut self) {
-        self.flush_agent();
         let a = lock(&self.agent).clone();
         if a.ready && !self.clock_synced {
             self.clock_synced = true;
@@ -939,48 +940,15 @@ impl Vmm {
             }
         }
     }
-
-    fn handle_stdin(&mut self, ops: &mut EventOps) {
-        let mut buf = [0u8; 1024];
-        // SAFETY: reads into a local buffer of the given length from fd 0.
-        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
-        let Ok(n) = usize::try_from(n) else {
-            return;
-        };
-        if n == 0 {
-            let _ = ops.remove(Events::with_data_raw(0, DATA_STDIN, EventSet::IN));
-            self.stdin_open = false;
-            return;
-        }
-        let mut out = Vec::with_capacity(n);
-        for &b in &buf[..n] {
-            if self.ctrl_a {
-                self.ctrl_a = false;
-                match b {
-                    b'x' | b'X' => {
-                        self.finish_with(ExitReason::Stopped);
-                        return;
-                    }
-                    0x01 => out.push(0x01),
-                    _ => out.push(b),
-                }
-            } else if b == 0x01 && crate::terminal::is_tty() {
-                self.ctrl_a = true;
-            } else {
-                out.push(b);
-            }
-        }
-        // What does not fit the FIFO waits until the guest has read it empty.
-        let room = CONSOLE_INPUT_MAX.saturating_sub(self.console_rx.len());
-        self.console_rx.extend(out.iter().take(room));
-        self.flush_console();
-    }
 }
 
 impl MutEventSubscriber for Vmm {
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
         match events.data() {
-            DATA_STDIN => self.handle_stdin(ops),
+            DATA_STOP => {
+                let _ = self.stop_evt.read();
+                self.finish_with(ExitReason::Stopped);
+            }
             DATA_VCPU => {
                 let _ = self.vcpu_evt.read();
                 self.handle_vcpu_events();
@@ -1003,20 +971,6 @@ impl MutEventSubscriber for Vmm {
                     self.crash(self.panic_cause(PanicSource::Pvpanic));
                 }
             }
-            DATA_API => {
-                let _ = self.api_evt.read();
-                while let Ok(call) = self.api_rx.try_recv() {
-                    self.handle_api(call);
-                }
-            }
-            DATA_COM1_ROOM => {
-                let _ = self.room[0].read();
-                self.flush_console();
-            }
-            DATA_COM2_ROOM => {
-                let _ = self.room[1].read();
-                self.flush_agent();
-            }
             DATA_RECOVERY => {
                 let _ = self.recovery.wake().read();
                 self.recovery_step();
@@ -1037,20 +991,10 @@ impl MutEventSubscriber for Vmm {
             DATA_PVPANIC,
             EventSet::IN,
         ));
-        let _ = ops.add(Events::with_data(&self.api_evt, DATA_API, EventSet::IN));
+        let _ = ops.add(Events::with_data(&self.stop_evt, DATA_STOP, EventSet::IN));
         let _ = ops.add(Events::with_data(
             self.recovery.wake(),
             DATA_RECOVERY,
-            EventSet::IN,
-        ));
-        let _ = ops.add(Events::with_data(
-            &self.room[0],
-            DATA_COM1_ROOM,
-            EventSet::IN,
-        ));
-        let _ = ops.add(Events::with_data(
-            &self.room[1],
-            DATA_COM2_ROOM,
             EventSet::IN,
         ));
         let _ = ops.add(Events::with_data_raw(
@@ -1058,12 +1002,5 @@ impl MutEventSubscriber for Vmm {
             DATA_TIMER,
             EventSet::IN,
         ));
-        if self.stdin_open
-            && ops
-                .add(Events::with_data_raw(0, DATA_STDIN, EventSet::IN))
-                .is_err()
-        {
-            self.stdin_open = false;
-        }
     }
 }

@@ -1,23 +1,31 @@
 //! 16550A serial ports (vm-superio), raising their interrupt through an irqfd.
 
+use std::collections::VecDeque;
 use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
 
 use serde::{Deserialize, Serialize};
 use vm_superio::serial::{SerialEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::bus::PioDevice;
+use super::bus::{lock, PioDevice};
 
 /// Errors of the serial device.
 #[derive(Debug, thiserror::Error)]
 pub enum SerialError {
     /// The input FIFO is full or the interrupt could not be raised.
-    #[error("serial input failed: {0}")]
-    Input(String),
-    /// A snapshot's serial state is invalid.
-    #[error("invalid serial state: {0}")]
-    State(String),
+    #[error("serial input failed")]
+    Input(#[source] vm_superio::serial::Error<std::io::Error>),
+    /// A snapshot's serial state is invalid (more bytes than the FIFO holds).
+    #[error("invalid serial state")]
+    State(#[source] vm_superio::serial::Error<std::io::Error>),
+    /// An eventfd of the port could not be made.
+    #[error("serial {0} eventfd")]
+    EventFd(&'static str, #[source] std::io::Error),
 }
 
 /// Raises the device interrupt by writing the irqfd.
@@ -59,7 +67,7 @@ pub struct SerialPort {
 fn clone_room(room: Option<&EventFd>) -> Result<Option<EventFd>, SerialError> {
     room.map(EventFd::try_clone)
         .transpose()
-        .map_err(|e| SerialError::State(e.to_string()))
+        .map_err(|e| SerialError::EventFd("room", e))
 }
 
 /// The register state of a port, as kept in snapshots.
@@ -115,8 +123,8 @@ impl SerialPort {
             in_buffer: s.in_buffer.clone(),
         };
         let events = RoomEvents(clone_room(room.as_ref())?);
-        let inner = Serial::from_state(&state, IrqTrigger(irq), events, out)
-            .map_err(|e| SerialError::State(format!("{e:?}")))?;
+        let inner =
+            Serial::from_state(&state, IrqTrigger(irq), events, out).map_err(SerialError::State)?;
         Ok(SerialPort { inner, room })
     }
 
@@ -127,9 +135,9 @@ impl SerialPort {
             .interrupt_evt()
             .0
             .try_clone()
-            .map_err(|e| SerialError::State(e.to_string()))?;
-        let placeholder_irq =
-            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| SerialError::State(e.to_string()))?;
+            .map_err(|e| SerialError::EventFd("interrupt", e))?;
+        let placeholder_irq = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| SerialError::EventFd("placeholder interrupt", e))?;
         let placeholder = Serial::with_events(
             IrqTrigger(placeholder_irq),
             RoomEvents(None),
@@ -162,7 +170,7 @@ impl SerialPort {
     pub fn input(&mut self, bytes: &[u8]) -> Result<usize, SerialError> {
         self.inner
             .enqueue_raw_bytes(bytes)
-            .map_err(|e| SerialError::Input(format!("{e:?}")))
+            .map_err(SerialError::Input)
     }
 
     /// Free room in the input FIFO.
@@ -190,10 +198,84 @@ impl PioDevice for SerialPort {
     }
 }
 
+/// The bytes waiting for room in one port's input FIFO, and the event that says the
+/// guest has read the FIFO empty: the event-manager subscriber of that endpoint. The
+/// console's stdin reader and the VMM's agent channel push into it; it moves what fits
+/// into the FIFO at once and the rest when the guest makes room.
+pub struct SerialInput {
+    port: Arc<Mutex<SerialPort>>,
+    room: EventFd,
+    pending: VecDeque<u8>,
+    max: usize,
+}
+
+impl SerialInput {
+    /// Input for `port`, woken by `room`, holding at most `max` bytes that do not fit yet.
+    pub fn new(port: Arc<Mutex<SerialPort>>, room: EventFd, max: usize) -> Self {
+        SerialInput {
+            port,
+            room,
+            pending: VecDeque::new(),
+            max,
+        }
+    }
+
+    /// Queues `bytes` for the guest and moves what fits into the FIFO; returns how many
+    /// were taken (bytes past `max` waiting are dropped, as a terminal drops what the other
+    /// side does not read).
+    pub fn push(&mut self, bytes: &[u8]) -> usize {
+        let room = self.max.saturating_sub(self.pending.len());
+        let taken = bytes.len().min(room);
+        self.pending.extend(&bytes[..taken]);
+        self.flush();
+        taken
+    }
+
+    /// Forgets what is waiting (the guest that was to read it is gone).
+    pub fn clear(&mut self) {
+        self.pending.clear();
+    }
+
+    /// Bytes still waiting for room.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Moves as many waiting bytes into the FIFO as fit, in order.
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut port = lock(&self.port);
+        let n = port.input_room().min(self.pending.len());
+        if n == 0 {
+            return;
+        }
+        let chunk: Vec<u8> = self.pending.drain(..n).collect();
+        let taken = port.input(&chunk).unwrap_or(0);
+        // Put back what did not fit, in order.
+        for b in chunk[taken..].iter().rev() {
+            self.pending.push_front(*b);
+        }
+    }
+}
+
+impl MutEventSubscriber for SerialInput {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.room.read();
+        self.flush();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.room, EventSet::IN)) {
+            eprintln!("owvmm: serial input not registered: {e}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
 
     #[derive(Clone, Default)]
     struct Sink(Arc<Mutex<Vec<u8>>>);
@@ -248,5 +330,38 @@ mod tests {
         // The guest emptied the FIFO: the VMM is told there is room.
         assert_eq!(room.read().expect("room event"), 1);
         assert_eq!(again.snapshot().interrupt_enable, 1);
+    }
+
+    #[test]
+    fn input_waits_for_room_and_is_bounded() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let room = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let port = Arc::new(Mutex::new(
+            SerialPort::new(
+                irq,
+                Some(room.try_clone().expect("clone")),
+                Box::new(std::io::sink()),
+            )
+            .expect("port"),
+        ));
+        let fifo = lock(&port).input_room();
+        let mut input = SerialInput::new(port.clone(), room, fifo + 10);
+        let data: Vec<u8> = (0..=255u8).cycle().take(fifo + 20).collect();
+        // FIFO full and `max` bytes waiting: the last ten bytes are dropped.
+        assert_eq!(input.push(&data), fifo + 10);
+        assert_eq!(input.pending(), 10);
+        let mut b = [0u8];
+        for want in &data[..fifo] {
+            lock(&port).read(0, &mut b);
+            assert_eq!(b[0], *want);
+        }
+        // The guest emptied the FIFO: the room event moves the rest in, in order.
+        input.room.read().expect("room event");
+        input.flush();
+        assert_eq!(input.pending(), 0);
+        for want in &data[fifo..fifo + 10] {
+            lock(&port).read(0, &mut b);
+            assert_eq!(b[0], *want);
+        }
     }
 }

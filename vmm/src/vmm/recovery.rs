@@ -764,7 +764,7 @@ impl Vmm {
             ready: st.agent_ready,
             ..AgentState::default()
         };
-        self.agent_tx.clear();
+        lock(&self.agent_in).clear();
         self.clock_synced = false;
         // From now on the running kernel is the standby's: read the next crash with its
         // symbols and types.
