@@ -11,7 +11,7 @@ use crate::process::{read_process, ProcessInfo};
 use crate::regs::{read_cpus, KernelCpu};
 use crate::symbols::SymbolTable;
 use crate::tasks::{walk_tasks, Task};
-use crate::Partial;
+use crate::{error_chain, Partial};
 
 /// Everything found in a kernel image, and what went wrong finding it.
 #[derive(Debug, Clone, Default)]
@@ -56,21 +56,23 @@ pub fn inspect(mem: &dyn PhysRead, system_map: &str, btf: &[u8]) -> Report {
     let syms = match SymbolTable::parse_system_map(system_map) {
         Ok(s) => s,
         Err(e) => {
-            report.problems.push(format!("System.map: {e}"));
+            report
+                .problems
+                .push(format!("System.map: {}", error_chain(&e)));
             return report;
         }
     };
     let btf = match Btf::parse(btf) {
         Ok(b) => b,
         Err(e) => {
-            report.problems.push(format!("BTF: {e}"));
+            report.problems.push(format!("BTF: {}", error_chain(&e)));
             return report;
         }
     };
     let kernel = match Kernel::new(mem, &syms, &btf) {
         Ok(k) => k,
         Err(e) => {
-            report.problems.push(format!("kernel: {e}"));
+            report.problems.push(format!("kernel: {}", error_chain(&e)));
             return report;
         }
     };

@@ -36,7 +36,7 @@ pub enum KernelError {
     #[error("symbol {0} not found")]
     NoSymbol(String),
     /// A type or member is missing from BTF.
-    #[error("btf: {0}")]
+    #[error("btf")]
     Btf(#[from] BtfError),
     /// The address's physical page is outside guest memory.
     #[error("{va:#x} (phys {pa:#x}) is outside guest memory")]
@@ -47,11 +47,12 @@ pub enum KernelError {
         pa: u64,
     },
     /// The page-table walk for a non-linear address failed.
-    #[error("{va:#x}: {err}")]
+    #[error("{va:#x}")]
     Walk {
         /// Kernel virtual address.
         va: u64,
         /// Why the walk failed.
+        #[source]
         err: WalkError,
     },
     /// The address is not a kernel address at all (user half, NULL, non-canonical).
@@ -626,10 +627,11 @@ ffffffff81400000 B _end
         assert_eq!(k.read_field("thing", "b", base), Ok(0xdead_beef));
         assert_eq!(k.read_field("thing", "c", base), Ok(0x52));
         assert_eq!(k.read_field("thing", "bf", base), Ok(0x55));
-        assert!(matches!(
-            k.read_field("thing", "zz", base),
-            Err(KernelError::Btf(_))
-        ));
+        let e = k
+            .read_field("thing", "zz", base)
+            .expect_err("no such member");
+        assert!(matches!(e, KernelError::Btf(_)));
+        assert_eq!(crate::error_chain(&e), "btf: thing: no member \"zz\"");
         // Past the end of memory.
         assert!(matches!(
             k.read_u64(dm(0x7f_fffc + 0x100_0000)),
@@ -652,10 +654,13 @@ ffffffff81400000 B _end
         m.put_u64(0x6010, 77);
         let k = Kernel::new(&m, &syms, &btf).expect("kernel");
         assert_eq!(k.read_u64(va + 0x10), Ok(77));
-        assert!(matches!(
-            k.read_u64(va + 0x1000),
-            Err(KernelError::Walk { .. })
-        ));
+        let e = k.read_u64(va + 0x1000).expect_err("unmapped");
+        assert!(matches!(e, KernelError::Walk { .. }));
+        // The walk's reason is the source, printed once after the address.
+        assert_eq!(
+            crate::error_chain(&e),
+            "0xffffc90000001000: not mapped (level 1 entry 0x0 not present)"
+        );
     }
 
     #[test]

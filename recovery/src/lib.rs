@@ -24,6 +24,19 @@ pub mod tasks;
 pub use inspect::{inspect, Report};
 pub use paging::PhysRead;
 
+/// Formats an error and all its causes on one line: `a: b: c`. Errors here keep their cause
+/// as `source()` and out of their own message, so this prints every cause once.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// A result that may be incomplete: what could be recovered, plus why the rest could not.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Partial<T> {
@@ -69,5 +82,18 @@ impl<T: AsRef<[u8]>> PhysRead for FlatMemory<T> {
             }
             None => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn chain_lists_every_cause_once() {
+        let e = Outer(std::io::Error::other("inner"));
+        assert_eq!(super::error_chain(&e), "outer: inner");
     }
 }

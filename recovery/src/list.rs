@@ -8,15 +8,109 @@
 
 use std::collections::HashSet;
 
-use crate::kernel::{is_kernel_addr, Kernel};
-use crate::Partial;
+use crate::kernel::{is_kernel_addr, Kernel, KernelError};
+use crate::{error_chain, Partial};
+
+/// Why a list walk lost entries (or had to repair itself).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListError {
+    /// The head's links could not be read: nothing was walked.
+    #[error("head {head:#x} unreadable")]
+    HeadUnreadable {
+        /// The `list_head` of the head.
+        head: u64,
+        /// Why the read failed.
+        #[source]
+        source: KernelError,
+    },
+    /// The walk reached its node cap.
+    #[error("more than {cap} entries, stopped")]
+    TooMany {
+        /// The cap.
+        cap: usize,
+    },
+    /// A `next` pointer is not a plausible kernel pointer.
+    #[error("bad next pointer {next:#x} in {node:#x}")]
+    BadNext {
+        /// The pointer.
+        next: u64,
+        /// The node holding it.
+        node: u64,
+    },
+    /// The forward walk came back to a node other than the head.
+    #[error("cycle at {node:#x} (reached again from {from:#x})")]
+    Cycle {
+        /// The node reached twice.
+        node: u64,
+        /// The node whose `next` led back to it.
+        from: u64,
+    },
+    /// A node's links could not be read.
+    #[error("entry {node:#x} (after {prev:#x}) unreadable")]
+    EntryUnreadable {
+        /// The node.
+        node: u64,
+        /// The node before it.
+        prev: u64,
+        /// Why the read failed.
+        #[source]
+        source: KernelError,
+    },
+    /// `next->prev != prev`.
+    #[error("entry {node:#x} has prev {found:#x}, expected {expected:#x}")]
+    BadPrevLink {
+        /// The node.
+        node: u64,
+        /// Its `prev`.
+        found: u64,
+        /// The node the walk came from.
+        expected: u64,
+    },
+    /// A `prev` pointer met walking backward is not a plausible kernel pointer.
+    #[error("backward walk: bad prev pointer {prev:#x} in {node:#x}")]
+    BackBadPrev {
+        /// The pointer.
+        prev: u64,
+        /// The node holding it.
+        node: u64,
+    },
+    /// The backward walk came back to a node other than the head.
+    #[error("backward walk: cycle at {node:#x}")]
+    BackCycle {
+        /// The node reached twice.
+        node: u64,
+    },
+    /// A node's links could not be read walking backward.
+    #[error("backward walk: entry {node:#x} unreadable")]
+    BackEntryUnreadable {
+        /// The node.
+        node: u64,
+        /// Why the read failed.
+        #[source]
+        source: KernelError,
+    },
+    /// `prev->next != next`.
+    #[error("backward walk: entry {node:#x} has next {found:#x}, expected {expected:#x}")]
+    BackBadNextLink {
+        /// The node.
+        node: u64,
+        /// Its `next`.
+        found: u64,
+        /// The node the walk came from.
+        expected: u64,
+    },
+    /// Entries past a broken forward link were found walking backward.
+    #[error("recovered {count} entries walking backward")]
+    RecoveredBackward {
+        /// How many.
+        count: usize,
+    },
+}
 
 /// Reads `(next, prev)` of the `list_head` at `node`.
-fn links(k: &Kernel<'_>, node: u64) -> Result<(u64, u64), String> {
-    let next = k.read_u64(node).map_err(|e| e.to_string())?;
-    let prev = k
-        .read_u64(node.wrapping_add(8))
-        .map_err(|e| e.to_string())?;
+fn links(k: &Kernel<'_>, node: u64) -> Result<(u64, u64), KernelError> {
+    let next = k.read_u64(node)?;
+    let prev = k.read_u64(node.wrapping_add(8))?;
     Ok((next, prev))
 }
 
@@ -28,13 +122,25 @@ fn plausible(p: u64) -> bool {
 /// member `list_head`s (not including `head`), in forward order. At most `cap` nodes.
 /// `what` names the list in problem messages.
 pub fn walk_list(k: &Kernel<'_>, head: u64, cap: usize, what: &str) -> Partial<Vec<u64>> {
-    let mut out = Partial::ok(Vec::new());
+    let (value, errors) = walk_ring(k, head, cap);
+    Partial {
+        value,
+        problems: errors
+            .iter()
+            .map(|e| format!("{what}: {}", error_chain(e)))
+            .collect(),
+    }
+}
+
+/// [`walk_list`] with its problems as they were found.
+fn walk_ring(k: &Kernel<'_>, head: u64, cap: usize) -> (Vec<u64>, Vec<ListError>) {
+    let mut nodes = Vec::new();
+    let mut errors = Vec::new();
     let (head_next, head_prev) = match links(k, head) {
         Ok(l) => l,
-        Err(e) => {
-            out.problems
-                .push(format!("{what}: head {head:#x} unreadable: {e}"));
-            return out;
+        Err(source) => {
+            errors.push(ListError::HeadUnreadable { head, source });
+            return (nodes, errors);
         }
     };
     let mut accepted: HashSet<u64> = HashSet::new();
@@ -47,45 +153,51 @@ pub fn walk_list(k: &Kernel<'_>, head: u64, cap: usize, what: &str) -> Partial<V
         if cur == head {
             break true;
         }
-        if out.value.len() >= cap {
-            out.problems
-                .push(format!("{what}: more than {cap} entries, stopped"));
+        if nodes.len() >= cap {
+            errors.push(ListError::TooMany { cap });
             // A cap is not corruption to repair from the other side.
-            return out;
+            return (nodes, errors);
         }
         if !plausible(cur) {
-            out.problems
-                .push(format!("{what}: bad next pointer {cur:#x} in {prev:#x}"));
+            errors.push(ListError::BadNext {
+                next: cur,
+                node: prev,
+            });
             break false;
         }
         if !seen.insert(cur) {
-            out.problems.push(format!(
-                "{what}: cycle at {cur:#x} (reached again from {prev:#x})"
-            ));
+            errors.push(ListError::Cycle {
+                node: cur,
+                from: prev,
+            });
             break false;
         }
         let (next, back) = match links(k, cur) {
             Ok(l) => l,
-            Err(e) => {
-                out.problems.push(format!(
-                    "{what}: entry {cur:#x} (after {prev:#x}) unreadable: {e}"
-                ));
+            Err(source) => {
+                errors.push(ListError::EntryUnreadable {
+                    node: cur,
+                    prev,
+                    source,
+                });
                 break false;
             }
         };
         if back != prev {
-            out.problems.push(format!(
-                "{what}: entry {cur:#x} has prev {back:#x}, expected {prev:#x}"
-            ));
+            errors.push(ListError::BadPrevLink {
+                node: cur,
+                found: back,
+                expected: prev,
+            });
             break false;
         }
         accepted.insert(cur);
-        out.value.push(cur);
+        nodes.push(cur);
         prev = cur;
         cur = next;
     };
     if complete {
-        return out;
+        return (nodes, errors);
     }
 
     // Backward from the head, until we meet an entry the forward walk accepted.
@@ -97,35 +209,34 @@ pub fn walk_list(k: &Kernel<'_>, head: u64, cap: usize, what: &str) -> Partial<V
         if cur == head || accepted.contains(&cur) {
             break;
         }
-        if out.value.len() + tail.len() >= cap {
-            out.problems
-                .push(format!("{what}: more than {cap} entries, stopped"));
+        if nodes.len() + tail.len() >= cap {
+            errors.push(ListError::TooMany { cap });
             break;
         }
         if !plausible(cur) {
-            out.problems.push(format!(
-                "{what}: backward walk: bad prev pointer {cur:#x} in {next:#x}"
-            ));
+            errors.push(ListError::BackBadPrev {
+                prev: cur,
+                node: next,
+            });
             break;
         }
         if !back_seen.insert(cur) {
-            out.problems
-                .push(format!("{what}: backward walk: cycle at {cur:#x}"));
+            errors.push(ListError::BackCycle { node: cur });
             break;
         }
         let (fwd, p) = match links(k, cur) {
             Ok(l) => l,
-            Err(e) => {
-                out.problems.push(format!(
-                    "{what}: backward walk: entry {cur:#x} unreadable: {e}"
-                ));
+            Err(source) => {
+                errors.push(ListError::BackEntryUnreadable { node: cur, source });
                 break;
             }
         };
         if fwd != next {
-            out.problems.push(format!(
-                "{what}: backward walk: entry {cur:#x} has next {fwd:#x}, expected {next:#x}"
-            ));
+            errors.push(ListError::BackBadNextLink {
+                node: cur,
+                found: fwd,
+                expected: next,
+            });
             break;
         }
         tail.push(cur);
@@ -133,13 +244,10 @@ pub fn walk_list(k: &Kernel<'_>, head: u64, cap: usize, what: &str) -> Partial<V
         cur = p;
     }
     if !tail.is_empty() {
-        out.problems.push(format!(
-            "{what}: recovered {} entries walking backward",
-            tail.len()
-        ));
+        errors.push(ListError::RecoveredBackward { count: tail.len() });
     }
-    out.value.extend(tail.into_iter().rev());
-    out
+    nodes.extend(tail.into_iter().rev());
+    (nodes, errors)
 }
 
 #[cfg(test)]
@@ -253,6 +361,55 @@ ffffffff81400000 B _end
         let r = walk(&m, nodes[0], 10);
         assert_eq!(r.value.len(), 10);
         assert!(r.problems.iter().any(|p| p.contains("more than 10")));
+    }
+
+    fn walk_typed(m: &Mem, head: u64, cap: usize) -> (Vec<u64>, Vec<ListError>) {
+        let syms = SymbolTable::parse_system_map(MAP).expect("map");
+        let btf = empty_btf();
+        let k = Kernel::new(m, &syms, &btf).expect("kernel");
+        walk_ring(&k, head, cap)
+    }
+
+    #[test]
+    fn a_cycle_is_reported_as_its_variant() {
+        // 3.next -> 1: the forward walk meets node 1 again coming from node 3.
+        let (mut m, nodes) = setup(5);
+        m.put_u64(0x4000, nodes[1]);
+        let (found, errors) = walk_typed(&m, nodes[0], 100);
+        assert_eq!(found, nodes[1..]);
+        assert_eq!(
+            errors,
+            [
+                ListError::Cycle {
+                    node: nodes[1],
+                    from: nodes[3]
+                },
+                ListError::RecoveredBackward { count: 2 }
+            ]
+        );
+        // The cap stops both walks with its own variant, once.
+        let (m, nodes) = setup(50);
+        let (found, errors) = walk_typed(&m, nodes[0], 10);
+        assert_eq!(found.len(), 10);
+        assert_eq!(errors, [ListError::TooMany { cap: 10 }]);
+    }
+
+    #[test]
+    fn an_unreadable_head_keeps_the_kernel_error_as_its_source() {
+        let m = Mem::new(0x1000);
+        let head = dm(0x10_0000);
+        let (found, errors) = walk_typed(&m, head, 10);
+        assert!(found.is_empty());
+        let [e @ ListError::HeadUnreadable { source, .. }] = errors.as_slice() else {
+            panic!("{errors:?}");
+        };
+        assert!(matches!(source, KernelError::Unreadable { va, .. } if *va == head));
+        // The message names the head; the cause follows once, from the chain.
+        assert_eq!(
+            error_chain(e),
+            "head 0xffff888000100000 unreadable: \
+             0xffff888000100000 (phys 0x100000) is outside guest memory"
+        );
     }
 
     #[test]

@@ -13,13 +13,198 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 pub use owvmm_manifest as wire;
 pub use owvmm_manifest::{Excluded, HEADER};
 
+use crate::error_chain;
 use crate::inspect::Report;
 use crate::kernel::Kernel;
 use crate::mm::{MmInfo, Vma, VM_EXEC, VM_GROWSDOWN, VM_READ, VM_SHARED, VM_WRITE};
 use crate::pages::{file_pages, FileContent};
-use crate::process::{file_inode, FileKind, InodeInfo, ProcessInfo, O_CLOEXEC};
+use crate::process::{file_inode, FileKind, InodeInfo, ProcessError, ProcessInfo, O_CLOEXEC};
 use crate::regs::{final_user_regs, CpuUserState, UserRegs};
 use crate::tasks::{FxSave, Task, ROBUST_LIST_HEAD_LEN, USER_CS};
+
+/// Why a process cannot go into the manifest. [`Manifest::excluded`] holds its full chain
+/// as the reason. Problems the readers reported (as text) are carried as `problem`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    /// Another thread group uses the same address space.
+    #[error("address space shared with pid {other} (vfork or CLONE_VM)")]
+    SharedMm {
+        /// The other thread group.
+        other: i32,
+    },
+    /// A thread does not share something with its leader.
+    #[error("thread {tid} has its own {what}")]
+    ThreadOwn {
+        /// The thread.
+        tid: i32,
+        /// What it has of its own.
+        what: &'static str,
+    },
+    /// The address space was not read.
+    #[error("address space not read")]
+    MmNotRead,
+    /// Reading the address space had a problem.
+    #[error("address space: {problem}")]
+    MmProblem {
+        /// The first problem.
+        problem: String,
+    },
+    /// The process's shared state was not read.
+    #[error("process state not read")]
+    ProcessNotRead,
+    /// Reading the process's shared state had a problem.
+    #[error("{problem}")]
+    ProcessProblem {
+        /// The first problem.
+        problem: String,
+    },
+    /// The path of the executable is unknown.
+    #[error("executable unknown")]
+    ExeUnknown,
+    /// The executable was deleted.
+    #[error("executable was deleted ({path})")]
+    ExeDeleted {
+        /// Its path.
+        path: String,
+    },
+    /// The current directory is unknown.
+    #[error("current directory unknown")]
+    CwdUnknown,
+    /// The current directory was deleted.
+    #[error("current directory was deleted ({path})")]
+    CwdDeleted {
+        /// Its path.
+        path: String,
+    },
+    /// `saved_auxv` could not be read.
+    #[error("saved auxv unreadable")]
+    NoAuxv,
+    /// A special mapping other than the vDSO and vvar.
+    #[error("vma {vma:#x}: special mapping {}", .name.as_deref().unwrap_or("without a file"))]
+    SpecialMapping {
+        /// Start of the area.
+        vma: u64,
+        /// Its label.
+        name: Option<String>,
+    },
+    /// The inode of a mapped file could not be read.
+    #[error("vma {vma:#x}")]
+    VmaInode {
+        /// Start of the area.
+        vma: u64,
+        /// Why.
+        #[source]
+        source: ProcessError,
+    },
+    /// The path of a mapped file is unknown.
+    #[error("vma {vma:#x}: file path unknown")]
+    VmaPathUnknown {
+        /// Start of the area.
+        vma: u64,
+    },
+    /// An area maps something other than a regular file.
+    #[error("vma {vma:#x}: maps a {kind} file ({path})")]
+    VmaFileKind {
+        /// Start of the area.
+        vma: u64,
+        /// The file's kind (its manifest name).
+        kind: &'static str,
+        /// Its path.
+        path: String,
+    },
+    /// An area maps a deleted or pseudo file.
+    #[error("vma {vma:#x}: maps a file that cannot be reopened ({path})")]
+    VmaNotReopenable {
+        /// Start of the area.
+        vma: u64,
+        /// Its path.
+        path: String,
+    },
+    /// The page walk of an area had a problem.
+    #[error("vma {vma:#x}: pages: {problem}")]
+    VmaPages {
+        /// Start of the area.
+        vma: u64,
+        /// The first problem.
+        problem: String,
+    },
+    /// The page cache of a shared anonymous area had a problem.
+    #[error("vma {vma:#x}: shared memory: {problem}")]
+    SharedMemory {
+        /// Start of the area.
+        vma: u64,
+        /// The first problem.
+        problem: String,
+    },
+    /// An open file of a kind that cannot be reopened.
+    #[error("fd {fd}: cannot restore {kind}")]
+    FdKind {
+        /// The descriptor.
+        fd: u32,
+        /// The file's kind (its manifest name).
+        kind: &'static str,
+    },
+    /// The path of an open file is unknown.
+    #[error("fd {fd}: path unknown")]
+    FdPathUnknown {
+        /// The descriptor.
+        fd: u32,
+    },
+    /// An open file is deleted or a pseudo file.
+    #[error("fd {fd}: cannot reopen {path}")]
+    FdNotReopenable {
+        /// The descriptor.
+        fd: u32,
+        /// Its path.
+        path: String,
+    },
+    /// A descriptor number does not fit the manifest.
+    #[error("fd {fd}: number too large")]
+    FdTooLarge {
+        /// The descriptor.
+        fd: u32,
+    },
+    /// A signal number does not fit the manifest.
+    #[error("bad signal {0}")]
+    BadSignal(u32),
+    /// A pid or tid does not fit the manifest.
+    #[error("bad pid {0}")]
+    BadPid(i32),
+    /// A thread's FPU state is needed but was not read.
+    #[error("thread {tid}: FPU state unreadable")]
+    NoFpu {
+        /// The thread.
+        tid: i32,
+    },
+    /// A thread has no user registers saved on its kernel stack.
+    #[error("thread {tid}: no saved user registers")]
+    NoUserRegs {
+        /// The thread.
+        tid: i32,
+    },
+    /// A thread's saved frame is not 64-bit user code.
+    #[error("thread {tid}: not a 64-bit user frame (cs {cs:#x})")]
+    Not64BitFrame {
+        /// The thread.
+        tid: i32,
+        /// Its saved `cs`.
+        cs: u64,
+    },
+    /// A thread's saved frame is not a user frame.
+    #[error("thread {tid}: saved frame is not a user frame")]
+    NotUserFrame {
+        /// The thread.
+        tid: i32,
+    },
+    /// The content of an in-memory file had a problem.
+    #[error("file {path}: content: {problem}")]
+    FileContent {
+        /// The file's path.
+        path: String,
+        /// The first problem.
+        problem: String,
+    },
+}
 
 /// A built manifest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -80,7 +265,7 @@ fn deleted(path: &str) -> bool {
     path.ends_with(" (deleted)")
 }
 
-fn classify_vma(k: &Kernel<'_>, v: &Vma) -> Result<(VmaKind, Option<InodeInfo>), String> {
+fn classify_vma(k: &Kernel<'_>, v: &Vma) -> Result<(VmaKind, Option<InodeInfo>), ManifestError> {
     let at = v.start;
     match v.name.as_deref() {
         Some("[vdso]") => return Ok((VmaKind::Vdso, None)),
@@ -99,16 +284,17 @@ fn classify_vma(k: &Kernel<'_>, v: &Vma) -> Result<(VmaKind, Option<InodeInfo>),
         ));
     }
     if v.file_addr == 0 {
-        return Err(format!(
-            "vma {at:#x}: special mapping {}",
-            v.name.as_deref().unwrap_or("without a file")
-        ));
+        return Err(ManifestError::SpecialMapping {
+            vma: at,
+            name: v.name.clone(),
+        });
     }
-    let inode = file_inode(k, v.file_addr).map_err(|e| format!("vma {at:#x}: {e}"))?;
+    let inode =
+        file_inode(k, v.file_addr).map_err(|source| ManifestError::VmaInode { vma: at, source })?;
     let path = v
         .file
         .as_deref()
-        .ok_or_else(|| format!("vma {at:#x}: file path unknown"))?;
+        .ok_or(ManifestError::VmaPathUnknown { vma: at })?;
     if v.flags & VM_SHARED != 0
         && inode.s_magic == crate::process::TMPFS_MAGIC
         && path == "/dev/zero (deleted)"
@@ -116,15 +302,17 @@ fn classify_vma(k: &Kernel<'_>, v: &Vma) -> Result<(VmaKind, Option<InodeInfo>),
         return Ok((VmaKind::SharedAnon, Some(inode)));
     }
     if inode.kind() != FileKind::Reg {
-        return Err(format!(
-            "vma {at:#x}: maps a {} file ({path})",
-            inode.kind().manifest_name()
-        ));
+        return Err(ManifestError::VmaFileKind {
+            vma: at,
+            kind: inode.kind().manifest_name(),
+            path: path.to_owned(),
+        });
     }
     if deleted(path) || path.starts_with('[') {
-        return Err(format!(
-            "vma {at:#x}: maps a file that cannot be reopened ({path})"
-        ));
+        return Err(ManifestError::VmaNotReopenable {
+            vma: at,
+            path: path.to_owned(),
+        });
     }
     Ok((VmaKind::File, Some(inode)))
 }
@@ -141,8 +329,8 @@ fn thread_state(
     live: Option<&CpuUserState>,
     syscall_entry: Option<u64>,
     notes: &mut Vec<String>,
-) -> Result<(UserRegs, FxSave), String> {
-    let mem_fpu = t.fpu;
+) -> Result<(UserRegs, FxSave), ManifestError> {
+    let mem_fpu = t.fpu.ok_or(ManifestError::NoFpu { tid: t.pid });
     // kvm_pvm leaves a user-mode SYSCALL half done: RCX/R11 loaded, RIP at
     // entry_SYSCALL_64, still in user mode (guest-kernel patch 0003 finishes it from the
     // page-fault handler). Caught there, the system call has not started: resume at the
@@ -156,7 +344,7 @@ fn thread_state(
             let fpu = if t.fpu_live_in_cpu() {
                 c.fxsave
             } else {
-                mem_fpu.ok_or_else(|| format!("thread {}: FPU state unreadable", t.pid))?
+                mem_fpu?
             };
             Ok((r, fpu))
         }
@@ -164,27 +352,25 @@ fn thread_state(
             let fpu = if t.fpu_live_in_cpu() {
                 c.fxsave
             } else {
-                mem_fpu.ok_or_else(|| format!("thread {}: FPU state unreadable", t.pid))?
+                mem_fpu?
             };
             Ok((c.regs.normalized(), fpu))
         }
         _ => {
-            let mut pt = t
-                .regs
-                .ok_or_else(|| format!("thread {}: no saved user registers", t.pid))?;
+            let mut pt = t.regs.ok_or(ManifestError::NoUserRegs { tid: t.pid })?;
             if unstarted(pt.ip, pt.cs) {
                 pt.ip = pt.cx.wrapping_sub(2);
                 pt.flags = pt.r11;
                 pt.orig_ax = u64::MAX;
             }
             if pt.cs != USER_CS {
-                return Err(format!(
-                    "thread {}: not a 64-bit user frame (cs {:#x})",
-                    t.pid, pt.cs
-                ));
+                return Err(ManifestError::Not64BitFrame {
+                    tid: t.pid,
+                    cs: pt.cs,
+                });
             }
             if !pt.is_user() {
-                return Err(format!("thread {}: saved frame is not a user frame", t.pid));
+                return Err(ManifestError::NotUserFrame { tid: t.pid });
             }
             let fpu = match live {
                 // Current in kernel mode: registers in memory, FPU possibly still live.
@@ -196,7 +382,7 @@ fn thread_state(
                             t.pid
                         ));
                     }
-                    mem_fpu.ok_or_else(|| format!("thread {}: FPU state unreadable", t.pid))?
+                    mem_fpu?
                 }
             };
             Ok((final_user_regs(&pt, t.fsbase, t.gsbase), fpu))
@@ -209,10 +395,13 @@ fn shared_anon_copies(
     k: &Kernel<'_>,
     v: &Vma,
     inode: &InodeInfo,
-) -> Result<Vec<wire::Copy>, String> {
+) -> Result<Vec<wire::Copy>, ManifestError> {
     let content = file_pages(k, inode.addr);
     if let Some(p) = content.problems.first() {
-        return Err(format!("vma {:#x}: shared memory: {p}", v.start));
+        return Err(ManifestError::SharedMemory {
+            vma: v.start,
+            problem: p.clone(),
+        });
     }
     let pages = (v.end - v.start) / 4096;
     let mut runs: Vec<(u64, u64, u64)> = Vec::new();
@@ -236,8 +425,8 @@ fn shared_anon_copies(
 }
 
 /// A pid or tid as the manifest has it.
-fn wire_pid(pid: i32) -> Result<u32, String> {
-    u32::try_from(pid).map_err(|_| format!("bad pid {pid}"))
+fn wire_pid(pid: i32) -> Result<u32, ManifestError> {
+    u32::try_from(pid).map_err(|_| ManifestError::BadPid(pid))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -249,7 +438,7 @@ fn render_process(
     proc_: &ProcessInfo,
     live: &HashMap<u64, &CpuUserState>,
     notes: &mut Vec<String>,
-) -> Result<Rendered, String> {
+) -> Result<Rendered, ManifestError> {
     let mut files: Vec<FileRecord> = Vec::new();
     let mut want_file = |path: &str, inode: InodeInfo, writable: bool| {
         if inode.kind() == FileKind::Reg && inode.in_memory_fs() {
@@ -260,28 +449,35 @@ fn render_process(
             });
         }
     };
-    let exe = mm.exe.as_deref().ok_or("executable unknown")?;
+    let exe = mm.exe.as_deref().ok_or(ManifestError::ExeUnknown)?;
     if deleted(exe) {
-        return Err(format!("executable was deleted ({exe})"));
+        return Err(ManifestError::ExeDeleted {
+            path: exe.to_owned(),
+        });
     }
     if mm.exe_file != 0 {
         if let Ok(inode) = file_inode(k, mm.exe_file) {
             want_file(exe, inode, false);
         }
     }
-    let cwd = proc_.cwd.as_deref().ok_or("current directory unknown")?;
+    let cwd = proc_.cwd.as_deref().ok_or(ManifestError::CwdUnknown)?;
     if deleted(cwd) {
-        return Err(format!("current directory was deleted ({cwd})"));
+        return Err(ManifestError::CwdDeleted {
+            path: cwd.to_owned(),
+        });
     }
     if mm.auxv.is_empty() {
-        return Err("saved auxv unreadable".to_owned());
+        return Err(ManifestError::NoAuxv);
     }
 
     let mut vmas = Vec::with_capacity(mm.vmas.len());
     for v in &mm.vmas {
         let (kind, inode) = classify_vma(k, v)?;
         if let Some(p) = v.pages.problems.first() {
-            return Err(format!("vma {:#x}: pages: {p}", v.start));
+            return Err(ManifestError::VmaPages {
+                vma: v.start,
+                problem: p.clone(),
+            });
         }
         let mut path = None;
         if kind == VmaKind::File {
@@ -335,24 +531,26 @@ fn render_process(
     for f in &proc_.files {
         let kind = f.kind();
         if !matches!(kind, FileKind::Reg | FileKind::Chr | FileKind::Dir) {
-            return Err(format!(
-                "fd {}: cannot restore {}",
-                f.fd,
-                kind.manifest_name()
-            ));
+            return Err(ManifestError::FdKind {
+                fd: f.fd,
+                kind: kind.manifest_name(),
+            });
         }
         let path = f
             .path
             .as_deref()
-            .ok_or_else(|| format!("fd {}: path unknown", f.fd))?;
+            .ok_or(ManifestError::FdPathUnknown { fd: f.fd })?;
         if deleted(path) || path.starts_with('[') {
-            return Err(format!("fd {}: cannot reopen {path}", f.fd));
+            return Err(ManifestError::FdNotReopenable {
+                fd: f.fd,
+                path: path.to_owned(),
+            });
         }
         if let Some(inode) = f.inode {
             want_file(path, inode, f.writable());
         }
         fds.push(wire::FdRec {
-            fd: i32::try_from(f.fd).map_err(|_| format!("fd {}: number too large", f.fd))?,
+            fd: i32::try_from(f.fd).map_err(|_| ManifestError::FdTooLarge { fd: f.fd })?,
             flags: f.flags | if f.cloexec { O_CLOEXEC } else { 0 },
             pos: f.pos,
             kind: match kind {
@@ -366,7 +564,7 @@ fn render_process(
     let mut sigs = Vec::with_capacity(proc_.sigactions.len());
     for a in &proc_.sigactions {
         sigs.push(wire::SigRec {
-            signo: i32::try_from(a.signo).map_err(|_| format!("bad signal {}", a.signo))?,
+            signo: i32::try_from(a.signo).map_err(|_| ManifestError::BadSignal(a.signo))?,
             handler: a.handler,
             flags: a.flags,
             restorer: a.restorer,
@@ -519,14 +717,12 @@ pub fn build_manifest_excluding(
                 keep
             })
             .collect();
-        let check = || -> Result<(&MmInfo, &ProcessInfo), String> {
-            if let Some(other) = mm_users
+        let check = || -> Result<(&MmInfo, &ProcessInfo), ManifestError> {
+            if let Some(&other) = mm_users
                 .get(&leader.mm)
                 .and_then(|s| s.iter().find(|&&p| p != tgid))
             {
-                return Err(format!(
-                    "address space shared with pid {other} (vfork or CLONE_VM)"
-                ));
+                return Err(ManifestError::SharedMm { other });
             }
             for t in &threads {
                 let what = if t.mm != leader.mm {
@@ -540,33 +736,33 @@ pub fn build_manifest_excluding(
                 } else {
                     None
                 };
-                if let Some(w) = what {
-                    return Err(format!("thread {} has its own {w}", t.pid));
+                if let Some(what) = what {
+                    return Err(ManifestError::ThreadOwn { tid: t.pid, what });
                 }
             }
-            let mm = report.mm_of(leader).ok_or("address space not read")?;
+            let mm = report.mm_of(leader).ok_or(ManifestError::MmNotRead)?;
             if let Some(p) = report.mm_problems.get(&leader.mm).and_then(|p| p.first()) {
-                return Err(format!("address space: {p}"));
+                return Err(ManifestError::MmProblem { problem: p.clone() });
             }
             let p = report
                 .processes
                 .get(&tgid)
-                .ok_or("process state not read")?;
+                .ok_or(ManifestError::ProcessNotRead)?;
             if let Some(e) = p.problems.first() {
-                return Err(e.clone());
+                return Err(ManifestError::ProcessProblem { problem: e.clone() });
             }
             Ok((mm, &p.value))
         };
         let (mm, proc_) = match check() {
             Ok(v) => v,
             Err(e) => {
-                exclude(e);
+                exclude(error_chain(&e));
                 continue;
             }
         };
         match render_process(kernel, leader, &threads, mm, proc_, &live, &mut m.notes) {
             Ok(r) => rendered.push((tgid, r)),
-            Err(e) => exclude(e),
+            Err(e) => exclude(error_chain(&e)),
         }
     }
 
@@ -580,14 +776,17 @@ pub fn build_manifest_excluding(
                 .or_insert_with(|| f.clone());
         }
     }
-    let mut contents: BTreeMap<u64, Result<FileContent, String>> = BTreeMap::new();
+    let mut contents: BTreeMap<u64, Result<FileContent, ManifestError>> = BTreeMap::new();
     for (&inode, f) in &files {
         let c = file_pages(kernel, inode);
         contents.insert(
             inode,
             match c.problems.first() {
                 None => Ok(c.value),
-                Some(p) => Err(format!("file {}: content: {p}", f.path)),
+                Some(p) => Err(ManifestError::FileContent {
+                    path: f.path.clone(),
+                    problem: p.clone(),
+                }),
             },
         );
     }
@@ -601,7 +800,7 @@ pub fn build_manifest_excluding(
         if let Some(e) = bad {
             m.excluded.push(Excluded {
                 pid: tgid,
-                reason: e.clone(),
+                reason: error_chain(e),
             });
             continue;
         }
@@ -785,6 +984,37 @@ mod tests {
         assert_eq!((r.rip, r.rax, r.eflags), (0x40_2000, 230, 0x202));
         // Without the symbol, such a frame is refused rather than resumed in the kernel.
         assert!(thread_state(&t, None, None, &mut notes).is_err());
+    }
+
+    #[test]
+    fn threads_that_cannot_resume_are_refused_with_their_variant() {
+        let mut notes = Vec::new();
+        let mut t = task(5, 5, 0);
+        t.regs = None;
+        assert!(matches!(
+            thread_state(&t, None, None, &mut notes),
+            Err(ManifestError::NoUserRegs { tid: 5 })
+        ));
+        let mut t = task(6, 6, 0);
+        if let Some(r) = t.regs.as_mut() {
+            r.cs = 0x23;
+        }
+        assert!(matches!(
+            thread_state(&t, None, None, &mut notes),
+            Err(ManifestError::Not64BitFrame { tid: 6, cs: 0x23 })
+        ));
+        // The FPU is not live on a CPU and was not read from memory either.
+        let mut t = task(7, 7, 0);
+        t.fpu = None;
+        let e = thread_state(&t, None, None, &mut notes).expect_err("no FPU");
+        assert_eq!(e, ManifestError::NoFpu { tid: 7 });
+        assert_eq!(error_chain(&e), "thread 7: FPU state unreadable");
+        // A wrapped cause is printed once, after the context.
+        let e = ManifestError::VmaInode {
+            vma: 0x40_0000,
+            source: ProcessError::BadInode(0x10),
+        };
+        assert_eq!(error_chain(&e), "vma 0x400000: bad inode pointer 0x10");
     }
 
     #[test]

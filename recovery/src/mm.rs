@@ -12,7 +12,7 @@ use std::fmt;
 use crate::kernel::{is_kernel_addr, Kernel, KernelError};
 use crate::pages::{user_page_runs, PageWalk};
 use crate::tasks::is_user_addr;
-use crate::Partial;
+use crate::{error_chain, Partial};
 
 /// `VM_READ`.
 pub const VM_READ: u64 = 0x1;
@@ -45,6 +45,106 @@ const MAX_PATH_LEN: usize = 4096;
 pub const MAX_CMDLINE: u64 = 4096;
 /// `XA_ZERO_ENTRY`, a reserved maple-tree value.
 const XA_ZERO_ENTRY: u64 = 1030;
+
+/// Why a path, an area or the auxiliary vector of an address space could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MmError {
+    /// A kernel read without more to say than the read itself.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    /// The dentry chain is longer than [`MAX_PATH_COMPONENTS`] (or cyclic).
+    #[error("dentry {dentry:#x}: path deeper than {MAX_PATH_COMPONENTS}")]
+    PathTooDeep {
+        /// The dentry whose path was asked for.
+        dentry: u64,
+    },
+    /// The path is longer than [`MAX_PATH_LEN`].
+    #[error("dentry {dentry:#x}: path longer than {MAX_PATH_LEN}")]
+    PathTooLong {
+        /// The dentry whose path was asked for.
+        dentry: u64,
+    },
+    /// A `d_parent` is not a kernel pointer.
+    #[error("dentry {dentry:#x}: bad d_parent {parent:#x}")]
+    BadParent {
+        /// The dentry holding it.
+        dentry: u64,
+        /// The pointer.
+        parent: u64,
+    },
+    /// A dentry's name is longer than any name can be.
+    #[error("dentry {dentry:#x}: name length {len}")]
+    NameLength {
+        /// The dentry.
+        dentry: u64,
+        /// The length it claims.
+        len: u64,
+    },
+    /// `saved_auxv` has no terminating `AT_NULL` pair.
+    #[error("no AT_NULL in {words} words")]
+    NoAtNull {
+        /// Words read.
+        words: u64,
+    },
+    /// A maple-tree entry is not a plausible `vm_area_struct *`.
+    #[error("maple entry {first:#x}..{last:#x}: bad VMA pointer {vma:#x}")]
+    BadVma {
+        /// First index of the entry.
+        first: u64,
+        /// Last index of the entry.
+        last: u64,
+        /// The pointer.
+        vma: u64,
+    },
+    /// A field of a `vm_area_struct` could not be read.
+    #[error("vma {vma:#x}: {field}")]
+    VmaField {
+        /// The `vm_area_struct`.
+        vma: u64,
+        /// The field.
+        field: &'static str,
+        /// Why the read failed.
+        #[source]
+        source: KernelError,
+    },
+    /// A VMA's range is not the one the tree files it under.
+    #[error(
+        "vma {vma:#x}: covers {start:#x}..{end:#x} but the tree files it under {first:#x}..={last:#x}"
+    )]
+    VmaRange {
+        /// The `vm_area_struct`.
+        vma: u64,
+        /// Its `vm_start`.
+        start: u64,
+        /// Its `vm_end`.
+        end: u64,
+        /// First index of the tree entry.
+        first: u64,
+        /// Last index of the tree entry.
+        last: u64,
+    },
+    /// A VMA belongs to another address space.
+    #[error("vma {vma:#x} ({start:#x}): belongs to mm {vm_mm:#x}, not this one")]
+    ForeignVma {
+        /// The `vm_area_struct`.
+        vma: u64,
+        /// Its `vm_start`.
+        start: u64,
+        /// Its `vm_mm`.
+        vm_mm: u64,
+    },
+    /// The path of a VMA's file could not be resolved.
+    #[error("vma {vma:#x} ({start:#x}): file")]
+    VmaFile {
+        /// The `vm_area_struct`.
+        vma: u64,
+        /// Its `vm_start`.
+        start: u64,
+        /// Why.
+        #[source]
+        source: Box<MmError>,
+    },
+}
 
 /// One memory area (`vm_area_struct`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,7 +376,8 @@ pub fn walk_maple_tree(k: &Kernel<'_>, tree: u64, what: &str) -> Partial<Vec<Map
     let root = match k.read_u64(tree.wrapping_add(root_off)) {
         Ok(r) => r,
         Err(e) => {
-            out.problems.push(format!("{what}: root unreadable: {e}"));
+            out.problems
+                .push(format!("{what}: root unreadable: {}", error_chain(&e)));
             return out;
         }
     };
@@ -331,8 +432,10 @@ pub fn walk_maple_tree(k: &Kernel<'_>, tree: u64, what: &str) -> Partial<Vec<Map
         }
         let mut buf = [0u8; 256];
         if let Err(e) = k.read_bytes(node, &mut buf) {
-            out.problems
-                .push(format!("{what}: node {node:#x} unreadable: {e}"));
+            out.problems.push(format!(
+                "{what}: node {node:#x} unreadable: {}",
+                error_chain(&e)
+            ));
             continue;
         }
         let node_parent = word(&buf, 0);
@@ -456,25 +559,23 @@ pub fn walk_maple_tree(k: &Kernel<'_>, tree: u64, what: &str) -> Partial<Vec<Map
 
 /// Resolves the path of `struct file` at `file`: dentry names up to the root, crossing
 /// mounts. Pseudo files (pipes, sockets, anon inodes) give `"[...]"` names.
-pub fn file_path(k: &Kernel<'_>, file: u64) -> Result<String, String> {
-    let err = |e: KernelError| e.to_string();
-    let dentry = k.read_field("file", "f_path.dentry", file).map_err(err)?;
-    let vfsmnt = k.read_field("file", "f_path.mnt", file).map_err(err)?;
+pub fn file_path(k: &Kernel<'_>, file: u64) -> Result<String, MmError> {
+    let dentry = k.read_field("file", "f_path.dentry", file)?;
+    let vfsmnt = k.read_field("file", "f_path.mnt", file)?;
     dentry_path(k, dentry, vfsmnt)
 }
 
 /// Path of `dentry` under the `vfsmount` at `vfsmnt` (0 = do not cross mounts).
-pub fn dentry_path(k: &Kernel<'_>, dentry: u64, vfsmnt: u64) -> Result<String, String> {
-    let err = |e: KernelError| e.to_string();
-    let d_parent = k.offset_of("dentry", "d_parent").map_err(err)?;
-    let d_name_len = k.member("dentry", "d_name.len").map_err(err)?;
-    let d_name_ptr = k.offset_of("dentry", "d_name.name").map_err(err)?;
+pub fn dentry_path(k: &Kernel<'_>, dentry: u64, vfsmnt: u64) -> Result<String, MmError> {
+    let d_parent = k.offset_of("dentry", "d_parent")?;
+    let d_name_len = k.member("dentry", "d_name.len")?;
+    let d_name_ptr = k.offset_of("dentry", "d_name.name")?;
     // Pseudo filesystems name their files through d_op->d_dname.
     if let (Ok(d_op_off), Ok(dname_off)) = (
         k.offset_of("dentry", "d_op"),
         k.offset_of("dentry_operations", "d_dname"),
     ) {
-        let d_op = k.read_u64(dentry.wrapping_add(d_op_off)).map_err(err)?;
+        let d_op = k.read_u64(dentry.wrapping_add(d_op_off))?;
         if d_op != 0 && k.read_u64(d_op.wrapping_add(dname_off)).unwrap_or(0) != 0 {
             // Like drgn: name it by filesystem type (pipefs, sockfs, anon_inodefs, ...).
             let fstype = (|| -> Result<String, KernelError> {
@@ -513,37 +614,34 @@ pub fn dentry_path(k: &Kernel<'_>, dentry: u64, vfsmnt: u64) -> Result<String, S
     loop {
         steps += 1;
         if steps > MAX_PATH_COMPONENTS {
-            return Err(format!(
-                "dentry {dentry:#x}: path deeper than {MAX_PATH_COMPONENTS}"
-            ));
+            return Err(MmError::PathTooDeep { dentry });
         }
         if let (Some((mnt_off, parent_off, mp_off, root_off)), Some(m)) = (mnt_layout, mount) {
-            let mnt_root = k
-                .read_u64(m.wrapping_add(mnt_off).wrapping_add(root_off))
-                .map_err(err)?;
+            let mnt_root = k.read_u64(m.wrapping_add(mnt_off).wrapping_add(root_off))?;
             if cur == mnt_root {
-                let parent = k.read_u64(m.wrapping_add(parent_off)).map_err(err)?;
+                let parent = k.read_u64(m.wrapping_add(parent_off))?;
                 if parent == m || parent == 0 {
                     break;
                 }
-                cur = k.read_u64(m.wrapping_add(mp_off)).map_err(err)?;
+                cur = k.read_u64(m.wrapping_add(mp_off))?;
                 mount = Some(parent);
                 continue;
             }
         }
-        let parent = k.read_u64(cur.wrapping_add(d_parent)).map_err(err)?;
+        let parent = k.read_u64(cur.wrapping_add(d_parent))?;
         if parent == cur {
             break;
         }
         if !is_kernel_addr(parent) {
-            return Err(format!("dentry {cur:#x}: bad d_parent {parent:#x}"));
+            return Err(MmError::BadParent {
+                dentry: cur,
+                parent,
+            });
         }
         let name = read_dname(k, cur, &d_name_len, d_name_ptr)?;
         total += name.len() + 1;
         if total > MAX_PATH_LEN {
-            return Err(format!(
-                "dentry {dentry:#x}: path longer than {MAX_PATH_LEN}"
-            ));
+            return Err(MmError::PathTooLong { dentry });
         }
         parts.push(name);
         cur = parent;
@@ -567,16 +665,14 @@ fn read_dname(
     dentry: u64,
     len_m: &crate::btf::Member,
     ptr_off: u64,
-) -> Result<String, String> {
-    let len = k.read_member(len_m, dentry).map_err(|e| e.to_string())?;
-    let ptr = k
-        .read_u64(dentry.wrapping_add(ptr_off))
-        .map_err(|e| e.to_string())?;
+) -> Result<String, MmError> {
+    let len = k.read_member(len_m, dentry)?;
+    let ptr = k.read_u64(dentry.wrapping_add(ptr_off))?;
     if len > 255 {
-        return Err(format!("dentry {dentry:#x}: name length {len}"));
+        return Err(MmError::NameLength { dentry, len });
     }
     let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
-    k.read_bytes(ptr, &mut buf).map_err(|e| e.to_string())?;
+    k.read_bytes(ptr, &mut buf)?;
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
@@ -602,7 +698,7 @@ pub fn read_mm(k: &Kernel<'_>, mm: u64) -> Partial<MmInfo> {
     let mut field = |name: &str| match k.read_field("mm_struct", name, mm) {
         Ok(v) => v,
         Err(e) => {
-            problems.push(format!("mm {mm:#x}: {name}: {e}"));
+            problems.push(format!("mm {mm:#x}: {name}: {}", error_chain(&e)));
             0
         }
     };
@@ -623,18 +719,22 @@ pub fn read_mm(k: &Kernel<'_>, mm: u64) -> Partial<MmInfo> {
     info.exe_file = exe_file;
     match read_auxv(k, mm) {
         Ok(a) => info.auxv = a,
-        Err(e) => problems.push(format!("mm {mm:#x}: saved_auxv: {e}")),
+        Err(e) => problems.push(format!("mm {mm:#x}: saved_auxv: {}", error_chain(&e))),
     }
     if exe_file != 0 {
         info.exe = file_path(k, exe_file)
-            .map_err(|e| problems.push(format!("mm {mm:#x}: exe_file: {e}")))
+            .map_err(|e| problems.push(format!("mm {mm:#x}: exe_file: {}", error_chain(&e))))
             .ok();
     }
 
     match k.virt_to_phys(info.pgd) {
         Ok(p) if info.pgd != 0 => info.pgd_phys = p,
         Ok(_) => problems.push(format!("mm {mm:#x}: pgd is NULL")),
-        Err(e) => problems.push(format!("mm {mm:#x}: pgd {:#x}: {e}", info.pgd)),
+        Err(e) => problems.push(format!(
+            "mm {mm:#x}: pgd {:#x}: {}",
+            info.pgd,
+            error_chain(&e)
+        )),
     }
     if info.pgd_phys != 0 && info.arg_end > info.arg_start && is_user_addr(info.arg_end) {
         let len = (info.arg_end - info.arg_start).min(MAX_CMDLINE);
@@ -660,7 +760,7 @@ pub fn read_mm(k: &Kernel<'_>, mm: u64) -> Partial<MmInfo> {
     let mt_off = match k.offset_of("mm_struct", "mm_mt") {
         Ok(o) => o,
         Err(e) => {
-            problems.push(format!("mm {mm:#x}: {e}"));
+            problems.push(format!("mm {mm:#x}: {}", error_chain(&e)));
             return out;
         }
     };
@@ -676,11 +776,11 @@ pub fn read_mm(k: &Kernel<'_>, mm: u64) -> Partial<MmInfo> {
     ];
     for e in entries.value {
         match read_vma(k, mm, e, &special) {
-            Ok((vma, mut p)) => {
-                problems.append(&mut p);
+            Ok((vma, p)) => {
+                problems.extend(p.iter().map(|e| error_chain(e)));
                 info.vmas.push(vma);
             }
-            Err(p) => problems.push(p),
+            Err(e) => problems.push(error_chain(&e)),
         }
     }
     // Labels like /proc/PID/maps.
@@ -715,14 +815,11 @@ pub fn read_mm(k: &Kernel<'_>, mm: u64) -> Partial<MmInfo> {
 }
 
 /// Reads `mm->saved_auxv` up to and including the `AT_NULL` pair.
-fn read_auxv(k: &Kernel<'_>, mm: u64) -> Result<Vec<u64>, String> {
-    let m = k
-        .member("mm_struct", "saved_auxv")
-        .map_err(|e| e.to_string())?;
+fn read_auxv(k: &Kernel<'_>, mm: u64) -> Result<Vec<u64>, MmError> {
+    let m = k.member("mm_struct", "saved_auxv")?;
     let n = (m.size / 8).min(MAX_AUXV_WORDS);
     let mut buf = vec![0u8; usize::try_from(n * 8).unwrap_or(0)];
-    k.read_bytes(mm.wrapping_add(m.offset_bytes), &mut buf)
-        .map_err(|e| e.to_string())?;
+    k.read_bytes(mm.wrapping_add(m.offset_bytes), &mut buf)?;
     let words: Vec<u64> = buf
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(<[u8; 8]>::try_from(c).unwrap_or([0; 8])))
@@ -732,7 +829,7 @@ fn read_auxv(k: &Kernel<'_>, mm: u64) -> Result<Vec<u64>, String> {
             return Ok(words[..2 * i + 2].to_vec());
         }
     }
-    Err(format!("no AT_NULL in {n} words"))
+    Err(MmError::NoAtNull { words: n })
 }
 
 fn read_vma(
@@ -740,39 +837,53 @@ fn read_vma(
     mm: u64,
     e: MapleEntry,
     special_ops: &[Option<u64>],
-) -> Result<(Vma, Vec<String>), String> {
+) -> Result<(Vma, Vec<MmError>), MmError> {
     let va = e.value;
     let mut problems = Vec::new();
-    let f = |name: &str| {
-        k.read_field("vm_area_struct", name, va)
-            .map_err(|err| format!("vma {va:#x}: {name}: {err}"))
+    let f = |field: &'static str| {
+        k.read_field("vm_area_struct", field, va)
+            .map_err(|source| MmError::VmaField {
+                vma: va,
+                field,
+                source,
+            })
     };
     if !is_kernel_addr(va) {
-        return Err(format!(
-            "maple entry {:#x}..{:#x}: bad VMA pointer {va:#x}",
-            e.first, e.last
-        ));
+        return Err(MmError::BadVma {
+            first: e.first,
+            last: e.last,
+            vma: va,
+        });
     }
     let start = f("vm_start")?;
     let end = f("vm_end")?;
     if start != e.first || end.wrapping_sub(1) != e.last {
-        return Err(format!(
-            "vma {va:#x}: covers {start:#x}..{end:#x} but the tree files it under {:#x}..={:#x}",
-            e.first, e.last
-        ));
+        return Err(MmError::VmaRange {
+            vma: va,
+            start,
+            end,
+            first: e.first,
+            last: e.last,
+        });
     }
     let vm_mm = f("vm_mm")?;
     if vm_mm != mm {
-        return Err(format!(
-            "vma {va:#x} ({start:#x}): belongs to mm {vm_mm:#x}, not this one"
-        ));
+        return Err(MmError::ForeignVma {
+            vma: va,
+            start,
+            vm_mm,
+        });
     }
     let file_addr = f("vm_file").unwrap_or(0);
     let file = if file_addr != 0 {
         match file_path(k, file_addr) {
             Ok(p) => Some(p),
             Err(err) => {
-                problems.push(format!("vma {va:#x} ({start:#x}): file: {err}"));
+                problems.push(MmError::VmaFile {
+                    vma: va,
+                    start,
+                    source: Box::new(err),
+                });
                 None
             }
         }
@@ -1205,6 +1316,47 @@ ffffffff81400000 B _end
         assert_eq!(file_path(&k, dm(file)).as_deref(), Ok("[pipefs]"));
         assert_eq!(file_path(&k, dm(FILE)).as_deref(), Ok("/bin/busybox"));
         assert!(file_path(&k, 0x10).is_err());
+    }
+
+    #[test]
+    fn path_failures_are_typed_and_chained_once() {
+        let syms = SymbolTable::parse_system_map(MAP).expect("map");
+        let btf = btf();
+        // Dentry loop: bin's parent is busybox, busybox's is bin.
+        let mut m = world();
+        m.put_u64(D_BIN + 24, dm(D_BUSYBOX));
+        let k = Kernel::new(&m, &syms, &btf).expect("kernel");
+        assert_eq!(
+            file_path(&k, dm(FILE)),
+            Err(MmError::PathTooDeep {
+                dentry: dm(D_BUSYBOX)
+            })
+        );
+        // The VMA mapping it keeps the cause under its own context.
+        let r = run(&m);
+        let want = format!(
+            "vma {:#x} ({:#x}): file: dentry {:#x}: path deeper than {MAX_PATH_COMPONENTS}",
+            dm(VMAS),
+            A.0,
+            dm(D_BUSYBOX)
+        );
+        assert!(r.problems.contains(&want), "{:?}", r.problems);
+        // A wild d_parent.
+        let mut m = world();
+        m.put_u64(D_BIN + 24, 0x1234);
+        let k = Kernel::new(&m, &syms, &btf).expect("kernel");
+        assert_eq!(
+            file_path(&k, dm(FILE)),
+            Err(MmError::BadParent {
+                dentry: dm(D_BIN),
+                parent: 0x1234
+            })
+        );
+        // Not a kernel pointer at all: the kernel read's own error.
+        assert!(matches!(
+            file_path(&k, 0x10),
+            Err(MmError::Kernel(KernelError::NotKernel(_)))
+        ));
     }
 
     #[test]

@@ -11,9 +11,9 @@
 
 use std::collections::HashSet;
 
-use crate::kernel::{is_kernel_addr, Kernel};
+use crate::kernel::{is_kernel_addr, Kernel, KernelError};
 use crate::paging::PTE_ADDR_MASK;
-use crate::Partial;
+use crate::{error_chain, Partial};
 
 /// `vmemmap_base` default with 4-level paging.
 pub const DEFAULT_VMEMMAP: u64 = 0xffff_ea00_0000_0000;
@@ -35,6 +35,32 @@ pub const MAX_PAGES: u64 = 1 << 22;
 pub const MAX_XA_NODES: usize = 1 << 16;
 /// Most pages reported per file (4 GiB).
 pub const MAX_FILE_PAGES: u64 = 1 << 20;
+
+/// Why a page's `struct page` or a file's page cache could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PageError {
+    /// A kernel read without more to say than the read itself.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    /// The pfn has no `struct page` (outside every memory section).
+    #[error("pfn {pfn:#x} is in no memory section")]
+    NoSection {
+        /// The page frame number.
+        pfn: u64,
+    },
+    /// The `struct page` of a pfn could not be read.
+    #[error("struct page of pfn {pfn:#x}")]
+    StructPage {
+        /// The page frame number.
+        pfn: u64,
+        /// Why the read failed.
+        #[source]
+        source: KernelError,
+    },
+    /// An inode's `i_mapping` is not a kernel pointer.
+    #[error("bad i_mapping {0:#x}")]
+    BadMapping(u64),
+}
 
 /// A run of present user pages, contiguous both virtually and physically.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,19 +172,17 @@ impl PageArray {
     }
 
     /// True when the page (or the folio it belongs to) is anonymous.
-    pub fn is_anon(&self, k: &Kernel<'_>, pfn: u64) -> Result<bool, String> {
-        let mut page = self
-            .page_of(pfn)
-            .ok_or_else(|| format!("pfn {pfn:#x} is in no memory section"))?;
-        let head = k
-            .read_u64(page.wrapping_add(self.compound_head))
-            .map_err(|e| format!("struct page of pfn {pfn:#x}: {e}"))?;
+    pub fn is_anon(&self, k: &Kernel<'_>, pfn: u64) -> Result<bool, PageError> {
+        let mut page = self.page_of(pfn).ok_or(PageError::NoSection { pfn })?;
+        let read = |va: u64| {
+            k.read_u64(va)
+                .map_err(|source| PageError::StructPage { pfn, source })
+        };
+        let head = read(page.wrapping_add(self.compound_head))?;
         if head & 1 != 0 {
             page = head - 1;
         }
-        let mapping = k
-            .read_u64(page.wrapping_add(self.mapping))
-            .map_err(|e| format!("struct page of pfn {pfn:#x}: {e}"))?;
+        let mapping = read(page.wrapping_add(self.mapping))?;
         Ok(mapping & PAGE_MAPPING_ANON != 0)
     }
 }
@@ -394,24 +418,22 @@ pub fn file_pages(k: &Kernel<'_>, inode: u64) -> Partial<FileContent> {
         inode,
         ..FileContent::default()
     });
-    let setup = (|| -> Result<_, String> {
-        let e = |x: crate::kernel::KernelError| x.to_string();
-        let size = k.read_field("inode", "i_size", inode).map_err(e)?;
-        let mapping = k.read_field("inode", "i_mapping", inode).map_err(e)?;
-        let pages_off = k.offset_of("address_space", "i_pages").map_err(e)?;
-        let head_off = k.offset_of("xarray", "xa_head").map_err(e)?;
+    let setup = (|| -> Result<_, PageError> {
+        let size = k.read_field("inode", "i_size", inode)?;
+        let mapping = k.read_field("inode", "i_mapping", inode)?;
+        let pages_off = k.offset_of("address_space", "i_pages")?;
+        let head_off = k.offset_of("xarray", "xa_head")?;
         if !is_kernel_addr(mapping) {
-            return Err(format!("bad i_mapping {mapping:#x}"));
+            return Err(PageError::BadMapping(mapping));
         }
-        let head = k
-            .read_u64(mapping.wrapping_add(pages_off).wrapping_add(head_off))
-            .map_err(e)?;
+        let head = k.read_u64(mapping.wrapping_add(pages_off).wrapping_add(head_off))?;
         Ok((size, head))
     })();
     let (size, head) = match setup {
         Ok(v) => v,
         Err(e) => {
-            out.problems.push(format!("inode {inode:#x}: {e}"));
+            out.problems
+                .push(format!("inode {inode:#x}: {}", error_chain(&e)));
             return out;
         }
     };
@@ -486,8 +508,10 @@ pub fn file_pages(k: &Kernel<'_>, inode: u64) -> Partial<FileContent> {
         let shift = match k.read_u8(node.wrapping_add(shift_off)) {
             Ok(s) => u32::from(s),
             Err(e) => {
-                out.problems
-                    .push(format!("{what}: node {node:#x} unreadable: {e}"));
+                out.problems.push(format!(
+                    "{what}: node {node:#x} unreadable: {}",
+                    error_chain(&e)
+                ));
                 continue;
             }
         };
@@ -521,8 +545,10 @@ pub fn file_pages(k: &Kernel<'_>, inode: u64) -> Partial<FileContent> {
         }
         let mut buf = vec![0u8; usize::try_from(nslots * 8).unwrap_or(512)];
         if let Err(e) = k.read_bytes(node.wrapping_add(slots_off), &mut buf) {
-            out.problems
-                .push(format!("{what}: node {node:#x} slots unreadable: {e}"));
+            out.problems.push(format!(
+                "{what}: node {node:#x} slots unreadable: {}",
+                error_chain(&e)
+            ));
             continue;
         }
         let span = 1u64 << shift;

@@ -6,9 +6,9 @@
 //! file *` is checked before it is followed.
 
 use crate::kernel::{is_kernel_addr, Kernel, KernelError};
-use crate::mm::{dentry_path, file_path};
+use crate::mm::{dentry_path, file_path, MmError};
 use crate::tasks::Task;
-use crate::Partial;
+use crate::{error_chain, Partial};
 
 /// Largest fd table looked at (`NR_OPEN`, the kernel's own limit for `max_fds`).
 pub const MAX_FDS: u64 = 1 << 20;
@@ -172,24 +172,102 @@ pub struct ProcessInfo {
     pub shared_pending: u64,
 }
 
-fn kerr(e: KernelError) -> String {
-    e.to_string()
+/// Why a process's files, inodes or directories could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProcessError {
+    /// A kernel read without more to say than the read itself.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    /// An inode pointer is not a kernel pointer.
+    #[error("bad inode pointer {0:#x}")]
+    BadInode(u64),
+    /// A field of a `struct inode` could not be read.
+    #[error("inode {inode:#x}: {field}")]
+    Inode {
+        /// The inode.
+        inode: u64,
+        /// The field.
+        field: &'static str,
+        /// Why the read failed.
+        #[source]
+        source: KernelError,
+    },
+    /// The superblock of an inode could not be read.
+    #[error("inode {inode:#x}: superblock {sb:#x}")]
+    Superblock {
+        /// The inode.
+        inode: u64,
+        /// Its `i_sb`.
+        sb: u64,
+        /// Why the read failed.
+        #[source]
+        source: KernelError,
+    },
+    /// A `struct file *` in the fd table is not a plausible kernel pointer.
+    #[error("fd {fd}: bad file pointer {file:#x}")]
+    BadFile {
+        /// The descriptor.
+        fd: u32,
+        /// The pointer.
+        file: u64,
+    },
+    /// A field of an open `struct file` could not be read.
+    #[error("fd {fd}: file {file:#x}: {field}")]
+    File {
+        /// The descriptor.
+        fd: u32,
+        /// The `struct file`.
+        file: u64,
+        /// The field.
+        field: &'static str,
+        /// Why the read failed.
+        #[source]
+        source: KernelError,
+    },
+    /// The path of an open file could not be resolved.
+    #[error("fd {fd}: path")]
+    FdPath {
+        /// The descriptor.
+        fd: u32,
+        /// Why.
+        #[source]
+        source: MmError,
+    },
+    /// The inode of an open file could not be read.
+    #[error("fd {fd}")]
+    FdInode {
+        /// The descriptor.
+        fd: u32,
+        /// Why.
+        #[source]
+        source: Box<ProcessError>,
+    },
+    /// `fs->pwd` or `fs->root` points at no dentry.
+    #[error("bad dentry {0:#x}")]
+    BadDentry(u64),
+    /// A directory's path could not be resolved.
+    #[error(transparent)]
+    Path(#[from] MmError),
 }
 
 /// Reads the inode of the `struct file` at `file`.
-pub fn file_inode(k: &Kernel<'_>, file: u64) -> Result<InodeInfo, String> {
-    let inode = k.read_field("file", "f_inode", file).map_err(kerr)?;
+pub fn file_inode(k: &Kernel<'_>, file: u64) -> Result<InodeInfo, ProcessError> {
+    let inode = k.read_field("file", "f_inode", file)?;
     read_inode(k, inode)
 }
 
 /// Reads the interesting fields of the `struct inode` at `inode`.
-pub fn read_inode(k: &Kernel<'_>, inode: u64) -> Result<InodeInfo, String> {
+pub fn read_inode(k: &Kernel<'_>, inode: u64) -> Result<InodeInfo, ProcessError> {
     if !is_kernel_addr(inode) {
-        return Err(format!("bad inode pointer {inode:#x}"));
+        return Err(ProcessError::BadInode(inode));
     }
-    let f = |p: &str| {
-        k.read_field("inode", p, inode)
-            .map_err(|e| format!("inode {inode:#x}: {p}: {e}"))
+    let f = |field: &'static str| {
+        k.read_field("inode", field, inode)
+            .map_err(|source| ProcessError::Inode {
+                inode,
+                field,
+                source,
+            })
     };
     let mode = u32::try_from(f("i_mode")?).unwrap_or(0);
     let size = f("i_size")?;
@@ -197,7 +275,7 @@ pub fn read_inode(k: &Kernel<'_>, inode: u64) -> Result<InodeInfo, String> {
     let sb = f("i_sb")?;
     let s_magic = k
         .read_field("super_block", "s_magic", sb)
-        .map_err(|e| format!("inode {inode:#x}: superblock {sb:#x}: {e}"))?;
+        .map_err(|source| ProcessError::Superblock { inode, sb, source })?;
     Ok(InodeInfo {
         addr: inode,
         mode,
@@ -213,13 +291,18 @@ pub fn read_open_file(
     k: &Kernel<'_>,
     fd: u32,
     file: u64,
-) -> Result<(OpenFile, Vec<String>), String> {
+) -> Result<(OpenFile, Vec<ProcessError>), ProcessError> {
     if !is_kernel_addr(file) || file & 7 != 0 {
-        return Err(format!("fd {fd}: bad file pointer {file:#x}"));
+        return Err(ProcessError::BadFile { fd, file });
     }
-    let f = |p: &str| {
-        k.read_field("file", p, file)
-            .map_err(|e| format!("fd {fd}: file {file:#x}: {p}: {e}"))
+    let f = |field: &'static str| {
+        k.read_field("file", field, file)
+            .map_err(|source| ProcessError::File {
+                fd,
+                file,
+                field,
+                source,
+            })
     };
     let flags = u32::try_from(f("f_flags")?).unwrap_or(0);
     let f_mode = u32::try_from(f("f_mode")?).unwrap_or(0);
@@ -227,15 +310,18 @@ pub fn read_open_file(
     let mut problems = Vec::new();
     let path = match file_path(k, file) {
         Ok(p) => Some(p),
-        Err(e) => {
-            problems.push(format!("fd {fd}: path: {e}"));
+        Err(source) => {
+            problems.push(ProcessError::FdPath { fd, source });
             None
         }
     };
     let inode = match file_inode(k, file) {
         Ok(i) => Some(i),
         Err(e) => {
-            problems.push(format!("fd {fd}: {e}"));
+            problems.push(ProcessError::FdInode {
+                fd,
+                source: Box::new(e),
+            });
             None
         }
     };
@@ -279,7 +365,8 @@ pub fn read_files(k: &Kernel<'_>, files: u64) -> Partial<Vec<OpenFile>> {
             return out;
         }
         Err(e) => {
-            out.problems.push(format!("files {files:#x}: fdt: {e}"));
+            out.problems
+                .push(format!("files {files:#x}: fdt: {}", error_chain(&e)));
             return out;
         }
     };
@@ -295,7 +382,7 @@ pub fn read_files(k: &Kernel<'_>, files: u64) -> Partial<Vec<OpenFile>> {
             let e = [m, a, o, c].into_iter().find_map(Result::err);
             out.problems.push(format!(
                 "fdtable {fdt:#x} unreadable: {}",
-                e.map_or_else(String::new, |e| e.to_string())
+                e.map_or_else(String::new, |e| error_chain(&e))
             ));
             return out;
         }
@@ -323,14 +410,16 @@ pub fn read_files(k: &Kernel<'_>, files: u64) -> Partial<Vec<OpenFile>> {
         ),
         Err(e) => {
             out.problems.push(format!(
-                "fdtable {fdt:#x}: open_fds bitmap {open_fds:#x} unreadable ({e}): scanning the fd array"
+                "fdtable {fdt:#x}: open_fds bitmap {open_fds:#x} unreadable ({}): scanning the fd array",
+                error_chain(&e)
             ));
             ((0..max.min(FALLBACK_SCAN)).collect(), true)
         }
     };
     let cloexec_bits = read_bitmap(k, cloexec, max).unwrap_or_else(|e| {
         out.problems.push(format!(
-            "fdtable {fdt:#x}: close_on_exec bitmap unreadable: {e}"
+            "fdtable {fdt:#x}: close_on_exec bitmap unreadable: {}",
+            error_chain(&e)
         ));
         Vec::new()
     });
@@ -359,7 +448,8 @@ pub fn read_files(k: &Kernel<'_>, files: u64) -> Partial<Vec<OpenFile>> {
             }
             Some(Err(e)) => {
                 out.problems.push(format!(
-                    "fdtable {fdt:#x}: fd array {fd_array:#x} unreadable at fd {fd}: {e}"
+                    "fdtable {fdt:#x}: fd array {fd_array:#x} unreadable at fd {fd}: {}",
+                    error_chain(e)
                 ));
                 if scanning {
                     break;
@@ -383,10 +473,10 @@ pub fn read_files(k: &Kernel<'_>, files: u64) -> Partial<Vec<OpenFile>> {
                 f.cloexec = cloexec_bits
                     .get(w)
                     .is_some_and(|b| b & (1 << (fd % 64)) != 0);
-                out.problems.extend(p);
+                out.problems.extend(p.iter().map(|e| error_chain(e)));
                 out.value.push(f);
             }
-            Err(e) => out.problems.push(e),
+            Err(e) => out.problems.push(error_chain(&e)),
         }
     }
     out
@@ -416,7 +506,8 @@ pub fn read_sigactions(k: &Kernel<'_>, sighand: u64) -> Partial<Vec<SigAction>> 
     let (action, elem, n, h, fl, r, m) = match layout {
         Ok(l) => l,
         Err(e) => {
-            out.problems.push(format!("signal actions: {e}"));
+            out.problems
+                .push(format!("signal actions: {}", error_chain(&e)));
             return out;
         }
     };
@@ -434,8 +525,10 @@ pub fn read_sigactions(k: &Kernel<'_>, sighand: u64) -> Partial<Vec<SigAction>> 
     }
     let mut buf = vec![0u8; n * elem_len];
     if let Err(e) = k.read_bytes(sighand.wrapping_add(action), &mut buf) {
-        out.problems
-            .push(format!("signal actions: sighand {sighand:#x}: {e}"));
+        out.problems.push(format!(
+            "signal actions: sighand {sighand:#x}: {}",
+            error_chain(&e)
+        ));
         return out;
     }
     let word = |chunk: &[u8], off: u64| {
@@ -469,25 +562,21 @@ pub fn read_fs(k: &Kernel<'_>, fs: u64) -> Partial<(Option<String>, Option<Strin
             .push(format!("fs: bad fs_struct pointer {fs:#x}"));
         return out;
     }
-    let path = |which: &str| -> Result<String, String> {
-        let dentry = k
-            .read_field("fs_struct", &format!("{which}.dentry"), fs)
-            .map_err(kerr)?;
-        let mnt = k
-            .read_field("fs_struct", &format!("{which}.mnt"), fs)
-            .map_err(kerr)?;
+    let path = |which: &str| -> Result<String, ProcessError> {
+        let dentry = k.read_field("fs_struct", &format!("{which}.dentry"), fs)?;
+        let mnt = k.read_field("fs_struct", &format!("{which}.mnt"), fs)?;
         if !is_kernel_addr(dentry) {
-            return Err(format!("bad dentry {dentry:#x}"));
+            return Err(ProcessError::BadDentry(dentry));
         }
-        dentry_path(k, dentry, mnt)
+        Ok(dentry_path(k, dentry, mnt)?)
     };
     match path("pwd") {
         Ok(p) => out.value.0 = Some(p),
-        Err(e) => out.problems.push(format!("cwd: {e}")),
+        Err(e) => out.problems.push(format!("cwd: {}", error_chain(&e))),
     }
     match path("root") {
         Ok(p) => out.value.1 = Some(p),
-        Err(e) => out.problems.push(format!("root: {e}")),
+        Err(e) => out.problems.push(format!("root: {}", error_chain(&e))),
     }
     out
 }
@@ -762,6 +851,47 @@ pub(crate) mod tests {
         m.put_u64(OPEN, 0b1111);
         let r = with_kernel(&m, |k| read_files(k, dm(FILES)));
         assert!(r.problems.iter().any(|p| p.contains("fd 2: marked open")));
+    }
+
+    #[test]
+    fn open_file_failures_are_typed() {
+        let data = 0x11_1000u64;
+        let mut m = world();
+        m.put_u64(data + 32, 0x4242); // f_inode
+        with_kernel(&m, |k| {
+            assert_eq!(
+                read_open_file(k, 9, 0x4242).map(|_| ()),
+                Err(ProcessError::BadFile {
+                    fd: 9,
+                    file: 0x4242
+                })
+            );
+            // A bad inode loses the inode only, as a problem of the fd.
+            let (f, problems) = read_open_file(k, 1, dm(data)).expect("file");
+            assert_eq!(f.path.as_deref(), Some("/data"));
+            assert_eq!(
+                problems,
+                [ProcessError::FdInode {
+                    fd: 1,
+                    source: Box::new(ProcessError::BadInode(0x4242))
+                }]
+            );
+            assert_eq!(error_chain(&problems[0]), "fd 1: bad inode pointer 0x4242");
+        });
+        // An unreadable superblock keeps the kernel error as the source.
+        let mut m = world();
+        m.put_u64(data + 0x200 + 24, dm(0x7000_0000)); // i_sb
+        with_kernel(&m, |k| {
+            let e = file_inode(k, dm(data)).expect_err("no superblock");
+            assert!(
+                matches!(
+                    &e,
+                    ProcessError::Superblock { inode, source: KernelError::Unreadable { .. }, .. }
+                        if *inode == dm(data + 0x200)
+                ),
+                "{e:?}"
+            );
+        });
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use crate::kernel::Kernel;
 use crate::tasks::{PtRegs, USER_CS, USER_DS};
-use crate::Partial;
+use crate::{error_chain, Partial};
 
 /// `ENOSYS`: what the entry code puts in `ax` before the system call runs.
 pub const ENOSYS: i64 = 38;
@@ -301,7 +301,7 @@ pub fn read_cpus(k: &Kernel<'_>) -> Partial<Vec<KernelCpu>> {
     let offsets = match k.symbol("__per_cpu_offset") {
         Ok(a) => a,
         Err(e) => {
-            out.problems.push(format!("cpus: {e}"));
+            out.problems.push(format!("cpus: {}", error_chain(&e)));
             return out;
         }
     };
@@ -326,8 +326,10 @@ pub fn read_cpus(k: &Kernel<'_>) -> Partial<Vec<KernelCpu>> {
         let off = match k.read_u64(offsets.wrapping_add(u64::from(cpu) * 8)) {
             Ok(o) => o,
             Err(e) => {
-                out.problems
-                    .push(format!("cpu {cpu}: __per_cpu_offset unreadable: {e}"));
+                out.problems.push(format!(
+                    "cpu {cpu}: __per_cpu_offset unreadable: {}",
+                    error_chain(&e)
+                ));
                 continue;
             }
         };

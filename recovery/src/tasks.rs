@@ -7,7 +7,7 @@ use std::fmt;
 use crate::btf::Member;
 use crate::kernel::{Kernel, KernelError};
 use crate::list::walk_list;
-use crate::Partial;
+use crate::{error_chain, Partial};
 
 /// `PF_KTHREAD`: the task is a kernel thread.
 pub const PF_KTHREAD: u32 = 0x0020_0000;
@@ -25,6 +25,50 @@ pub const MAX_TASKS: usize = 1 << 16;
 pub const MAX_THREADS: usize = 1 << 14;
 /// Highest PID the kernel can hand out (`PID_MAX_LIMIT` on 64-bit).
 const PID_MAX_LIMIT: i64 = 4 * 1024 * 1024;
+
+/// Why a task, or its FPU state, could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskError {
+    /// A field the task cannot be listed without could not be read.
+    #[error("task at {addr:#x}: {field} unreadable")]
+    Field {
+        /// The `task_struct`.
+        addr: u64,
+        /// The field.
+        field: &'static str,
+        /// Why the read failed.
+        #[source]
+        source: KernelError,
+    },
+    /// The pid or tgid is out of range: not a task.
+    #[error("task at {addr:#x}: implausible pid {pid} / tgid {tgid}")]
+    ImplausiblePid {
+        /// The `task_struct`.
+        addr: u64,
+        /// Its `pid`.
+        pid: i32,
+        /// Its `tgid`.
+        tgid: i32,
+    },
+    /// BTF has no `thread.fpu.fpstate`.
+    #[error("no thread.fpu.fpstate in BTF")]
+    NoFpstateField,
+    /// The `fpstate` pointer could not be read.
+    #[error("fpstate pointer unreadable")]
+    FpstatePointer(#[source] KernelError),
+    /// The `fpstate` pointer is bad and there is no inline fpstate to fall back to.
+    #[error("fpstate pointer {0:#x} is bad")]
+    BadFpstate(u64),
+    /// The FXSAVE image could not be read.
+    #[error("fpstate {fpstate:#x}")]
+    Fpstate {
+        /// The `struct fpstate`.
+        fpstate: u64,
+        /// Why the read failed.
+        #[source]
+        source: KernelError,
+    },
+}
 
 /// The user-mode registers saved at the top of a task's kernel stack (`struct pt_regs`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -379,7 +423,7 @@ impl ExtraLayout {
         let mut need = |p: &str| match k.offset_of("task_struct", p) {
             Ok(o) => Some(o),
             Err(e) => {
-                missing.push(format!("task_struct.{p}: {e}"));
+                missing.push(format!("task_struct.{p}: {}", error_chain(&e)));
                 None
             }
         };
@@ -396,7 +440,7 @@ impl ExtraLayout {
         let restore_sigmask = match k.member("task_struct", "restore_sigmask") {
             Ok(m) => Some(m),
             Err(e) => {
-                missing.push(format!("task_struct.restore_sigmask: {e}"));
+                missing.push(format!("task_struct.restore_sigmask: {}", error_chain(&e)));
                 None
             }
         };
@@ -463,13 +507,19 @@ impl TaskLayout {
     }
 }
 
-fn read_task(k: &Kernel<'_>, l: &TaskLayout, addr: u64) -> Result<(Task, Vec<String>), String> {
+fn read_task(k: &Kernel<'_>, l: &TaskLayout, addr: u64) -> Result<(Task, Vec<String>), TaskError> {
     let mut problems = Vec::new();
     let u32_at = |off: u64| k.read_u32(addr.wrapping_add(off));
     let u64_at = |off: u64| k.read_u64(addr.wrapping_add(off));
-    let e = |what: &str, err: KernelError| format!("task at {addr:#x}: {what} unreadable: {err}");
-    let pid = u32_at(l.pid).map_err(|x| e("pid", x))?;
-    let tgid = u32_at(l.tgid).map_err(|x| e("tgid", x))?;
+    let e = |field: &'static str| {
+        move |source: KernelError| TaskError::Field {
+            addr,
+            field,
+            source,
+        }
+    };
+    let pid = u32_at(l.pid).map_err(e("pid"))?;
+    let tgid = u32_at(l.tgid).map_err(e("tgid"))?;
     let (pid, tgid) = (
         i32::from_ne_bytes(pid.to_ne_bytes()),
         i32::from_ne_bytes(tgid.to_ne_bytes()),
@@ -477,22 +527,23 @@ fn read_task(k: &Kernel<'_>, l: &TaskLayout, addr: u64) -> Result<(Task, Vec<Str
     if !(0..PID_MAX_LIMIT).contains(&i64::from(pid))
         || !(0..PID_MAX_LIMIT).contains(&i64::from(tgid))
     {
-        return Err(format!(
-            "task at {addr:#x}: implausible pid {pid} / tgid {tgid}"
-        ));
+        return Err(TaskError::ImplausiblePid { addr, pid, tgid });
     }
     let mut comm = vec![0u8; l.comm_len];
     k.read_bytes(addr.wrapping_add(l.comm), &mut comm)
-        .map_err(|x| e("comm", x))?;
+        .map_err(e("comm"))?;
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
     let comm = String::from_utf8_lossy(&comm[..end]).into_owned();
-    let flags = u32_at(l.flags).map_err(|x| e("flags", x))?;
-    let mm = u64_at(l.mm).map_err(|x| e("mm", x))?;
-    let stack = u64_at(l.stack).map_err(|x| e("stack", x))?;
+    let flags = u32_at(l.flags).map_err(e("flags"))?;
+    let mm = u64_at(l.mm).map_err(e("mm"))?;
+    let stack = u64_at(l.stack).map_err(e("stack"))?;
     let mut soft = |what: &str, r: Result<u64, KernelError>| match r {
         Ok(v) => v,
         Err(err) => {
-            problems.push(format!("task {pid}: {what} unreadable: {err}"));
+            problems.push(format!(
+                "task {pid}: {what} unreadable: {}",
+                error_chain(&err)
+            ));
             0
         }
     };
@@ -541,7 +592,10 @@ fn read_task(k: &Kernel<'_>, l: &TaskLayout, addr: u64) -> Result<(Task, Vec<Str
         task.regs_addr = regs_addr;
         let mut buf = vec![0u8; usize::try_from(l.regs_size).unwrap_or(168)];
         match k.read_bytes(regs_addr, &mut buf) {
-            Err(err) => problems.push(format!("task {pid}: stack unreadable ({stack:#x}): {err}")),
+            Err(err) => problems.push(format!(
+                "task {pid}: stack unreadable ({stack:#x}): {}",
+                error_chain(&err)
+            )),
             Ok(()) => {
                 let mut v = [0u64; 21];
                 for (slot, &off) in v.iter_mut().zip(&l.regs) {
@@ -575,7 +629,10 @@ fn read_extra(k: &Kernel<'_>, l: &ExtraLayout, task: &mut Task, problems: &mut V
         match k.read_uint(addr.wrapping_add(off), size) {
             Ok(v) => v,
             Err(e) => {
-                problems.push(format!("task {pid}: {what} unreadable: {e}"));
+                problems.push(format!(
+                    "task {pid}: {what} unreadable: {}",
+                    error_chain(&e)
+                ));
                 0
             }
         }
@@ -594,7 +651,10 @@ fn read_extra(k: &Kernel<'_>, l: &ExtraLayout, task: &mut Task, problems: &mut V
     if let Some(m) = &l.restore_sigmask {
         match k.read_member(m, addr) {
             Ok(v) => task.restore_sigmask = v != 0,
-            Err(e) => problems.push(format!("task {pid}: restore_sigmask unreadable: {e}")),
+            Err(e) => problems.push(format!(
+                "task {pid}: restore_sigmask unreadable: {}",
+                error_chain(&e)
+            )),
         }
     }
     if rseq != 0 {
@@ -620,7 +680,7 @@ fn read_extra(k: &Kernel<'_>, l: &ExtraLayout, task: &mut Task, problems: &mut V
                     problems.push(format!("task {pid}: {n}"));
                 }
             }
-            Err(e) => problems.push(format!("task {pid}: fpu: {e}")),
+            Err(e) => problems.push(format!("task {pid}: fpu: {}", error_chain(&e))),
         }
     }
 }
@@ -632,13 +692,13 @@ fn read_fpu(
     k: &Kernel<'_>,
     l: &ExtraLayout,
     task: u64,
-) -> Result<(FxSave, Option<String>), String> {
-    let ptr_off = l.fpstate_ptr.ok_or("no thread.fpu.fpstate in BTF")?;
+) -> Result<(FxSave, Option<String>), TaskError> {
+    let ptr_off = l.fpstate_ptr.ok_or(TaskError::NoFpstateField)?;
     let mut note = None;
     let inline = l.fpstate_inline.map(|o| task.wrapping_add(o));
     let mut fpstate = k
         .read_u64(task.wrapping_add(ptr_off))
-        .map_err(|e| format!("fpstate pointer unreadable: {e}"))?;
+        .map_err(TaskError::FpstatePointer)?;
     let readable =
         |p: u64| crate::kernel::is_kernel_addr(p) && p & 63 == 0 && k.virt_to_phys(p).is_ok();
     if !readable(fpstate) {
@@ -649,12 +709,12 @@ fn read_fpu(
                 ));
                 fpstate = i;
             }
-            None => return Err(format!("fpstate pointer {fpstate:#x} is bad")),
+            None => return Err(TaskError::BadFpstate(fpstate)),
         }
     }
     let mut fx = [0u8; FXSAVE_LEN];
     k.read_bytes(fpstate.wrapping_add(l.fpstate_regs), &mut fx)
-        .map_err(|e| format!("fpstate {fpstate:#x}: {e}"))?;
+        .map_err(|source| TaskError::Fpstate { fpstate, source })?;
     let mut fx = FxSave(fx);
     // An XSAVE-format buffer (size > 512) may hold components in their init state.
     if let Some(size_off) = l.fpstate_size {
@@ -679,7 +739,8 @@ pub fn walk_tasks(k: &Kernel<'_>) -> Partial<Vec<Task>> {
     let layout = match TaskLayout::new(k) {
         Ok(l) => l,
         Err(e) => {
-            out.problems.push(format!("task layout: {e}"));
+            out.problems
+                .push(format!("task layout: {}", error_chain(&e)));
             return out;
         }
     };
@@ -693,7 +754,7 @@ pub fn walk_tasks(k: &Kernel<'_>) -> Partial<Vec<Task>> {
     let init_task = match k.symbol("init_task") {
         Ok(a) => a,
         Err(e) => {
-            out.problems.push(format!("task list: {e}"));
+            out.problems.push(format!("task list: {}", error_chain(&e)));
             return out;
         }
     };
@@ -714,7 +775,7 @@ pub fn walk_tasks(k: &Kernel<'_>) -> Partial<Vec<Task>> {
         let (task, problems) = match read_task(k, &layout, leader) {
             Ok(t) => t,
             Err(e) => {
-                out.problems.push(e);
+                out.problems.push(error_chain(&e));
                 continue;
             }
         };
@@ -725,8 +786,10 @@ pub fn walk_tasks(k: &Kernel<'_>) -> Partial<Vec<Task>> {
         let signal = match signal {
             Ok(s) => s,
             Err(e) => {
-                out.problems
-                    .push(format!("task {pid}: signal unreadable: {e}"));
+                out.problems.push(format!(
+                    "task {pid}: signal unreadable: {}",
+                    error_chain(&e)
+                ));
                 continue;
             }
         };
@@ -758,7 +821,7 @@ pub fn walk_tasks(k: &Kernel<'_>) -> Partial<Vec<Task>> {
                     }
                     out.value.push(t);
                 }
-                Err(e) => out.problems.push(e),
+                Err(e) => out.problems.push(error_chain(&e)),
             }
         }
     }

@@ -21,27 +21,5 @@ pub mod terminal;
 pub mod vmm;
 pub mod vstate;
 
-/// Formats an error and all its causes on one line: `a: b: c`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    #[derive(Debug, thiserror::Error)]
-    #[error("outer")]
-    struct Outer(#[source] std::io::Error);
-
-    #[test]
-    fn chain_lists_every_cause_once() {
-        let e = Outer(std::io::Error::other("inner"));
-        assert_eq!(super::error_chain(&e), "outer: inner");
-    }
-}
+/// Formats an error and all its causes on one line: `a: b: c` (recovery reports with it too).
+pub use owvmm_recovery::error_chain;
