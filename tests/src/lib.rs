@@ -68,6 +68,19 @@ pub fn default_image() -> (PathBuf, PathBuf) {
     (kdir, initrd)
 }
 
+/// `--kernel` and `--initrd` of the default image, then `args`.
+fn with_default_image(args: &[&str]) -> Vec<String> {
+    let (kdir, initrd) = default_image();
+    let mut all = vec![
+        "--kernel".to_string(),
+        kdir.join("vmlinux").display().to_string(),
+        "--initrd".to_string(),
+        initrd.display().to_string(),
+    ];
+    all.extend(args.iter().map(|a| (*a).to_string()));
+    all
+}
+
 /// A running `owvmm run`.
 pub struct Vm {
     child: Child,
@@ -91,6 +104,17 @@ impl Vm {
         Self::spawn(dir, args, Stdio::piped())
     }
 
+    /// Cold-boots the default image (its vmlinux and initramfs, built on first use) with
+    /// `args`.
+    pub fn boot(dir: &Path, args: &[&str]) -> Vm {
+        Self::spawn(dir, &with_default_image(args), Stdio::null())
+    }
+
+    /// Like [`Vm::boot`], with the console's input on a pipe ([`Vm::type_console`]).
+    pub fn boot_with_input(dir: &Path, args: &[&str]) -> Vm {
+        Self::spawn(dir, &with_default_image(args), Stdio::piped())
+    }
+
     /// Types `text` on the guest console (the VMM's standard input).
     pub fn type_console(&mut self, text: &str) {
         let stdin = self.child.stdin.as_mut().expect("started with input");
@@ -100,7 +124,7 @@ impl Vm {
         stdin.flush().expect("flush");
     }
 
-    fn spawn(dir: &Path, args: &[&str], stdin: Stdio) -> Vm {
+    fn spawn<S: AsRef<std::ffi::OsStr>>(dir: &Path, args: &[S], stdin: Stdio) -> Vm {
         let sock = dir.join("api.sock");
         let console = dir.join("console.log");
         let log = dir.join("stderr.log");

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use owvmm_tests::{default_image, scratch, tail, Conn, Vm};
+use owvmm_tests::{scratch, tail, Conn, Vm};
 use serde_json::{json, Value};
 
 /// The guest program: reads commands from the console and writes to the agent channel.
@@ -61,23 +61,8 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 fn snapshot() -> &'static PathBuf {
     static S: OnceLock<PathBuf> = OnceLock::new();
     S.get_or_init(|| {
-        let (kdir, initrd) = default_image();
         let dir = scratch("limits-boot");
-        let kernel = kdir.join("vmlinux").display().to_string();
-        let initrd = initrd.display().to_string();
-        let mut vm = Vm::start(
-            &dir,
-            &[
-                "--kernel",
-                &kernel,
-                "--initrd",
-                &initrd,
-                "--exec",
-                CONTROLLER,
-                "--on-crash",
-                "exit",
-            ],
-        );
+        let mut vm = Vm::boot(&dir, &["--exec", CONTROLLER, "--on-crash", "exit"]);
         vm.wait_agent_ready(Duration::from_secs(1200));
         vm.wait_console("controller-ready", Duration::from_secs(300));
         assert_eq!(vm.call(json!({"cmd": "pause"}))["ok"], json!(true));

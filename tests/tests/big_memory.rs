@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use owvmm_tests::{
-    default_image, last_line, num, owtest_programs, run_to_end, scratch, wait_console_after,
-    wait_program, wait_recovery, Vm,
+    last_line, num, owtest_programs, run_to_end, scratch, wait_console_after, wait_program,
+    wait_recovery, Vm,
 };
 use serde_json::json;
 
@@ -24,19 +24,12 @@ fn a_guest_with_memory_above_4_gib_recovers_a_checksummed_program_twice() {
     assert_eq!(code, 0, "owvmm standby --mem 3200 failed: {err}");
     assert!(!out.trim().is_empty());
     let (st, _) = owtest_programs();
-    let (kdir, initrd) = default_image();
     let dir = scratch("above-4g");
     let add = format!("{}:/opt/owtest/owtest-static", st.display());
     let heap = format!("/opt/owtest/owtest-static heap {HEAP_MIB}");
-    let kernel = kdir.join("vmlinux").display().to_string();
-    let initrd = initrd.display().to_string();
-    let mut vm = Vm::start_with_input(
+    let mut vm = Vm::boot_with_input(
         &dir,
         &[
-            "--kernel",
-            &kernel,
-            "--initrd",
-            &initrd,
             "--mem",
             "3200",
             "--vcpus",

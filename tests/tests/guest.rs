@@ -72,15 +72,12 @@ fn booted() -> &'static Booted {
 
 /// Cold-boots the default image's vmlinux with 2 vCPUs and `extra` options.
 fn cold_boot(dir: &std::path::Path, extra: &[&str]) -> Vm {
-    let (kdir, initrd) = default_image();
-    let kernel = kdir.join("vmlinux").display().to_string();
-    let initrd = initrd.display().to_string();
-    let mut args = vec!["--kernel", &kernel, "--initrd", &initrd, "--vcpus", "2"];
+    let mut args = vec!["--vcpus", "2"];
     args.extend_from_slice(extra);
     if !extra.contains(&"--on-crash") {
         args.extend(["--on-crash", "exit"]);
     }
-    Vm::start(dir, &args)
+    Vm::boot(dir, &args)
 }
 
 fn boot_and_snapshot(attempt: u32) -> Result<Booted, String> {
@@ -395,15 +392,15 @@ fn a_panic_raised_inside_the_guest_is_detected() {
 
 #[test]
 fn a_bzimage_boots_through_its_64_bit_entry_and_powers_off() {
-    let (kdir, initrd) = default_image();
+    let (kdir, _) = default_image();
     let dir = scratch("bzimage");
+    // A kernel of one's own and no `--initrd`: the default initramfs (with the agent,
+    // which runs `--exec`) comes with it.
     let mut vm = Vm::start(
         &dir,
         &[
             "--kernel",
             &kdir.join("bzImage").display().to_string(),
-            "--initrd",
-            &initrd.display().to_string(),
             "--exec",
             "echo bzimage-boot-ok",
             "--on-crash",

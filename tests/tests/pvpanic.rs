@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use owvmm_tests::{default_image, scratch, tail, Vm};
+use owvmm_tests::{scratch, tail, Vm};
 use serde_json::json;
 
 /// Says whether the driver bound (its platform device is named after the ACPI id), then
@@ -18,19 +18,11 @@ const PANIC_FROM_INSIDE: &str = "echo pvpanic-bound: $(ls /sys/bus/platform/driv
      | grep -c QEMU0001); sleep 2; echo c > /proc/sysrq-trigger";
 
 #[test]
-#[ignore = "needs the default kernel with ACPI and the pvpanic driver (held back: guest-kernel/README.md, pvpanic)"]
 fn a_guest_panic_is_reported_through_pvpanic() {
-    let (kdir, initrd) = default_image();
     let dir = scratch("pvpanic");
-    let kernel = kdir.join("vmlinux").display().to_string();
-    let initrd = initrd.display().to_string();
-    let mut vm = Vm::start(
+    let mut vm = Vm::boot(
         &dir,
         &[
-            "--kernel",
-            &kernel,
-            "--initrd",
-            &initrd,
             "--vcpus",
             "2",
             "--exec",

@@ -41,7 +41,6 @@ fn fixture() -> &'static Fixture {
         // The standby first: the cold boot below then has both cores.
         standby_dir(2);
         let (st, dy) = owtest_programs();
-        let (kdir, initrd) = default_image();
         let dir = scratch("survivors");
         let mut adds = vec![
             format!("{}:/opt/owtest/owtest-static", st.display()),
@@ -52,18 +51,7 @@ fn fixture() -> &'static Fixture {
         }
         let heap = format!("/opt/owtest/owtest-static heap {HEAP_MIB}");
         let threads = format!("/opt/owtest/owtest-dyn threads {LOG}");
-        let kernel = kdir.join("vmlinux").display().to_string();
-        let initrd = initrd.display().to_string();
-        let mut args = vec![
-            "--kernel",
-            &kernel,
-            "--initrd",
-            &initrd,
-            "--vcpus",
-            "2",
-            "--on-crash",
-            "exit",
-        ];
+        let mut args = vec!["--vcpus", "2", "--on-crash", "exit"];
         for a in &adds {
             args.extend(["--add", a.as_str()]);
         }
@@ -77,7 +65,7 @@ fn fixture() -> &'static Fixture {
             "--exec",
             SYSRQ_READER,
         ]);
-        let mut vm = Vm::start(&dir, &args);
+        let mut vm = Vm::boot(&dir, &args);
         vm.wait_agent_ready(Duration::from_secs(1200));
         let pids = wait_console_after(&mut vm, 0, Duration::from_secs(900), "all programs", |c| {
             let h = last_line(c, "heap").filter(|l| num(l, "count") >= 2)?;

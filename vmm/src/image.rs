@@ -314,6 +314,12 @@ pub fn build_initramfs(agent: &Path) -> Result<PathBuf, ImageError> {
     Ok(out)
 }
 
+/// The default initramfs (busybox and the agent), without building the kernel: for a
+/// guest that brings its own kernel.
+pub fn default_initramfs() -> Result<PathBuf, ImageError> {
+    build_initramfs(&build_agent()?)
+}
+
 /// Builds (or finds) the whole default image.
 pub fn build(force: bool, agent: Option<&Path>) -> Result<Image, ImageError> {
     let kernel_dir = build_kernel(force)?;

@@ -242,7 +242,8 @@ fn build_config(a: RunArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
         .collect::<Result<Vec<_>, _>>()?;
     let (kernel, initrd) = match (&a.restore, a.guest.kernel.clone(), a.guest.initrd.clone()) {
         (Some(_), _, _) => (PathBuf::new(), None),
-        (None, Some(k), i) => (k, i),
+        (None, Some(k), Some(i)) => (k, Some(i)),
+        (None, Some(k), None) => (k, Some(crate::image::default_initramfs()?)),
         (None, None, i) => {
             let img = crate::image::build(false, None)?;
             (img.vmlinux, Some(i.unwrap_or(img.initramfs)))
@@ -313,9 +314,10 @@ fn standby(StandbyArgs { guest: a }: StandbyArgs) -> ExitCode {
     let spec = (|| -> Result<owvmm::standby::StandbySpec, Box<dyn std::error::Error>> {
         let (kernel, initrd) = match (a.kernel, a.initrd) {
             (Some(k), Some(i)) => (k, i),
-            (k, i) => {
+            (Some(k), None) => (k, crate::image::default_initramfs()?),
+            (None, i) => {
                 let img = crate::image::build(false, None)?;
-                (k.unwrap_or(img.vmlinux), i.unwrap_or(img.initramfs))
+                (img.vmlinux, i.unwrap_or(img.initramfs))
             }
         };
         Ok(owvmm::standby::StandbySpec {

@@ -377,7 +377,7 @@ fn inspect(
     // One kernel view serves the report and the manifest (the types were parsed once,
     // when the kernel was loaded).
     let kernel = owvmm_recovery::kernel::Kernel::new(&mem, &info.symbols, btf)
-        .map_err(|e| format!("kernel: {e}"));
+        .map_err(|e| format!("kernel: {}", crate::error_chain(&e)));
     let mut report = owvmm_recovery::Report::default();
     match &kernel {
         Ok(k) => owvmm_recovery::inspect::inspect_kernel(k, &mut report),
