@@ -157,11 +157,18 @@ fn steps(a: &DemoArgs) -> Result<(), DemoError> {
 
     eprintln!("\n== 3/6 cold boot: a program that counts, started by the agent at boot");
     eprintln!("   (guest kernel code is slow on this host's KVM; this takes a while)");
+    // The image built in step 1, named: the timed boot below builds nothing.
+    let kernel_s = img.vmlinux.display().to_string();
+    let initrd_s = img.initramfs.display().to_string();
     let t0 = Instant::now();
     let before = Counter::default();
     let child = spawn_watched(
         &[
             "run",
+            "--kernel",
+            &kernel_s,
+            "--initrd",
+            &initrd_s,
             "--api-sock",
             &sock_s,
             "--exec",

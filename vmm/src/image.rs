@@ -73,6 +73,9 @@ fn dpkg_version(pkg: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The Debian package with the kernel source.
+const SOURCE_PACKAGE: &str = "linux-source-6.1";
+
 /// The kernel cache key: the embedded inputs and the source package version.
 pub fn kernel_key() -> String {
     let mut h = Sha256::new();
@@ -84,7 +87,7 @@ pub fn kernel_key() -> String {
         h.update((data.len() as u64).to_le_bytes());
         h.update(data);
     }
-    h.update(dpkg_version("linux-source-6.1").unwrap_or_default());
+    h.update(dpkg_version(SOURCE_PACKAGE).unwrap_or_default());
     hex(&h.finalize())[..16].to_string()
 }
 
@@ -151,6 +154,11 @@ pub fn ensure_packages() -> Result<(), ImageError> {
 
 /// Builds the kernel (or finds it in the cache); returns its directory.
 pub fn build_kernel(force: bool) -> Result<PathBuf, ImageError> {
+    // The key names the source package's version: install it before reading it, or a
+    // first run would build under one key and look the kernel up under another.
+    if dpkg_version(SOURCE_PACKAGE).is_none() {
+        ensure_packages()?;
+    }
     let out = cache_dir()?.join(format!("kernel-{}", kernel_key()));
     if out.join("vmlinux").exists() && out.join("version").exists() && !force {
         return Ok(out);
