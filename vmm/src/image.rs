@@ -228,9 +228,8 @@ fn source_tree() -> Option<PathBuf> {
 pub fn build_agent() -> Result<PathBuf, ImageError> {
     let src = source_tree().ok_or(ImageError::NoAgent)?;
     let target = "x86_64-unknown-linux-gnu";
-    eprintln!("owvmm-image: building the static ow-agent");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
+    let mut child = Command::new(cargo)
         .args([
             "build",
             "--quiet",
@@ -245,8 +244,24 @@ pub fn build_agent() -> Result<PathBuf, ImageError> {
         // Every byte of the initramfs costs boot time here: no debug info in the agent.
         .env("CARGO_PROFILE_RELEASE_DEBUG", "0")
         .env("CARGO_PROFILE_RELEASE_STRIP", "true")
-        .status()
+        .spawn()
         .map_err(|e| ImageError::Spawn("cargo".into(), e))?;
+    // An agent that is up to date takes cargo a moment: say something only when it builds.
+    let started = std::time::Instant::now();
+    let mut said = false;
+    let status = loop {
+        if let Some(st) = child
+            .try_wait()
+            .map_err(|e| ImageError::Spawn("cargo".into(), e))?
+        {
+            break st;
+        }
+        if !said && started.elapsed() > std::time::Duration::from_secs(2) {
+            eprintln!("owvmm-image: building the static ow-agent");
+            said = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     if !status.success() {
         return Err(ImageError::AgentBuild(status.code().unwrap_or(-1)));
     }

@@ -242,8 +242,9 @@ fn build_config(a: RunArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
         .collect::<Result<Vec<_>, _>>()?;
     let (kernel, initrd) = match (&a.restore, a.guest.kernel.clone(), a.guest.initrd.clone()) {
         (Some(_), _, _) => (PathBuf::new(), None),
-        (None, Some(k), Some(i)) => (k, Some(i)),
-        (None, Some(k), None) => (k, Some(crate::image::default_initramfs()?)),
+        // Without `--initrd` the default initramfs is added by `run` once the arguments
+        // are checked.
+        (None, Some(k), i) => (k, i),
         (None, None, i) => {
             let img = crate::image::build(false, None)?;
             (img.vmlinux, Some(i.unwrap_or(img.initramfs)))
@@ -376,12 +377,26 @@ fn run(a: RunArgs) -> ExitCode {
     } else {
         ConsoleOut::Stdout
     };
-    let cfg = match build_config(a) {
+    let default_initrd =
+        a.restore.is_none() && a.guest.kernel.is_some() && a.guest.initrd.is_none();
+    let mut cfg = match build_config(a) {
         Ok(c) => c,
         Err(e) => return fail(EXIT_BAD_ARGS, e.as_ref()),
     };
     if let Err(e) = cfg.validate() {
         return fail(EXIT_BAD_ARGS, &e);
+    }
+    if default_initrd {
+        // A kernel of one's own with the default initramfs (busybox and the agent).
+        match crate::image::default_initramfs() {
+            Ok(i) => {
+                if let Some(s) = cfg.standby_auto.as_mut() {
+                    s.initrd = Some(i.clone());
+                }
+                cfg.boot.initrd = Some(i);
+            }
+            Err(e) => return fail(EXIT_VMM_ERROR, &e),
+        }
     }
     let vmm = match Vmm::new(&cfg, console) {
         Ok(v) => v,
