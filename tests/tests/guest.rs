@@ -218,11 +218,12 @@ fn console_input_reaches_a_program_reading_the_serial_port() {
     vm.wait_console("console-input: typed-through-com1", Duration::from_secs(60));
     // A pasted line far longer than the 64-byte FIFO arrives whole and in order: the rest
     // waits in the VMM until the guest has read the FIFO empty.
-    let long = "abcdefghijklmnopqrstuvwxyz0123456789".repeat(42);
+    let long = "abcdefghijklmnopqrstuvwxyz0123456789".repeat(8);
     vm.type_console(&format!("{long}-end\n"));
+    // Each byte is echoed by the guest's tty in emulated kernel code: slow under load.
     vm.wait_console(
         &format!("console-input: {long}-end"),
-        Duration::from_secs(120),
+        Duration::from_secs(600),
     );
     assert_eq!(vm.stop(), 5);
 }
