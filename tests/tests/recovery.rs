@@ -86,6 +86,13 @@ fn fixture() -> &'static Fixture {
     })
 }
 
+/// One recovery at a time: each resurrection is minutes of emulated kernel code here, and
+/// four at once on a two-core host stretch each past its time limits.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static M: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    M.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Restores the fixture with `--on-crash microreboot` (the standby comes from the cache).
 fn restore(name: &str) -> Vm {
     let f = fixture();
@@ -169,6 +176,7 @@ fn crash_and_check(vm: &mut Vm, ev: &mut Conn, how: &str, round: usize) {
 
 #[test]
 fn programs_survive_ctl_crash_with_pid_memory_threads_files_and_eintr() {
+    let _one = one_at_a_time();
     let mut vm = restore("survive-ctl");
     let mut ev = vm.events();
     ev.wait_event("heartbeat", Duration::from_secs(60));
@@ -186,6 +194,7 @@ fn programs_survive_ctl_crash_with_pid_memory_threads_files_and_eintr() {
 
 #[test]
 fn programs_survive_three_crashes_in_a_row() {
+    let _one = one_at_a_time();
     let mut vm = restore("survive-three");
     let mut ev = vm.events();
     ev.wait_event("heartbeat", Duration::from_secs(60));
@@ -200,6 +209,7 @@ fn programs_survive_three_crashes_in_a_row() {
 
 #[test]
 fn programs_survive_a_panic_raised_inside_the_guest() {
+    let _one = one_at_a_time();
     let mut vm = restore("survive-sysrq");
     let mut ev = vm.events();
     ev.wait_event("heartbeat", Duration::from_secs(60));
@@ -217,6 +227,7 @@ fn programs_survive_a_panic_raised_inside_the_guest() {
 
 #[test]
 fn a_crash_of_the_crash_kernel_during_recovery_is_reported_and_the_vmm_stays_up() {
+    let _one = one_at_a_time();
     let mut vm = restore("crash-in-recovery");
     let mut ev = vm.events();
     ev.wait_event("heartbeat", Duration::from_secs(60));
@@ -258,6 +269,7 @@ fn victim(line: &str, key: &str) -> u64 {
 
 #[test]
 fn a_dead_kernel_with_corrupted_structures_costs_only_the_processes_it_corrupted() {
+    let _one = one_at_a_time();
     use owvmm_recovery::{btf::Btf, symbols::SymbolTable};
     let mut vm = restore("hostile");
     let mut ev = vm.events();
