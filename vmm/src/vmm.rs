@@ -81,6 +81,9 @@ pub enum VmmError {
     /// A disk image could not be opened.
     #[error("disk set-up failed")]
     Disk(#[from] crate::devices::virtio::block::DiskError),
+    /// Snapshots do not hold virtio state yet: a VM with disks cannot be snapshotted.
+    #[error("a VM with --disk cannot be snapshotted yet (snapshots hold no virtio device state)")]
+    SnapshotWithDisks,
     /// A serial port could not be restored.
     #[error("serial port set-up failed")]
     Serial(#[from] crate::devices::serial::SerialError),
@@ -760,6 +763,9 @@ impl Vmm {
     }
 
     fn take_snapshot(&mut self, dir: &std::path::Path) -> Result<Value, VmmError> {
+        if !self.virtio.is_empty() {
+            return Err(VmmError::SnapshotWithDisks);
+        }
         let t0 = Instant::now();
         let was_running = self.state == State::Running;
         if was_running {

@@ -1,5 +1,5 @@
 //! virtio-blk on a raw image file: requests IN, OUT, FLUSH and GET_ID (everything else is
-//! UNSUPP), one queue, served on an I/O thread of the device's own (`owvmm-blkN`) that runs
+//! UNSUPP), one queue, served on an I/O thread of the device's own (`owvmm-diskN`) that runs
 //! an event-manager loop over the queue's notifier (a KVM ioeventfd) and a stop eventfd:
 //! no disk I/O runs on a vCPU thread or on the VMM's main loop.
 
