@@ -264,3 +264,20 @@ fn served_on_its_own_thread_through_the_transport() {
     assert!(!t.is_active());
     let _ = std::fs::remove_file(second);
 }
+
+#[test]
+fn event_index_decides_the_interrupt() {
+    let s = setup("evidx", false);
+    harness::write_header(&s.mem, HDR, VIRTIO_BLK_T_IN, 0).expect("hdr");
+    let used_event = GuestAddress(harness::AVAIL + 4 + 2 * u64::from(harness::SIZE));
+    let mut bounce = vec![0u8; BOUNCE_SIZE];
+    for (event, want) in [(0u16, true), (5, false)] {
+        let mut q = harness::queue(&s.mem, &chain(WRITE, 512), &[0], true).expect("queue");
+        s.mem.write_obj(event, used_event).expect("used_event");
+        s.mem
+            .write_obj(0u16, GuestAddress(harness::USED + 2))
+            .expect("used idx");
+        let notify = process_queue(&mut q, &s.mem, &s.disk, &mut bounce).expect("queue");
+        assert_eq!(notify, want, "used_event {event}");
+    }
+}
