@@ -11,7 +11,7 @@
 //! buffer area (headers, data).
 //!
 //! Nothing may panic or hang; a queue served without error used at most as many chains
-//! as were made available, each with a used length no larger than the chain can hold.
+//! as were made available.
 //!
 //! Built with `--features libfuzzer` under `cargo fuzz` it is a libFuzzer target; otherwise
 //! it is a plain program that runs each file named on its command line (or stdin) once.
@@ -91,23 +91,14 @@ fn run_one(data: &[u8]) {
     let disk = if flags & 1 != 0 { ro } else { rw };
     let mut bounce = vec![0u8; BOUNCE_SIZE];
     if process_queue(&mut queue, &mem, disk, &mut bounce).is_ok() {
+        // The used index is written last, after each chain; the used elements are not
+        // checked: a driver may point a later request's buffers at the used ring itself.
         let (idx, _, _) = harness::used(&mem, 0).expect("used ring readable");
         assert!(
             usize::from(idx) <= heads.len(),
             "{idx} used of {}",
             heads.len()
         );
-        for i in 0..idx {
-            let (_, id, len) = harness::used(&mem, i).expect("used element");
-            assert!(id < u32::from(SIZE), "used id {id}");
-            // A chain is at most SIZE descriptors of at most 2^32 - 1 bytes, and far less
-            // in this memory: nothing written can exceed the whole of guest memory times
-            // the descriptors that may repeat in a loop.
-            assert!(
-                u64::from(len) <= mem_size * u64::from(SIZE),
-                "used len {len}"
-            );
-        }
     }
 }
 
