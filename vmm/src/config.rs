@@ -81,6 +81,92 @@ pub struct AddFile {
     pub guest: String,
 }
 
+/// A disk image attached as virtio-blk (`--disk HOST_IMAGE:GUEST_DIR[:ro]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The raw image on the host.
+    pub host: PathBuf,
+    /// Where the agent mounts it in the guest (absolute).
+    pub guest_dir: String,
+    /// Attached read-only (`VIRTIO_BLK_F_RO`, writes refused).
+    pub read_only: bool,
+}
+
+/// Longest `GUEST_DIR` accepted (it goes on the kernel command line).
+pub const GUEST_DIR_MAX: usize = 256;
+
+/// Parses `HOST_IMAGE:GUEST_DIR[:ro]`.
+pub fn parse_disk(s: &str) -> Result<DiskConfig, ConfigError> {
+    let (rest, read_only) = match s.strip_suffix(":ro") {
+        Some(r) => (r, true),
+        None => (s, false),
+    };
+    let (host, guest) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| ConfigError::DiskSyntax(s.into()))?;
+    if host.is_empty() || guest.is_empty() {
+        return Err(ConfigError::DiskSyntax(s.into()));
+    }
+    if !guest.starts_with('/') {
+        return Err(ConfigError::DiskGuestDir(s.into(), "not an absolute path"));
+    }
+    if guest.len() > GUEST_DIR_MAX {
+        return Err(ConfigError::DiskGuestDir(s.into(), "longer than 256 bytes"));
+    }
+    // It travels on the kernel command line: one word, no quotes or separators.
+    if guest
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | ',' | ':'))
+    {
+        return Err(ConfigError::DiskGuestDir(
+            s.into(),
+            "has a space, control character, quote, comma or colon",
+        ));
+    }
+    if guest.split('/').any(|c| c == "..") {
+        return Err(ConfigError::DiskGuestDir(s.into(), "has a .. component"));
+    }
+    Ok(DiskConfig {
+        host: host.into(),
+        guest_dir: guest.into(),
+        read_only,
+    })
+}
+
+/// Parses every `--disk` argument.
+pub fn parse_disks(args: &[String]) -> Result<Vec<DiskConfig>, ConfigError> {
+    args.iter().map(|s| parse_disk(s)).collect()
+}
+
+/// The kernel command-line options for `disks`: for the `i`-th disk the virtio-mmio
+/// device (`virtio_mmio.device=4K@ADDR:IRQ`) and `owvmm.disk=diskI:GUEST_DIR[:ro]` for the
+/// agent, where `diskI` is also the device's serial (`VIRTIO_BLK_T_GET_ID`, readable in
+/// the guest as `/sys/block/vdX/serial`).
+pub fn disk_cmdline(disks: &[DiskConfig]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, d) in disks.iter().enumerate() {
+        let Some((base, irq)) = crate::devices::virtio::slot(i) else {
+            break;
+        };
+        out.push(crate::devices::virtio::cmdline_option(base, irq));
+        let ro = if d.read_only { ":ro" } else { "" };
+        out.push(format!("owvmm.disk={}:{}{ro}", disk_id(i), d.guest_dir));
+    }
+    out
+}
+
+/// The serial of the `i`-th disk.
+pub fn disk_id(i: usize) -> String {
+    format!("disk{i}")
+}
+
+/// `cmdline` with the disks' options appended.
+pub fn with_disks(cmdline: &str, disks: &[DiskConfig]) -> String {
+    let mut words: Vec<String> = cmdline.split_whitespace().map(String::from).collect();
+    words.extend(disk_cmdline(disks));
+    words.join(" ")
+}
+
 /// Everything `owvmm run` needs.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -94,6 +180,8 @@ pub struct VmConfig {
     pub add: Vec<AddFile>,
     /// Commands the agent starts at boot.
     pub exec: Vec<String>,
+    /// Disk images attached as virtio-blk, in device order.
+    pub disks: Vec<DiskConfig>,
     /// Snapshot to resume instead of booting.
     pub restore: Option<PathBuf>,
     /// Seconds without an agent heartbeat, while running, that count as a hang (0: never).
@@ -142,6 +230,24 @@ pub enum ConfigError {
     /// An `--add` argument is malformed.
     #[error("--add {0:?}: expected HOST:GUEST with an absolute guest path")]
     AddSyntax(String),
+    /// A `--disk` argument is malformed.
+    #[error("--disk {0:?}: expected HOST_IMAGE:GUEST_DIR or HOST_IMAGE:GUEST_DIR:ro")]
+    DiskSyntax(String),
+    /// A `--disk` GUEST_DIR is refused.
+    #[error("--disk {0:?}: GUEST_DIR {1}")]
+    DiskGuestDir(String, &'static str),
+    /// More disks than virtio-mmio slots.
+    #[error("{0} --disk options: owvmm attaches at most {max}", max = crate::devices::virtio::MAX_DEVICES)]
+    TooManyDisks(usize),
+    /// Two disks to be mounted at the same guest directory.
+    #[error("--disk: two disks for GUEST_DIR {0}")]
+    DiskDirTwice(String),
+    /// A disk image cannot be used.
+    #[error("--disk {0} refused")]
+    Disk(PathBuf, #[source] crate::devices::virtio::block::DiskError),
+    /// `--disk` with `--restore`: virtio state is not in snapshots.
+    #[error("--disk cannot be used with --restore (snapshots do not hold virtio device state)")]
+    DiskWithRestore,
     /// An `--exec` command is empty or has a newline.
     #[error("--exec {0:?}: a command must be one non-empty line")]
     Exec(String),
@@ -192,6 +298,31 @@ fn file_size(what: &'static str, path: &Path) -> Result<u64, ConfigError> {
 }
 
 impl VmConfig {
+    /// Checks the disks: count, distinct guest directories, and every image opened and
+    /// locked the way the VM will (all at once, so one image named twice is refused as
+    /// in use). The images are closed again; the VM opens them anew.
+    fn check_disks(&self) -> Result<(), ConfigError> {
+        if self.disks.is_empty() {
+            return Ok(());
+        }
+        if self.restore.is_some() {
+            return Err(ConfigError::DiskWithRestore);
+        }
+        if self.disks.len() > crate::devices::virtio::MAX_DEVICES {
+            return Err(ConfigError::TooManyDisks(self.disks.len()));
+        }
+        let mut open = Vec::new();
+        for (i, d) in self.disks.iter().enumerate() {
+            if self.disks[..i].iter().any(|o| o.guest_dir == d.guest_dir) {
+                return Err(ConfigError::DiskDirTwice(d.guest_dir.clone()));
+            }
+            let disk = crate::devices::virtio::block::Disk::open(&d.host, d.read_only, &disk_id(i))
+                .map_err(|e| ConfigError::Disk(d.host.clone(), e))?;
+            open.push(disk);
+        }
+        Ok(())
+    }
+
     /// Checks everything that can be checked before starting.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for cmd in &self.exec {
@@ -202,6 +333,7 @@ impl VmConfig {
         for a in &self.add {
             file_size("--add file", &a.host)?;
         }
+        self.check_disks()?;
         if self.on_crash == crate::crash::OnCrash::Microreboot
             && self.standby.is_none()
             && self.standby_auto.is_none()
@@ -293,6 +425,7 @@ mod tests {
             api_sock: None,
             add: vec![],
             exec: vec![],
+            disks: vec![],
             restore: None,
             hang_timeout_s: 0,
             on_crash: crate::crash::OnCrash::Exit,
@@ -358,6 +491,94 @@ mod tests {
         c.machine.mem_mib = 128;
         c.machine.vcpus = 65;
         assert!(matches!(c.validate(), Err(ConfigError::Vcpus(65))));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn disk_syntax() {
+        let d = parse_disk("/img/a.raw:/data").expect("ok");
+        assert_eq!(
+            d,
+            DiskConfig {
+                host: "/img/a.raw".into(),
+                guest_dir: "/data".into(),
+                read_only: false
+            }
+        );
+        let d = parse_disk("rel/a:b.raw:/mnt/x:ro").expect("colon in host");
+        assert_eq!(d.host, PathBuf::from("rel/a:b.raw"));
+        assert!(d.read_only);
+        for bad in ["nocolon", ":/data", "/img:", "/img::ro"] {
+            assert!(
+                matches!(parse_disk(bad), Err(ConfigError::DiskSyntax(_))),
+                "{bad}"
+            );
+        }
+        for bad in [
+            "/img:data",
+            "/img:data:ro",
+            "/img:/da ta",
+            "/img:/a,b",
+            "/img:/a/../b",
+            "/img:/a\"x",
+        ] {
+            let e = parse_disk(bad).expect_err(bad);
+            assert!(matches!(e, ConfigError::DiskGuestDir(..)), "{bad}: {e}");
+        }
+        let e = parse_disk("/img:data").expect_err("relative");
+        assert_eq!(
+            e.to_string(),
+            "--disk \"/img:data\": GUEST_DIR not an absolute path"
+        );
+    }
+
+    #[test]
+    fn disks_on_the_command_line() {
+        let disks = [
+            parse_disk("/a:/data").expect("ok"),
+            parse_disk("/b:/srv/ro:ro").expect("ok"),
+        ];
+        assert_eq!(
+            with_disks("console=ttyS0  quiet", &disks),
+            "console=ttyS0 quiet virtio_mmio.device=4K@0xd0000000:5 owvmm.disk=disk0:/data \
+             virtio_mmio.device=4K@0xd0001000:6 owvmm.disk=disk1:/srv/ro:ro"
+        );
+        assert_eq!(with_disks("quiet", &[]), "quiet");
+    }
+
+    #[test]
+    fn refuses_bad_disks_before_starting() {
+        let dir = std::env::temp_dir().join(format!("owvmm-cfg-disk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let img = dir.join("a.raw");
+        std::fs::write(&img, vec![0u8; 4096]).expect("image");
+        let mut c = base();
+        c.disks = vec![parse_disk("/nonexistent/a.raw:/data").expect("syntax")];
+        let e = c.validate().expect_err("missing image");
+        assert!(matches!(e, ConfigError::Disk(..)), "{e}");
+        assert!(crate::error_chain(&e).contains("cannot be opened"), "{e}");
+        // The same image twice: the second is in use.
+        c.disks = vec![
+            parse_disk(&format!("{}:/a", img.display())).expect("syntax"),
+            parse_disk(&format!("{}:/b:ro", img.display())).expect("syntax"),
+        ];
+        let e = c.validate().expect_err("twice");
+        assert!(
+            crate::error_chain(&e).contains("in use by another process"),
+            "{e}"
+        );
+        c.disks[1].guest_dir = "/a".into();
+        assert!(matches!(c.validate(), Err(ConfigError::DiskDirTwice(_))));
+        // Held by someone else (another owvmm): refused.
+        let held = crate::devices::virtio::block::Disk::open(&img, false, "other").expect("lock");
+        c.disks = vec![parse_disk(&format!("{}:/a:ro", img.display())).expect("syntax")];
+        assert!(crate::error_chain(&c.validate().expect_err("locked")).contains("in use"));
+        drop(held);
+        c.disks = vec![c.disks[0].clone(); 8];
+        assert!(matches!(c.validate(), Err(ConfigError::TooManyDisks(8))));
+        c.disks.truncate(1);
+        c.restore = Some(dir.clone());
+        assert!(matches!(c.validate(), Err(ConfigError::DiskWithRestore)));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

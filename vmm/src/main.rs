@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use owvmm::api::client::Client;
-use owvmm::config::{parse_add, BootConfig, MachineConfig, VmConfig};
+use owvmm::config::{parse_add, parse_disks, BootConfig, MachineConfig, VmConfig};
 use owvmm::error_chain;
 use owvmm::vmm::{ConsoleOut, Vmm};
 use serde_json::json;
@@ -92,8 +92,13 @@ struct RunArgs {
     /// powers off when all commands have exited; without, you get a shell.
     #[arg(long = "exec", value_name = "CMD")]
     exec: Vec<String>,
+    /// Attach a raw disk image as virtio-blk: HOST_IMAGE:GUEST_DIR[:ro] (GUEST_DIR absolute,
+    /// where the guest is to mount it; `:ro` attaches it read-only; repeatable, at most 7).
+    /// The image is locked while the VM runs: one in use by another owvmm is refused
+    #[arg(long = "disk", value_name = "HOST_IMAGE:GUEST_DIR[:ro]")]
+    disk: Vec<String>,
     /// Resume a snapshot written by `owvmm ctl snapshot` instead of booting
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "cmdline", "add", "exec"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "cmdline", "add", "exec", "disk"])]
     restore: Option<PathBuf>,
     /// Count as a guest hang (a crash) this many seconds without an agent heartbeat while
     /// running (0: never)
@@ -240,6 +245,7 @@ fn build_config(a: RunArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
         .iter()
         .map(|s| parse_add(s))
         .collect::<Result<Vec<_>, _>>()?;
+    let disks = parse_disks(&a.disk)?;
     let (kernel, initrd) = match (&a.restore, a.guest.kernel.clone(), a.guest.initrd.clone()) {
         (Some(_), _, _) => (PathBuf::new(), None),
         // Without `--initrd` the default initramfs is added by `run` once the arguments
@@ -273,6 +279,7 @@ fn build_config(a: RunArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
         api_sock: a.api_sock,
         add,
         exec: a.exec,
+        disks,
         restore: a.restore,
         hang_timeout_s: a.hang_timeout,
         on_crash: a.on_crash,
@@ -362,7 +369,11 @@ fn print_cmdline(a: &RunArgs) -> ExitCode {
                 eprintln!("owvmm: added for kvm_pvm: {opt} -- {why}");
             }
         }
-        host_quirks::adjust_cmdline(host, &base)
+        let disks = match parse_disks(&a.disk) {
+            Ok(d) => d,
+            Err(e) => return fail(EXIT_BAD_ARGS, &e),
+        };
+        owvmm::config::with_disks(&host_quirks::adjust_cmdline(host, &base), &disks)
     };
     let _ = writeln!(std::io::stdout(), "{line}");
     ExitCode::SUCCESS

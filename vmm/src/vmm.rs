@@ -25,10 +25,12 @@ use crate::arch::{acpi, boot, mptable, regs};
 use crate::config::VmConfig;
 use crate::crash::{ConsoleTail, CrashCause, OnCrash, PanicSource, TeeConsole};
 use crate::devices::acpi_pm::{AcpiPm, PM_BASE, PM_PORTS};
-use crate::devices::bus::{lock, PioBus};
+use crate::devices::bus::{lock, MmioBus, PioBus};
 use crate::devices::i8042::I8042;
 use crate::devices::pvpanic::{PvPanic, PvPanicState, PVPANIC_PORT};
 use crate::devices::serial::{SerialInput, SerialOut, SerialPort};
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::events::EventBus;
 use crate::host_quirks::{self, HostKvm};
 use crate::snapshot::{self, MachineInfo, SnapshotState};
@@ -73,6 +75,15 @@ pub enum VmmError {
     /// Device set-up failed.
     #[error("device set-up failed")]
     Bus(#[from] crate::devices::bus::BusError),
+    /// A virtio device could not be made.
+    #[error("virtio device set-up failed")]
+    Virtio(#[from] crate::devices::virtio::VirtioError),
+    /// A disk image could not be opened.
+    #[error("disk set-up failed")]
+    Disk(#[from] crate::devices::virtio::block::DiskError),
+    /// Snapshots do not hold virtio state yet: a VM with disks cannot be snapshotted.
+    #[error("a VM with --disk cannot be snapshotted yet (snapshots hold no virtio device state)")]
+    SnapshotWithDisks,
     /// A serial port could not be restored.
     #[error("serial port set-up failed")]
     Serial(#[from] crate::devices::serial::SerialError),
@@ -184,6 +195,8 @@ pub struct Vmm {
     vcpus: Vec<VcpuHandle>,
     com1: Arc<Mutex<SerialPort>>,
     com2: Arc<Mutex<SerialPort>>,
+    /// The virtio-mmio devices (disks); reset when a microreboot swaps the memory.
+    virtio: Vec<Arc<Mutex<MmioTransport>>>,
     agent: Arc<Mutex<AgentState>>,
     /// Console input waiting for room in COM1's FIFO (its own subscriber; fed from stdin).
     console_in: Arc<Mutex<SerialInput>>,
@@ -263,6 +276,9 @@ fn eventfd(what: &'static str) -> Result<EventFd, VmmError> {
 
 struct Devices {
     bus: PioBus,
+    mmio: MmioBus,
+    /// The virtio-mmio transports (the disks), in device order.
+    virtio: Vec<Arc<Mutex<MmioTransport>>>,
     com1: Arc<Mutex<SerialPort>>,
     com2: Arc<Mutex<SerialPort>>,
     /// Bytes waiting for COM1's / COM2's input FIFO.
@@ -279,6 +295,40 @@ fn console_writer(out: ConsoleOut, tail: ConsoleTail) -> SerialOut {
         ConsoleOut::Null => Box::new(std::io::sink()),
     };
     Box::new(TeeConsole { out, tail })
+}
+
+/// The virtio-blk devices of `disks`, each on its MMIO window with an irqfd for its
+/// interrupt and an ioeventfd for its queue's QueueNotify.
+fn make_disks(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    disks: &[crate::config::DiskConfig],
+    mmio: &mut MmioBus,
+) -> Result<Vec<Arc<Mutex<MmioTransport>>>, VmmError> {
+    use crate::devices::virtio::{slot, VirtioError};
+    use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
+    let mut out = Vec::new();
+    for (i, d) in disks.iter().enumerate() {
+        let (base, irq) = slot(i).ok_or(crate::devices::bus::BusError::Overlap {
+            base: crate::devices::virtio::MMIO_BASE,
+            len: crate::devices::virtio::MMIO_SIZE,
+        })?;
+        let id = crate::config::disk_id(i);
+        let disk = crate::devices::virtio::block::Disk::open(&d.host, d.read_only, &id)?;
+        let irqfd = eventfd("virtio irqfd")?;
+        vm.register_irqfd(&irqfd, irq)
+            .map_err(|e| VirtioError::Kvm("IRQFD", e))?;
+        let t = MmioTransport::new(Box::new(Block::new(disk, &id)), mem.clone(), irqfd)?;
+        for (q, evt) in (0u32..).zip(t.notifiers()) {
+            let addr = kvm_ioctls::IoEventAddress::Mmio(base + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY));
+            vm.register_ioevent(evt, &addr, q)
+                .map_err(|e| VirtioError::Kvm("IOEVENTFD", e))?;
+        }
+        let t = Arc::new(Mutex::new(t));
+        mmio.insert(base, crate::devices::virtio::MMIO_SIZE, t.clone())?;
+        out.push(t);
+    }
+    Ok(out)
 }
 
 fn make_devices(
@@ -334,6 +384,8 @@ fn make_devices(
     let [room1, room2] = room;
     Ok(Devices {
         bus,
+        mmio: MmioBus::default(),
+        virtio: Vec::new(),
         console_in: Arc::new(Mutex::new(SerialInput::new(
             com1.clone(),
             room1,
@@ -445,7 +497,8 @@ impl Vmm {
             let mem_bytes = cfg.machine.mem_bytes()?;
             let mem = crate::memory::anonymous(mem_bytes)?;
             let vm = kvm.create_vm(&mem)?;
-            let devices = make_devices(&vm, console, console_tail.clone(), link, None)?;
+            let mut devices = make_devices(&vm, console, console_tail.clone(), link, None)?;
+            devices.virtio = make_disks(&vm, &mem, &cfg.disks, &mut devices.mmio)?;
             let kernel = boot::load_kernel(&mem, &cfg.boot.kernel)?;
             let initrd = match &cfg.boot.initrd {
                 Some(p) => {
@@ -462,7 +515,10 @@ impl Vmm {
                 }
                 None => None,
             };
-            let cmdline = host_quirks::adjust_cmdline(host, &cfg.boot.cmdline);
+            let cmdline = crate::config::with_disks(
+                &host_quirks::adjust_cmdline(host, &cfg.boot.cmdline),
+                &cfg.disks,
+            );
             let c = boot::make_cmdline(&cmdline)?;
             // ACPI (MADT, and the DSDT naming the pvpanic device) for kernels with ACPI;
             // the MP table for kernels without.
@@ -492,13 +548,14 @@ impl Vmm {
         };
 
         let bus = Arc::new(devices.bus);
+        let mmio = Arc::new(devices.mmio);
         let mut vcpus = Vec::new();
         for (i, (fd, cpuid)) in fds.into_iter().enumerate() {
             let id = u8::try_from(i).unwrap_or(u8::MAX);
             let evt = vcpu_evt
                 .try_clone()
                 .map_err(|e| VmmError::Host("vCPU eventfd", e))?;
-            let v = Vcpu::new(id, fd, cpuid, bus.clone(), vtx.clone(), evt);
+            let v = Vcpu::new(id, fd, cpuid, bus.clone(), mmio.clone(), vtx.clone(), evt);
             vcpus.push(v.start(false)?);
         }
 
@@ -542,6 +599,7 @@ impl Vmm {
             vcpus,
             com1: devices.com1,
             com2: devices.com2,
+            virtio: devices.virtio,
             agent,
             console_in: devices.console_in,
             agent_in: devices.agent_in,
@@ -705,6 +763,9 @@ impl Vmm {
     }
 
     fn take_snapshot(&mut self, dir: &std::path::Path) -> Result<Value, VmmError> {
+        if !self.virtio.is_empty() {
+            return Err(VmmError::SnapshotWithDisks);
+        }
         let t0 = Instant::now();
         let was_running = self.state == State::Running;
         if was_running {

@@ -34,19 +34,9 @@ fn run_one(data: &[u8]) {
 libfuzzer_sys::fuzz_target!(|data: &[u8]| run_one(data));
 
 #[cfg(not(all(fuzzing, feature = "libfuzzer")))]
+mod replay;
+
+#[cfg(not(all(fuzzing, feature = "libfuzzer")))]
 fn main() {
-    use std::io::Read as _;
-    let files: Vec<String> = std::env::args().skip(1).collect();
-    if files.is_empty() {
-        let mut data = Vec::new();
-        if std::io::stdin().read_to_end(&mut data).is_ok() {
-            run_one(&data);
-        }
-    }
-    for f in files {
-        match std::fs::read(&f) {
-            Ok(data) => run_one(&data),
-            Err(e) => eprintln!("{f}: {e}"),
-        }
-    }
+    replay::main(run_one);
 }

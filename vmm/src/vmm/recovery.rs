@@ -733,6 +733,11 @@ impl Vmm {
         crate::vstate::vm::set_memory(&self.vm, &self.mem, false).map_err(RecoveryError::Vm)?;
         crate::vstate::vm::set_memory(&self.vm, &new_mem, true).map_err(RecoveryError::Vm)?;
         let old = std::mem::replace(&mut self.mem, new_mem);
+        // The crash kernel does not know the old kernel's virtio devices: stop them (their
+        // I/O threads let go of the old memory) and hand them the new memory.
+        for t in &self.virtio {
+            lock(t).reset_with_memory(self.mem.clone());
+        }
         set_slots(&self.vm, &old, WINDOW_FIRST_SLOT, window_base, true, true)
             .map_err(RecoveryError::Vm)?;
         self.recovery.old_world = Some(old);

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::devices::bus::PioBus;
+use crate::devices::bus::{MmioBus, PioBus};
 
 /// Errors of the vCPU layer.
 #[derive(Debug, thiserror::Error)]
@@ -335,6 +335,7 @@ pub struct Vcpu {
     /// The CPUID set on this vCPU (at boot, or by the last restore).
     cpuid: Vec<kvm_cpuid_entry2>,
     bus: Arc<PioBus>,
+    mmio: Arc<MmioBus>,
     events: Sender<VcpuEvent>,
     events_evt: EventFd,
 }
@@ -358,6 +359,7 @@ impl Vcpu {
         fd: VcpuFd,
         cpuid: Vec<kvm_cpuid_entry2>,
         bus: Arc<PioBus>,
+        mmio: Arc<MmioBus>,
         events: Sender<VcpuEvent>,
         events_evt: EventFd,
     ) -> Self {
@@ -366,6 +368,7 @@ impl Vcpu {
             fd,
             cpuid,
             bus,
+            mmio,
             events,
             events_evt,
         }
@@ -594,11 +597,15 @@ impl Vcpu {
                 self.bus.write(port, data);
                 None
             }
-            Ok(VcpuExit::MmioRead(_, data)) => {
-                data.fill(0xff);
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                self.mmio.read(addr, data);
                 None
             }
-            Ok(VcpuExit::MmioWrite(..)) | Ok(VcpuExit::IrqWindowOpen) | Ok(VcpuExit::Hlt) => None,
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                self.mmio.write(addr, data);
+                None
+            }
+            Ok(VcpuExit::IrqWindowOpen) | Ok(VcpuExit::Hlt) => None,
             Ok(VcpuExit::Shutdown) => return Some(VcpuEvent::Shutdown(self.id)),
             Ok(VcpuExit::InternalError) => {
                 let run = self.fd.get_kvm_run();
@@ -970,6 +977,7 @@ mod tests {
             fd,
             booted_cpuid.clone(),
             Arc::new(PioBus::default()),
+            Arc::new(MmioBus::default()),
             etx,
             evt,
         );
