@@ -15,7 +15,8 @@ use serde_json::json;
 /// Says whether the driver bound (its platform device is named after the ACPI id), then
 /// panics the kernel from inside. (`printf` builds the marker, so the agent's `started`
 /// line, which repeats the command, does not contain it.)
-const PANIC_FROM_INSIDE: &str = "printf 'pvpanic-%s: %s\\n' bound $(ls /sys/bus/platform/drivers/pvpanic-mmio/ \
+const PANIC_FROM_INSIDE: &str =
+    "printf 'pvpanic-%s: %s\\n' bound $(ls /sys/bus/platform/drivers/pvpanic-mmio/ \
      | grep -c QEMU0001); sleep 2; echo c > /proc/sysrq-trigger";
 
 #[test]
