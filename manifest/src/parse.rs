@@ -501,10 +501,11 @@ impl Parser {
     }
 
     fn start_process(&mut self, n: usize, rest: &str) {
-        let mut b = ProcBuilder {
+        let (pid, comm, errors) = block_head(n, rest);
+        let b = ProcBuilder {
             line: n,
-            pid: 0,
-            comm: Vec::new(),
+            pid,
+            comm,
             exe: None,
             cwd: None,
             mm: None,
@@ -513,23 +514,17 @@ impl Parser {
             fds: Vec::new(),
             sigs: Vec::new(),
             threads: Vec::new(),
-            errors: Vec::new(),
+            errors,
         };
-        match pid_and_name(rest) {
-            Ok((pid, comm)) => {
-                b.pid = pid;
-                b.comm = comm;
-            }
-            Err(kind) => b.errors.push(ParseError { line: n, kind }),
-        }
         self.state = State::Process(Box::new(b));
     }
 
     fn start_exec(&mut self, n: usize, rest: &str) {
-        let mut b = ExecBuilder {
+        let (pid, comm, errors) = block_head(n, rest);
+        let b = ExecBuilder {
             line: n,
-            pid: 0,
-            comm: Vec::new(),
+            pid,
+            comm,
             path: None,
             cwd: None,
             argv: Vec::new(),
@@ -539,15 +534,8 @@ impl Parser {
             fds: Vec::new(),
             sigs: Vec::new(),
             sigmask: None,
-            errors: Vec::new(),
+            errors,
         };
-        match pid_and_name(rest) {
-            Ok((pid, comm)) => {
-                b.pid = pid;
-                b.comm = comm;
-            }
-            Err(kind) => b.errors.push(ParseError { line: n, kind }),
-        }
         self.state = State::Exec(Box::new(b));
     }
 
@@ -604,19 +592,8 @@ impl ProcBuilder {
             }
         }
         match kind {
-            "exe" | "cwd" => {
-                let (_, path) = fields(rest, 0, Tail::Required)?;
-                let path = abs_path(path.unwrap_or(""))?;
-                let (slot, record) = if kind == "exe" {
-                    (&mut self.exe, "exe")
-                } else {
-                    (&mut self.cwd, "cwd")
-                };
-                if slot.is_some() {
-                    return Err(ErrorKind::Second { record });
-                }
-                *slot = Some(path);
-            }
+            "exe" => once_path(&mut self.exe, "exe", rest)?,
+            "cwd" => once_path(&mut self.cwd, "cwd", rest)?,
             "mm" => {
                 let (f, _) = fields(rest, 11, Tail::None)?;
                 let mut v = [0u64; 11];
@@ -757,10 +734,29 @@ impl ProcBuilder {
     }
 }
 
-/// `<pid> [name]` of a `process` or `exec` line.
-fn pid_and_name(rest: &str) -> Result<(u32, Vec<u8>), ErrorKind> {
-    let (f, name) = fields(rest, 1, Tail::Optional)?;
-    Ok((pid(f[0], "pid")?, unescape(name.unwrap_or(""))?))
+/// The absolute path of a record that may appear once (`exe`, `cwd`, `path`).
+fn once_path(
+    slot: &mut Option<Vec<u8>>,
+    record: &'static str,
+    rest: &str,
+) -> Result<(), ErrorKind> {
+    let (_, path) = fields(rest, 0, Tail::Required)?;
+    let path = abs_path(path.unwrap_or(""))?;
+    if slot.is_some() {
+        return Err(ErrorKind::Second { record });
+    }
+    *slot = Some(path);
+    Ok(())
+}
+
+/// `<pid> [name]` of a `process` or `exec` line `n`: pid 0 and the error when it is bad.
+fn block_head(n: usize, rest: &str) -> (u32, Vec<u8>, Vec<ParseError>) {
+    let parsed = fields(rest, 1, Tail::Optional)
+        .and_then(|(f, name)| Ok((pid(f[0], "pid")?, unescape(name.unwrap_or(""))?)));
+    match parsed {
+        Ok((pid, name)) => (pid, name, Vec::new()),
+        Err(kind) => (0, Vec::new(), vec![ParseError { line: n, kind }]),
+    }
 }
 
 /// An `fd` record, not one of `fds` again.
@@ -909,19 +905,8 @@ impl ExecBuilder {
         // Any record but `more` ends the string `more` would continue.
         let open = self.open.take();
         match kind {
-            "path" | "cwd" => {
-                let (_, path) = fields(rest, 0, Tail::Required)?;
-                let path = abs_path(path.unwrap_or(""))?;
-                let (slot, record) = if kind == "path" {
-                    (&mut self.path, "path")
-                } else {
-                    (&mut self.cwd, "cwd")
-                };
-                if slot.is_some() {
-                    return Err(ErrorKind::Second { record });
-                }
-                *slot = Some(path);
-            }
+            "path" => once_path(&mut self.path, "path", rest)?,
+            "cwd" => once_path(&mut self.cwd, "cwd", rest)?,
             "arg" | "env" => {
                 let env = kind == "env";
                 if !env && !self.envp.is_empty() {
