@@ -847,12 +847,6 @@ pub fn build_manifest_excluding(
                 }
             }
             let mm = report.mm_of(leader).ok_or(ManifestError::MmNotRead)?;
-            // Inside an exec the address space is not restored as it is.
-            if let Some(p) = report.mm_problems.get(&leader.mm).and_then(|p| p.first()) {
-                if !in_exec(leader, mm) {
-                    return Err(ManifestError::MmProblem { problem: p.clone() });
-                }
-            }
             let p = report
                 .processes
                 .get(&tgid)
@@ -869,6 +863,13 @@ pub fn build_manifest_excluding(
                 continue;
             }
         };
+        // The image, when the address space was read cleanly (an exec caught past its point
+        // of no return does not restore it, and needs only its areas).
+        let mm_problem = report.mm_problems.get(&leader.mm).and_then(|p| p.first());
+        let mut image = || match mm_problem {
+            Some(p) => Err(ManifestError::MmProblem { problem: p.clone() }),
+            None => render_process(kernel, leader, &threads, mm, proc_, &live, &mut m.notes),
+        };
         let live_user = live.get(&leader.addr).is_some_and(|c| c.cpl3);
         let result = if !live_user && in_exec(leader, mm) {
             match find_exec(kernel, leader, mm) {
@@ -877,13 +878,11 @@ pub fn build_manifest_excluding(
                 }),
                 Ok(args) => render_exec(kernel, leader, proc_, args),
                 // No new program's mm: the old image is intact and the exec runs again.
-                Err(_) if can_restart(leader, mm) => {
-                    render_process(kernel, leader, &threads, mm, proc_, &live, &mut m.notes)
-                }
+                Err(_) if can_restart(leader, mm) => image(),
                 Err(source) => Err(ManifestError::ExecArgs { source }),
             }
         } else {
-            render_process(kernel, leader, &threads, mm, proc_, &live, &mut m.notes)
+            image()
         };
         match result {
             Ok(r) => rendered.push((tgid, r)),
@@ -1553,6 +1552,12 @@ mod tests {
         assert_eq!(man.processes, [9], "{:?}", man.excluded);
         let regs = &man.manifest.processes[0].threads[0].regs;
         assert_eq!((regs[10], regs[16], regs[14]), (59, 0x40_1000, 0x40_8000));
+        // ... unless that image was not read cleanly.
+        for p in w.report.mm_problems.values_mut() {
+            p.push("maple tree: boom".to_owned());
+        }
+        let man = w.kernel_do(|k, r| build_manifest(k, r, &[]));
+        assert_eq!(man.excluded[0].reason, "address space: maple tree: boom");
     }
 
     #[test]
