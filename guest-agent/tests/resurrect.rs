@@ -509,8 +509,9 @@ fn ticks(out: &Path) -> Vec<(i32, u64, u32, u64, u64)> {
         .collect()
 }
 
-fn free_pid() -> i32 {
-    (31000..32000)
+/// A free pid from `from` on (tests running at the same time start apart).
+fn free_pid_from(from: i32) -> i32 {
+    (from..from + 500)
         .find(|p| !Path::new(&format!("/proc/{p}")).exists())
         .expect("a free pid")
 }
@@ -594,7 +595,7 @@ fn resurrects_a_stopped_process_with_the_same_pid() {
     fs::remove_dir_all(data.parent().expect("parent")).expect("rm data");
 
     // The memory file: three manifests, then the window.
-    let bad_pid = free_pid();
+    let bad_pid = free_pid_from(31000);
     let zero_regs = {
         let mut r = vec!["0"; 27];
         r[15] = "ffffffffffffffff";
@@ -755,4 +756,78 @@ fn resurrects_a_stopped_process_with_the_same_pid() {
     if std::env::var_os("OW_RESURRECT_KEEP").is_none() {
         let _ = fs::remove_dir_all(&dir);
     }
+}
+
+#[test]
+fn completes_an_interrupted_exec_with_the_same_pid() {
+    let dir = std::env::temp_dir().join(format!("ow-exec-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("tmpdir");
+    let input = dir.join("input");
+    fs::write(&input, "0123456789\n").expect("input");
+    let out = dir.join("out");
+    let (pid, bad) = (free_pid_from(31500), free_pid_from(31500) + 1);
+    let d = esc(&path_bytes(&dir));
+    // What the shell prints: its arguments and environment, pid, directory, the kept fd
+    // (read from where it was) and its ignored SIGPIPE; then it stays.
+    let script = "echo \"$0 $X\"; echo $$; pwd; cat <&5; grep SigIgn /proc/$$/status; sleep 30";
+    let text = format!(
+        "owvmm-manifest 1\n\
+         exec {pid} sh\npath /bin/sh\ncwd {d}\narg sh\narg -c\narg {}\narg hello\nenv X=world\nenv PATH=/usr/bin:/bin\n\
+         fd 1 1 0 reg {}\nfd 5 0 4 reg {}\nsig 13 1 0 0 0\nsigmask 0\nend\n\
+         exec {bad} nothing\npath /nonexistent/prog\narg prog\nend\n",
+        esc(script.as_bytes()),
+        esc(&path_bytes(&out)),
+        esc(&path_bytes(&input)),
+    );
+    fs::write(&out, "").expect("out");
+    let mem_path = dir.join("oldmem");
+    let mut mem = text.clone().into_bytes();
+    mem.resize(mem.len().next_multiple_of(PAGE_SZ), 0);
+    fs::write(&mem_path, &mem).expect("mem");
+
+    let mut agent = Agent::start(&dir, &mem_path);
+    agent.expect("ready ");
+    agent.send(&format!("resurrect 0 {} {} 0", text.len(), mem.len()));
+    let l = agent.expect("restored ");
+    assert!(l.starts_with(&format!("restored {pid} 1 ")), "{l}");
+    let l = agent.expect("not-restored ");
+    assert!(
+        l.starts_with(&format!(
+            "not-restored {bad} execve: No such file or directory"
+        )),
+        "{l}"
+    );
+    let l = agent.expect("resurrect-done ");
+    assert!(l.starts_with("resurrect-done 1 1 "), "{l}");
+    assert!(!Path::new(&format!("/proc/{bad}")).exists());
+    let deadline = Instant::now() + TIMEOUT;
+    while fs::read_to_string(&out).is_ok_and(|t| t.lines().count() < 5) {
+        let got = fs::read_to_string(&out).unwrap_or_default();
+        assert!(Instant::now() < deadline, "the shell's output: {got:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let got = fs::read_to_string(&out).expect("out");
+    let lines: Vec<&str> = got.lines().collect();
+    assert_eq!(lines[0], "hello world", "{got}");
+    assert_eq!(lines[1], pid.to_string());
+    assert_eq!(Path::new(lines[2]), dir);
+    assert_eq!(lines[3], "456789");
+    assert_eq!(
+        lines[4], "SigIgn:\t0000000000001000",
+        "only SIGPIPE ignored: {got}"
+    );
+    assert_eq!(
+        fs::read_link(format!("/proc/{pid}/exe")).expect("exe"),
+        fs::canonicalize("/bin/sh").expect("sh")
+    );
+
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    agent.expect(&format!("exited {pid} "));
+    agent.send("poweroff");
+    agent.expect("poweroff");
+    let st = agent.child.wait().expect("agent exit");
+    assert!(st.success());
+    let _ = fs::remove_dir_all(&dir);
 }

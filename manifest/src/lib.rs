@@ -37,6 +37,16 @@ pub const MAX_FILE_SIZE: u64 = 1 << 40;
 pub const MAX_PID: u32 = 4_194_304;
 /// Errors kept per manifest (and per process); more are counted but not kept.
 pub const MAX_ERRORS: usize = 100;
+/// Longest argument or environment string of an `exec` block (`MAX_ARG_STRLEN`, 32
+/// pages, the NUL not counted).
+pub const MAX_ARG_STRLEN: usize = 32 * 4096;
+/// Most bytes of all argument and environment strings of one `exec` block together.
+pub const MAX_EXEC_STRINGS: usize = 2 << 20;
+/// Most argument plus environment strings of one `exec` block.
+pub const MAX_EXEC_COUNT: usize = 1 << 18;
+/// Raw bytes of a string the writer puts on one `arg`/`env`/`more` line (a line of
+/// escaped bytes stays under [`MAX_LINE`]).
+pub const EXEC_CHUNK: usize = 4096;
 
 /// `PROT_READ`, as in Linux.
 pub const PROT_READ: i32 = 1;
@@ -52,6 +62,8 @@ pub struct Manifest {
     pub files: Vec<FileRec>,
     /// The `process` blocks, in order.
     pub processes: Vec<Process>,
+    /// The `exec` blocks, in order (written after the `process` blocks).
+    pub execs: Vec<Exec>,
 }
 
 impl Manifest {
@@ -332,6 +344,30 @@ pub struct Thread {
     pub robust_list: Option<(u64, u64)>,
     /// (addr, len, sig).
     pub rseq: Option<(u64, u32, u32)>,
+}
+
+/// One process caught inside `execve` after its point of no return: everything between
+/// `exec` and `end`. The agent creates it with its pid, restores what survives an exec
+/// (open files without `O_CLOEXEC`, current directory, ignored signals, signal mask) and
+/// runs `execve(path, argv, envp)` in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exec {
+    pub pid: u32,
+    /// `comm` (raw bytes, may be empty).
+    pub comm: Vec<u8>,
+    /// The file to execute (absolute).
+    pub path: Vec<u8>,
+    /// The current directory.
+    pub cwd: Option<Vec<u8>>,
+    /// `argv`, in order (each without its NUL; may be empty strings).
+    pub argv: Vec<Vec<u8>>,
+    /// `envp`, in order.
+    pub envp: Vec<Vec<u8>>,
+    pub fds: Vec<FdRec>,
+    /// Signal actions to install (only `SIG_IGN` survives an exec).
+    pub sigs: Vec<SigRec>,
+    /// Blocked signals.
+    pub sigmask: u64,
 }
 
 /// A process left out of a manifest, and why (not part of the text: the VMM reports it).

@@ -10,9 +10,10 @@
 use std::collections::HashSet;
 
 use crate::{
-    Copy, FdKind, FdRec, FileRec, FileRun, Manifest, Mm, Process, SigRec, Thread, Vma, VmaKind,
-    HEADER, MAX_AUXV, MAX_ERRORS, MAX_FILE_SIZE, MAX_LINE, MAX_PATH, MAX_PID, MAX_THREADS,
-    MAX_VMAS, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE,
+    Copy, Exec, FdKind, FdRec, FileRec, FileRun, Manifest, Mm, Process, SigRec, Thread, Vma,
+    VmaKind, HEADER, MAX_ARG_STRLEN, MAX_AUXV, MAX_ERRORS, MAX_EXEC_COUNT, MAX_EXEC_STRINGS,
+    MAX_FILE_SIZE, MAX_LINE, MAX_PATH, MAX_PID, MAX_THREADS, MAX_VMAS, PAGE, PROT_EXEC, PROT_READ,
+    PROT_WRITE,
 };
 
 /// `SIGKILL` and `SIGSTOP` (x86-64 Linux): they cannot have an action.
@@ -144,6 +145,18 @@ pub enum ErrorKind {
     NoRegs { tid: u32 },
     #[error("thread {tid} has no 'fpu'")]
     NoFpu { tid: u32 },
+    #[error("no 'path' record")]
+    NoPath,
+    #[error("'more' without a preceding 'arg', 'env' or 'more'")]
+    MoreWithoutString,
+    #[error("empty 'more'")]
+    EmptyMore,
+    #[error("'arg' after the first 'env'")]
+    ArgAfterEnv,
+    #[error("string longer than {MAX_ARG_STRLEN} bytes")]
+    StringTooLong,
+    #[error("strings longer than {MAX_EXEC_STRINGS} bytes in all")]
+    StringsTooLong,
 }
 
 /// A process block with at least one bad line.
@@ -162,6 +175,8 @@ pub struct Parsed {
     pub files: Vec<FileRec>,
     /// The `process` blocks, in order; a block with bad lines is an `Err`.
     pub processes: Vec<Result<Process, BadProcess>>,
+    /// The `exec` blocks, in order; a block with bad lines is an `Err`.
+    pub execs: Vec<Result<Exec, BadProcess>>,
     /// Bad lines outside process blocks: when there are any, nothing may be restored.
     pub errors: Vec<ParseError>,
     /// Errors beyond [`MAX_ERRORS`] that were not kept.
@@ -173,7 +188,11 @@ impl Parsed {
     /// first error (a process's later errors, such as a missing `mm` after a bad `mm`
     /// line, are consequences).
     pub fn first_error(&self) -> Option<&ParseError> {
-        let in_processes = self.processes.iter().filter_map(|p| p.as_ref().err());
+        let in_processes = self
+            .processes
+            .iter()
+            .filter_map(|p| p.as_ref().err())
+            .chain(self.execs.iter().filter_map(|e| e.as_ref().err()));
         self.errors
             .first()
             .into_iter()
@@ -189,6 +208,7 @@ impl Parsed {
         Ok(Manifest {
             files: self.files,
             processes: self.processes.into_iter().filter_map(Result::ok).collect(),
+            execs: self.execs.into_iter().filter_map(Result::ok).collect(),
         })
     }
 }
@@ -275,6 +295,8 @@ const PROCESS_RECORDS: [&str; 14] = [
     "tid-address",
     "robust-list",
 ];
+/// Records of an `exec` block (besides `exec` and `end`).
+const EXEC_RECORDS: [&str; 8] = ["path", "cwd", "arg", "env", "more", "fd", "sig", "sigmask"];
 /// Records of a thread.
 const THREAD_RECORDS: [&str; 6] = [
     "regs",
@@ -297,6 +319,8 @@ enum State {
     Files,
     /// Inside a process block.
     Process(Box<ProcBuilder>),
+    /// Inside an exec block.
+    Exec(Box<ExecBuilder>),
     /// Between process blocks (no more `file`).
     Between,
 }
@@ -313,6 +337,24 @@ struct ProcBuilder {
     fds: Vec<FdRec>,
     sigs: Vec<SigRec>,
     threads: Vec<ThreadBuilder>,
+    errors: Vec<ParseError>,
+}
+
+struct ExecBuilder {
+    line: usize,
+    pid: u32,
+    comm: Vec<u8>,
+    path: Option<Vec<u8>>,
+    cwd: Option<Vec<u8>>,
+    argv: Vec<Vec<u8>>,
+    envp: Vec<Vec<u8>>,
+    /// Which list `more` continues: `Some(false)` argv, `Some(true)` envp.
+    open: Option<bool>,
+    /// Bytes of all strings so far.
+    total: usize,
+    fds: Vec<FdRec>,
+    sigs: Vec<SigRec>,
+    sigmask: Option<u64>,
     errors: Vec<ParseError>,
 }
 
@@ -339,6 +381,7 @@ impl Parser {
     fn error(&mut self, line: usize, kind: ErrorKind) {
         match &mut self.state {
             State::Process(p) => push_error(&mut p.errors, &mut self.out.more_errors, line, kind),
+            State::Exec(e) => push_error(&mut e.errors, &mut self.out.more_errors, line, kind),
             _ => self.global(line, kind),
         }
     }
@@ -352,19 +395,27 @@ impl Parser {
         let result = match kind {
             "file" => self.file(rest),
             "fcopy" => self.fcopy(rest),
-            "process" => {
-                if let State::Process(p) = &self.state {
-                    let pid = p.pid;
+            "process" | "exec" => {
+                let open = match &self.state {
+                    State::Process(p) => Some(p.pid),
+                    State::Exec(e) => Some(e.pid),
+                    _ => None,
+                };
+                if let Some(pid) = open {
                     self.close_process(n, false);
                     self.global(n, ErrorKind::NoEndBeforeProcess { pid });
                 }
-                self.start_process(n, rest);
+                if kind == "process" {
+                    self.start_process(n, rest);
+                } else {
+                    self.start_exec(n, rest);
+                }
                 Ok(())
             }
             "end" => {
                 if !rest.is_empty() {
                     Err(ErrorKind::DataAfterEnd)
-                } else if matches!(self.state, State::Process(_)) {
+                } else if matches!(self.state, State::Process(_) | State::Exec(_)) {
                     self.close_process(n, true);
                     Ok(())
                 } else {
@@ -373,8 +424,12 @@ impl Parser {
             }
             _ => match &mut self.state {
                 State::Process(p) => p.record(n, kind, rest),
+                State::Exec(e) => e.record(kind, rest),
                 _ => Err(
-                    match known(&PROCESS_RECORDS, kind).or(known(&THREAD_RECORDS, kind)) {
+                    match known(&PROCESS_RECORDS, kind)
+                        .or(known(&THREAD_RECORDS, kind))
+                        .or(known(&EXEC_RECORDS, kind))
+                    {
                         Some(record) => ErrorKind::OutsideProcess { record },
                         None => ErrorKind::UnknownRecord {
                             record: shorten(kind),
@@ -446,10 +501,11 @@ impl Parser {
     }
 
     fn start_process(&mut self, n: usize, rest: &str) {
-        let mut b = ProcBuilder {
+        let (pid, comm, errors) = block_head(n, rest);
+        let b = ProcBuilder {
             line: n,
-            pid: 0,
-            comm: Vec::new(),
+            pid,
+            comm,
             exe: None,
             cwd: None,
             mm: None,
@@ -458,38 +514,60 @@ impl Parser {
             fds: Vec::new(),
             sigs: Vec::new(),
             threads: Vec::new(),
-            errors: Vec::new(),
+            errors,
         };
-        let parsed = fields(rest, 1, Tail::Optional)
-            .and_then(|(f, comm)| Ok((pid(f[0], "pid")?, unescape(comm.unwrap_or(""))?)));
-        match parsed {
-            Ok((pid, comm)) => {
-                b.pid = pid;
-                b.comm = comm;
-            }
-            Err(kind) => b.errors.push(ParseError { line: n, kind }),
-        }
         self.state = State::Process(Box::new(b));
     }
 
-    /// Ends the current process block (`complete`: it ended with `end`).
-    fn close_process(&mut self, n: usize, complete: bool) {
-        let State::Process(b) = std::mem::replace(&mut self.state, State::Between) else {
-            return;
+    fn start_exec(&mut self, n: usize, rest: &str) {
+        let (pid, comm, errors) = block_head(n, rest);
+        let b = ExecBuilder {
+            line: n,
+            pid,
+            comm,
+            path: None,
+            cwd: None,
+            argv: Vec::new(),
+            envp: Vec::new(),
+            open: None,
+            total: 0,
+            fds: Vec::new(),
+            sigs: Vec::new(),
+            sigmask: None,
+            errors,
         };
-        let mut b = *b;
-        if !complete {
-            b.errors.push(ParseError {
-                line: n,
-                kind: ErrorKind::BlockWithoutEnd,
-            });
+        self.state = State::Exec(Box::new(b));
+    }
+
+    /// Ends the current process or exec block (`complete`: it ended with `end`).
+    fn close_process(&mut self, n: usize, complete: bool) {
+        let without_end = |errors: &mut Vec<ParseError>| {
+            if !complete {
+                errors.push(ParseError {
+                    line: n,
+                    kind: ErrorKind::BlockWithoutEnd,
+                });
+            }
+        };
+        match std::mem::replace(&mut self.state, State::Between) {
+            State::Process(b) => {
+                let mut b = *b;
+                without_end(&mut b.errors);
+                let entry = b.build(n, &mut self.out.more_errors);
+                self.out.processes.push(entry);
+            }
+            State::Exec(b) => {
+                let mut b = *b;
+                without_end(&mut b.errors);
+                let entry = b.build(&mut self.out.more_errors);
+                self.out.execs.push(entry);
+            }
+            other => self.state = other,
         }
-        let entry = b.build(n, &mut self.out.more_errors);
-        self.out.processes.push(entry);
     }
 
     fn finish(mut self, last_line: usize) -> Parsed {
-        if matches!(self.state, State::Process(_)) {
+        if matches!(self.state, State::Process(_) | State::Exec(_)) {
             self.close_process(last_line, false);
             self.global(last_line, ErrorKind::EndsInsideProcess);
         }
@@ -514,19 +592,8 @@ impl ProcBuilder {
             }
         }
         match kind {
-            "exe" | "cwd" => {
-                let (_, path) = fields(rest, 0, Tail::Required)?;
-                let path = abs_path(path.unwrap_or(""))?;
-                let (slot, record) = if kind == "exe" {
-                    (&mut self.exe, "exe")
-                } else {
-                    (&mut self.cwd, "cwd")
-                };
-                if slot.is_some() {
-                    return Err(ErrorKind::Second { record });
-                }
-                *slot = Some(path);
-            }
+            "exe" => once_path(&mut self.exe, "exe", rest)?,
+            "cwd" => once_path(&mut self.cwd, "cwd", rest)?,
             "mm" => {
                 let (f, _) = fields(rest, 11, Tail::None)?;
                 let mut v = [0u64; 11];
@@ -559,8 +626,8 @@ impl ProcBuilder {
             }
             "vma" => self.vma(rest)?,
             "copy" => self.copy(rest)?,
-            "fd" => self.fd(rest)?,
-            "sig" => self.sig(rest)?,
+            "fd" => self.fds.push(fd_record(rest, &self.fds)?),
+            "sig" => self.sigs.push(sig_record(rest, &self.sigs)?),
             "thread" => self.thread(n, rest)?,
             _ => {
                 if let Some(record) = known(&THREAD_RECORDS, kind) {
@@ -665,56 +732,83 @@ impl ProcBuilder {
         v.copies.push(c);
         Ok(())
     }
+}
 
-    fn fd(&mut self, rest: &str) -> Result<(), ErrorKind> {
-        let (f, path) = fields(rest, 4, Tail::Optional)?;
-        let fd = dec(f[0], "fd")?;
-        let fd = i32::try_from(fd).map_err(|_| out_of_range("fd", f[0]))?;
-        let flags = hex(f[1], "flags")?;
-        let flags = u32::try_from(flags).map_err(|_| out_of_range("flags", f[1]))?;
-        let pos = hex(f[2], "pos")?;
-        let kind = FdKind::from_name(f[3]).ok_or_else(|| bad("kind", f[3]))?;
-        let path = match (kind.reopens(), path) {
-            (true, p) => abs_path(p.unwrap_or(""))?,
-            (false, Some(p)) => unescape(p)?,
-            (false, None) => Vec::new(),
-        };
-        if self.fds.iter().any(|r| r.fd == fd) {
-            return Err(ErrorKind::FdTwice { fd });
-        }
-        self.fds.push(FdRec {
-            fd,
-            flags,
-            pos,
-            kind,
-            path,
-        });
-        Ok(())
+/// The absolute path of a record that may appear once (`exe`, `cwd`, `path`).
+fn once_path(
+    slot: &mut Option<Vec<u8>>,
+    record: &'static str,
+    rest: &str,
+) -> Result<(), ErrorKind> {
+    let (_, path) = fields(rest, 0, Tail::Required)?;
+    let path = abs_path(path.unwrap_or(""))?;
+    if slot.is_some() {
+        return Err(ErrorKind::Second { record });
     }
+    *slot = Some(path);
+    Ok(())
+}
 
-    fn sig(&mut self, rest: &str) -> Result<(), ErrorKind> {
-        let (f, _) = fields(rest, 5, Tail::None)?;
-        let signo = dec(f[0], "signo")?;
-        let signo = i32::try_from(signo)
-            .ok()
-            .filter(|s| (1..=64).contains(s))
-            .ok_or_else(|| out_of_range("signo", f[0]))?;
-        if signo == SIGKILL || signo == SIGSTOP {
-            return Err(ErrorKind::SignalWithoutAction { signo });
-        }
-        if self.sigs.iter().any(|s| s.signo == signo) {
-            return Err(ErrorKind::SignalTwice { signo });
-        }
-        self.sigs.push(SigRec {
-            signo,
-            handler: hex(f[1], "handler")?,
-            flags: hex(f[2], "flags")?,
-            restorer: hex(f[3], "restorer")?,
-            mask: hex(f[4], "mask")?,
-        });
-        Ok(())
+/// `<pid> [name]` of a `process` or `exec` line `n`: pid 0 and the error when it is bad.
+fn block_head(n: usize, rest: &str) -> (u32, Vec<u8>, Vec<ParseError>) {
+    let parsed = fields(rest, 1, Tail::Optional)
+        .and_then(|(f, name)| Ok((pid(f[0], "pid")?, unescape(name.unwrap_or(""))?)));
+    match parsed {
+        Ok((pid, name)) => (pid, name, Vec::new()),
+        Err(kind) => (0, Vec::new(), vec![ParseError { line: n, kind }]),
     }
+}
 
+/// An `fd` record, not one of `fds` again.
+fn fd_record(rest: &str, fds: &[FdRec]) -> Result<FdRec, ErrorKind> {
+    let (f, path) = fields(rest, 4, Tail::Optional)?;
+    let fd = dec(f[0], "fd")?;
+    let fd = i32::try_from(fd).map_err(|_| out_of_range("fd", f[0]))?;
+    let flags = hex(f[1], "flags")?;
+    let flags = u32::try_from(flags).map_err(|_| out_of_range("flags", f[1]))?;
+    let pos = hex(f[2], "pos")?;
+    let kind = FdKind::from_name(f[3]).ok_or_else(|| bad("kind", f[3]))?;
+    let path = match (kind.reopens(), path) {
+        (true, p) => abs_path(p.unwrap_or(""))?,
+        (false, Some(p)) => unescape(p)?,
+        (false, None) => Vec::new(),
+    };
+    if fds.iter().any(|r| r.fd == fd) {
+        return Err(ErrorKind::FdTwice { fd });
+    }
+    Ok(FdRec {
+        fd,
+        flags,
+        pos,
+        kind,
+        path,
+    })
+}
+
+/// A `sig` record, not for a signal of `sigs` again.
+fn sig_record(rest: &str, sigs: &[SigRec]) -> Result<SigRec, ErrorKind> {
+    let (f, _) = fields(rest, 5, Tail::None)?;
+    let signo = dec(f[0], "signo")?;
+    let signo = i32::try_from(signo)
+        .ok()
+        .filter(|s| (1..=64).contains(s))
+        .ok_or_else(|| out_of_range("signo", f[0]))?;
+    if signo == SIGKILL || signo == SIGSTOP {
+        return Err(ErrorKind::SignalWithoutAction { signo });
+    }
+    if sigs.iter().any(|s| s.signo == signo) {
+        return Err(ErrorKind::SignalTwice { signo });
+    }
+    Ok(SigRec {
+        signo,
+        handler: hex(f[1], "handler")?,
+        flags: hex(f[2], "flags")?,
+        restorer: hex(f[3], "restorer")?,
+        mask: hex(f[4], "mask")?,
+    })
+}
+
+impl ProcBuilder {
     fn thread(&mut self, n: usize, rest: &str) -> Result<(), ErrorKind> {
         let (f, comm) = fields(rest, 1, Tail::Optional)?;
         let tid = pid(f[0], "tid")?;
@@ -802,6 +896,110 @@ impl ProcBuilder {
                 pid: self.pid,
                 errors,
             }),
+        }
+    }
+}
+
+impl ExecBuilder {
+    fn record(&mut self, kind: &str, rest: &str) -> Result<(), ErrorKind> {
+        // Any record but `more` ends the string `more` would continue.
+        let open = self.open.take();
+        match kind {
+            "path" => once_path(&mut self.path, "path", rest)?,
+            "cwd" => once_path(&mut self.cwd, "cwd", rest)?,
+            "arg" | "env" => {
+                let env = kind == "env";
+                if !env && !self.envp.is_empty() {
+                    return Err(ErrorKind::ArgAfterEnv);
+                }
+                if self.argv.len() + self.envp.len() == MAX_EXEC_COUNT {
+                    return Err(ErrorKind::TooMany {
+                        what: "strings",
+                        limit: MAX_EXEC_COUNT,
+                    });
+                }
+                let (_, text) = fields(rest, 0, Tail::Optional)?;
+                let bytes = self.string_bytes(text.unwrap_or(""))?;
+                if env {
+                    self.envp.push(bytes);
+                } else {
+                    self.argv.push(bytes);
+                }
+                self.open = Some(env);
+            }
+            "more" => {
+                let Some(env) = open else {
+                    return Err(ErrorKind::MoreWithoutString);
+                };
+                let (_, text) = fields(rest, 0, Tail::Optional)?;
+                let bytes = self.string_bytes(text.unwrap_or(""))?;
+                if bytes.is_empty() {
+                    return Err(ErrorKind::EmptyMore);
+                }
+                let list = if env { &mut self.envp } else { &mut self.argv };
+                let Some(last) = list.last_mut() else {
+                    return Err(ErrorKind::MoreWithoutString);
+                };
+                if last.len() + bytes.len() > MAX_ARG_STRLEN {
+                    return Err(ErrorKind::StringTooLong);
+                }
+                last.extend_from_slice(&bytes);
+                self.open = Some(env);
+            }
+            "fd" => self.fds.push(fd_record(rest, &self.fds)?),
+            "sig" => self.sigs.push(sig_record(rest, &self.sigs)?),
+            "sigmask" => {
+                let (f, _) = fields(rest, 1, Tail::None)?;
+                if self.sigmask.replace(hex(f[0], "mask")?).is_some() {
+                    return Err(ErrorKind::Second { record: "sigmask" });
+                }
+            }
+            _ => {
+                return Err(ErrorKind::UnknownRecord {
+                    record: shorten(kind),
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// The decoded bytes of one `arg`/`env`/`more` piece, counted against the limits.
+    fn string_bytes(&mut self, text: &str) -> Result<Vec<u8>, ErrorKind> {
+        let bytes = unescape_max(text, MAX_LINE)?;
+        if bytes.len() > MAX_ARG_STRLEN {
+            return Err(ErrorKind::StringTooLong);
+        }
+        // Each string also takes its NUL in the new program's stack.
+        self.total = self.total.saturating_add(bytes.len() + 1);
+        if self.total > MAX_EXEC_STRINGS {
+            return Err(ErrorKind::StringsTooLong);
+        }
+        Ok(bytes)
+    }
+
+    fn build(self, more: &mut usize) -> Result<Exec, BadProcess> {
+        let mut errors = self.errors;
+        match self.path {
+            Some(path) if errors.is_empty() => Ok(Exec {
+                pid: self.pid,
+                comm: self.comm,
+                path,
+                cwd: self.cwd,
+                argv: self.argv,
+                envp: self.envp,
+                fds: self.fds,
+                sigs: self.sigs,
+                sigmask: self.sigmask.unwrap_or(0),
+            }),
+            path => {
+                if path.is_none() {
+                    push_error(&mut errors, more, self.line, ErrorKind::NoPath);
+                }
+                Err(BadProcess {
+                    pid: self.pid,
+                    errors,
+                })
+            }
         }
     }
 }
@@ -978,13 +1176,18 @@ fn parse_prot(s: &str) -> Result<i32, ErrorKind> {
     Ok(bit(b[0], b'r', PROT_READ)? | bit(b[1], b'w', PROT_WRITE)? | bit(b[2], b'x', PROT_EXEC)?)
 }
 
-/// Decodes `%XX` escapes (either case).
+/// Decodes `%XX` escapes (either case) of a path or name (at most [`MAX_PATH`] bytes).
 fn unescape(s: &str) -> Result<Vec<u8>, ErrorKind> {
+    unescape_max(s, MAX_PATH)
+}
+
+/// Decodes `%XX` escapes (either case), at most `max` bytes.
+fn unescape_max(s: &str, max: usize) -> Result<Vec<u8>, ErrorKind> {
     let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len().min(MAX_PATH));
+    let mut out = Vec::with_capacity(b.len().min(max));
     let mut i = 0;
     while i < b.len() {
-        if out.len() == MAX_PATH {
+        if out.len() == max {
             return Err(ErrorKind::TextTooLong);
         }
         if b[i] == b'%' {

@@ -3,7 +3,8 @@
 use std::fmt::{self, Display, Formatter, Write as _};
 
 use crate::{
-    FdRec, FileRec, Manifest, Process, Thread, Vma, HEADER, PROT_EXEC, PROT_READ, PROT_WRITE,
+    Exec, FdRec, FileRec, Manifest, Process, SigRec, Thread, Vma, EXEC_CHUNK, HEADER, PROT_EXEC,
+    PROT_READ, PROT_WRITE,
 };
 
 /// Writes `bytes` as a manifest path/name field: bytes outside printable ASCII and `%`
@@ -73,6 +74,9 @@ impl Display for Manifest {
         for p in &self.processes {
             write_process(f, p)?;
         }
+        for e in &self.execs {
+            write_exec(f, e)?;
+        }
         Ok(())
     }
 }
@@ -109,16 +113,46 @@ fn write_process(f: &mut Formatter<'_>, p: &Process) -> fmt::Result {
         write_fd(f, fd)?;
     }
     for s in &p.sigs {
-        writeln!(
-            f,
-            "sig {} {:x} {:x} {:x} {:x}",
-            s.signo, s.handler, s.flags, s.restorer, s.mask
-        )?;
+        write_sig(f, s)?;
     }
     for t in &p.threads {
         write_thread(f, t)?;
     }
     writeln!(f, "end")
+}
+
+fn write_exec(f: &mut Formatter<'_>, e: &Exec) -> fmt::Result {
+    writeln!(f, "exec {}{}", e.pid, Tail(&e.comm))?;
+    writeln!(f, "path {}", Field(&e.path))?;
+    if let Some(cwd) = &e.cwd {
+        writeln!(f, "cwd {}", Field(cwd))?;
+    }
+    for (record, strings) in [("arg", &e.argv), ("env", &e.envp)] {
+        for s in strings {
+            // Long strings go in pieces: the first on `arg`/`env`, the rest on `more`.
+            let mut chunks = s.chunks(EXEC_CHUNK);
+            writeln!(f, "{record}{}", Tail(chunks.next().unwrap_or(&[])))?;
+            for c in chunks {
+                writeln!(f, "more {}", Field(c))?;
+            }
+        }
+    }
+    for fd in &e.fds {
+        write_fd(f, fd)?;
+    }
+    for s in &e.sigs {
+        write_sig(f, s)?;
+    }
+    writeln!(f, "sigmask {:x}", e.sigmask)?;
+    writeln!(f, "end")
+}
+
+fn write_sig(f: &mut Formatter<'_>, s: &SigRec) -> fmt::Result {
+    writeln!(
+        f,
+        "sig {} {:x} {:x} {:x} {:x}",
+        s.signo, s.handler, s.flags, s.restorer, s.mask
+    )
 }
 
 fn write_vma(f: &mut Formatter<'_>, v: &Vma) -> fmt::Result {

@@ -427,3 +427,82 @@ fn never_panics_on_garbage() {
     let _ = parse(&vec![b'a'; MAX_LINE + 10]);
     let _ = parse(b"owvmm-manifest 1\n\n\n");
 }
+
+fn exec_block(body: &str) -> String {
+    format!("{HEADER}\nexec 77 sleep\npath /bin/sleep\n{body}end\n")
+}
+
+#[test]
+fn parses_exec_blocks() {
+    let text = exec_block(
+        "cwd /tmp\narg sleep\narg\narg a%20b\nmore cd\nenv PATH=/bin\nfd 1 1 0 chr /dev/console\nsig 13 1 0 0 0\nsigmask 4000\n",
+    );
+    let m = parse(text.as_bytes()).expect("exec block");
+    assert!(m.processes.is_empty());
+    let e = &m.execs[0];
+    assert_eq!((e.pid, e.comm.as_slice()), (77, b"sleep".as_slice()));
+    assert_eq!(e.path, b"/bin/sleep");
+    assert_eq!(e.cwd.as_deref(), Some(b"/tmp".as_slice()));
+    let argv: Vec<&[u8]> = e.argv.iter().map(Vec::as_slice).collect();
+    assert_eq!(argv, [b"sleep".as_slice(), b"", b"a bcd"]);
+    assert_eq!(e.envp, [b"PATH=/bin".to_vec()]);
+    assert_eq!((e.fds.len(), e.sigs.len(), e.sigmask), (1, 1, 0x4000));
+    assert_eq!(
+        m.to_text(),
+        text.replace("arg a%20b\nmore cd\n", "arg a bcd\n")
+    );
+
+    // Strict: path required, order, continuation, bounds, unknown records.
+    let err = |body: &str| {
+        parse_each(exec_block(body).as_bytes()).execs[0]
+            .as_ref()
+            .map(|_| ())
+            .expect_err("bad block")
+            .errors[0]
+            .kind
+            .clone()
+    };
+    assert_eq!(
+        parse_each(format!("{HEADER}\nexec 5\nend\n").as_bytes()).execs[0]
+            .as_ref()
+            .map(|_| ())
+            .expect_err("no path")
+            .errors[0]
+            .kind,
+        ErrorKind::NoPath
+    );
+    assert_eq!(err("more x\n"), ErrorKind::MoreWithoutString);
+    assert_eq!(
+        err("arg a\nsigmask 0\nmore x\n"),
+        ErrorKind::MoreWithoutString
+    );
+    assert_eq!(err("arg a\nmore\n"), ErrorKind::EmptyMore);
+    assert_eq!(err("env A=1\narg a\n"), ErrorKind::ArgAfterEnv);
+    assert_eq!(err("path /x\n"), ErrorKind::Second { record: "path" });
+    assert!(matches!(err("cwd x\n"), ErrorKind::NotAbsolute { .. }));
+    assert!(matches!(err("mm 0\n"), ErrorKind::UnknownRecord { .. }));
+    assert!(matches!(
+        err("thread 77\n"),
+        ErrorKind::UnknownRecord { .. }
+    ));
+    let chunk = "a".repeat(8000);
+    let mut long = format!("arg {chunk}\n");
+    for _ in 0..16 {
+        long.push_str(&format!("more {chunk}\n"));
+    }
+    assert_eq!(err(&long), ErrorKind::StringTooLong);
+    let mut many = String::new();
+    for _ in 0..300 {
+        many.push_str(&format!("env {chunk}\n"));
+    }
+    assert_eq!(err(&many), ErrorKind::StringsTooLong);
+    // Exec records outside a block, and a block left open, are structural errors.
+    let m = parse_each(format!("{HEADER}\narg x\n").as_bytes());
+    assert_eq!(
+        m.errors[0].kind,
+        ErrorKind::OutsideProcess { record: "arg" }
+    );
+    let m = parse_each(format!("{HEADER}\nexec 5\npath /x\nprocess 6\n").as_bytes());
+    assert_eq!(m.errors[0].kind, ErrorKind::NoEndBeforeProcess { pid: 5 });
+    assert!(parse(format!("{HEADER}\nexec 5\npath /x\nend\nfile 0 0 0 /x\n").as_bytes()).is_err());
+}

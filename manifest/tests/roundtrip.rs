@@ -4,8 +4,8 @@
 //! every optional record both present and absent.
 
 use owvmm_manifest::{
-    parse, Copy, FdKind, FdRec, FileRec, FileRun, Manifest, Mm, Process, SigRec, Thread, Vma,
-    VmaKind, MAX_FILE_SIZE, MAX_PID, PAGE,
+    parse, Copy, Exec, FdKind, FdRec, FileRec, FileRun, Manifest, Mm, Process, SigRec, Thread, Vma,
+    VmaKind, EXEC_CHUNK, MAX_FILE_SIZE, MAX_PID, PAGE,
 };
 
 /// xorshift64*.
@@ -160,15 +160,7 @@ fn thread(r: &mut Rng, tid: u32) -> Thread {
     }
 }
 
-fn process(r: &mut Rng) -> Process {
-    let pid = u32::try_from(1 + r.below(u64::from(MAX_PID))).expect("pid");
-    let mut mm = [0u64; 11];
-    mm.iter_mut().for_each(|w| *w = r.word());
-    let mut auxv = Vec::new();
-    for _ in 0..r.below(5) {
-        auxv.extend([1 + r.below(50), r.word()]);
-    }
-    auxv.extend([0, r.word()]);
+fn fds(r: &mut Rng) -> Vec<FdRec> {
     let mut fds: Vec<FdRec> = Vec::new();
     for _ in 0..r.below(5) {
         let fd = if r.bool() {
@@ -192,6 +184,10 @@ fn process(r: &mut Rng) -> Process {
             },
         });
     }
+    fds
+}
+
+fn sigs(r: &mut Rng) -> Vec<SigRec> {
     let mut sigs: Vec<SigRec> = Vec::new();
     for _ in 0..r.below(5) {
         let signo = i32::try_from(1 + r.below(64)).expect("signo");
@@ -206,6 +202,47 @@ fn process(r: &mut Rng) -> Process {
             mask: r.word(),
         });
     }
+    sigs
+}
+
+/// Argument or environment strings: some empty, some longer than one line holds.
+fn strings(r: &mut Rng) -> Vec<Vec<u8>> {
+    (0..r.below(5))
+        .map(|_| match r.below(8) {
+            0 => Vec::new(),
+            1 => (0..EXEC_CHUNK * 2 + r.idx(100))
+                .map(|i| u8::try_from(i % 256).expect("byte"))
+                .collect(),
+            _ => r.bytes(30),
+        })
+        .collect()
+}
+
+fn exec(r: &mut Rng) -> Exec {
+    Exec {
+        pid: u32::try_from(1 + r.below(u64::from(MAX_PID))).expect("pid"),
+        comm: r.bytes(16),
+        path: r.path(),
+        cwd: r.bool().then(|| r.path()),
+        argv: strings(r),
+        envp: strings(r),
+        fds: fds(r),
+        sigs: sigs(r),
+        sigmask: r.word(),
+    }
+}
+
+fn process(r: &mut Rng) -> Process {
+    let pid = u32::try_from(1 + r.below(u64::from(MAX_PID))).expect("pid");
+    let mut mm = [0u64; 11];
+    mm.iter_mut().for_each(|w| *w = r.word());
+    let mut auxv = Vec::new();
+    for _ in 0..r.below(5) {
+        auxv.extend([1 + r.below(50), r.word()]);
+    }
+    auxv.extend([0, r.word()]);
+    let fds = fds(r);
+    let sigs = sigs(r);
     let mut threads = vec![thread(r, pid)];
     for _ in 0..r.below(3) {
         let tid = u32::try_from(1 + r.below(u64::from(MAX_PID))).expect("tid");
@@ -231,19 +268,23 @@ fn manifest(r: &mut Rng) -> Manifest {
     Manifest {
         files: (0..r.below(4)).map(|_| file(r)).collect(),
         processes: (0..r.below(4)).map(|_| process(r)).collect(),
+        execs: (0..r.below(3)).map(|_| exec(r)).collect(),
     }
 }
 
 #[test]
 fn write_then_parse_gives_the_same_manifest() {
     let mut r = Rng(0x9e37_79b9_7f4a_7c15);
-    let (mut runs, mut threads, mut escapes) = (0, 0, 0);
+    let (mut runs, mut threads, mut escapes, mut strings, mut long) = (0, 0, 0, 0, 0);
     for i in 0..3000 {
         let m = manifest(&mut r);
         runs += m.files.iter().map(|f| f.runs.len()).sum::<usize>();
         let vmas = m.processes.iter().flat_map(|p| &p.vmas);
         runs += vmas.map(|v| v.copies.len()).sum::<usize>();
         threads += m.processes.iter().map(|p| p.threads.len()).sum::<usize>();
+        let all = m.execs.iter().flat_map(|e| e.argv.iter().chain(&e.envp));
+        strings += all.clone().count();
+        long += all.filter(|s| s.len() > EXEC_CHUNK).count();
         let text = m.to_text();
         let back = match parse(text.as_bytes()) {
             Ok(b) => b,
@@ -268,8 +309,8 @@ fn write_then_parse_gives_the_same_manifest() {
     }
     // The generator covers what it should.
     assert!(
-        runs > 3000 && threads > 3000 && escapes > 3000,
-        "{runs} {threads} {escapes}"
+        runs > 3000 && threads > 3000 && escapes > 3000 && strings > 3000 && long > 300,
+        "{runs} {threads} {escapes} {strings} {long}"
     );
 }
 

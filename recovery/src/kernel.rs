@@ -332,6 +332,13 @@ impl<'a> Kernel<'a> {
             .ok_or_else(|| KernelError::NoSymbol(name.to_owned()))
     }
 
+    /// True for an address in the direct map (where slab objects such as a
+    /// `linux_binprm` live).
+    pub fn is_direct_map(&self, va: u64) -> bool {
+        let base = self.layout.page_offset_base;
+        va >= base && va - base < DIRECT_MAP_SIZE
+    }
+
     /// Guest-physical address of a kernel virtual address.
     pub fn virt_to_phys(&self, va: u64) -> Result<u64, KernelError> {
         let l = &self.layout;

@@ -14,6 +14,7 @@ pub use owvmm_manifest as wire;
 pub use owvmm_manifest::{Excluded, HEADER};
 
 use crate::error_chain;
+use crate::exec::{can_restart, find_exec, in_exec, ExecArgs, ExecError};
 use crate::inspect::Report;
 use crate::kernel::Kernel;
 use crate::mm::{MmInfo, Vma, VM_EXEC, VM_GROWSDOWN, VM_READ, VM_SHARED, VM_WRITE};
@@ -196,6 +197,20 @@ pub enum ManifestError {
         /// The thread.
         tid: i32,
     },
+    /// The task is inside `execve` past its point of no return, and the exec cannot be
+    /// done again.
+    #[error("caught inside execve, its arguments could not be read")]
+    ExecArgs {
+        /// Why.
+        #[source]
+        source: ExecError,
+    },
+    /// A task caught inside `execve` still has other threads.
+    #[error("caught inside execve with {threads} threads")]
+    ExecThreads {
+        /// Threads not exiting.
+        threads: usize,
+    },
     /// The content of an in-memory file had a problem.
     #[error("file {path}: content: {problem}")]
     FileContent {
@@ -255,10 +270,34 @@ struct FileRecord {
     overwrite: bool,
 }
 
+/// What a process becomes in the manifest.
+enum Entry {
+    /// A `process` block: its image.
+    Process(wire::Process),
+    /// An `exec` block: an interrupted exec, done again.
+    Exec(wire::Exec),
+}
+
 /// One process, and the files it needs.
 struct Rendered {
-    process: wire::Process,
+    entry: Entry,
     files: Vec<FileRecord>,
+}
+
+/// Collects the in-memory files a process needs.
+#[derive(Default)]
+struct Wanted(Vec<FileRecord>);
+
+impl Wanted {
+    fn want(&mut self, path: &str, inode: InodeInfo, writable: bool) {
+        if inode.kind() == FileKind::Reg && inode.in_memory_fs() {
+            self.0.push(FileRecord {
+                path: path.to_owned(),
+                inode,
+                overwrite: writable,
+            });
+        }
+    }
 }
 
 fn deleted(path: &str) -> bool {
@@ -429,6 +468,70 @@ fn wire_pid(pid: i32) -> Result<u32, ManifestError> {
     u32::try_from(pid).map_err(|_| ManifestError::BadPid(pid))
 }
 
+/// The `fd` records of a process (`after_exec`: without the close-on-exec ones, which an
+/// exec closes).
+fn render_fds(
+    proc_: &ProcessInfo,
+    after_exec: bool,
+    files: &mut Wanted,
+) -> Result<Vec<wire::FdRec>, ManifestError> {
+    let mut fds = Vec::with_capacity(proc_.files.len());
+    for f in proc_.files.iter().filter(|f| !(after_exec && f.cloexec)) {
+        let kind = f.kind();
+        if !matches!(kind, FileKind::Reg | FileKind::Chr | FileKind::Dir) {
+            return Err(ManifestError::FdKind {
+                fd: f.fd,
+                kind: kind.manifest_name(),
+            });
+        }
+        let path = f
+            .path
+            .as_deref()
+            .ok_or(ManifestError::FdPathUnknown { fd: f.fd })?;
+        if deleted(path) || path.starts_with('[') {
+            return Err(ManifestError::FdNotReopenable {
+                fd: f.fd,
+                path: path.to_owned(),
+            });
+        }
+        if let Some(inode) = f.inode {
+            files.want(path, inode, f.writable());
+        }
+        fds.push(wire::FdRec {
+            fd: i32::try_from(f.fd).map_err(|_| ManifestError::FdTooLarge { fd: f.fd })?,
+            flags: f.flags | if f.cloexec { O_CLOEXEC } else { 0 },
+            pos: f.pos,
+            kind: match kind {
+                FileKind::Reg => wire::FdKind::Reg,
+                FileKind::Chr => wire::FdKind::Chr,
+                _ => wire::FdKind::Dir,
+            },
+            path: path.as_bytes().to_vec(),
+        });
+    }
+    Ok(fds)
+}
+
+/// The `sig` records of a process (`after_exec`: only the ignored signals, the actions
+/// an exec keeps).
+fn render_sigs(proc_: &ProcessInfo, after_exec: bool) -> Result<Vec<wire::SigRec>, ManifestError> {
+    let mut sigs = Vec::with_capacity(proc_.sigactions.len());
+    for a in proc_
+        .sigactions
+        .iter()
+        .filter(|a| !after_exec || a.handler == SIG_IGN)
+    {
+        sigs.push(wire::SigRec {
+            signo: i32::try_from(a.signo).map_err(|_| ManifestError::BadSignal(a.signo))?,
+            handler: a.handler,
+            flags: a.flags,
+            restorer: a.restorer,
+            mask: a.mask,
+        });
+    }
+    Ok(sigs)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn render_process(
     k: &Kernel<'_>,
@@ -439,33 +542,10 @@ fn render_process(
     live: &HashMap<u64, &CpuUserState>,
     notes: &mut Vec<String>,
 ) -> Result<Rendered, ManifestError> {
-    let mut files: Vec<FileRecord> = Vec::new();
-    let mut want_file = |path: &str, inode: InodeInfo, writable: bool| {
-        if inode.kind() == FileKind::Reg && inode.in_memory_fs() {
-            files.push(FileRecord {
-                path: path.to_owned(),
-                inode,
-                overwrite: writable,
-            });
-        }
-    };
+    let mut files = Wanted::default();
     let exe = mm.exe.as_deref().ok_or(ManifestError::ExeUnknown)?;
-    if deleted(exe) {
-        return Err(ManifestError::ExeDeleted {
-            path: exe.to_owned(),
-        });
-    }
-    if mm.exe_file != 0 {
-        if let Ok(inode) = file_inode(k, mm.exe_file) {
-            want_file(exe, inode, false);
-        }
-    }
-    let cwd = proc_.cwd.as_deref().ok_or(ManifestError::CwdUnknown)?;
-    if deleted(cwd) {
-        return Err(ManifestError::CwdDeleted {
-            path: cwd.to_owned(),
-        });
-    }
+    want_exe(k, exe, mm.exe_file, &mut files)?;
+    let cwd = cwd_of(proc_)?;
     if mm.auxv.is_empty() {
         return Err(ManifestError::NoAuxv);
     }
@@ -483,7 +563,7 @@ fn render_process(
         if kind == VmaKind::File {
             let p = v.file.as_deref().unwrap_or_default();
             if let Some(inode) = inode {
-                want_file(p, inode, false);
+                files.want(p, inode, false);
             }
             path = Some(p.as_bytes().to_vec());
         }
@@ -527,50 +607,8 @@ fn render_process(
         });
     }
 
-    let mut fds = Vec::with_capacity(proc_.files.len());
-    for f in &proc_.files {
-        let kind = f.kind();
-        if !matches!(kind, FileKind::Reg | FileKind::Chr | FileKind::Dir) {
-            return Err(ManifestError::FdKind {
-                fd: f.fd,
-                kind: kind.manifest_name(),
-            });
-        }
-        let path = f
-            .path
-            .as_deref()
-            .ok_or(ManifestError::FdPathUnknown { fd: f.fd })?;
-        if deleted(path) || path.starts_with('[') {
-            return Err(ManifestError::FdNotReopenable {
-                fd: f.fd,
-                path: path.to_owned(),
-            });
-        }
-        if let Some(inode) = f.inode {
-            want_file(path, inode, f.writable());
-        }
-        fds.push(wire::FdRec {
-            fd: i32::try_from(f.fd).map_err(|_| ManifestError::FdTooLarge { fd: f.fd })?,
-            flags: f.flags | if f.cloexec { O_CLOEXEC } else { 0 },
-            pos: f.pos,
-            kind: match kind {
-                FileKind::Reg => wire::FdKind::Reg,
-                FileKind::Chr => wire::FdKind::Chr,
-                _ => wire::FdKind::Dir,
-            },
-            path: path.as_bytes().to_vec(),
-        });
-    }
-    let mut sigs = Vec::with_capacity(proc_.sigactions.len());
-    for a in &proc_.sigactions {
-        sigs.push(wire::SigRec {
-            signo: i32::try_from(a.signo).map_err(|_| ManifestError::BadSignal(a.signo))?,
-            handler: a.handler,
-            flags: a.flags,
-            restorer: a.restorer,
-            mask: a.mask,
-        });
-    }
+    let fds = render_fds(proc_, false, &mut files)?;
+    let sigs = render_sigs(proc_, false)?;
     let syscall_entry = k.symbol("entry_SYSCALL_64").ok();
     let mut out_threads = Vec::with_capacity(threads.len());
     for t in threads {
@@ -610,7 +648,75 @@ fn render_process(
         sigs,
         threads: out_threads,
     };
-    Ok(Rendered { process, files })
+    Ok(Rendered {
+        entry: Entry::Process(process),
+        files: files.0,
+    })
+}
+
+/// `SIG_IGN` as a handler.
+const SIG_IGN: u64 = 1;
+
+/// Checks the executable's path and wants its file when it is in memory.
+fn want_exe(
+    k: &Kernel<'_>,
+    exe: &str,
+    exe_file: u64,
+    files: &mut Wanted,
+) -> Result<(), ManifestError> {
+    if deleted(exe) {
+        return Err(ManifestError::ExeDeleted {
+            path: exe.to_owned(),
+        });
+    }
+    if exe_file != 0 {
+        if let Ok(inode) = file_inode(k, exe_file) {
+            files.want(exe, inode, false);
+        }
+    }
+    Ok(())
+}
+
+/// The current directory of a process.
+fn cwd_of(proc_: &ProcessInfo) -> Result<&str, ManifestError> {
+    let cwd = proc_.cwd.as_deref().ok_or(ManifestError::CwdUnknown)?;
+    if deleted(cwd) {
+        return Err(ManifestError::CwdDeleted {
+            path: cwd.to_owned(),
+        });
+    }
+    Ok(cwd)
+}
+
+/// The `exec` block of a process caught inside `execve` past its point of no return: what
+/// an exec keeps (open files without close-on-exec, current directory, ignored signals,
+/// signal mask) and the exec to run again.
+fn render_exec(
+    k: &Kernel<'_>,
+    leader: &Task,
+    proc_: &ProcessInfo,
+    args: ExecArgs,
+) -> Result<Rendered, ManifestError> {
+    let mut files = Wanted::default();
+    want_exe(k, &args.path, args.file, &mut files)?;
+    let cwd = cwd_of(proc_)?;
+    let fds = render_fds(proc_, true, &mut files)?;
+    let sigs = render_sigs(proc_, true)?;
+    let exec = wire::Exec {
+        pid: wire_pid(leader.pid)?,
+        comm: leader.comm.as_bytes().to_vec(),
+        path: args.path.into_bytes(),
+        cwd: Some(cwd.as_bytes().to_vec()),
+        argv: args.argv,
+        envp: args.envp,
+        fds,
+        sigs,
+        sigmask: leader.effective_sigmask(),
+    };
+    Ok(Rendered {
+        entry: Entry::Exec(exec),
+        files: files.0,
+    })
 }
 
 /// Maps each task that was current on a CPU to the vCPU that ran that CPU: kernel CPU N
@@ -741,9 +847,6 @@ pub fn build_manifest_excluding(
                 }
             }
             let mm = report.mm_of(leader).ok_or(ManifestError::MmNotRead)?;
-            if let Some(p) = report.mm_problems.get(&leader.mm).and_then(|p| p.first()) {
-                return Err(ManifestError::MmProblem { problem: p.clone() });
-            }
             let p = report
                 .processes
                 .get(&tgid)
@@ -760,7 +863,28 @@ pub fn build_manifest_excluding(
                 continue;
             }
         };
-        match render_process(kernel, leader, &threads, mm, proc_, &live, &mut m.notes) {
+        // The image, when the address space was read cleanly (an exec caught past its point
+        // of no return does not restore it, and needs only its areas).
+        let mm_problem = report.mm_problems.get(&leader.mm).and_then(|p| p.first());
+        let mut image = || match mm_problem {
+            Some(p) => Err(ManifestError::MmProblem { problem: p.clone() }),
+            None => render_process(kernel, leader, &threads, mm, proc_, &live, &mut m.notes),
+        };
+        let live_user = live.get(&leader.addr).is_some_and(|c| c.cpl3);
+        let result = if !live_user && in_exec(leader, mm) {
+            match find_exec(kernel, leader, mm) {
+                Ok(_) if threads.len() > 1 => Err(ManifestError::ExecThreads {
+                    threads: threads.len(),
+                }),
+                Ok(args) => render_exec(kernel, leader, proc_, args),
+                // No new program's mm: the old image is intact and the exec runs again.
+                Err(_) if can_restart(leader, mm) => image(),
+                Err(source) => Err(ManifestError::ExecArgs { source }),
+            }
+        } else {
+            image()
+        };
+        match result {
             Ok(r) => rendered.push((tgid, r)),
             Err(e) => exclude(error_chain(&e)),
         }
@@ -791,7 +915,7 @@ pub fn build_manifest_excluding(
         );
     }
     let mut used: BTreeSet<u64> = BTreeSet::new();
-    let mut processes = Vec::new();
+    let (mut processes, mut execs) = (Vec::new(), Vec::new());
     for (tgid, r) in rendered {
         let bad = r
             .files
@@ -805,7 +929,10 @@ pub fn build_manifest_excluding(
             continue;
         }
         used.extend(r.files.iter().map(|f| f.inode.addr));
-        processes.push(r.process);
+        match r.entry {
+            Entry::Process(p) => processes.push(p),
+            Entry::Exec(e) => execs.push(e),
+        }
         m.processes.push(tgid);
     }
 
@@ -829,6 +956,7 @@ pub fn build_manifest_excluding(
     m.manifest = wire::Manifest {
         files: out_files,
         processes,
+        execs,
     };
     m.text = m.manifest.to_text();
     m.excluded.sort_by_key(|e| e.pid);
@@ -1180,6 +1308,256 @@ mod tests {
             .excluded
             .iter()
             .any(|e| e.pid == 5 && e.reason.contains("own fd table")));
+    }
+
+    /// A process (pid 9) caught inside `execve("/bin/sleep", ["sleep", "1"], ["PATH=/bin"])`
+    /// after `exec_mmap`: one stack area holding the strings, `bprm` on its kernel stack.
+    struct ExecWorld {
+        m: crate::kernel::testmem::Mem,
+        report: Report,
+    }
+
+    const EXEC_STACK: u64 = 0x18_0000;
+    const BPRM: u64 = 0x18_8000;
+    const FILENAME: u64 = 0x18_9000;
+    const EXEC_PGD: u64 = 0x19_0000;
+    const STRINGS_PAGE: u64 = 0x1a_0000;
+    const EXE: u64 = 0x11_4000;
+    const AREA: (u64, u64) = (0x7fff_fffd_e000, 0x7fff_ffff_f000);
+
+    fn exec_world() -> ExecWorld {
+        let mut m = world();
+        crate::process::tests::put_file(
+            &mut m,
+            EXE,
+            "busybox",
+            0o100_755,
+            0,
+            crate::process::tests::SB_TMPFS,
+        );
+        // Its page cache, and /data's: empty.
+        m.put_u64(EXE + 0x200 + 32, dm(0x18_c000));
+        m.put_u64(0x11_1200 + 32, dm(0x18_c000));
+        // The stack area's top page.
+        let top = AREA.1 - 0x1000;
+        let idx = |s: u32| (top >> s) & 0x1ff;
+        m.put_u64(EXEC_PGD + idx(39) * 8, (EXEC_PGD + 0x1000) | 7);
+        m.put_u64(EXEC_PGD + 0x1000 + idx(30) * 8, (EXEC_PGD + 0x2000) | 7);
+        m.put_u64(EXEC_PGD + 0x2000 + idx(21) * 8, (EXEC_PGD + 0x3000) | 7);
+        m.put_u64(EXEC_PGD + 0x3000 + idx(12) * 8, STRINGS_PAGE | 7);
+        let strings = b"sleep\x001\0PATH=/bin\0/bin/sleep\0";
+        let p = AREA.1 - 8 - strings.len() as u64;
+        m.put(STRINGS_PAGE + (p - top), strings);
+        m.put(FILENAME, b"/bin/sleep\0");
+        let vma = dm(0x18_a000);
+        m.put_u64(BPRM, vma);
+        m.put_u64(BPRM + 16, 0);
+        m.put_u64(BPRM + 24, p);
+        m.put_u64(BPRM + 64, dm(EXE));
+        m.put_u32(BPRM + 88, 2);
+        m.put_u32(BPRM + 92, 1);
+        m.put_u64(BPRM + 96, dm(FILENAME));
+        // Decoys: a pointer to something else, one past memory, then bprm.
+        m.put_u64(EXEC_STACK + 0x3e00, dm(FILENAME));
+        m.put_u64(EXEC_STACK + 0x3e08, dm(0x7000_0000));
+        m.put_u64(EXEC_STACK + 0x3e10, dm(BPRM));
+
+        let mm_addr = dm(0xe000);
+        let mut t = task(9, 9, mm_addr);
+        t.stack = dm(EXEC_STACK);
+        t.regs = Some(PtRegs {
+            orig_ax: 59,
+            ax: u64::from_ne_bytes((-38i64).to_ne_bytes()),
+            ip: 0x40_1002,
+            cx: 0x40_1002,
+            di: 0x40_8000,
+            cs: 0x33,
+            ss: 0x2b,
+            sp: 0x7ffe_0000,
+            ..PtRegs::default()
+        });
+        t.blocked = 1 << 12;
+        let mut r = Report {
+            tasks: vec![t],
+            ..Report::default()
+        };
+        r.mms.insert(
+            mm_addr,
+            MmInfo {
+                addr: mm_addr,
+                pgd_phys: EXEC_PGD,
+                map_count: 1,
+                exe: Some("/busybox".to_owned()),
+                exe_file: dm(EXE),
+                auxv: vec![0, 0],
+                vmas: vec![Vma {
+                    addr: vma,
+                    start: AREA.0,
+                    end: AREA.1,
+                    flags: VM_READ | VM_WRITE | VM_GROWSDOWN,
+                    pgoff: 0,
+                    file_addr: 0,
+                    file: None,
+                    name: None,
+                    ops: 0,
+                    pages: Partial::default(),
+                }],
+                ..MmInfo::default()
+            },
+        );
+        r.mm_problems.insert(mm_addr, Vec::new());
+        ExecWorld { m, report: r }
+    }
+
+    impl ExecWorld {
+        fn kernel_do<T>(&self, f: impl FnOnce(&Kernel<'_>, &Report) -> T) -> T {
+            let syms = SymbolTable::parse_system_map(MAP).expect("map");
+            let btf = btf();
+            let k = Kernel::new(&self.m, &syms, &btf).expect("kernel");
+            let mut r = self.report.clone();
+            // fd 0 (console) stays open across exec, fd 1 (/data) is close-on-exec.
+            let files = read_files(&k, dm(crate::process::tests::FILES));
+            r.processes.insert(
+                9,
+                Partial::ok(ProcessInfo {
+                    tgid: 9,
+                    files: files.value[..2].to_vec(),
+                    cwd: Some("/tmp".to_owned()),
+                    sigactions: vec![
+                        SigAction {
+                            signo: 2,
+                            handler: 0x40_2000,
+                            flags: 0,
+                            restorer: 0,
+                            mask: 0,
+                        },
+                        SigAction {
+                            signo: 13,
+                            handler: 1,
+                            flags: 0,
+                            restorer: 0,
+                            mask: 0,
+                        },
+                    ],
+                    ..ProcessInfo::default()
+                }),
+            );
+            f(&k, &r)
+        }
+    }
+
+    #[test]
+    fn a_process_caught_inside_execve_is_an_exec_record() {
+        let w = exec_world();
+        let (man, args) = w.kernel_do(|k, r| {
+            let t = &r.tasks[0];
+            let args = find_exec(k, t, r.mm_of(t).expect("mm")).expect("binprm");
+            (build_manifest(k, r, &[]), args)
+        });
+        assert_eq!((args.binprm, args.path.as_str()), (dm(BPRM), "/busybox"));
+        assert_eq!(args.filename, b"/bin/sleep");
+        assert_eq!(man.processes, [9], "{:?}", man.excluded);
+        assert!(man.manifest.processes.is_empty());
+        let e = &man.manifest.execs[0];
+        assert_eq!(e.path, b"/busybox");
+        assert_eq!(e.argv, [b"sleep".to_vec(), b"1".to_vec()]);
+        assert_eq!(e.envp, [b"PATH=/bin".to_vec()]);
+        assert_eq!(e.cwd.as_deref(), Some(b"/tmp".as_slice()));
+        // What an exec keeps: the fd without close-on-exec, the ignored signal, the mask.
+        assert_eq!(e.fds.iter().map(|f| f.fd).collect::<Vec<_>>(), [0]);
+        assert_eq!(e.sigs.iter().map(|s| s.signo).collect::<Vec<_>>(), [13]);
+        assert_eq!(e.sigmask, 1 << 12);
+        assert_eq!(wire::parse(man.text.as_bytes()), Ok(man.manifest.clone()));
+        assert!(man.text.contains(
+            "\nexec 9 p9\npath /busybox\ncwd /tmp\narg sleep\narg 1\nenv PATH=/bin\nfd 0 2 123 chr /console\nsig 13 1 0 0 0\nsigmask 1000\nend\n"
+        ));
+        // The executable lives in memory: it is recreated first.
+        assert!(
+            man.text.contains("\nfile 1388 1ed 0 /busybox\n"),
+            "{}",
+            man.text
+        );
+    }
+
+    #[test]
+    fn binprm_candidates_that_fail_a_check_are_rejected() {
+        let reason = |w: &ExecWorld| {
+            w.kernel_do(|k, r| {
+                let t = &r.tasks[0];
+                find_exec(k, t, r.mm_of(t).expect("mm")).map(|a| a.binprm)
+            })
+        };
+        let closest = |e: Result<u64, ExecError>| match e {
+            Err(ExecError::NotFound {
+                closest: Some(c), ..
+            }) => *c,
+            other => panic!("{other:?}"),
+        };
+        // Another file than the mm's executable.
+        let mut w = exec_world();
+        w.m.put_u64(BPRM + 64, dm(0x11_1000));
+        assert!(matches!(closest(reason(&w)), ExecError::NotExe { .. }));
+        // The new mm not installed yet (bprm->mm is another mm).
+        let mut w = exec_world();
+        w.m.put_u64(BPRM + 16, dm(0xf000));
+        assert!(matches!(reason(&w), Err(ExecError::NotFound { .. })));
+        // Absurd counts, and more strings than bytes.
+        let mut w = exec_world();
+        w.m.put_u32(BPRM + 88, u32::MAX);
+        assert!(matches!(closest(reason(&w)), ExecError::Counts { .. }));
+        let mut w = exec_world();
+        w.m.put_u32(BPRM + 92, 1000);
+        assert!(matches!(closest(reason(&w)), ExecError::Counts { .. }));
+        // One string too many: the filename is not where it should be.
+        let mut w = exec_world();
+        w.m.put_u32(BPRM + 92, 2);
+        assert!(matches!(
+            closest(reason(&w)),
+            ExecError::Filename { .. } | ExecError::Unterminated { .. }
+        ));
+        // Strings outside the stack area, and a vma that is not the task's.
+        let mut w = exec_world();
+        w.m.put_u64(BPRM + 24, 0x1000);
+        assert!(matches!(closest(reason(&w)), ExecError::Outside { .. }));
+        let mut w = exec_world();
+        w.m.put_u64(BPRM, dm(0x18_b000));
+        assert!(matches!(closest(reason(&w)), ExecError::NotItsVma { .. }));
+        // The strings' page is not mapped.
+        let mut w = exec_world();
+        w.m.put_u64(EXEC_PGD + 0x3000 + 0x1fe * 8, 0);
+        assert!(matches!(closest(reason(&w)), ExecError::Unreadable { .. }));
+    }
+
+    #[test]
+    fn a_process_in_execve_without_a_binprm_is_not_restored_with_the_reason() {
+        let mut w = exec_world();
+        w.m.put_u64(EXEC_STACK + 0x3e10, 0);
+        let man = w.kernel_do(|k, r| build_manifest(k, r, &[]));
+        assert!(man.processes.is_empty());
+        assert_eq!(man.excluded[0].pid, 9);
+        assert!(
+            man.excluded[0].reason.starts_with(
+                "caught inside execve, its arguments could not be read: no struct linux_binprm on its kernel stack"
+            ),
+            "{}",
+            man.excluded[0].reason
+        );
+        // Still the old program (the new mm is not installed): restored, execve run again.
+        let mut w = exec_world();
+        w.m.put_u64(EXEC_STACK + 0x3e10, 0);
+        let mm = w.report.mms.values_mut().next().expect("mm");
+        mm.start_code = 0x40_0000;
+        mm.auxv = vec![6, 0x1000, 0, 0];
+        let man = w.kernel_do(|k, r| build_manifest(k, r, &[]));
+        assert_eq!(man.processes, [9], "{:?}", man.excluded);
+        let regs = &man.manifest.processes[0].threads[0].regs;
+        assert_eq!((regs[10], regs[16], regs[14]), (59, 0x40_1000, 0x40_8000));
+        // ... unless that image was not read cleanly.
+        for p in w.report.mm_problems.values_mut() {
+            p.push("maple tree: boom".to_owned());
+        }
+        let man = w.kernel_do(|k, r| build_manifest(k, r, &[]));
+        assert_eq!(man.excluded[0].reason, "address space: maple tree: boom");
     }
 
     #[test]

@@ -655,6 +655,20 @@ pub(crate) mod tests {
             ],
         );
         b.strukt("super_block", 128, &[("s_magic", ulong, 96 * 8)]);
+        let int = b.int("int", 4);
+        b.strukt(
+            "linux_binprm",
+            128,
+            &[
+                ("vma", ulong, 0),
+                ("mm", ulong, 16 * 8),
+                ("p", ulong, 24 * 8),
+                ("file", ulong, 64 * 8),
+                ("argc", int, 88 * 8),
+                ("envc", int, 92 * 8),
+                ("filename", ulong, 96 * 8),
+            ],
+        );
         let sa = b.strukt(
             "sigaction",
             32,

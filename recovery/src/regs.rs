@@ -24,6 +24,11 @@ pub const MAX_CPUS: u32 = 8192;
 /// them in progress: clone, fork, vfork, clone3 (they have no effect visible to the
 /// caller until they return, and the kernel never lets them fail with EINTR).
 pub const RESTARTED_SYSCALLS: [u64; 4] = [56, 57, 58, 435];
+/// `execve` and `execveat`. Caught in progress with the program's own frame, the exec has
+/// not replaced the program yet (`recovery::exec` handles the one caught after its point of
+/// no return): it is run again, in the new world, from the intact old image. Caught after
+/// `start_thread` rewrote the frame for the new program, it has succeeded: it returns 0.
+pub const EXEC_SYSCALLS: [u64; 2] = [59, 322];
 
 fn signed(v: u64) -> i64 {
     i64::from_ne_bytes(v.to_ne_bytes())
@@ -211,11 +216,26 @@ impl UserRegs {
     }
 }
 
+/// True when the saved frame is still the one `syscall` made (`cx == ip`): no exec has
+/// loaded a new program's registers into it.
+pub fn exec_frame_intact(regs: &PtRegs) -> bool {
+    regs.cx == regs.ip
+}
+
 /// The registers a thread resumes with, from its saved frame: an in-progress or restarting
 /// system call returns `-EINTR` (rip unchanged); `orig_rax` is -1; segments as in
 /// [`UserRegs::normalized`]; `fs_base`/`gs_base` as given (the task's saved bases).
 pub fn final_user_regs(regs: &PtRegs, fs_base: u64, gs_base: u64) -> UserRegs {
     let (rax, rip) = match classify_syscall(regs) {
+        // `syscall` left the return address in both `cx` and `ip`; `start_thread` sets `ip`
+        // to the new program's entry and `ELF_PLAT_INIT` clears `cx`.
+        SyscallState::InProgress { nr } if EXEC_SYSCALLS.contains(&nr) => {
+            if exec_frame_intact(regs) {
+                (nr, regs.ip.wrapping_sub(2))
+            } else {
+                (0, regs.ip)
+            }
+        }
         // Never seen as EINTR by a program: run them again (the kernel restarts these
         // itself: fork and friends return -ERESTARTNOINTR on a signal).
         SyscallState::InProgress { nr } if RESTARTED_SYSCALLS.contains(&nr) => {
@@ -428,6 +448,21 @@ mod tests {
             let r = final_user_regs(&frame(orig, ax), 0, 0);
             assert_eq!((r.rax, r.rip), (unsigned(orig), 0x40_0ffe), "orig {orig}");
         }
+        // execve/execveat in progress with the caller's frame: run again (not EINTR, which
+        // a shell's child would report and exit on), arguments as saved.
+        for nr in [59, 322] {
+            let r = final_user_regs(&frame(nr, -ENOSYS), 0, 0);
+            assert_eq!(
+                (r.rax, r.rip, r.rdi),
+                (unsigned(nr), 0x40_0ffe, 3),
+                "nr {nr}"
+            );
+        }
+        // ... and once start_thread put the new program's entry in the frame: it succeeded.
+        let mut f = frame(59, -ENOSYS);
+        (f.ip, f.cx, f.di) = (0x7f00_1234, 0, 0);
+        let r = final_user_regs(&f, 0, 0);
+        assert_eq!((r.rax, r.rip), (0, 0x7f00_1234));
         let r = final_user_regs(&frame(1, 2), 3, 4);
         assert_eq!(UserRegs::from_array(r.to_array()), r);
         assert_eq!(r.to_array()[21], 3);

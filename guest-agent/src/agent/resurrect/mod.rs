@@ -7,7 +7,10 @@
 //! - [`files`] recreates the files of in-memory file systems (`file` records).
 //! - [`restore`] recreates one process: `clone3(set_tid)`, then a ptrace-driven rebuild
 //!   through system calls injected with [`tracer`].
+//! - [`exec`] completes an exec the crash interrupted (`exec` blocks): `clone3(set_tid)`,
+//!   what an exec keeps, then `execve`.
 
+pub mod exec;
 pub mod files;
 pub mod manifest;
 pub mod restore;
@@ -217,6 +220,12 @@ pub enum Event {
     Progress,
 }
 
+/// One block of the manifest: a process image, or an exec to complete.
+enum Block<'a> {
+    Process(&'a manifest::Process),
+    Exec(&'a manifest::Exec),
+}
+
 /// The totals for `resurrect-done`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Summary {
@@ -269,7 +278,7 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
                 "resurrect: manifest: {more} more bad lines"
             )));
         }
-        sum.failed = u32::try_from(m.processes.len()).unwrap_or(u32::MAX);
+        sum.failed = u32::try_from(m.processes.len() + m.execs.len()).unwrap_or(u32::MAX);
         sum.ms = ms_since(t0);
         return sum;
     }
@@ -283,7 +292,12 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
         }
         sink(Event::Progress);
     }
-    for entry in &m.processes {
+    let blocks = m
+        .processes
+        .iter()
+        .map(|p| p.as_ref().map(Block::Process))
+        .chain(m.execs.iter().map(|e| e.as_ref().map(Block::Exec)));
+    for entry in blocks {
         match entry {
             Err(bad) => {
                 let first = bad
@@ -302,14 +316,21 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
                     reason,
                 });
             }
-            Ok(p) => {
+            Ok(block) => {
                 let t = Instant::now();
-                match restore::restore(p, &mem) {
+                let (pid, done, command) = match block {
+                    Block::Process(p) => (
+                        p.pid,
+                        restore::restore(p, &mem),
+                        p.exe.as_deref().map_or_else(|| text(&p.comm), text),
+                    ),
+                    Block::Exec(e) => (e.pid, exec::exec(e).map(|()| 1), text(&e.path)),
+                };
+                match done {
                     Ok(threads) => {
                         sum.restored += 1;
-                        let command = p.exe.as_deref().map_or_else(|| text(&p.comm), text);
                         sink(Event::Restored {
-                            pid: p.pid,
+                            pid,
                             threads,
                             ms: ms_since(t),
                             command,
@@ -318,7 +339,7 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
                     Err(e) => {
                         sum.failed += 1;
                         sink(Event::NotRestored {
-                            pid: p.pid,
+                            pid,
                             reason: reason(&e),
                         });
                     }

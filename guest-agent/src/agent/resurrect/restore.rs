@@ -18,7 +18,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
-use super::manifest::{FdKind, Process, VmaKind, PAGE};
+use super::manifest::{FdKind, FdRec, Process, SigRec, VmaKind, PAGE};
 use super::tracer::{self, reg, Injector, Regs, Tid};
 use super::{text, Error, MemSource};
 
@@ -56,6 +56,8 @@ const STEP_SEEK: u64 = 3;
 const STEP_DUP: u64 = 4;
 const STEP_CHDIR: u64 = 5;
 const STEP_SIGACTION: u64 = 6;
+pub(super) const STEP_SIGMASK: u64 = 7;
+pub(super) const STEP_EXEC: u64 = 8;
 /// Exit codes of a child that could not even record an error.
 const EXIT_TRACEME: i32 = 120;
 const EXIT_SCRATCH: i32 = 121;
@@ -70,10 +72,176 @@ struct ChildPlan {
     /// The old memory this process needs: fd of the window, then (address, length, file
     /// offset) of each cluster of it mapped into the span reserved for the window.
     window: Option<(RawFd, Vec<Cluster>)>,
+    setup: Setup,
+}
+
+/// What every recreated process sets up in itself: its files, directory, signal actions.
+pub(super) struct Setup {
     fds: Vec<FdPlan>,
     cwd: CString,
     /// (signo, kernel `struct sigaction`: handler, flags, restorer, mask).
     sigs: Vec<(i32, [u64; 4])>,
+}
+
+impl Setup {
+    /// The plan for `fds`, `cwd` (`/` when none) and `sigs`.
+    pub(super) fn new(fds: &[FdRec], cwd: Option<&[u8]>, sigs: &[SigRec]) -> Result<Self, Error> {
+        for f in fds {
+            if !matches!(f.kind, FdKind::Reg | FdKind::Chr | FdKind::Dir) {
+                return Err(Error::FdKind {
+                    fd: f.fd,
+                    kind: f.kind.name(),
+                });
+            }
+        }
+        Ok(Self {
+            fds: fds
+                .iter()
+                .map(|f| {
+                    // f_flags are 32 bits; open(2) takes them as an int.
+                    let flags = i32::from_ne_bytes(f.flags.to_ne_bytes());
+                    let mut flags =
+                        (flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_NOCTTY;
+                    if f.kind == FdKind::Dir {
+                        flags |= libc::O_DIRECTORY;
+                    }
+                    let seek = if f.kind == FdKind::Reg {
+                        Some(libc::off_t::try_from(f.pos).map_err(|_| {
+                            Error::Invalid(format!("fd {}: position {:#x} too large", f.fd, f.pos))
+                        })?)
+                    } else {
+                        None
+                    };
+                    Ok(FdPlan {
+                        fd: f.fd,
+                        flags,
+                        seek,
+                        path: cstring(&f.path)?,
+                    })
+                })
+                .collect::<Result<_, Error>>()?,
+            cwd: cstring(cwd.unwrap_or(b"/"))?,
+            sigs: sigs
+                .iter()
+                .map(|s| (s.signo, [s.handler, s.flags, s.restorer, s.mask]))
+                .collect(),
+        })
+    }
+
+    /// The highest descriptor number the process gets.
+    pub(super) fn max_fd(&self) -> RawFd {
+        self.fds.iter().map(|f| f.fd).max().unwrap_or(-1)
+    }
+
+    /// In the child: opens the files at their numbers, `chdir`s, installs the signal
+    /// actions. On failure, the step and index (errno is left as the call set it).
+    ///
+    /// # Safety
+    /// Only raw, async-signal-safe system calls on this plan's data (the child of a
+    /// `clone3` must not allocate).
+    pub(super) unsafe fn apply(&self) -> Result<(), (u64, usize)> {
+        // SAFETY: raw system calls whose pointers refer to this plan, which lives as long
+        // as the call.
+        unsafe {
+            for (i, f) in self.fds.iter().enumerate() {
+                let fd = libc::open(f.path.as_ptr(), f.flags, 0);
+                if fd < 0 {
+                    return Err((STEP_OPEN, i));
+                }
+                if let Some(pos) = f.seek {
+                    if libc::lseek(fd, pos, libc::SEEK_SET) < 0 {
+                        return Err((STEP_SEEK, i));
+                    }
+                }
+                if fd != f.fd {
+                    if libc::dup3(fd, f.fd, f.flags & libc::O_CLOEXEC) < 0 {
+                        return Err((STEP_DUP, i));
+                    }
+                    libc::close(fd);
+                }
+            }
+            if libc::chdir(self.cwd.as_ptr()) != 0 {
+                return Err((STEP_CHDIR, 0));
+            }
+            for (i, (signo, act)) in self.sigs.iter().enumerate() {
+                // The kernel's struct sigaction: handler, flags, restorer, mask (8 bytes).
+                let r = libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    *signo,
+                    act.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                );
+                if r != 0 {
+                    return Err((STEP_SIGACTION, i));
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// The error for a failed [`Setup::apply`] step.
+    pub(super) fn error(&self, step: u64, index: u64, errno: u64) -> Error {
+        let i = usize::try_from(index).unwrap_or(usize::MAX);
+        let what = match step {
+            STEP_WINDOW => "map the window".to_owned(),
+            STEP_OPEN | STEP_SEEK | STEP_DUP => {
+                let (fd, path) = self.fds.get(i).map_or((-1, String::new()), |f| {
+                    (f.fd, f.path.to_string_lossy().into_owned())
+                });
+                let op = match step {
+                    STEP_OPEN => "open",
+                    STEP_SEEK => "lseek",
+                    _ => "dup3",
+                };
+                format!("fd {fd}: {op} {path}")
+            }
+            STEP_CHDIR => format!("chdir {}", self.cwd.to_string_lossy()),
+            STEP_SIGACTION => format!("rt_sigaction({})", self.sigs.get(i).map_or(0, |s| s.0)),
+            STEP_SIGMASK => "rt_sigprocmask".to_owned(),
+            STEP_EXEC => "execve".to_owned(),
+            other => format!("step {other}"),
+        };
+        Error::Child {
+            what,
+            source: io::Error::from_raw_os_error(i32::try_from(errno).unwrap_or(libc::EINVAL)),
+        }
+    }
+}
+
+/// `clone3` with `set_tid = [pid]`, signal actions reset, `SIGCHLD` on exit. Returns 0 in
+/// the child (a copy of us) and the pid in the parent.
+///
+/// # Safety
+/// The caller must be single-threaded, and the child must make only async-signal-safe
+/// calls and never return from the caller's frame.
+pub(super) unsafe fn clone_with_pid(pid: i32) -> Result<i64, Error> {
+    let set_tid: [libc::pid_t; 1] = [pid];
+    // SAFETY: clone_args is plain old data; all-zero is its documented default.
+    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
+    args.flags = CLONE_CLEAR_SIGHAND;
+    args.exit_signal = u64::from(libc::SIGCHLD.unsigned_abs());
+    args.set_tid = set_tid.as_ptr() as u64;
+    args.set_tid_size = 1;
+    // SAFETY: `args` and `set_tid` are valid for the call. Without CLONE_VM the child gets
+    // a copy of our address space and returns with 0 (the caller's contract covers it).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            std::ptr::addr_of!(args),
+            std::mem::size_of::<libc::clone_args>(),
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        let what = if e.raw_os_error() == Some(libc::EEXIST) {
+            format!("clone3: pid {pid} is in use")
+        } else {
+            format!("clone3 with pid {pid}")
+        };
+        return Err(Error::os(what, e));
+    }
+    Ok(r)
 }
 
 struct FdPlan {
@@ -166,14 +334,7 @@ fn cstring(bytes: &[u8]) -> Result<CString, Error> {
 
 /// Restores `p`. Returns its number of threads.
 pub fn restore(p: &Process, mem: &MemSource) -> Result<u32, Error> {
-    for f in &p.fds {
-        if !matches!(f.kind, FdKind::Reg | FdKind::Chr | FdKind::Dir) {
-            return Err(Error::FdKind {
-                fd: f.fd,
-                kind: f.kind.name(),
-            });
-        }
-    }
+    let setup = Setup::new(&p.fds, p.cwd.as_deref(), &p.sigs)?;
     // The part of the window this process needs.
     let mut span: Option<(u64, u64)> = None;
     for c in p.vmas.iter().flat_map(|v| &v.copies) {
@@ -232,70 +393,14 @@ pub fn restore(p: &Process, mem: &MemSource) -> Result<u32, Error> {
     let plan = ChildPlan {
         scratch,
         window: window.as_ref().map(|(_, _, fd, c, _)| (*fd, c.clone())),
-        fds: p
-            .fds
-            .iter()
-            .map(|f| {
-                // f_flags are 32 bits; open(2) takes them as an int.
-                let flags = i32::from_ne_bytes(f.flags.to_ne_bytes());
-                let mut flags =
-                    (flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_NOCTTY;
-                if f.kind == FdKind::Dir {
-                    flags |= libc::O_DIRECTORY;
-                }
-                let seek = if f.kind == FdKind::Reg {
-                    Some(libc::off_t::try_from(f.pos).map_err(|_| {
-                        Error::Invalid(format!("fd {}: position {:#x} too large", f.fd, f.pos))
-                    })?)
-                } else {
-                    None
-                };
-                Ok(FdPlan {
-                    fd: f.fd,
-                    flags,
-                    seek,
-                    path: cstring(&f.path)?,
-                })
-            })
-            .collect::<Result<_, Error>>()?,
-        cwd: cstring(p.cwd.as_deref().unwrap_or(b"/"))?,
-        sigs: p
-            .sigs
-            .iter()
-            .map(|s| (s.signo, [s.handler, s.flags, s.restorer, s.mask]))
-            .collect(),
+        setup,
     };
 
     let pid = i32::try_from(p.pid).map_err(|_| Error::Invalid("pid out of range".into()))?;
-    let set_tid: [libc::pid_t; 1] = [pid];
-    // SAFETY: clone_args is plain old data; all-zero is its documented default.
-    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
-    args.flags = CLONE_CLEAR_SIGHAND;
-    args.exit_signal = u64::from(libc::SIGCHLD.unsigned_abs());
-    args.set_tid = set_tid.as_ptr() as u64;
-    args.set_tid_size = 1;
-    // SAFETY: `args` and `set_tid` are valid for the call. Without CLONE_VM the child gets
-    // a copy of our address space and returns here with 0; we are single-threaded, and the
-    // child only runs `child`, which never returns.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            std::ptr::addr_of!(args),
-            std::mem::size_of::<libc::clone_args>(),
-        )
-    };
-    if r == 0 {
+    // SAFETY: we are single-threaded, and the child only runs `child`, which never returns.
+    if unsafe { clone_with_pid(pid) }? == 0 {
         // SAFETY: we are the new child of a single-threaded process.
         unsafe { child(&plan) }
-    }
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        let what = if e.raw_os_error() == Some(libc::EEXIST) {
-            format!("clone3: pid {pid} is in use")
-        } else {
-            format!("clone3 with pid {pid}")
-        };
-        return Err(Error::os(what, e));
     }
     let mut guard = Guard {
         tids: vec![pid],
@@ -350,7 +455,7 @@ fn build(
         u64::from_ne_bytes(w)
     };
     if word(0) != 0 {
-        return Err(child_error(p, plan, word(0), word(1), word(2)));
+        return Err(plan.setup.error(word(0), word(1), word(2)));
     }
 
     let base = leader.get_regs()?;
@@ -819,32 +924,6 @@ fn create_thread(
     Ok(tid)
 }
 
-/// Turns the child's error record into an error.
-fn child_error(p: &Process, plan: &ChildPlan, step: u64, index: u64, errno: u64) -> Error {
-    let i = usize::try_from(index).unwrap_or(usize::MAX);
-    let what = match step {
-        STEP_WINDOW => "map the window".to_owned(),
-        STEP_OPEN | STEP_SEEK | STEP_DUP => {
-            let (fd, path) = plan.fds.get(i).map_or((-1, String::new()), |f| {
-                (f.fd, f.path.to_string_lossy().into_owned())
-            });
-            let op = match step {
-                STEP_OPEN => "open",
-                STEP_SEEK => "lseek",
-                _ => "dup3",
-            };
-            format!("fd {fd}: {op} {path}")
-        }
-        STEP_CHDIR => format!("chdir {}", text(p.cwd.as_deref().unwrap_or(b"/"))),
-        STEP_SIGACTION => format!("rt_sigaction({})", plan.sigs.get(i).map_or(0, |s| s.0)),
-        other => format!("step {other}"),
-    };
-    Error::Child {
-        what,
-        source: io::Error::from_raw_os_error(i32::try_from(errno).unwrap_or(libc::EINVAL)),
-    }
-}
-
 /// The child: prepares itself and stops. Never returns.
 ///
 /// # Safety
@@ -902,25 +981,8 @@ unsafe fn child(plan: &ChildPlan) -> ! {
             }
         }
         libc::setsid();
-        for (i, f) in plan.fds.iter().enumerate() {
-            let fd = libc::open(f.path.as_ptr(), f.flags, 0);
-            if fd < 0 {
-                fail(STEP_OPEN, i);
-            }
-            if let Some(pos) = f.seek {
-                if libc::lseek(fd, pos, libc::SEEK_SET) < 0 {
-                    fail(STEP_SEEK, i);
-                }
-            }
-            if fd != f.fd {
-                if libc::dup3(fd, f.fd, f.flags & libc::O_CLOEXEC) < 0 {
-                    fail(STEP_DUP, i);
-                }
-                libc::close(fd);
-            }
-        }
-        if libc::chdir(plan.cwd.as_ptr()) != 0 {
-            fail(STEP_CHDIR, 0);
+        if let Err((step, index)) = plan.setup.apply() {
+            fail(step, index);
         }
         // The agent's alternate signal stack (if any) is gone with its memory.
         let ss = libc::stack_t {
@@ -929,19 +991,6 @@ unsafe fn child(plan: &ChildPlan) -> ! {
             ss_size: 0,
         };
         libc::sigaltstack(&ss, std::ptr::null_mut());
-        for (i, (signo, act)) in plan.sigs.iter().enumerate() {
-            // The kernel's struct sigaction: handler, flags, restorer, mask (8 bytes).
-            let r = libc::syscall(
-                libc::SYS_rt_sigaction,
-                *signo,
-                act.as_ptr(),
-                std::ptr::null_mut::<u64>(),
-                8usize,
-            );
-            if r != 0 {
-                fail(STEP_SIGACTION, i);
-            }
-        }
         stop()
     }
 }
