@@ -18,6 +18,7 @@
 //! | agent → VMM | `restored <pid> <threads> <ms>` | one process of a `resurrect` is running again |
 //! | agent → VMM | `not-restored <pid> <reason...>` | one process could not be restored (it was killed) |
 //! | agent → VMM | `resurrect-done <restored> <failed> <ms>` | the answer to `resurrect`, after the per-process lines |
+//! | agent → VMM | `mount-failed <dir> <reason...>` | a `--disk` could not be mounted; no program was started |
 //! | VMM → agent | `ping <token>` | liveness probe |
 //! | VMM → agent | `time <secs>.<nanos9>` | set `CLOCK_REALTIME` |
 //! | VMM → agent | `poweroff` | orderly power off |
@@ -208,6 +209,14 @@ pub enum AgentMsg {
         /// Free text.
         reason: String,
     },
+    /// `mount-failed <dir> <reason...>`: a disk of the command line (`owvmm.disk=`) could
+    /// not be mounted at `dir`; the agent started no program.
+    MountFailed {
+        /// The mount point.
+        dir: String,
+        /// Free text.
+        reason: String,
+    },
     /// `resurrect-done <restored> <failed> <ms>`: the end of the answer to
     /// [`VmmMsg::Resurrect`].
     ResurrectDone {
@@ -302,6 +311,13 @@ impl AgentMsg {
                     ms: f.number(v, "ms")?,
                 }
             }
+            "mount-failed" => {
+                let v = "mount-failed";
+                Self::MountFailed {
+                    dir: f.field(v, "dir")?.to_owned(),
+                    reason: f.rest(v, "reason")?,
+                }
+            }
             "not-restored" => {
                 let v = "not-restored";
                 Self::NotRestored {
@@ -337,6 +353,7 @@ impl AgentMsg {
             Self::Reboot => "reboot",
             Self::Restored { .. } => "restored",
             Self::NotRestored { .. } => "not-restored",
+            Self::MountFailed { .. } => "mount-failed",
             Self::ResurrectDone { .. } => "resurrect-done",
         }
     }
@@ -413,6 +430,7 @@ impl fmt::Display for AgentMsg {
             Self::Reboot => f.write_str("reboot"),
             Self::Restored { pid, threads, ms } => write!(f, "restored {pid} {threads} {ms}"),
             Self::NotRestored { pid, reason } => write!(f, "not-restored {pid} {reason}"),
+            Self::MountFailed { dir, reason } => write!(f, "mount-failed {dir} {reason}"),
             Self::ResurrectDone {
                 restored,
                 failed,
@@ -666,6 +684,13 @@ mod tests {
                 reason: "fd 4: cannot restore sock".into(),
             },
             "not-restored 313 fd 4: cannot restore sock",
+        );
+        agent_round_trip(
+            AgentMsg::MountFailed {
+                dir: "/data".into(),
+                reason: "mount /dev/vda on /data (ext4): Invalid argument".into(),
+            },
+            "mount-failed /data mount /dev/vda on /data (ext4): Invalid argument",
         );
         agent_round_trip(
             AgentMsg::ResurrectDone {

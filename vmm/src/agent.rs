@@ -42,6 +42,8 @@ pub struct AgentState {
     pub clock_set: bool,
     /// The agent finished a `resurrect` request: (restored, failed, guest ms).
     pub resurrect_done: Option<(u64, u64, u64)>,
+    /// A `--disk` the agent could not mount: (guest directory, reason).
+    pub mount_failed: Option<(String, String)>,
 }
 
 /// Parser state plus shared agent state; the COM2 device writes into it.
@@ -192,6 +194,12 @@ impl AgentLink {
                     "resurrect-done",
                     json!({ "restored": restored, "failed": failed, "guest_ms": ms }),
                 );
+            }
+            AgentMsg::MountFailed { dir, reason } => {
+                st.mount_failed = Some((dir.clone(), reason.clone()));
+                drop(st);
+                self.events
+                    .publish("disk-mount-failed", json!({ "dir": dir, "reason": reason }));
             }
             AgentMsg::Reboot => {
                 st.reboot = true;

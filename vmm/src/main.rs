@@ -27,7 +27,7 @@ const EXIT_BAD_ARGS: u8 = 2;
     long_about = "owvmm runs a Linux guest on KVM. With no command it boots the default guest \
 (built on first use into ~/.cache/owvmm) with a shell on the console; Ctrl-A x quits.",
     after_help = "Exit codes of `run`: 0 guest powered off, 1 VMM error, 2 bad arguments, \
-3 guest reset/reboot, 4 guest kernel crash not recovered, 5 stopped (ctl stop, Ctrl-A x)."
+3 guest reset/reboot, 4 guest kernel crash not recovered, 5 stopped (ctl stop, Ctrl-A x), 6 the guest could not be set up as asked (a --disk it could not mount)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -434,6 +434,7 @@ fn describe(r: &owvmm::vmm::ExitReason) -> String {
         Reset => "reset (reboot requested)".into(),
         GuestCrash(_) => "kernel crashed (see above); exiting with code 4".into(),
         Stopped => "stopped".into(),
+        GuestSetup(why) => format!("not set up: {why}; exiting with code 6"),
     }
 }
 

@@ -131,6 +131,8 @@ pub enum ExitReason {
     GuestCrash(String),
     /// `owvmm ctl stop` or Ctrl-A x (exit code 5).
     Stopped,
+    /// The guest could not be set up as asked: a `--disk` it could not mount (exit code 6).
+    GuestSetup(String),
 }
 
 impl ExitReason {
@@ -141,6 +143,7 @@ impl ExitReason {
             ExitReason::Reset => 3,
             ExitReason::GuestCrash(_) => 4,
             ExitReason::Stopped => 5,
+            ExitReason::GuestSetup(_) => 6,
         }
     }
 
@@ -151,6 +154,7 @@ impl ExitReason {
             ExitReason::Reset => "reset",
             ExitReason::GuestCrash(_) => "guest-crash",
             ExitReason::Stopped => "stopped",
+            ExitReason::GuestSetup(_) => "guest-setup-failed",
         }
     }
 }
@@ -708,7 +712,7 @@ impl Vmm {
     fn finish_with(&mut self, reason: ExitReason) {
         if self.exit.is_none() {
             let detail = match &reason {
-                ExitReason::GuestCrash(d) => d.clone(),
+                ExitReason::GuestCrash(d) | ExitReason::GuestSetup(d) => d.clone(),
                 _ => String::new(),
             };
             self.events.publish(
@@ -984,6 +988,11 @@ impl Vmm {
                     seconds: since.elapsed().as_secs(),
                 });
             }
+        }
+        if let Some((dir, reason)) = &a.mount_failed {
+            self.finish_with(ExitReason::GuestSetup(format!(
+                "the guest could not mount its disk at {dir}: {reason}"
+            )));
         }
         if a.poweroff {
             let since = *self.poweroff_since.get_or_insert_with(Instant::now);

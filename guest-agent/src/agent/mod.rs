@@ -5,6 +5,7 @@
 //! every SIGCHLD and once per heartbeat as a safety net.
 
 mod channel;
+mod disks;
 mod programs;
 mod resurrect;
 mod setup;
@@ -171,6 +172,9 @@ impl Agent {
             // theirs.
             crate::log!("standby: waiting for a resurrect request");
             self.standby_idle = true;
+        } else if let Err(failed) = self.mount_disks() {
+            // The programs would write where their disk is not: start none, and say why.
+            self.chan.send(&failed);
         } else if commands.is_empty() {
             let tty = self.cfg.shell_tty.clone();
             let name = format!("{} (interactive, {})", programs::SHELL, tty.display());
@@ -192,6 +196,41 @@ impl Agent {
         self.next_hb = now.saturating_add(HB_MS);
         // Children that exited before the handler saw them.
         self.reap_due = true;
+    }
+
+    /// Mounts the disks of the command line; the first failure as the message to send.
+    fn mount_disks(&self) -> Result<(), AgentMsg> {
+        if !self.cfg.pid1 {
+            return Ok(());
+        }
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        for spec in disks::parse_cmdline(&cmdline) {
+            match disks::mount(
+                &spec,
+                std::path::Path::new("/sys/block"),
+                std::path::Path::new("/dev"),
+            ) {
+                Ok(()) => crate::log!(
+                    "disk {} mounted at {}{}",
+                    spec.id,
+                    spec.dir.display(),
+                    if spec.read_only { " (read-only)" } else { "" }
+                ),
+                Err(e) => {
+                    let reason = resurrect::reason(&e);
+                    crate::log!(
+                        "disk {} not mounted at {}: {reason}",
+                        spec.id,
+                        spec.dir.display()
+                    );
+                    return Err(AgentMsg::MountFailed {
+                        dir: spec.dir.display().to_string(),
+                        reason,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     fn started(&mut self, command: String, result: io::Result<libc::pid_t>) {

@@ -1,0 +1,186 @@
+//! The user's disks: `owvmm.disk=ID:DIR[:ro]` words of the kernel command line, one per
+//! `--disk` of `owvmm run`. The VMM names each virtio-blk device by its serial (`ID`,
+//! `/sys/block/vdX/serial`); the agent mounts it at `DIR` before the programs start.
+
+use std::ffi::CString;
+use std::fs::DirBuilder;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::sys;
+
+/// Filesystems tried, in order (what the default image and `mkfs.ext4` make).
+const FSTYPES: &[&str] = &["ext4"];
+
+/// How long a disk may take to show up in sysfs (the virtio driver probes before init,
+/// so it is normally there at once).
+const APPEAR_WAIT: Duration = Duration::from_secs(5);
+
+/// One `owvmm.disk=` word.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    /// The device's serial (`disk0`, ...).
+    pub id: String,
+    /// Where to mount it (absolute).
+    pub dir: PathBuf,
+    /// Mount read-only.
+    pub read_only: bool,
+}
+
+/// Why a disk was not mounted.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// No block device with that serial.
+    #[error("no block device with serial {0}")]
+    NotFound(String),
+    /// The mount point could not be made.
+    #[error("mount point {0}")]
+    MountPoint(PathBuf, #[source] io::Error),
+    /// A path with a NUL byte.
+    #[error("bad path {0}")]
+    BadPath(PathBuf),
+    /// `mount(2)` failed.
+    #[error("mount {dev} on {dir} ({fstype})")]
+    Mount {
+        /// The device node.
+        dev: PathBuf,
+        /// The mount point.
+        dir: PathBuf,
+        /// The filesystem tried last.
+        fstype: &'static str,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The `owvmm.disk=` words of a kernel command line; malformed ones are skipped (the VMM
+/// checked them before starting).
+pub fn parse_cmdline(cmdline: &str) -> Vec<DiskSpec> {
+    cmdline
+        .split_ascii_whitespace()
+        .filter_map(|w| w.strip_prefix("owvmm.disk="))
+        .filter_map(|v| {
+            let mut parts = v.split(':');
+            let id = parts.next().filter(|s| !s.is_empty())?;
+            let dir = parts.next().filter(|d| d.starts_with('/'))?;
+            let read_only = match parts.next() {
+                None => false,
+                Some("ro") => true,
+                Some(_) => return None,
+            };
+            parts.next().is_none().then(|| DiskSpec {
+                id: id.to_owned(),
+                dir: PathBuf::from(dir),
+                read_only,
+            })
+        })
+        .collect()
+}
+
+/// The device node of the block device whose serial is `id`, looked up in `sys_block`
+/// (`/sys/block`) and named in `dev` (`/dev`).
+pub fn find_device(sys_block: &Path, dev: &Path, id: &str) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(sys_block).ok()?;
+    for e in entries.flatten() {
+        let serial = std::fs::read_to_string(e.path().join("serial")).unwrap_or_default();
+        if serial.trim() == id {
+            return Some(dev.join(e.file_name()));
+        }
+    }
+    None
+}
+
+/// Mounts `spec`'s device at its directory.
+pub fn mount(spec: &DiskSpec, sys_block: &Path, dev_dir: &Path) -> Result<(), DiskError> {
+    let deadline = Instant::now() + APPEAR_WAIT;
+    let dev = loop {
+        if let Some(d) = find_device(sys_block, dev_dir, &spec.id) {
+            break d;
+        }
+        if Instant::now() > deadline {
+            return Err(DiskError::NotFound(spec.id.clone()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    match DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&spec.dir)
+    {
+        Ok(()) => {}
+        Err(e) => return Err(DiskError::MountPoint(spec.dir.clone(), e)),
+    }
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| DiskError::BadPath(p.into()))
+    };
+    let (dev_c, dir_c) = (c(&dev)?, c(&spec.dir)?);
+    let flags = if spec.read_only { libc::MS_RDONLY } else { 0 } | libc::MS_NOATIME;
+    let mut last = None;
+    for fstype in FSTYPES {
+        let fs_c = CString::new(*fstype).map_err(|_| DiskError::BadPath(spec.dir.clone()))?;
+        match sys::mount(&dev_c, &dir_c, &fs_c, flags) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = Some((*fstype, e)),
+        }
+    }
+    let (fstype, source) = last.unwrap_or(("none", io::Error::from_raw_os_error(libc::ENODEV)));
+    Err(DiskError::Mount {
+        dev,
+        dir: spec.dir.clone(),
+        fstype,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_words() {
+        let specs = parse_cmdline(
+            "console=ttyS0 owvmm.disk=disk0:/data owvmm.disk=disk1:/ref:ro owvmm.disk=x:rel \
+             owvmm.disk=disk2:/a:rw owvmm.disk=:/b owvmm.disk=disk3:/c:ro:extra",
+        );
+        assert_eq!(
+            specs,
+            vec![
+                DiskSpec {
+                    id: "disk0".into(),
+                    dir: "/data".into(),
+                    read_only: false
+                },
+                DiskSpec {
+                    id: "disk1".into(),
+                    dir: "/ref".into(),
+                    read_only: true
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn device_found_by_serial() {
+        let root = std::env::temp_dir().join(format!("ow-disks-{}", std::process::id()));
+        for (name, serial) in [("vda", "disk0\n"), ("vdb", "disk1")] {
+            let d = root.join("block").join(name);
+            std::fs::create_dir_all(&d).expect("mkdir");
+            std::fs::write(d.join("serial"), serial).expect("serial");
+        }
+        std::fs::create_dir_all(root.join("block/loop0")).expect("mkdir");
+        let dev = Path::new("/dev");
+        assert_eq!(
+            find_device(&root.join("block"), dev, "disk1"),
+            Some(PathBuf::from("/dev/vdb"))
+        );
+        assert_eq!(
+            find_device(&root.join("block"), dev, "disk0"),
+            Some(PathBuf::from("/dev/vda"))
+        );
+        assert_eq!(find_device(&root.join("block"), dev, "disk9"), None);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
