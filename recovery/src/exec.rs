@@ -11,6 +11,12 @@
 //! `do_execveat_common` passed down), so the stack is scanned for direct-map pointers and
 //! each candidate is checked field by field (through BTF) against the task's mm before its
 //! strings are read.
+//!
+//! `setup_arg_pages` shifts `bprm->p` and sets `mm->arg_start` to where the strings will
+//! be *before* `shift_arg_pages` moves the area down, so a task caught in between has its
+//! strings still at the top of the old area (ending 8 bytes below it, where `bprm_mm_init`
+//! started them), at an address equal to the shifted one modulo the page size: both
+//! places are tried.
 
 use std::collections::HashSet;
 
@@ -159,10 +165,11 @@ impl ExecError {
     fn depth(&self) -> u8 {
         match self {
             ExecError::NotItsVma { .. } => 1,
-            ExecError::Outside { .. } => 2,
             ExecError::BadFile { .. } | ExecError::NotExe { .. } => 3,
             ExecError::Counts { .. } => 4,
-            ExecError::Unreadable { .. } | ExecError::Unterminated { .. } => 5,
+            ExecError::Outside { .. }
+            | ExecError::Unreadable { .. }
+            | ExecError::Unterminated { .. } => 5,
             ExecError::Filename { .. } | ExecError::Path(_) => 6,
             _ => 0,
         }
@@ -264,14 +271,6 @@ fn check(k: &Kernel<'_>, at: u64, mm: &MmInfo) -> Result<ExecArgs, ExecError> {
     } else {
         field("p")?
     };
-    if p < vma.start || p >= vma.end {
-        return Err(ExecError::Outside {
-            at,
-            p,
-            start: vma.start,
-            end: vma.end,
-        });
-    }
     let file = field("file")?;
     if !is_kernel_addr(file) || file & 7 != 0 {
         return Err(ExecError::BadFile { at, file });
@@ -285,15 +284,14 @@ fn check(k: &Kernel<'_>, at: u64, mm: &MmInfo) -> Result<ExecArgs, ExecError> {
     }
     let argc = field("argc")?;
     let envc = field("envc")?;
-    let bytes = vma.end - p;
     // Each string takes at least its NUL; the filename comes after the environment.
     let strings = argc.saturating_add(envc).saturating_add(1);
-    if argc > MAX_ARG_STRINGS || envc > MAX_ARG_STRINGS || strings > bytes.min(MAX_STRINGS) {
+    if argc > MAX_ARG_STRINGS || envc > MAX_ARG_STRINGS || strings > MAX_STRINGS {
         return Err(ExecError::Counts {
             at,
             argc,
             envc,
-            bytes,
+            bytes: MAX_STRINGS,
         });
     }
     let fname_ptr = field("filename")?;
@@ -304,9 +302,13 @@ fn check(k: &Kernel<'_>, at: u64, mm: &MmInfo) -> Result<ExecArgs, ExecError> {
             field: "*filename",
             source,
         })?;
-    let want = bytes.min(MAX_STRINGS);
-    let area = k.read_user(mm.pgd_phys, p, usize::try_from(want).unwrap_or(0));
-    let mut list = split_strings(&area, p, strings, want)?;
+    let mut list = match strings_at(k, mm, at, vma, p, strings) {
+        Ok(list) => list,
+        Err(moved) => {
+            let (start, top) = read_top(k, mm.pgd_phys, vma.start, vma.end);
+            unmoved_strings(&top, start, p, strings).ok_or(moved)?
+        }
+    };
     let last = list.pop().unwrap_or_default();
     if String::from_utf8_lossy(&last) != filename {
         return Err(ExecError::Filename { at, filename });
@@ -321,6 +323,87 @@ fn check(k: &Kernel<'_>, at: u64, mm: &MmInfo) -> Result<ExecArgs, ExecError> {
         envp,
         filename: last,
     })
+}
+
+/// The `count` strings at `p`, where `setup_arg_pages` has put them (or `bprm->p` before it).
+fn strings_at(
+    k: &Kernel<'_>,
+    mm: &MmInfo,
+    at: u64,
+    vma: &crate::mm::Vma,
+    p: u64,
+    count: u64,
+) -> Result<Vec<Vec<u8>>, ExecError> {
+    if p < vma.start || p >= vma.end {
+        return Err(ExecError::Outside {
+            at,
+            p,
+            start: vma.start,
+            end: vma.end,
+        });
+    }
+    let bytes = vma.end - p;
+    if count > bytes {
+        return Err(ExecError::Counts {
+            at,
+            argc: count,
+            envc: 0,
+            bytes,
+        });
+    }
+    let want = bytes.min(MAX_STRINGS);
+    let area = k.read_user(mm.pgd_phys, p, usize::try_from(want).unwrap_or(0));
+    split_strings(&area, p, count, want)
+}
+
+/// The readable pages at the top of the area `start..end` (at most [`MAX_STRINGS`] and
+/// a page), read downwards from `end` until one is not mapped: where they start, and them.
+fn read_top(k: &Kernel<'_>, pgd_phys: u64, start: u64, end: u64) -> (u64, Vec<u8>) {
+    const PAGE: u64 = 4096;
+    let lowest = end.saturating_sub(MAX_STRINGS + PAGE).max(start);
+    let mut pages: Vec<Vec<u8>> = Vec::new();
+    let mut at = end & !(PAGE - 1);
+    while at >= lowest + PAGE {
+        let page = k.read_user(pgd_phys, at - PAGE, 4096);
+        if page.len() != 4096 {
+            break;
+        }
+        pages.push(page);
+        at -= PAGE;
+    }
+    pages.reverse();
+    (at, pages.concat())
+}
+
+/// The `count` strings of an area not yet moved by `shift_arg_pages`: `top` is its
+/// highest bytes, read from `start` up to the area's end. They end 8 bytes below the end
+/// and start at an address equal to the shifted `p` modulo the page size; the one start
+/// from which exactly `count` strings fill that space is taken.
+fn unmoved_strings(top: &[u8], start: u64, p: u64, count: u64) -> Option<Vec<Vec<u8>>> {
+    const PAGE: u64 = 4096;
+    let end = start.checked_add(top.len() as u64)?;
+    let last = end.checked_sub(8)?;
+    if top.len() < 8 || top[top.len() - 8..].iter().any(|&b| b != 0) {
+        return None;
+    }
+    // The highest start below `last` with p's page offset, then one page lower each time.
+    let mut from = (last & !(PAGE - 1)) | (p & (PAGE - 1));
+    if from >= last {
+        from = from.checked_sub(PAGE)?;
+    }
+    while from >= start {
+        let off = usize::try_from(from - start).ok()?;
+        let len = last - from;
+        let area = &top[off..top.len() - 8];
+        if let Ok(list) = split_strings(area, from, count, len) {
+            let used: u64 = list.iter().map(|s| s.len() as u64 + 1).sum();
+            if used == len {
+                return Some(list);
+            }
+        }
+        from = from.checked_sub(PAGE)?;
+    }
+    None
 }
 
 /// The first `count` NUL-terminated strings of `area` (read from `at`, `want` bytes

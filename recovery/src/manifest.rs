@@ -1324,6 +1324,8 @@ mod tests {
     const STRINGS_PAGE: u64 = 0x1a_0000;
     const EXE: u64 = 0x11_4000;
     const AREA: (u64, u64) = (0x7fff_fffd_e000, 0x7fff_ffff_f000);
+    /// argv, envp and the filename, at the top of the stack area.
+    const EXEC_STRINGS: &[u8] = b"sleep\x001\0PATH=/bin\0/bin/sleep\0";
 
     fn exec_world() -> ExecWorld {
         let mut m = world();
@@ -1345,9 +1347,8 @@ mod tests {
         m.put_u64(EXEC_PGD + 0x1000 + idx(30) * 8, (EXEC_PGD + 0x2000) | 7);
         m.put_u64(EXEC_PGD + 0x2000 + idx(21) * 8, (EXEC_PGD + 0x3000) | 7);
         m.put_u64(EXEC_PGD + 0x3000 + idx(12) * 8, STRINGS_PAGE | 7);
-        let strings = b"sleep\x001\0PATH=/bin\0/bin/sleep\0";
-        let p = AREA.1 - 8 - strings.len() as u64;
-        m.put(STRINGS_PAGE + (p - top), strings);
+        let p = AREA.1 - 8 - EXEC_STRINGS.len() as u64;
+        m.put(STRINGS_PAGE + (p - top), EXEC_STRINGS);
         m.put(FILENAME, b"/bin/sleep\0");
         let vma = dm(0x18_a000);
         m.put_u64(BPRM, vma);
@@ -1477,6 +1478,41 @@ mod tests {
             "{}",
             man.text
         );
+    }
+
+    #[test]
+    fn strings_not_yet_moved_down_by_setup_arg_pages_are_found_at_the_old_top() {
+        // setup_arg_pages has set bprm->p and mm->arg_start to the strings' new place,
+        // some pages lower, but shift_arg_pages has not moved them yet: the area is
+        // either still the old one (the new p below it) or already stretched over both.
+        let p = AREA.1 - 8 - EXEC_STRINGS.len() as u64;
+        for stretched in [false, true] {
+            let mut w = exec_world();
+            let shifted = p - 0x3_5000_0000;
+            w.m.put_u64(BPRM + 24, shifted);
+            let mm = w.report.mms.values_mut().next().expect("mm");
+            mm.arg_start = shifted;
+            if stretched {
+                mm.vmas[0].start = shifted & !0xfff;
+            }
+            let args = w.kernel_do(|k, r| {
+                let t = &r.tasks[0];
+                find_exec(k, t, r.mm_of(t).expect("mm"))
+            });
+            let args = args.unwrap_or_else(|e| panic!("stretched {stretched}: {e:?}"));
+            assert_eq!(args.argv, [b"sleep".to_vec(), b"1".to_vec()]);
+            assert_eq!(args.envp, [b"PATH=/bin".to_vec()]);
+            // Another page offset than the real one is not taken for them.
+            let mut w = exec_world();
+            w.m.put_u64(BPRM + 24, shifted + 8);
+            let mm = w.report.mms.values_mut().next().expect("mm");
+            mm.arg_start = shifted + 8;
+            let e = w.kernel_do(|k, r| {
+                let t = &r.tasks[0];
+                find_exec(k, t, r.mm_of(t).expect("mm"))
+            });
+            assert!(e.is_err(), "{e:?}");
+        }
     }
 
     #[test]
