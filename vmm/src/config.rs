@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::arch::boot::{min_memory_for, probe_kernel, BootError};
+use crate::arch::boot::{kernel_footprint, min_memory_for, probe_kernel, BootError};
 
 /// Boot source: kernel, initramfs, command line.
 #[derive(Debug, Clone, Default)]
@@ -375,8 +375,9 @@ impl VmConfig {
             // The kernel's minimum below says how much is needed.
             Err(MachineError::NoMemory) => {}
         }
-        let ksize = file_size("kernel", &self.boot.kernel)?;
+        file_size("kernel", &self.boot.kernel)?;
         probe_kernel(&self.boot.kernel).map_err(ConfigError::Kernel)?;
+        let ksize = kernel_footprint(&self.boot.kernel).map_err(ConfigError::Kernel)?;
         let isize = match &self.boot.initrd {
             Some(p) => file_size("initrd", p)?,
             None => 0,

@@ -26,7 +26,7 @@ const EXIT_BAD_ARGS: u8 = 2;
     about = "A VMM whose guests' programs survive a crash of the guest kernel",
     long_about = "owvmm runs a Linux guest on KVM. With no command it boots the default guest \
 (built on first use into ~/.cache/owvmm) with a shell on the console; Ctrl-A x quits.",
-    after_help = "Exit codes of `run`: 0 guest powered off, 1 VMM error, 2 bad arguments, \
+    after_help = "Exit codes of `run`: 0 guest powered off (ctl shutdown, or the programs asked for it), 1 VMM error, 2 bad arguments, \
 3 guest reset/reboot, 4 guest kernel crash not recovered, 5 stopped (ctl stop, Ctrl-A x), 6 the guest could not be set up as asked (a --disk it could not mount)."
 )]
 struct Cli {
@@ -145,8 +145,11 @@ enum CtlCmd {
     Pause,
     /// Run guest code again
     Resume,
-    /// End the VMM (exit code 5)
+    /// End the VMM at once, the guest not shut down (`run` exits 5)
     Stop,
+    /// Orderly power off: the agent stops the programs (SIGTERM, then SIGKILL after a
+    /// grace period), syncs and unmounts the disks; `run` exits 0
+    Shutdown,
     /// Write memory, vCPU and device state into DIR
     Snapshot {
         /// Directory to write
@@ -444,6 +447,7 @@ fn ctl(a: CtlArgs) -> ExitCode {
         CtlCmd::Pause => json!({"cmd": "pause"}),
         CtlCmd::Resume => json!({"cmd": "resume"}),
         CtlCmd::Stop => json!({"cmd": "stop"}),
+        CtlCmd::Shutdown => json!({"cmd": "shutdown"}),
         CtlCmd::Snapshot { dir } => {
             // The VMM may run in another directory: send an absolute path.
             let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());

@@ -855,6 +855,19 @@ impl Vmm {
                 self.finish_with(ExitReason::Stopped);
                 ok(json!({}))
             }
+            Request::Shutdown if self.crashed || self.recovery.stage().is_some() => {
+                error("the guest is recovering from a crash; shut it down once it is running")
+            }
+            Request::Shutdown if !lock(&self.agent).ready => {
+                error("the agent is not ready yet; `ctl stop` ends the VMM without it")
+            }
+            Request::Shutdown => {
+                self.send_agent(&VmmMsg::Poweroff);
+                self.events.publish("shutdown-requested", json!({}));
+                ok(
+                    json!({ "note": "the agent stops the programs, syncs and unmounts the disks, then powers off; owvmm run exits 0" }),
+                )
+            }
             Request::Snapshot { dir } => match self.take_snapshot(std::path::Path::new(&dir)) {
                 Ok(info) => ok(info),
                 Err(e) => error(crate::error_chain(&e)),

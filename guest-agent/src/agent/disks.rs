@@ -41,6 +41,15 @@ pub enum DiskError {
     /// A path with a NUL byte.
     #[error("bad path {0}")]
     BadPath(PathBuf),
+    /// Neither `umount2(2)` nor a read-only remount worked.
+    #[error("unmount {dir}")]
+    Unmount {
+        /// The mount point.
+        dir: PathBuf,
+        /// Why the unmount failed.
+        #[source]
+        source: io::Error,
+    },
     /// `mount(2)` failed.
     #[error("mount {dev} on {dir} ({fstype})")]
     Mount {
@@ -133,6 +142,20 @@ pub fn mount(spec: &DiskSpec, sys_block: &Path, dev_dir: &Path) -> Result<(), Di
         fstype,
         source,
     })
+}
+
+/// Unmounts `spec`'s directory at power off (the programs are gone); when something
+/// still holds it, remounts it read-only instead so the filesystem is left clean.
+pub fn unmount(spec: &DiskSpec) -> Result<(), DiskError> {
+    let dir = CString::new(spec.dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| DiskError::BadPath(spec.dir.clone()))?;
+    match sys::umount(&dir) {
+        Ok(()) => Ok(()),
+        Err(busy) => sys::remount_ro(&dir).map_err(|_| DiskError::Unmount {
+            dir: spec.dir.clone(),
+            source: busy,
+        }),
+    }
 }
 
 #[cfg(test)]

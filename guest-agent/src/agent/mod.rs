@@ -198,6 +198,17 @@ impl Agent {
         self.reap_due = true;
     }
 
+    /// Unmounts the disks of the command line, the last mounted first (at power off).
+    fn unmount_disks(&self) {
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        for spec in disks::parse_cmdline(&cmdline).iter().rev() {
+            match disks::unmount(spec) {
+                Ok(()) => crate::log!("disk {} unmounted from {}", spec.id, spec.dir.display()),
+                Err(e) => crate::log!("disk {}: {}", spec.id, resurrect::reason(&e)),
+            }
+        }
+    }
+
     /// Mounts the disks of the command line; the first failure as the message to send.
     fn mount_disks(&self) -> Result<(), AgentMsg> {
         if !self.cfg.pid1 {
@@ -586,6 +597,7 @@ impl Agent {
             return 0;
         }
         sys::sync();
+        self.unmount_disks();
         let cmd = match stop {
             Stop::Poweroff => libc::RB_POWER_OFF,
             Stop::Reboot => libc::RB_AUTOBOOT,

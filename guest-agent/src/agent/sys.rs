@@ -68,6 +68,28 @@ pub fn mount(source: &CStr, target: &CStr, fstype: &CStr, flags: libc::c_ulong) 
     .map(drop)
 }
 
+/// `umount2(target, 0)`.
+pub fn umount(target: &CStr) -> io::Result<()> {
+    // SAFETY: the string is NUL-terminated and lives across the call.
+    cvt(unsafe { libc::umount2(target.as_ptr(), 0) }).map(drop)
+}
+
+/// Remounts the filesystem at `target` read-only (its journal flushed and marked clean).
+pub fn remount_ro(target: &CStr) -> io::Result<()> {
+    // SAFETY: target is NUL-terminated and lives across the call; the other strings and
+    // data are NULL, which MS_REMOUNT allows.
+    cvt(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REMOUNT | libc::MS_RDONLY,
+            std::ptr::null(),
+        )
+    })
+    .map(drop)
+}
+
 /// Is `fd` an open file descriptor?
 pub fn fd_is_open(fd: RawFd) -> bool {
     // SAFETY: F_GETFD only queries the descriptor table; an invalid fd yields EBADF.

@@ -15,6 +15,9 @@ pub enum Request {
     Resume,
     /// End the VMM (the guest is stopped, not shut down).
     Stop,
+    /// Ask the agent for an orderly power off: programs stopped, disks synced and
+    /// unmounted; `owvmm run` then exits 0.
+    Shutdown,
     /// Write a snapshot into `dir`.
     Snapshot {
         /// Directory to create or fill.
@@ -53,6 +56,7 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
         "pause",
         "resume",
         "stop",
+        "shutdown",
         "snapshot",
         "ping-agent",
         "events",
@@ -86,6 +90,10 @@ mod tests {
     #[test]
     fn parses_known_requests() {
         assert_eq!(parse_request(r#"{"cmd":"status"}"#), Ok(Request::Status));
+        assert_eq!(
+            parse_request(r#"{"cmd":"shutdown"}"#),
+            Ok(Request::Shutdown)
+        );
         assert_eq!(
             parse_request(r#"{"cmd":"snapshot","dir":"/tmp/s"}"#),
             Ok(Request::Snapshot {

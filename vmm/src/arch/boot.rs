@@ -252,15 +252,144 @@ pub fn write_boot_params(
 }
 
 /// Guest memory needed for a kernel file and an initramfs, with room to run.
-pub fn min_memory_for(kernel_file_size: u64, initrd_size: u64) -> u64 {
-    // The kernel is loaded at 16 MiB and needs roughly its file size in memory again for
-    // its own data, plus the initramfs and what unpacking it takes.
-    HIMEM_START.max(16 << 20) + kernel_file_size + 2 * initrd_size + (16 << 20)
+pub fn min_memory_for(kernel_footprint: u64, initrd_size: u64) -> u64 {
+    // The kernel is loaded at 16 MiB and needs its loaded size, its own data at run time,
+    // the initramfs and what unpacking it takes.
+    HIMEM_START.max(16 << 20) + kernel_footprint + 2 * initrd_size + (16 << 20)
+}
+
+/// Bytes of guest memory the kernel image at `path` occupies once loaded: the span of an
+/// ELF's `PT_LOAD` segments, or a bzImage's `init_size` (what it needs to decompress and
+/// start). A `vmlinux` file is mostly debug information and BTF that is never loaded, so
+/// its file size overstates it several times over. Falls back to the file size when the
+/// headers say nothing usable.
+pub fn kernel_footprint(path: &Path) -> Result<u64, BootError> {
+    let name = path.display().to_string();
+    let io = |e| BootError::KernelFile(name.clone(), e);
+    let mut f = File::open(path).map_err(io)?;
+    let file_size = f.metadata().map_err(io)?.len();
+    let mut head = vec![0u8; 0x270];
+    let n = read_up_to(&mut f, &mut head).map_err(io)?;
+    head.truncate(n);
+    let found = match classify(&head).map_err(|why| BootError::NotX86_64(name.clone(), why))? {
+        KernelKind::BzImage => bzimage_init_size(&head),
+        KernelKind::Elf => {
+            let (phoff, count) = elf_phdrs(&head).unwrap_or((0, 0));
+            let mut table = vec![0u8; count * ELF_PHDR_SIZE];
+            use std::io::{Seek, SeekFrom};
+            let ok = count > 0
+                && f.seek(SeekFrom::Start(phoff)).is_ok()
+                && read_up_to(&mut f, &mut table).map_err(io)? == table.len();
+            if ok {
+                elf_load_span(&table)
+            } else {
+                None
+            }
+        }
+    };
+    Ok(found.filter(|&s| s > 0).unwrap_or(file_size))
+}
+
+/// Size of one ELF64 program header.
+const ELF_PHDR_SIZE: usize = 56;
+/// Most program headers read.
+const MAX_PHDRS: usize = 64;
+
+fn le_u64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn le_u32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn le_u16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+/// `init_size` of a bzImage setup header (boot protocol 2.10 and later).
+fn bzimage_init_size(head: &[u8]) -> Option<u64> {
+    let version = le_u16(head, 0x206)?;
+    (version >= 0x20a).then(|| le_u32(head, 0x260).map(u64::from))?
+}
+
+/// Where an ELF64's program headers are and how many (bounded).
+fn elf_phdrs(head: &[u8]) -> Option<(u64, usize)> {
+    let phoff = le_u64(head, 0x20)?;
+    let entsize = usize::from(le_u16(head, 0x36)?);
+    let count = usize::from(le_u16(head, 0x38)?);
+    (entsize == ELF_PHDR_SIZE && count <= MAX_PHDRS).then_some((phoff, count))
+}
+
+/// From the lowest `PT_LOAD` physical address to the highest end.
+fn elf_load_span(table: &[u8]) -> Option<u64> {
+    let (mut lo, mut hi) = (u64::MAX, 0u64);
+    for ph in table.chunks_exact(ELF_PHDR_SIZE) {
+        if le_u32(ph, 0)? != 1 {
+            continue;
+        }
+        let (paddr, memsz) = (le_u64(ph, 0x18)?, le_u64(ph, 0x28)?);
+        lo = lo.min(paddr);
+        hi = hi.max(paddr.checked_add(memsz)?);
+    }
+    hi.checked_sub(lo).filter(|_| lo != u64::MAX)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn footprint_is_the_loaded_span_not_the_file_size() {
+        let ph = |kind: u32, paddr: u64, memsz: u64| {
+            let mut p = vec![0u8; ELF_PHDR_SIZE];
+            p[..4].copy_from_slice(&kind.to_le_bytes());
+            p[0x18..0x20].copy_from_slice(&paddr.to_le_bytes());
+            p[0x28..0x30].copy_from_slice(&memsz.to_le_bytes());
+            p
+        };
+        let table = [
+            ph(1, 0x100_0000, 0xcf_d53c),
+            ph(4, 0, 0x1000_0000), // PT_NOTE: not loaded
+            ph(1, 0x1ee_0000, 0x13_6000),
+        ]
+        .concat();
+        assert_eq!(elf_load_span(&table), Some(0x201_6000 - 0x100_0000));
+        assert_eq!(elf_load_span(&ph(4, 0, 1)), None);
+        assert_eq!(elf_load_span(&ph(1, u64::MAX, 2)), None);
+
+        let mut head = vec![0u8; 0x40];
+        head[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        head[0x36] = 56;
+        head[0x38] = 3;
+        assert_eq!(elf_phdrs(&head), Some((64, 3)));
+        head[0x38] = 200;
+        assert_eq!(elf_phdrs(&head), None);
+
+        let mut bz = vec![0u8; 0x270];
+        bz[0x206..0x208].copy_from_slice(&0x20fu16.to_le_bytes());
+        bz[0x260..0x264].copy_from_slice(&0x2a0_0000u32.to_le_bytes());
+        assert_eq!(bzimage_init_size(&bz), Some(0x2a0_0000));
+        bz[0x206..0x208].copy_from_slice(&0x209u16.to_le_bytes());
+        assert_eq!(bzimage_init_size(&bz), None);
+
+        // A real file: a vmlinux-like ELF with a big unloaded tail.
+        let dir = std::env::temp_dir().join(format!("owvmm-footprint-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut elf = vec![0u8; 64];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        elf[18] = 62;
+        elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        elf[0x36] = 56;
+        elf[0x38] = 3;
+        elf.extend_from_slice(&table);
+        elf.resize(8 << 20, 0);
+        let path = dir.join("vmlinux");
+        std::fs::write(&path, &elf).expect("write");
+        assert_eq!(kernel_footprint(&path).expect("footprint"), 0x101_6000);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn classifies_images() {
