@@ -83,14 +83,4 @@ pub fn io(
     move |source| BenchError::Io { what, path, source }
 }
 
-/// The error and its causes on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use owvmm_manifest::error_chain as chain;

@@ -19,9 +19,11 @@
 //! | agent → VMM | `not-restored <pid> <reason...>` | one process could not be restored (it was killed) |
 //! | agent → VMM | `resurrect-done <restored> <failed> <ms>` | the answer to `resurrect`, after the per-process lines |
 //! | agent → VMM | `mount-failed <dir> <reason...>` | a `--disk` could not be mounted; no program was started |
+//! | agent → VMM | `mounted <id> <dir...>` | a `--disk` is mounted (at boot, or in a crash kernel after `disk`) |
 //! | VMM → agent | `ping <token>` | liveness probe |
 //! | VMM → agent | `time <secs>.<nanos9>` | set `CLOCK_REALTIME` |
 //! | VMM → agent | `poweroff` | orderly power off |
+//! | VMM → agent | `disk <base> <irq> <id> <ro or rw> <dir...>` | (crash kernel) probe the virtio-mmio disk at `base`/`irq` and mount it at `dir`, answered with `mounted` or `mount-failed` |
 //! | VMM → agent | `resurrect <manifest_gpa> <manifest_len> <window_gpa> <window_len>` | recreate the processes of a crashed kernel (`docs/resurrection.md`) |
 //!
 //! This module is pure (no I/O, no libc) so that the VMM can use it as well.
@@ -217,6 +219,13 @@ pub enum AgentMsg {
         /// Free text.
         reason: String,
     },
+    /// `mounted <id> <dir...>`: the disk with serial `id` is mounted at `dir`.
+    Mounted {
+        /// The device's serial.
+        id: String,
+        /// The mount point.
+        dir: String,
+    },
     /// `resurrect-done <restored> <failed> <ms>`: the end of the answer to
     /// [`VmmMsg::Resurrect`].
     ResurrectDone {
@@ -241,6 +250,22 @@ pub enum VmmMsg {
     Time(UnixTime),
     /// `poweroff`: orderly power off.
     Poweroff,
+    /// `disk <base> <irq> <id> <ro|rw> <dir...>`: a crash kernel, which booted without
+    /// the user's disks, probes the virtio-mmio device at `base`/`irq` (a fresh view of the
+    /// disk, read after the crash) and mounts it at `dir`, replaying its journal. Answered
+    /// with [`AgentMsg::Mounted`] or [`AgentMsg::MountFailed`].
+    Disk {
+        /// Guest-physical address of the device's register window.
+        base: u64,
+        /// Its interrupt.
+        irq: u32,
+        /// The device's serial.
+        id: String,
+        /// Mount read-only.
+        read_only: bool,
+        /// The mount point (absolute).
+        dir: String,
+    },
     /// `resurrect <manifest_gpa> <manifest_len> <window_gpa> <window_len>`: recreate the
     /// processes described by the manifest, reading the dead kernel's memory through the
     /// window (see `docs/resurrection.md`). Answered with one [`AgentMsg::Restored`] or
@@ -318,6 +343,13 @@ impl AgentMsg {
                     reason: f.rest(v, "reason")?,
                 }
             }
+            "mounted" => {
+                let v = "mounted";
+                Self::Mounted {
+                    id: f.field(v, "id")?.to_owned(),
+                    dir: f.rest(v, "dir")?,
+                }
+            }
             "not-restored" => {
                 let v = "not-restored";
                 Self::NotRestored {
@@ -354,6 +386,7 @@ impl AgentMsg {
             Self::Restored { .. } => "restored",
             Self::NotRestored { .. } => "not-restored",
             Self::MountFailed { .. } => "mount-failed",
+            Self::Mounted { .. } => "mounted",
             Self::ResurrectDone { .. } => "resurrect-done",
         }
     }
@@ -379,6 +412,26 @@ impl VmmMsg {
                 f.field("time", "time")?,
             )?),
             "poweroff" => Self::Poweroff,
+            "disk" => {
+                let v = "disk";
+                Self::Disk {
+                    base: f.number(v, "base")?,
+                    irq: f.number(v, "irq")?,
+                    id: f.field(v, "id")?.to_owned(),
+                    read_only: match f.field(v, "mode")? {
+                        "ro" => true,
+                        "rw" => false,
+                        other => {
+                            return Err(ProtoError::BadNumber {
+                                verb: v,
+                                field: "mode",
+                                value: shorten(other),
+                            })
+                        }
+                    },
+                    dir: f.rest(v, "dir")?,
+                }
+            }
             "resurrect" => {
                 let v = "resurrect";
                 Self::Resurrect {
@@ -400,6 +453,7 @@ impl VmmMsg {
             Self::Ping { .. } => "ping",
             Self::Time(_) => "time",
             Self::Poweroff => "poweroff",
+            Self::Disk { .. } => "disk",
             Self::Resurrect { .. } => "resurrect",
         }
     }
@@ -431,6 +485,7 @@ impl fmt::Display for AgentMsg {
             Self::Restored { pid, threads, ms } => write!(f, "restored {pid} {threads} {ms}"),
             Self::NotRestored { pid, reason } => write!(f, "not-restored {pid} {reason}"),
             Self::MountFailed { dir, reason } => write!(f, "mount-failed {dir} {reason}"),
+            Self::Mounted { id, dir } => write!(f, "mounted {id} {dir}"),
             Self::ResurrectDone {
                 restored,
                 failed,
@@ -447,6 +502,17 @@ impl fmt::Display for VmmMsg {
             Self::Ping { token } => write!(f, "ping {token}"),
             Self::Time(t) => write!(f, "time {t}"),
             Self::Poweroff => f.write_str("poweroff"),
+            Self::Disk {
+                base,
+                irq,
+                id,
+                read_only,
+                dir,
+            } => write!(
+                f,
+                "disk {base} {irq} {id} {} {dir}",
+                if *read_only { "ro" } else { "rw" }
+            ),
             Self::Resurrect {
                 manifest_gpa,
                 manifest_len,
@@ -693,6 +759,13 @@ mod tests {
             "mount-failed /data mount /dev/vda on /data (ext4): Invalid argument",
         );
         agent_round_trip(
+            AgentMsg::Mounted {
+                id: "disk0".into(),
+                dir: "/data".into(),
+            },
+            "mounted disk0 /data",
+        );
+        agent_round_trip(
             AgentMsg::ResurrectDone {
                 restored: 1,
                 failed: 1,
@@ -790,6 +863,18 @@ mod tests {
             "time 1764300000.500000000",
         );
         vmm_round_trip(VmmMsg::Poweroff, "poweroff");
+        vmm_round_trip(
+            VmmMsg::Disk {
+                base: 0xd000_1000,
+                irq: 6,
+                id: "disk1".into(),
+                read_only: true,
+                dir: "/srv/my data".into(),
+            },
+            "disk 3489665024 6 disk1 ro /srv/my data",
+        );
+        assert!(VmmMsg::parse("disk 1 2 disk0 rx /d").is_err());
+        assert!(VmmMsg::parse("disk 1 2 disk0 rw").is_err());
         vmm_round_trip(
             VmmMsg::Resurrect {
                 manifest_gpa: 0xf_f000_0000,

@@ -14,6 +14,19 @@ mod write;
 pub use parse::{parse, parse_each, BadProcess, ErrorKind, ParseError, Parsed};
 pub use write::encode_field;
 
+/// An error and its causes on one line, `outer: cause: root cause` (the form every
+/// message of the project prints; kept here, the crate all the others use).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// Page size of the guest (x86-64).
 pub const PAGE: u64 = 4096;
 /// The manifest format version this crate reads and writes.
@@ -85,15 +98,39 @@ impl Manifest {
     }
 }
 
-/// `file <size> <mode> <overwrite> <path>` and its `fcopy` runs.
+/// How a `file` record is applied (its third field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileUpdate {
+    /// `0`: written whole when missing or of another size (a file of an in-memory
+    /// filesystem nobody had open for writing).
+    IfDiffers,
+    /// `1`: written whole (some process had it open for writing).
+    Overwrite,
+    /// `2`: a file on a disk: only the runs (the pages the dead kernel had not written
+    /// back yet) are written into it, the rest kept; then its length set to `size`.
+    Patch,
+}
+
+impl FileUpdate {
+    /// The wire form.
+    pub fn code(self) -> u8 {
+        match self {
+            FileUpdate::IfDiffers => 0,
+            FileUpdate::Overwrite => 1,
+            FileUpdate::Patch => 2,
+        }
+    }
+}
+
+/// `file <size> <mode> <update> <path>` and its `fcopy` runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRec {
     /// The final length.
     pub size: u64,
     /// Permission bits (`i_mode & 0o7777`).
     pub mode: u32,
-    /// Some process had it open for writing: rewrite it even when the size matches.
-    pub overwrite: bool,
+    /// How it is written.
+    pub update: FileUpdate,
     /// Absolute path (raw bytes).
     pub path: Vec<u8>,
     /// The cached content.

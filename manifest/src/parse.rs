@@ -10,8 +10,8 @@
 use std::collections::HashSet;
 
 use crate::{
-    Copy, Exec, FdKind, FdRec, FileRec, FileRun, Manifest, Mm, Process, SigRec, Thread, Vma,
-    VmaKind, HEADER, MAX_ARG_STRLEN, MAX_AUXV, MAX_ERRORS, MAX_EXEC_COUNT, MAX_EXEC_STRINGS,
+    Copy, Exec, FdKind, FdRec, FileRec, FileRun, FileUpdate, Manifest, Mm, Process, SigRec, Thread,
+    Vma, VmaKind, HEADER, MAX_ARG_STRLEN, MAX_AUXV, MAX_ERRORS, MAX_EXEC_COUNT, MAX_EXEC_STRINGS,
     MAX_FILE_SIZE, MAX_LINE, MAX_PATH, MAX_PID, MAX_THREADS, MAX_VMAS, PAGE, PROT_EXEC, PROT_READ,
     PROT_WRITE,
 };
@@ -457,16 +457,17 @@ impl Parser {
             .ok()
             .filter(|m| m & !0o7777 == 0)
             .ok_or_else(|| out_of_range("mode", f[1]))?;
-        let overwrite = match f[2] {
-            "0" => false,
-            "1" => true,
-            other => return Err(bad("overwrite", other)),
+        let update = match f[2] {
+            "0" => FileUpdate::IfDiffers,
+            "1" => FileUpdate::Overwrite,
+            "2" => FileUpdate::Patch,
+            other => return Err(bad("update", other)),
         };
         let path = abs_path(path.unwrap_or(""))?;
         self.out.files.push(FileRec {
             size,
             mode,
-            overwrite,
+            update,
             path,
             runs: Vec::new(),
         });

@@ -87,7 +87,7 @@ fn write_file(f: &mut Formatter<'_>, file: &FileRec) -> fmt::Result {
         "file {:x} {:x} {} {}",
         file.size,
         file.mode,
-        u8::from(file.overwrite),
+        file.update.code(),
         Field(&file.path)
     )?;
     for r in &file.runs {

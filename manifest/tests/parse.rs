@@ -58,7 +58,7 @@ fn parses_a_good_manifest() {
     let f = &m.files[0];
     assert_eq!(f.path, b"/tmp/a b");
     assert_eq!(f.mode, 0o644);
-    assert!(f.overwrite);
+    assert_eq!(f.update, owvmm_manifest::FileUpdate::Overwrite);
     assert_eq!(
         f.runs,
         vec![FileRun {
@@ -357,8 +357,8 @@ fn field_rules() {
         m.errors[0].to_string(),
         "line 3: fcopy beyond the file size"
     );
-    let m = with_line("file 5 1a4 1", "file 5 1a4 2");
-    assert_eq!(m.errors[0].to_string(), "line 2: bad <overwrite> '2'");
+    let m = with_line("file 5 1a4 1", "file 5 1a4 3");
+    assert_eq!(m.errors[0].to_string(), "line 2: bad <update> '3'");
     let m = with_line("file 5 1a4 1", "file 5 11a4 1");
     assert_eq!(m.errors[0].line, 2);
     assert!(

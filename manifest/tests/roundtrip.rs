@@ -98,7 +98,11 @@ fn file(r: &mut Rng) -> FileRec {
     FileRec {
         size,
         mode: u32::try_from(r.below(0o10000)).expect("mode"),
-        overwrite: r.bool(),
+        update: [
+            owvmm_manifest::FileUpdate::IfDiffers,
+            owvmm_manifest::FileUpdate::Overwrite,
+            owvmm_manifest::FileUpdate::Patch,
+        ][usize::try_from(r.below(3)).unwrap_or(0)],
         path: r.path(),
         runs,
     }

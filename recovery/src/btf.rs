@@ -189,6 +189,8 @@ pub struct Btf {
     strings: Vec<u8>,
     /// Struct/union name to the first complete definition.
     by_name: HashMap<String, u32>,
+    /// Every enumerator: name offset and value (C enumerator names are global).
+    enumerators: Vec<(u32, i64)>,
 }
 
 fn rd_u16(b: &[u8], off: usize) -> Option<u16> {
@@ -215,6 +217,7 @@ impl Btf {
             members: Vec::new(),
             strings: vec![0],
             by_name: HashMap::new(),
+            enumerators: Vec::new(),
         }
     }
 
@@ -249,6 +252,7 @@ impl Btf {
 
         let mut types = vec![Type::void()];
         let mut members = Vec::new();
+        let mut enumerators = Vec::new();
         let mut pos = 0usize;
         while pos < tsec.len() {
             if types.len() >= MAX_TYPES {
@@ -304,8 +308,31 @@ impl Btf {
                     ty.members = start..members.len();
                     vlen * 12
                 }
-                Kind::Enum => vlen * 8,
-                Kind::Enum64 => vlen * 12,
+                Kind::Enum => {
+                    for i in 0..vlen {
+                        let o = pos + i * 8;
+                        let (Some(n), Some(v)) = (rd_u32(tsec, o), rd_u32(tsec, o + 4)) else {
+                            return Err(BtfError::Truncated("enum"));
+                        };
+                        // Signed or not (kind_flag), every kernel enumerator this crate
+                        // asks for is small and positive.
+                        enumerators.push((n, i64::from(v)));
+                    }
+                    vlen * 8
+                }
+                Kind::Enum64 => {
+                    for i in 0..vlen {
+                        let o = pos + i * 12;
+                        let (Some(n), Some(lo), Some(hi)) =
+                            (rd_u32(tsec, o), rd_u32(tsec, o + 4), rd_u32(tsec, o + 8))
+                        else {
+                            return Err(BtfError::Truncated("enum64"));
+                        };
+                        let v = (u64::from(hi) << 32) | u64::from(lo);
+                        enumerators.push((n, i64::from_ne_bytes(v.to_ne_bytes())));
+                    }
+                    vlen * 12
+                }
                 Kind::FuncProto => vlen * 8,
                 Kind::Var => 4,
                 Kind::Datasec => vlen * 12,
@@ -333,6 +360,7 @@ impl Btf {
             members,
             strings,
             by_name: HashMap::new(),
+            enumerators,
         };
         let mut by_name = HashMap::new();
         for (idx, t) in btf.types.iter().enumerate() {
@@ -376,6 +404,14 @@ impl Btf {
     /// Name of a type (`""` for anonymous types).
     pub fn name(&self, id: u32) -> Result<&str, BtfError> {
         Ok(self.str_at(self.ty(id)?.name_off).unwrap_or(""))
+    }
+
+    /// The value of the enumerator `name` (`"PG_dirty"`), of whichever enum has it.
+    pub fn enumerator(&self, name: &str) -> Option<i64> {
+        self.enumerators
+            .iter()
+            .find(|(n, _)| self.str_at(*n) == Some(name))
+            .map(|&(_, v)| v)
     }
 
     /// Id of the struct or union named `name` (`"task_struct"`, `"thread_union"`).
@@ -853,7 +889,11 @@ mod tests {
         let fp = b.func_proto(int, &[int, e]);
         let p = b.ptr(fp);
         b.strukt("ops", 16, &[("f", p, 0), ("t", e, 64)]);
+        b.enumeration("pageflags", &[("PG_locked", 0), ("PG_dirty", 3)]);
         let btf = Btf::parse(&b.finish()).expect("parse");
+        assert_eq!(btf.enumerator("PG_dirty"), Some(3));
+        assert_eq!(btf.enumerator("maple_leaf_64"), Some(1));
+        assert_eq!(btf.enumerator("PG_nope"), None);
         let m = btf.member("ops", "t").expect("t");
         assert_eq!((m.offset_bytes, m.size), (8, 4));
         assert_eq!(btf.kind(fp), Ok(Kind::FuncProto));

@@ -25,18 +25,7 @@ pub mod tasks;
 pub use inspect::{inspect, Report};
 pub use paging::PhysRead;
 
-/// Formats an error and all its causes on one line: `a: b: c`. Errors here keep their cause
-/// as `source()` and out of their own message, so this prints every cause once.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use owvmm_manifest::error_chain;
 
 /// A result that may be incomplete: what could be recovered, plus why the rest could not.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -262,12 +262,21 @@ impl VmaKind {
     }
 }
 
-/// A regular file on an in-memory filesystem to recreate.
+/// A regular file to write before the processes come back: one of an in-memory
+/// filesystem, recreated whole, or one on a disk that a process could write, patched with
+/// the pages the dead kernel had not written back.
 #[derive(Debug, Clone)]
 struct FileRecord {
     path: String,
     inode: InodeInfo,
     overwrite: bool,
+}
+
+impl FileRecord {
+    /// On a disk (its content is there but for the dirty pages).
+    fn on_disk(&self) -> bool {
+        !self.inode.in_memory_fs()
+    }
 }
 
 /// What a process becomes in the manifest.
@@ -290,7 +299,7 @@ struct Wanted(Vec<FileRecord>);
 
 impl Wanted {
     fn want(&mut self, path: &str, inode: InodeInfo, writable: bool) {
-        if inode.kind() == FileKind::Reg && inode.in_memory_fs() {
+        if inode.kind() == FileKind::Reg && (inode.in_memory_fs() || writable) {
             self.0.push(FileRecord {
                 path: path.to_owned(),
                 inode,
@@ -902,6 +911,19 @@ pub fn build_manifest_excluding(
     }
     let mut contents: BTreeMap<u64, Result<FileContent, ManifestError>> = BTreeMap::new();
     for (&inode, f) in &files {
+        if f.on_disk() {
+            // Its content is on the disk; only what was not written back is wanted. What
+            // cannot be read is lost, but does not keep its users from coming back.
+            let c = crate::pages::dirty_file_pages(kernel, inode);
+            if let Some(p) = c.problems.first() {
+                m.notes.push(format!(
+                    "{}: unwritten pages not all read, some writes may be lost: {p}",
+                    f.path
+                ));
+            }
+            contents.insert(inode, Ok(c.value));
+            continue;
+        }
         let c = file_pages(kernel, inode);
         contents.insert(
             inode,
@@ -941,10 +963,17 @@ pub fn build_manifest_excluding(
         let (Some(f), Some(Ok(c))) = (files.get(&inode), contents.get(&inode)) else {
             continue;
         };
+        if f.on_disk() && c.pages.is_empty() {
+            continue; // nothing to write back
+        }
         out_files.push(wire::FileRec {
             size: c.size,
             mode: f.inode.mode & 0o7777,
-            overwrite: f.overwrite,
+            update: match (f.on_disk(), f.overwrite) {
+                (true, _) => wire::FileUpdate::Patch,
+                (false, true) => wire::FileUpdate::Overwrite,
+                (false, false) => wire::FileUpdate::IfDiffers,
+            },
             path: f.path.as_bytes().to_vec(),
             runs: c
                 .runs()

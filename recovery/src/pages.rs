@@ -405,6 +405,49 @@ impl FileContent {
     }
 }
 
+/// The pages of a file on a disk that the dead kernel had not written back: cached pages
+/// whose `struct page` is dirty or under writeback (a write the device may not have
+/// done). `value.size` is `i_size`; problems as for [`file_pages`].
+pub fn dirty_file_pages(k: &Kernel<'_>, inode: u64) -> Partial<FileContent> {
+    let mut all = file_pages(k, inode);
+    let bit = |name: &str, default: i64| {
+        k.btf()
+            .enumerator(name)
+            .and_then(|v| u32::try_from(v).ok())
+            .filter(|&b| b < 64)
+            .unwrap_or(u32::try_from(default).unwrap_or(0))
+    };
+    // Linux 6.1's values when BTF does not say.
+    let unwritten = (1u64 << bit("PG_dirty", 3)) | (1u64 << bit("PG_writeback", 15));
+    let pa = PageArray::new(k);
+    let flags_off = k.offset_of("page", "flags").unwrap_or(0);
+    let mut problems = Vec::new();
+    all.value.pages.retain(|&(idx, phys)| {
+        let pfn = phys >> 12;
+        let flags = pa
+            .page_of(pfn)
+            .ok_or(PageError::NoSection { pfn })
+            .and_then(|page| {
+                k.read_u64(page.wrapping_add(flags_off))
+                    .map_err(|source| PageError::StructPage { pfn, source })
+            });
+        match flags {
+            Ok(f) => f & unwritten != 0,
+            Err(e) => {
+                if problems.len() < 8 {
+                    problems.push(format!(
+                        "inode {inode:#x} page {idx}: flags unreadable: {}",
+                        error_chain(&e)
+                    ));
+                }
+                false
+            }
+        }
+    });
+    all.problems.extend(problems);
+    all
+}
+
 /// True for an XArray internal entry (low bits `10`).
 fn xa_is_internal(e: u64) -> bool {
     e & 3 == 2
@@ -812,6 +855,23 @@ ffffffff81400000 B _end
         let r = run(&m, |k| file_pages(k, dm(INODE)));
         assert!(r.is_complete());
         assert_eq!(r.value.pages, [(0, 0x4_2000)]);
+    }
+
+    #[test]
+    fn only_pages_not_yet_written_back_are_dirty() {
+        let mut m = cache();
+        m.put_u64(page(0x905), 1 << 3); // PG_dirty
+        m.put_u64(page(0xa03), 1 << 15); // PG_writeback
+        m.put_u64(page(0x910), 1 << 2); // PG_uptodate only: on the disk already
+        let r = run(&m, |k| dirty_file_pages(k, dm(INODE)));
+        assert_eq!(r.value.pages, [(1, 0x90_5000), (19, 0xa0_3000)]);
+        assert_eq!(
+            r.value.size,
+            run(&m, |k| file_pages(k, dm(INODE))).value.size
+        );
+        // A clean cache: nothing to write.
+        let r = run(&cache(), |k| dirty_file_pages(k, dm(INODE)));
+        assert!(r.value.pages.is_empty());
     }
 
     #[test]

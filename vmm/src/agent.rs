@@ -201,6 +201,11 @@ impl AgentLink {
                 self.events
                     .publish("disk-mount-failed", json!({ "dir": dir, "reason": reason }));
             }
+            AgentMsg::Mounted { id, dir } => {
+                drop(st);
+                self.events
+                    .publish("disk-mounted", json!({ "id": id, "dir": dir }));
+            }
             AgentMsg::Reboot => {
                 st.reboot = true;
                 drop(st);

@@ -65,7 +65,7 @@ impl StandbySpec {
             }
             h.update([0]);
         }
-        h.update(self.cmdline.as_bytes());
+        h.update(self.guest_cmdline().as_bytes());
         h.update(self.mem_mib.to_le_bytes());
         h.update([self.vcpus]);
         h.update(env!("CARGO_PKG_VERSION").as_bytes());
@@ -152,6 +152,22 @@ impl StandbySpec {
         Ok(dir)
     }
 
+    /// The standby's kernel command line: the guest's, the agent told it is a standby, and
+    /// every virtio-mmio slot. The standby has no devices, so the driver finds nothing
+    /// there and leaves each slot's platform device unbound; after a crash, the crash
+    /// kernel's agent binds the slots of the VM's devices, and the driver then reads them
+    /// afresh (`disk` requests, docs/design.md).
+    fn guest_cmdline(&self) -> String {
+        let mut c = format!("{} OW_AGENT_STANDBY=1", self.cmdline);
+        for (base, irq) in
+            (0..crate::devices::virtio::MAX_DEVICES).filter_map(crate::devices::virtio::slot)
+        {
+            c.push(' ');
+            c.push_str(&crate::devices::virtio::cmdline_option(base, irq));
+        }
+        c
+    }
+
     fn spawn(&self, tmp: &Path, sock: &Path) -> Result<Child, StandbyError> {
         let exe = std::env::current_exe()
             .map_err(|e| StandbyError::Io("cannot find the owvmm executable".into(), e))?;
@@ -167,7 +183,7 @@ impl StandbySpec {
             .arg("--kernel")
             .arg(&self.kernel)
             .arg("--cmdline")
-            .arg(format!("{} OW_AGENT_STANDBY=1", self.cmdline))
+            .arg(self.guest_cmdline())
             .arg("--mem")
             .arg(self.mem_mib.to_string())
             .arg("--vcpus")

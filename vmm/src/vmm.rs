@@ -201,6 +201,8 @@ pub struct Vmm {
     com2: Arc<Mutex<SerialPort>>,
     /// The virtio-mmio devices (disks); reset when a microreboot swaps the memory.
     virtio: Vec<Arc<Mutex<MmioTransport>>>,
+    /// The `--disk`s, in device order (a crash kernel is asked to mount them again).
+    disks: Vec<crate::config::DiskConfig>,
     agent: Arc<Mutex<AgentState>>,
     /// Console input waiting for room in COM1's FIFO (its own subscriber; fed from stdin).
     console_in: Arc<Mutex<SerialInput>>,
@@ -604,6 +606,7 @@ impl Vmm {
             com1: devices.com1,
             com2: devices.com2,
             virtio: devices.virtio,
+            disks: cfg.disks.clone(),
             agent,
             console_in: devices.console_in,
             agent_in: devices.agent_in,
@@ -1003,9 +1006,18 @@ impl Vmm {
             }
         }
         if let Some((dir, reason)) = &a.mount_failed {
-            self.finish_with(ExitReason::GuestSetup(format!(
-                "the guest could not mount its disk at {dir}: {reason}"
-            )));
+            if self.crashes.is_empty() {
+                self.finish_with(ExitReason::GuestSetup(format!(
+                    "the guest could not mount its disk at {dir}: {reason}"
+                )));
+            } else {
+                // A crash kernel could not mount it again: the processes with files there
+                // are not restored (each reported); the others go on.
+                eprintln!(
+                    "\r\nowvmm: the crash kernel could not mount the disk at {dir}: {reason}\r"
+                );
+                lock(&self.agent).mount_failed = None;
+            }
         }
         if a.poweroff {
             let since = *self.poweroff_since.get_or_insert_with(Instant::now);

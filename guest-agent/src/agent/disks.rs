@@ -41,6 +41,9 @@ pub enum DiskError {
     /// A path with a NUL byte.
     #[error("bad path {0}")]
     BadPath(PathBuf),
+    /// The virtio-mmio driver did not take the device.
+    #[error("virtio-mmio device at {0:#x} not probed")]
+    Probe(u64, #[source] io::Error),
     /// Neither `umount2(2)` nor a read-only remount worked.
     #[error("unmount {dir}")]
     Unmount {
@@ -144,6 +147,63 @@ pub fn mount(spec: &DiskSpec, sys_block: &Path, dev_dir: &Path) -> Result<(), Di
     })
 }
 
+/// The virtio-mmio driver's `bind` file.
+const MMIO_BIND: &str = "/sys/bus/platform/drivers/virtio-mmio/bind";
+
+/// Makes the kernel probe the virtio-mmio device at `base` now. A crash kernel's standby
+/// booted with every slot on its command line but no device behind them, so each slot is a
+/// platform device (`virtio-mmio.N`, its register window in `/proc/iomem`) that no driver
+/// took; binding it makes the driver read the device afresh.
+pub fn probe_mmio(base: u64) -> Result<(), DiskError> {
+    let iomem = std::fs::read_to_string("/proc/iomem").map_err(|e| DiskError::Probe(base, e))?;
+    let name = mmio_device_name(&iomem, base).ok_or_else(|| {
+        DiskError::Probe(
+            base,
+            io::Error::new(io::ErrorKind::NotFound, "no virtio-mmio slot there"),
+        )
+    })?;
+    if Path::new("/sys/bus/platform/drivers/virtio-mmio")
+        .join(&name)
+        .exists()
+    {
+        return Ok(()); // bound already
+    }
+    std::fs::write(MMIO_BIND, &name).map_err(|e| DiskError::Probe(base, e))
+}
+
+/// The platform device whose register window starts at `base`, from `/proc/iomem` lines
+/// such as `  d0000000-d0000fff : virtio-mmio.0`.
+fn mmio_device_name(iomem: &str, base: u64) -> Option<String> {
+    iomem.lines().find_map(|l| {
+        let (range, name) = l.trim().split_once(" : ")?;
+        let start = u64::from_str_radix(range.split_once('-')?.0, 16).ok()?;
+        (start == base && name.starts_with("virtio-mmio.")).then(|| name.trim().to_owned())
+    })
+}
+
+/// In place of a disk that a crash kernel could not mount: an empty read-only
+/// filesystem, so that nothing meant for the disk is written into the root instead (the
+/// processes with files there are then not restored, each with its reason).
+pub fn cover(spec: &DiskSpec) -> Result<(), DiskError> {
+    if let Err(e) = DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&spec.dir)
+    {
+        return Err(DiskError::MountPoint(spec.dir.clone(), e));
+    }
+    let c = |s: &[u8]| CString::new(s).map_err(|_| DiskError::BadPath(spec.dir.clone()));
+    let dir = c(spec.dir.as_os_str().as_encoded_bytes())?;
+    let none = c(b"none")?;
+    let tmpfs = c(b"tmpfs")?;
+    sys::mount(&none, &dir, &tmpfs, libc::MS_RDONLY).map_err(|source| DiskError::Mount {
+        dev: PathBuf::from("none"),
+        dir: spec.dir.clone(),
+        fstype: "tmpfs",
+        source,
+    })
+}
+
 /// Unmounts `spec`'s directory at power off (the programs are gone); when something
 /// still holds it, remounts it read-only instead so the filesystem is left clean.
 pub fn unmount(spec: &DiskSpec) -> Result<(), DiskError> {
@@ -183,6 +243,24 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn slots_are_found_by_their_register_window() {
+        let iomem = "00000000-00000fff : Reserved\n\
+                     d0000000-d0000fff : virtio-mmio.0\n\
+                     d0001000-d0001fff : virtio-mmio.1\n\
+                     fee00000-fee00fff : Local APIC\n";
+        assert_eq!(
+            mmio_device_name(iomem, 0xd000_1000).as_deref(),
+            Some("virtio-mmio.1")
+        );
+        assert_eq!(
+            mmio_device_name(iomem, 0xd000_0000).as_deref(),
+            Some("virtio-mmio.0")
+        );
+        assert_eq!(mmio_device_name(iomem, 0xfee0_0000), None);
+        assert_eq!(mmio_device_name(iomem, 0xd000_2000), None);
     }
 
     #[test]

@@ -103,6 +103,8 @@ struct Agent {
     stop: Option<Stop>,
     /// A standby with nothing to run yet: not a reason to power off.
     standby_idle: bool,
+    /// The disks mounted, in order (unmounted at power off).
+    mounted: Vec<disks::DiskSpec>,
 }
 
 /// Entry point of the binary. Returns only when not running as PID 1.
@@ -149,6 +151,7 @@ impl Agent {
             reap_due: false,
             stop: None,
             standby_idle: false,
+            mounted: Vec::new(),
         }
     }
 
@@ -172,9 +175,9 @@ impl Agent {
             // theirs.
             crate::log!("standby: waiting for a resurrect request");
             self.standby_idle = true;
-        } else if let Err(failed) = self.mount_disks() {
-            // The programs would write where their disk is not: start none, and say why.
-            self.chan.send(&failed);
+        } else if self.mount_disks().is_err() {
+            // The programs would write where their disk is not: start none (the VMM was
+            // told why).
         } else if commands.is_empty() {
             let tty = self.cfg.shell_tty.clone();
             let name = format!("{} (interactive, {})", programs::SHELL, tty.display());
@@ -198,11 +201,10 @@ impl Agent {
         self.reap_due = true;
     }
 
-    /// Unmounts the disks of the command line, the last mounted first (at power off).
-    fn unmount_disks(&self) {
-        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-        for spec in disks::parse_cmdline(&cmdline).iter().rev() {
-            match disks::unmount(spec) {
+    /// Unmounts the disks mounted, the last first (at power off).
+    fn unmount_disks(&mut self) {
+        while let Some(spec) = self.mounted.pop() {
+            match disks::unmount(&spec) {
                 Ok(()) => crate::log!("disk {} unmounted from {}", spec.id, spec.dir.display()),
                 Err(e) => crate::log!("disk {}: {}", spec.id, resurrect::reason(&e)),
             }
@@ -210,38 +212,78 @@ impl Agent {
     }
 
     /// Mounts the disks of the command line; the first failure as the message to send.
-    fn mount_disks(&self) -> Result<(), AgentMsg> {
+    fn mount_disks(&mut self) -> Result<(), AgentMsg> {
         if !self.cfg.pid1 {
             return Ok(());
         }
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
         for spec in disks::parse_cmdline(&cmdline) {
-            match disks::mount(
-                &spec,
-                std::path::Path::new("/sys/block"),
-                std::path::Path::new("/dev"),
-            ) {
-                Ok(()) => crate::log!(
+            let msg = self.mount_one(spec);
+            let failed = matches!(msg, AgentMsg::MountFailed { .. });
+            self.chan.send(&msg);
+            if failed {
+                return Err(msg);
+            }
+        }
+        Ok(())
+    }
+
+    /// Mounts one disk: `mounted`, or `mount-failed` with the reason.
+    fn mount_one(&mut self, spec: disks::DiskSpec) -> AgentMsg {
+        match disks::mount(
+            &spec,
+            std::path::Path::new("/sys/block"),
+            std::path::Path::new("/dev"),
+        ) {
+            Ok(()) => {
+                crate::log!(
                     "disk {} mounted at {}{}",
                     spec.id,
                     spec.dir.display(),
                     if spec.read_only { " (read-only)" } else { "" }
-                ),
-                Err(e) => {
-                    let reason = resurrect::reason(&e);
-                    crate::log!(
-                        "disk {} not mounted at {}: {reason}",
-                        spec.id,
-                        spec.dir.display()
-                    );
-                    return Err(AgentMsg::MountFailed {
-                        dir: spec.dir.display().to_string(),
-                        reason,
-                    });
+                );
+                let msg = AgentMsg::Mounted {
+                    id: spec.id.clone(),
+                    dir: spec.dir.display().to_string(),
+                };
+                self.mounted.push(spec);
+                msg
+            }
+            Err(e) => {
+                let reason = resurrect::reason(&e);
+                crate::log!(
+                    "disk {} not mounted at {}: {reason}",
+                    spec.id,
+                    spec.dir.display()
+                );
+                AgentMsg::MountFailed {
+                    dir: spec.dir.display().to_string(),
+                    reason,
                 }
             }
         }
-        Ok(())
+    }
+
+    /// A crash kernel's `disk` request: probe the device now (it booted without it) and
+    /// mount it, so the resurrected processes find their files where they were.
+    fn attach_disk(&mut self, base: u64, spec: disks::DiskSpec) -> AgentMsg {
+        let msg = match disks::probe_mmio(base) {
+            Ok(()) => self.mount_one(spec.clone()),
+            Err(e) => {
+                let reason = resurrect::reason(&e);
+                crate::log!("disk {}: {reason}", spec.id);
+                AgentMsg::MountFailed {
+                    dir: spec.dir.display().to_string(),
+                    reason,
+                }
+            }
+        };
+        if matches!(msg, AgentMsg::MountFailed { .. }) {
+            if let Err(e) = disks::cover(&spec) {
+                crate::log!("disk {}: {}", spec.id, resurrect::reason(&e));
+            }
+        }
+        msg
     }
 
     fn started(&mut self, command: String, result: io::Result<libc::pid_t>) {
@@ -413,6 +455,20 @@ impl Agent {
                     self.request_stop(Stop::Poweroff, "poweroff request");
                     return;
                 }
+                Ok(VmmMsg::Disk {
+                    base,
+                    irq: _,
+                    id,
+                    read_only,
+                    dir,
+                }) => self.attach_disk(
+                    base,
+                    disks::DiskSpec {
+                        id,
+                        dir: dir.into(),
+                        read_only,
+                    },
+                ),
                 Ok(VmmMsg::Resurrect {
                     manifest_gpa,
                     manifest_len,

@@ -835,6 +835,7 @@ impl Vmm {
         if !lock(&self.agent).clock_set {
             return Stage::CrashKernel;
         }
+        self.send_disks();
         let (Some(m), Some(old)) = (&a.manifest, &self.recovery.old_world) else {
             self.morph(a, None);
             return Stage::CrashKernel;
@@ -860,6 +861,25 @@ impl Vmm {
         Stage::Resurrecting {
             sent: Instant::now(),
             limit: RESURRECT_BASE.saturating_add(RESURRECT_PER_MIB.saturating_mul(copy_mib)),
+        }
+    }
+
+    /// Asks the crash kernel's agent to probe and mount the user's disks, in order, before
+    /// anything is resurrected (the agent answers each before it reads the next request).
+    /// The crash kernel booted without them, so it reads each disk afresh, after the crash,
+    /// and replays its journal.
+    fn send_disks(&mut self) {
+        for (i, d) in self.disks.clone().iter().enumerate() {
+            let Some((base, irq)) = crate::devices::virtio::slot(i) else {
+                continue;
+            };
+            self.send_agent(&VmmMsg::Disk {
+                base,
+                irq,
+                id: crate::config::disk_id(i),
+                read_only: d.read_only,
+                dir: d.guest_dir.clone(),
+            });
         }
     }
 

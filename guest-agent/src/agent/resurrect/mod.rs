@@ -71,17 +71,7 @@ impl Error {
     }
 }
 
-/// The error and its causes, joined with `: `.
-pub fn reason(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use owvmm_manifest::error_chain as reason;
 
 /// Lossy text of a path or name from the manifest, for messages.
 pub fn text(bytes: &[u8]) -> String {
