@@ -19,6 +19,7 @@
 //! | agent → VMM | `not-restored <pid> <reason...>` | one process could not be restored (it was killed) |
 //! | agent → VMM | `resurrect-done <restored> <failed> <ms>` | the answer to `resurrect`, after the per-process lines |
 //! | agent → VMM | `mount-failed <dir> <reason...>` | a `--disk` could not be mounted; no program was started |
+//! | agent → VMM | `net-failed <reason...>` | a `--net` interface could not be configured; no program was started |
 //! | VMM → agent | `ping <token>` | liveness probe |
 //! | VMM → agent | `time <secs>.<nanos9>` | set `CLOCK_REALTIME` |
 //! | VMM → agent | `poweroff` | orderly power off |
@@ -217,6 +218,12 @@ pub enum AgentMsg {
         /// Free text.
         reason: String,
     },
+    /// `net-failed <reason...>`: a network interface of the command line (`owvmm.net=`)
+    /// could not be configured; the agent started no program.
+    NetFailed {
+        /// Free text.
+        reason: String,
+    },
     /// `resurrect-done <restored> <failed> <ms>`: the end of the answer to
     /// [`VmmMsg::Resurrect`].
     ResurrectDone {
@@ -318,6 +325,9 @@ impl AgentMsg {
                     reason: f.rest(v, "reason")?,
                 }
             }
+            "net-failed" => Self::NetFailed {
+                reason: f.rest("net-failed", "reason")?,
+            },
             "not-restored" => {
                 let v = "not-restored";
                 Self::NotRestored {
@@ -354,6 +364,7 @@ impl AgentMsg {
             Self::Restored { .. } => "restored",
             Self::NotRestored { .. } => "not-restored",
             Self::MountFailed { .. } => "mount-failed",
+            Self::NetFailed { .. } => "net-failed",
             Self::ResurrectDone { .. } => "resurrect-done",
         }
     }
@@ -431,6 +442,7 @@ impl fmt::Display for AgentMsg {
             Self::Restored { pid, threads, ms } => write!(f, "restored {pid} {threads} {ms}"),
             Self::NotRestored { pid, reason } => write!(f, "not-restored {pid} {reason}"),
             Self::MountFailed { dir, reason } => write!(f, "mount-failed {dir} {reason}"),
+            Self::NetFailed { reason } => write!(f, "net-failed {reason}"),
             Self::ResurrectDone {
                 restored,
                 failed,
@@ -691,6 +703,12 @@ mod tests {
                 reason: "mount /dev/vda on /data (ext4): Invalid argument".into(),
             },
             "mount-failed /data mount /dev/vda on /data (ext4): Invalid argument",
+        );
+        agent_round_trip(
+            AgentMsg::NetFailed {
+                reason: "no interface with MAC 06:00:00:00:00:01".into(),
+            },
+            "net-failed no interface with MAC 06:00:00:00:00:01",
         );
         agent_round_trip(
             AgentMsg::ResurrectDone {
