@@ -34,6 +34,8 @@ struct Cli {
     command: Option<Cmd>,
 }
 
+// Parsed once per process: the size of the `run` arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Boot a guest (or restore a snapshot) and run it until it powers off.

@@ -166,9 +166,8 @@ impl Ctl {
             return Err(NetError::Socket(io::Error::last_os_error()));
         }
         // SAFETY: `fd` was just made and nothing else owns it.
-        Ok(Ctl {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Ctl { fd })
     }
 
     fn ifreq(iface: &str) -> libc::ifreq {

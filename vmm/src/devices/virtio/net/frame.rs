@@ -266,14 +266,12 @@ pub fn process_rx(
             // No buffer: ask the driver to notify when it adds one, and look once more
             // in case it just did.
             if queue.enable_notification(mem).map_err(broken)? {
-                match queue.pop_descriptor_chain(mem) {
-                    Some(chain) => {
-                        queue.go_to_previous_position();
-                        drop(chain);
-                        continue;
-                    }
-                    None => return Err(broken(virtio_queue::Error::InvalidAvailRingIndex)),
+                if queue.pop_descriptor_chain(mem).is_none() {
+                    return Err(broken(virtio_queue::Error::InvalidAvailRingIndex));
                 }
+                // Put it back: the next round takes it.
+                queue.go_to_previous_position();
+                continue;
             }
             stop = RxStop::NoBuffers;
             break;

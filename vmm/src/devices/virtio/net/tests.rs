@@ -49,7 +49,7 @@ fn pair() -> (UnixDatagram, UnixDatagram) {
 /// A frame: a zero vnet header and `len` bytes of Ethernet frame.
 fn frame(len: usize, seed: u8) -> Vec<u8> {
     let mut f = vec![0u8; HDR_LEN];
-    f.extend((0..len).map(|i| seed.wrapping_add((i % 251) as u8)));
+    f.extend((0..len).map(|i| seed.wrapping_add(u8::try_from(i % 251).unwrap_or(0))));
     f
 }
 
