@@ -20,6 +20,7 @@
 //! | agent → VMM | `resurrect-done <restored> <failed> <ms>` | the answer to `resurrect`, after the per-process lines |
 //! | agent → VMM | `mount-failed <dir> <reason...>` | a `--disk` could not be mounted; no program was started |
 //! | agent → VMM | `mounted <id> <dir...>` | a `--disk` is mounted (at boot, or in a crash kernel after `disk`) |
+//! | agent → VMM | `net-failed <reason...>` | a `--net` interface could not be configured; no program was started |
 //! | VMM → agent | `ping <token>` | liveness probe |
 //! | VMM → agent | `time <secs>.<nanos9>` | set `CLOCK_REALTIME` |
 //! | VMM → agent | `poweroff` | orderly power off |
@@ -226,6 +227,12 @@ pub enum AgentMsg {
         /// The mount point.
         dir: String,
     },
+    /// `net-failed <reason...>`: a network interface of the command line (`owvmm.net=`)
+    /// could not be configured; the agent started no program.
+    NetFailed {
+        /// Free text.
+        reason: String,
+    },
     /// `resurrect-done <restored> <failed> <ms>`: the end of the answer to
     /// [`VmmMsg::Resurrect`].
     ResurrectDone {
@@ -350,6 +357,9 @@ impl AgentMsg {
                     dir: f.rest(v, "dir")?,
                 }
             }
+            "net-failed" => Self::NetFailed {
+                reason: f.rest("net-failed", "reason")?,
+            },
             "not-restored" => {
                 let v = "not-restored";
                 Self::NotRestored {
@@ -387,6 +397,7 @@ impl AgentMsg {
             Self::NotRestored { .. } => "not-restored",
             Self::MountFailed { .. } => "mount-failed",
             Self::Mounted { .. } => "mounted",
+            Self::NetFailed { .. } => "net-failed",
             Self::ResurrectDone { .. } => "resurrect-done",
         }
     }
@@ -486,6 +497,7 @@ impl fmt::Display for AgentMsg {
             Self::NotRestored { pid, reason } => write!(f, "not-restored {pid} {reason}"),
             Self::MountFailed { dir, reason } => write!(f, "mount-failed {dir} {reason}"),
             Self::Mounted { id, dir } => write!(f, "mounted {id} {dir}"),
+            Self::NetFailed { reason } => write!(f, "net-failed {reason}"),
             Self::ResurrectDone {
                 restored,
                 failed,
@@ -764,6 +776,12 @@ mod tests {
                 dir: "/data".into(),
             },
             "mounted disk0 /data",
+        );
+        agent_round_trip(
+            AgentMsg::NetFailed {
+                reason: "no interface with MAC 06:00:00:00:00:01".into(),
+            },
+            "net-failed no interface with MAC 06:00:00:00:00:01",
         );
         agent_round_trip(
             AgentMsg::ResurrectDone {

@@ -115,6 +115,14 @@ impl Vm {
         Self::spawn(dir, &with_default_image(args), Stdio::piped())
     }
 
+    /// Like [`Vm::boot`], with owvmm run inside the network namespace `netns`
+    /// (`ip netns exec NETNS owvmm run ...`: `ip` execs owvmm, so the child is owvmm).
+    pub fn boot_in_netns(dir: &Path, netns: &str, args: &[&str]) -> Vm {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", netns]).arg(owvmm_bin());
+        Self::spawn_with(c, dir, &with_default_image(args), Stdio::null())
+    }
+
     /// Types `text` on the guest console (the VMM's standard input).
     pub fn type_console(&mut self, text: &str) {
         let stdin = self.child.stdin.as_mut().expect("started with input");
@@ -125,10 +133,20 @@ impl Vm {
     }
 
     fn spawn<S: AsRef<std::ffi::OsStr>>(dir: &Path, args: &[S], stdin: Stdio) -> Vm {
+        Self::spawn_with(Command::new(owvmm_bin()), dir, args, stdin)
+    }
+
+    /// `command` (owvmm, or a prefix that execs it) with `run ARGS --api-sock ...`.
+    fn spawn_with<S: AsRef<std::ffi::OsStr>>(
+        mut command: Command,
+        dir: &Path,
+        args: &[S],
+        stdin: Stdio,
+    ) -> Vm {
         let sock = dir.join("api.sock");
         let console = dir.join("console.log");
         let log = dir.join("stderr.log");
-        let child = Command::new(owvmm_bin())
+        let child = command
             .arg("run")
             .args(args)
             .arg("--api-sock")

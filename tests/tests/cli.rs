@@ -235,3 +235,38 @@ fn print_cmdline_adds_the_host_quirks_only_on_kvm_pvm() {
         "cannot read /nonexistent/snap/state.json",
     );
 }
+
+#[test]
+fn bad_net_options() {
+    let d = scratch("cli-net");
+    let k = fake_elf(&d, 62);
+    let net = |arg: &str, needle: &str| {
+        refused(&["run", "--kernel", &k, "--net", arg], needle);
+    };
+    // A tap that does not exist is refused, never created.
+    net(
+        "tap=doesnotexist0",
+        "--net refused: tap doesnotexist0 does not exist",
+    );
+    assert!(!std::path::Path::new("/sys/class/net/doesnotexist0").exists());
+    net("tap=lo", "lo is not a tap device");
+    net(
+        "tap=t0,mac=01:00:5e:00:00:01",
+        "mac=\"01:00:5e:00:00:01\" is a multicast address",
+    );
+    net("tap=t0,mac=06:00:00:00:00", "is not six hex bytes");
+    net(
+        "tap=t0,ip=169.254.77.300/24",
+        "is not a unicast IPv4 ADDR/PREFIX",
+    );
+    net(
+        "tap=t0,ip=169.254.77.2",
+        "is not a unicast IPv4 ADDR/PREFIX",
+    );
+    net(
+        "tap=t0,ip=169.254.77.2/24,gw=10.0.0.1",
+        "not another address in the subnet",
+    );
+    net("ip=169.254.77.2/24", "tap=NAME is missing");
+    net("tap=t0,mtu=9000", "unknown key \"mtu\"");
+}

@@ -44,6 +44,8 @@ pub struct AgentState {
     pub resurrect_done: Option<(u64, u64, u64)>,
     /// A `--disk` the agent could not mount: (guest directory, reason).
     pub mount_failed: Option<(String, String)>,
+    /// A `--net` interface the agent could not configure: the reason.
+    pub net_failed: Option<String>,
 }
 
 /// Parser state plus shared agent state; the COM2 device writes into it.
@@ -205,6 +207,12 @@ impl AgentLink {
                 drop(st);
                 self.events
                     .publish("disk-mounted", json!({ "id": id, "dir": dir }));
+            }
+            AgentMsg::NetFailed { reason } => {
+                st.net_failed = Some(reason.clone());
+                drop(st);
+                self.events
+                    .publish("net-setup-failed", json!({ "reason": reason }));
             }
             AgentMsg::Reboot => {
                 st.reboot = true;

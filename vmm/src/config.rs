@@ -1,6 +1,7 @@
 //! What the user asked for, checked before anything starts (Firecracker-style: one struct
 //! per resource, validated as a whole).
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use crate::arch::boot::{kernel_footprint, min_memory_for, probe_kernel, BootError};
@@ -162,8 +163,198 @@ pub fn disk_id(i: usize) -> String {
 
 /// `cmdline` with the disks' options appended.
 pub fn with_disks(cmdline: &str, disks: &[DiskConfig]) -> String {
+    with_devices(cmdline, disks, &[])
+}
+
+/// A network interface attached as virtio-net on a host tap
+/// (`--net tap=NAME[,ip=ADDR/PREFIX][,gw=ADDR][,mac=MAC]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The existing host tap device.
+    pub tap: String,
+    /// The guest's MAC address (unicast; default locally administered, `06:00:00:00:00:0N`).
+    pub mac: [u8; 6],
+    /// The guest's IPv4 address and prefix length, set by the agent.
+    pub ip: Option<(Ipv4Addr, u8)>,
+    /// The guest's default gateway (inside `ip`'s subnet).
+    pub gw: Option<Ipv4Addr>,
+}
+
+/// A `--net` argument refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetArgError {
+    /// A `key=value` item with another key.
+    #[error("--net {0:?}: unknown key {1:?} (expected tap=, ip=, gw=, mac=)")]
+    UnknownKey(String, String),
+    /// An item without `=`, or a key given twice.
+    #[error("--net {0:?}: {1:?} is not one key=value item (or its key is given twice)")]
+    Item(String, String),
+    /// No `tap=`.
+    #[error("--net {0:?}: tap=NAME is missing")]
+    NoTap(String),
+    /// A tap name that cannot be an interface name.
+    #[error("--net {0:?}: tap name {1:?} is not a valid interface name (1 to 15 characters, no '/', ',' or ':')")]
+    TapName(String, String),
+    /// `ip=` not `ADDR/PREFIX`, or an address no interface can have.
+    #[error("--net {0:?}: ip={1:?} is not a unicast IPv4 ADDR/PREFIX (prefix 1 to 32)")]
+    Ip(String, String),
+    /// `gw=` not an address in the subnet of `ip=`.
+    #[error("--net {0:?}: gw={1:?} {2}")]
+    Gw(String, String, &'static str),
+    /// `mac=` not six hex bytes, or a multicast or all-zero address.
+    #[error("--net {0:?}: mac={1:?} {2}")]
+    Mac(String, String, &'static str),
+}
+
+fn parse_ipv4(s: &str) -> Option<Ipv4Addr> {
+    // Four decimal numbers only (no shorthand such as "10.1").
+    (s.split('.').count() == 4)
+        .then(|| s.parse().ok())
+        .flatten()
+}
+
+/// A MAC address `aa:bb:cc:dd:ee:ff`: unicast and not all zero.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], &'static str> {
+    let mut mac = [0u8; 6];
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err("is not six hex bytes aa:bb:cc:dd:ee:ff");
+    }
+    for (b, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return Err("is not six hex bytes aa:bb:cc:dd:ee:ff");
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| "is not six hex bytes aa:bb:cc:dd:ee:ff")?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err("is a multicast address (the first byte must be even)");
+    }
+    if mac == [0; 6] {
+        return Err("is all zero");
+    }
+    Ok(mac)
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The default MAC of the `i`-th interface: locally administered, unicast.
+pub fn default_mac(i: usize) -> [u8; 6] {
+    let n = u8::try_from(i + 1).unwrap_or(u8::MAX);
+    [0x06, 0, 0, 0, 0, n]
+}
+
+/// The netmask of a prefix length (1 to 32).
+pub fn netmask(prefix: u8) -> Ipv4Addr {
+    let bits = u32::MAX
+        .checked_shl(32 - u32::from(prefix.min(32)))
+        .unwrap_or(0);
+    Ipv4Addr::from(bits)
+}
+
+/// Parses the `i`-th `--net` argument.
+pub fn parse_net(i: usize, s: &str) -> Result<NetConfig, NetArgError> {
+    let (mut tap, mut ip, mut gw, mut mac) = (None, None, None, None);
+    for item in s.split(',') {
+        let Some((k, v)) = item.split_once('=') else {
+            return Err(NetArgError::Item(s.into(), item.into()));
+        };
+        let slot = match k {
+            "tap" => &mut tap,
+            "ip" => &mut ip,
+            "gw" => &mut gw,
+            "mac" => &mut mac,
+            _ => return Err(NetArgError::UnknownKey(s.into(), k.into())),
+        };
+        if slot.replace(v).is_some() {
+            return Err(NetArgError::Item(s.into(), item.into()));
+        }
+    }
+    let tap = tap.ok_or_else(|| NetArgError::NoTap(s.into()))?;
+    if crate::devices::virtio::net::tap::check_name(tap).is_err() {
+        return Err(NetArgError::TapName(s.into(), tap.into()));
+    }
+    let ip = match ip {
+        None => None,
+        Some(v) => {
+            let bad = || NetArgError::Ip(s.into(), v.into());
+            let (a, p) = v.split_once('/').ok_or_else(bad)?;
+            let addr = parse_ipv4(a).ok_or_else(bad)?;
+            let prefix: u8 = p.parse().map_err(|_| bad())?;
+            if !(1..=32).contains(&prefix)
+                || addr.is_unspecified()
+                || addr.is_multicast()
+                || addr.is_broadcast()
+            {
+                return Err(bad());
+            }
+            Some((addr, prefix))
+        }
+    };
+    let gw = match gw {
+        None => None,
+        Some(v) => {
+            let bad = |why| NetArgError::Gw(s.into(), v.into(), why);
+            let g = parse_ipv4(v).ok_or_else(|| bad("is not an IPv4 address"))?;
+            let Some((addr, prefix)) = ip else {
+                return Err(bad("needs ip=ADDR/PREFIX"));
+            };
+            let m = u32::from(netmask(prefix));
+            if u32::from(g) & m != u32::from(addr) & m || g == addr {
+                return Err(bad("is not another address in the subnet of ip="));
+            }
+            Some(g)
+        }
+    };
+    let mac = match mac {
+        None => default_mac(i),
+        Some(v) => parse_mac(v).map_err(|why| NetArgError::Mac(s.into(), v.into(), why))?,
+    };
+    Ok(NetConfig {
+        tap: tap.into(),
+        mac,
+        ip,
+        gw,
+    })
+}
+
+/// Parses every `--net` argument.
+pub fn parse_nets(args: &[String]) -> Result<Vec<NetConfig>, NetArgError> {
+    args.iter()
+        .enumerate()
+        .map(|(i, s)| parse_net(i, s))
+        .collect()
+}
+
+/// The agent's word for `net`: `owvmm.net=MAC[,ADDR/PREFIX[,GW]]`.
+pub fn net_word(net: &NetConfig) -> String {
+    let mut w = format!("owvmm.net={}", format_mac(&net.mac));
+    if let Some((a, p)) = net.ip {
+        w.push_str(&format!(",{a}/{p}"));
+        if let Some(g) = net.gw {
+            w.push_str(&format!(",{g}"));
+        }
+    }
+    w
+}
+
+/// `cmdline` with the virtio devices' options appended: the disks in the first slots,
+/// then the network interfaces (the order [`crate::devices::virtio::slot`] numbers them).
+pub fn with_devices(cmdline: &str, disks: &[DiskConfig], nets: &[NetConfig]) -> String {
     let mut words: Vec<String> = cmdline.split_whitespace().map(String::from).collect();
     words.extend(disk_cmdline(disks));
+    for (i, n) in nets.iter().enumerate() {
+        let Some((base, irq)) = crate::devices::virtio::slot(disks.len() + i) else {
+            break;
+        };
+        words.push(crate::devices::virtio::cmdline_option(base, irq));
+        words.push(net_word(n));
+    }
     words.join(" ")
 }
 
@@ -182,6 +373,8 @@ pub struct VmConfig {
     pub exec: Vec<String>,
     /// Disk images attached as virtio-blk, in device order.
     pub disks: Vec<DiskConfig>,
+    /// Network interfaces attached as virtio-net, after the disks.
+    pub nets: Vec<NetConfig>,
     /// Snapshot to resume instead of booting.
     pub restore: Option<PathBuf>,
     /// Seconds without an agent heartbeat, while running, that count as a hang (0: never).
@@ -239,6 +432,21 @@ pub enum ConfigError {
     /// More disks than virtio-mmio slots.
     #[error("{0} --disk options: owvmm attaches at most {max}", max = crate::devices::virtio::MAX_DEVICES)]
     TooManyDisks(usize),
+    /// More disks and network interfaces than virtio-mmio slots.
+    #[error("{0} --disk and --net options: owvmm attaches at most {max} virtio devices", max = crate::devices::virtio::MAX_DEVICES)]
+    TooManyDevices(usize),
+    /// A `--net` argument is malformed.
+    #[error(transparent)]
+    Net(#[from] NetArgError),
+    /// A `--net` tap cannot be used.
+    #[error("--net refused")]
+    Tap(#[source] crate::devices::virtio::net::TapError),
+    /// Two `--net` on one tap.
+    #[error("--net: tap {0} given twice")]
+    TapTwice(String),
+    /// `--net` with `--restore`: virtio state is not in snapshots.
+    #[error("--net cannot be used with --restore (snapshots do not hold virtio device state)")]
+    NetWithRestore,
     /// Two disks to be mounted at the same guest directory.
     #[error("--disk: two disks for GUEST_DIR {0}")]
     DiskDirTwice(String),
@@ -323,6 +531,31 @@ impl VmConfig {
         Ok(())
     }
 
+    /// Checks the network interfaces: count, distinct taps, each tap existing and free
+    /// (opened and closed again, as the disks are; the VM opens it anew).
+    fn check_nets(&self) -> Result<(), ConfigError> {
+        if self.nets.is_empty() {
+            return Ok(());
+        }
+        if self.restore.is_some() {
+            return Err(ConfigError::NetWithRestore);
+        }
+        let n = self.disks.len() + self.nets.len();
+        if n > crate::devices::virtio::MAX_DEVICES {
+            return Err(ConfigError::TooManyDevices(n));
+        }
+        for (i, net) in self.nets.iter().enumerate() {
+            if self.nets[..i].iter().any(|o| o.tap == net.tap) {
+                return Err(ConfigError::TapTwice(net.tap.clone()));
+            }
+        }
+        let mut open = Vec::new();
+        for net in &self.nets {
+            open.push(crate::devices::virtio::net::Tap::open(&net.tap).map_err(ConfigError::Tap)?);
+        }
+        Ok(())
+    }
+
     /// Checks everything that can be checked before starting.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for cmd in &self.exec {
@@ -334,6 +567,7 @@ impl VmConfig {
             file_size("--add file", &a.host)?;
         }
         self.check_disks()?;
+        self.check_nets()?;
         if self.on_crash == crate::crash::OnCrash::Microreboot
             && self.standby.is_none()
             && self.standby_auto.is_none()
@@ -427,6 +661,7 @@ mod tests {
             add: vec![],
             exec: vec![],
             disks: vec![],
+            nets: vec![],
             restore: None,
             hang_timeout_s: 0,
             on_crash: crate::crash::OnCrash::Exit,
@@ -581,6 +816,110 @@ mod tests {
         c.restore = Some(dir.clone());
         assert!(matches!(c.validate(), Err(ConfigError::DiskWithRestore)));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn net_syntax() {
+        let n = parse_net(0, "tap=owt0,ip=169.254.77.2/24,gw=169.254.77.1").expect("ok");
+        assert_eq!(
+            n,
+            NetConfig {
+                tap: "owt0".into(),
+                mac: [6, 0, 0, 0, 0, 1],
+                ip: Some((Ipv4Addr::new(169, 254, 77, 2), 24)),
+                gw: Some(Ipv4Addr::new(169, 254, 77, 1)),
+            }
+        );
+        let n = parse_net(2, "mac=02:AB:cd:00:00:09,tap=tap1").expect("ok");
+        assert_eq!((n.mac, n.ip, n.gw), ([2, 0xab, 0xcd, 0, 0, 9], None, None));
+        assert_eq!(parse_net(2, "tap=t").expect("ok").mac, [6, 0, 0, 0, 0, 3]);
+        let bad = [
+            ("ip=10.0.0.1/8", "tap=NAME is missing"),
+            ("", "is not one key=value"),
+            ("tap=t,,ip=1.2.3.4/8", "is not one key=value"),
+            ("tap=t,tap=u", "is not one key=value"),
+            ("tap=t,dns=1.1.1.1", "unknown key \"dns\""),
+            ("tap=", "not a valid interface name"),
+            ("tap=a/b", "not a valid interface name"),
+            ("tap=waytoolongname01", "not a valid interface name"),
+            ("tap=t,ip=10.0.0.1", "is not a unicast IPv4"),
+            ("tap=t,ip=10.0.0.1/33", "is not a unicast IPv4"),
+            ("tap=t,ip=10.0.0.1/0", "is not a unicast IPv4"),
+            ("tap=t,ip=10.0.0/24", "is not a unicast IPv4"),
+            ("tap=t,ip=10.0.0.256/24", "is not a unicast IPv4"),
+            ("tap=t,ip=224.0.0.1/24", "is not a unicast IPv4"),
+            ("tap=t,ip=0.0.0.0/24", "is not a unicast IPv4"),
+            ("tap=t,gw=10.0.0.1", "needs ip="),
+            (
+                "tap=t,ip=10.0.0.2/24,gw=10.0.1.1",
+                "not another address in the subnet",
+            ),
+            (
+                "tap=t,ip=10.0.0.2/24,gw=10.0.0.2",
+                "not another address in the subnet",
+            ),
+            ("tap=t,ip=10.0.0.2/24,gw=x", "is not an IPv4 address"),
+            ("tap=t,mac=01:00:00:00:00:01", "multicast"),
+            ("tap=t,mac=ff:ff:ff:ff:ff:ff", "multicast"),
+            ("tap=t,mac=00:00:00:00:00:00", "all zero"),
+            ("tap=t,mac=06:00:00:00:00", "six hex bytes"),
+            ("tap=t,mac=06:00:00:00:00:0g", "six hex bytes"),
+            ("tap=t,mac=6:0:0:0:0:1", "six hex bytes"),
+        ];
+        for (arg, want) in bad {
+            let e = parse_net(0, arg).expect_err(arg);
+            assert!(e.to_string().contains(want), "{arg}: {e}");
+            assert!(e.to_string().starts_with(&format!("--net {arg:?}")), "{e}");
+        }
+        assert_eq!(netmask(24), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(netmask(32), Ipv4Addr::new(255, 255, 255, 255));
+        assert_eq!(netmask(1), Ipv4Addr::new(128, 0, 0, 0));
+    }
+
+    #[test]
+    fn nets_follow_the_disks_on_the_command_line() {
+        let disks = [parse_disk("/a:/data").expect("ok")];
+        let nets = [
+            parse_net(0, "tap=owt0,ip=169.254.77.2/24,gw=169.254.77.1").expect("ok"),
+            parse_net(1, "tap=owt1").expect("ok"),
+        ];
+        assert_eq!(
+            with_devices("quiet", &disks, &nets),
+            "quiet virtio_mmio.device=4K@0xd0000000:5 owvmm.disk=disk0:/data \
+             virtio_mmio.device=4K@0xd0001000:6 \
+             owvmm.net=06:00:00:00:00:01,169.254.77.2/24,169.254.77.1 \
+             virtio_mmio.device=4K@0xd0002000:7 owvmm.net=06:00:00:00:00:02"
+        );
+        assert_eq!(with_devices("quiet", &[], &[]), "quiet");
+    }
+
+    #[test]
+    fn refuses_bad_nets_before_starting() {
+        let mut c = base();
+        c.nets = vec![parse_net(0, "tap=owvmmnosuch0").expect("syntax")];
+        let e = c.validate().expect_err("missing tap");
+        assert_eq!(
+            crate::error_chain(&e),
+            "--net refused: tap owvmmnosuch0 does not exist (create it first: ip tuntap add dev owvmmnosuch0 mode tap)"
+        );
+        c.nets = vec![
+            parse_net(0, "tap=lo").expect("syntax"),
+            parse_net(1, "tap=lo").expect("syntax"),
+        ];
+        assert!(matches!(c.validate(), Err(ConfigError::TapTwice(_))));
+        c.nets.truncate(1);
+        assert_eq!(
+            crate::error_chain(&c.validate().expect_err("lo")),
+            "--net refused: lo is not a tap device"
+        );
+        c.disks = vec![parse_disk("/a:/data").expect("syntax"); 7];
+        assert!(matches!(
+            c.check_nets(),
+            Err(ConfigError::TooManyDevices(8))
+        ));
+        c.disks.clear();
+        c.restore = Some("/nonexistent".into());
+        assert!(matches!(c.validate(), Err(ConfigError::NetWithRestore)));
     }
 
     #[test]

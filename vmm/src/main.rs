@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use owvmm::api::client::Client;
-use owvmm::config::{parse_add, parse_disks, BootConfig, MachineConfig, VmConfig};
+use owvmm::config::{parse_add, parse_disks, parse_nets, BootConfig, MachineConfig, VmConfig};
 use owvmm::error_chain;
 use owvmm::vmm::{ConsoleOut, Vmm};
 use serde_json::json;
@@ -27,13 +27,15 @@ const EXIT_BAD_ARGS: u8 = 2;
     long_about = "owvmm runs a Linux guest on KVM. With no command it boots the default guest \
 (built on first use into ~/.cache/owvmm) with a shell on the console; Ctrl-A x quits.",
     after_help = "Exit codes of `run`: 0 guest powered off (ctl shutdown, or the programs asked for it), 1 VMM error, 2 bad arguments, \
-3 guest reset/reboot, 4 guest kernel crash not recovered, 5 stopped (ctl stop, Ctrl-A x), 6 the guest could not be set up as asked (a --disk it could not mount)."
+3 guest reset/reboot, 4 guest kernel crash not recovered, 5 stopped (ctl stop, Ctrl-A x), 6 the guest could not be set up as asked (a --disk it could not mount, a --net it could not configure)."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
 }
 
+// Parsed once per process: the size of the `run` arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Boot a guest (or restore a snapshot) and run it until it powers off.
@@ -97,8 +99,20 @@ struct RunArgs {
     /// The image is locked while the VM runs: one in use by another owvmm is refused
     #[arg(long = "disk", value_name = "HOST_IMAGE:GUEST_DIR[:ro]")]
     disk: Vec<String>,
+    /// Attach a network interface (virtio-net) on an existing host tap:
+    /// tap=NAME[,ip=ADDR/PREFIX][,gw=ADDR][,mac=MAC]. The tap is opened by name and never
+    /// created (make it first: `ip tuntap add dev NAME mode tap`, give it an address, set it
+    /// up); one in use by another process is refused. The guest agent gives the interface
+    /// ADDR/PREFIX and a default route via gw= (inside the subnet) before the --exec programs
+    /// start; without ip= it only sets the link up. MAC: unicast, default 06:00:00:00:00:0N
+    /// (locally administered). No offloads; IPv4 only. Repeatable (slots after the disks)
+    #[arg(
+        long = "net",
+        value_name = "tap=NAME[,ip=ADDR/PREFIX][,gw=ADDR][,mac=MAC]"
+    )]
+    net: Vec<String>,
     /// Resume a snapshot written by `owvmm ctl snapshot` instead of booting
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "cmdline", "add", "exec", "disk"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "cmdline", "add", "exec", "disk", "net"])]
     restore: Option<PathBuf>,
     /// Count as a guest hang (a crash) this many seconds without an agent heartbeat while
     /// running (0: never)
@@ -249,6 +263,7 @@ fn build_config(a: RunArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
         .map(|s| parse_add(s))
         .collect::<Result<Vec<_>, _>>()?;
     let disks = parse_disks(&a.disk)?;
+    let nets = parse_nets(&a.net)?;
     let (kernel, initrd) = match (&a.restore, a.guest.kernel.clone(), a.guest.initrd.clone()) {
         (Some(_), _, _) => (PathBuf::new(), None),
         // Without `--initrd` the default initramfs is added by `run` once the arguments
@@ -283,6 +298,7 @@ fn build_config(a: RunArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
         add,
         exec: a.exec,
         disks,
+        nets,
         restore: a.restore,
         hang_timeout_s: a.hang_timeout,
         on_crash: a.on_crash,
@@ -376,7 +392,11 @@ fn print_cmdline(a: &RunArgs) -> ExitCode {
             Ok(d) => d,
             Err(e) => return fail(EXIT_BAD_ARGS, &e),
         };
-        owvmm::config::with_disks(&host_quirks::adjust_cmdline(host, &base), &disks)
+        let nets = match parse_nets(&a.net) {
+            Ok(n) => n,
+            Err(e) => return fail(EXIT_BAD_ARGS, &e),
+        };
+        owvmm::config::with_devices(&host_quirks::adjust_cmdline(host, &base), &disks, &nets)
     };
     let _ = writeln!(std::io::stdout(), "{line}");
     ExitCode::SUCCESS

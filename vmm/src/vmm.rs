@@ -81,9 +81,13 @@ pub enum VmmError {
     /// A disk image could not be opened.
     #[error("disk set-up failed")]
     Disk(#[from] crate::devices::virtio::block::DiskError),
-    /// Snapshots do not hold virtio state yet: a VM with disks cannot be snapshotted.
-    #[error("a VM with --disk cannot be snapshotted yet (snapshots hold no virtio device state)")]
-    SnapshotWithDisks,
+    /// A tap could not be opened.
+    #[error("network set-up failed")]
+    Tap(#[from] crate::devices::virtio::net::TapError),
+    /// Snapshots do not hold virtio state yet: a VM with virtio devices (--disk, --net)
+    /// cannot be snapshotted.
+    #[error("a VM with virtio devices (--disk, --net) cannot be snapshotted yet (snapshots hold no virtio device state)")]
+    SnapshotWithVirtio,
     /// A serial port could not be restored.
     #[error("serial port set-up failed")]
     Serial(#[from] crate::devices::serial::SerialError),
@@ -131,7 +135,8 @@ pub enum ExitReason {
     GuestCrash(String),
     /// `owvmm ctl stop` or Ctrl-A x (exit code 5).
     Stopped,
-    /// The guest could not be set up as asked: a `--disk` it could not mount (exit code 6).
+    /// The guest could not be set up as asked: a `--disk` it could not mount, a `--net` it
+    /// could not configure (exit code 6).
     GuestSetup(String),
 }
 
@@ -303,36 +308,60 @@ fn console_writer(out: ConsoleOut, tail: ConsoleTail) -> SerialOut {
     Box::new(TeeConsole { out, tail })
 }
 
-/// The virtio-blk devices of `disks`, each on its MMIO window with an irqfd for its
-/// interrupt and an ioeventfd for its queue's QueueNotify.
-fn make_disks(
+/// Puts `device` on the `index`-th virtio-mmio slot: its MMIO window, an irqfd for its
+/// interrupt and an ioeventfd for each queue's QueueNotify.
+fn attach_virtio(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    index: usize,
+    device: Box<dyn crate::devices::virtio::VirtioDevice>,
+    mmio: &mut MmioBus,
+) -> Result<Arc<Mutex<MmioTransport>>, VmmError> {
+    use crate::devices::virtio::{slot, VirtioError};
+    use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
+    let (base, irq) = slot(index).ok_or(crate::devices::bus::BusError::Overlap {
+        base: crate::devices::virtio::MMIO_BASE,
+        len: crate::devices::virtio::MMIO_SIZE,
+    })?;
+    let irqfd = eventfd("virtio irqfd")?;
+    vm.register_irqfd(&irqfd, irq)
+        .map_err(|e| VirtioError::Kvm("IRQFD", e))?;
+    let t = MmioTransport::new(device, mem.clone(), irqfd)?;
+    for (q, evt) in (0u32..).zip(t.notifiers()) {
+        let addr = kvm_ioctls::IoEventAddress::Mmio(base + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY));
+        vm.register_ioevent(evt, &addr, q)
+            .map_err(|e| VirtioError::Kvm("IOEVENTFD", e))?;
+    }
+    let t = Arc::new(Mutex::new(t));
+    mmio.insert(base, crate::devices::virtio::MMIO_SIZE, t.clone())?;
+    Ok(t)
+}
+
+/// The virtio devices, in slot order: a virtio-blk for each of `disks`, then a
+/// virtio-net for each of `nets` (its tap opened by name).
+fn make_virtio(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     disks: &[crate::config::DiskConfig],
+    nets: &[crate::config::NetConfig],
     mmio: &mut MmioBus,
 ) -> Result<Vec<Arc<Mutex<MmioTransport>>>, VmmError> {
-    use crate::devices::virtio::{slot, VirtioError};
-    use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
     let mut out = Vec::new();
     for (i, d) in disks.iter().enumerate() {
-        let (base, irq) = slot(i).ok_or(crate::devices::bus::BusError::Overlap {
-            base: crate::devices::virtio::MMIO_BASE,
-            len: crate::devices::virtio::MMIO_SIZE,
-        })?;
         let id = crate::config::disk_id(i);
         let disk = crate::devices::virtio::block::Disk::open(&d.host, d.read_only, &id)?;
-        let irqfd = eventfd("virtio irqfd")?;
-        vm.register_irqfd(&irqfd, irq)
-            .map_err(|e| VirtioError::Kvm("IRQFD", e))?;
-        let t = MmioTransport::new(Box::new(Block::new(disk, &id)), mem.clone(), irqfd)?;
-        for (q, evt) in (0u32..).zip(t.notifiers()) {
-            let addr = kvm_ioctls::IoEventAddress::Mmio(base + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY));
-            vm.register_ioevent(evt, &addr, q)
-                .map_err(|e| VirtioError::Kvm("IOEVENTFD", e))?;
-        }
-        let t = Arc::new(Mutex::new(t));
-        mmio.insert(base, crate::devices::virtio::MMIO_SIZE, t.clone())?;
-        out.push(t);
+        out.push(attach_virtio(
+            vm,
+            mem,
+            out.len(),
+            Box::new(Block::new(disk, &id)),
+            mmio,
+        )?);
+    }
+    for (i, n) in nets.iter().enumerate() {
+        let tap = crate::devices::virtio::net::Tap::open(&n.tap)?;
+        let dev = crate::devices::virtio::net::Net::new(Arc::new(tap), n.mac, &format!("net{i}"));
+        out.push(attach_virtio(vm, mem, out.len(), Box::new(dev), mmio)?);
     }
     Ok(out)
 }
@@ -504,7 +533,7 @@ impl Vmm {
             let mem = crate::memory::anonymous(mem_bytes)?;
             let vm = kvm.create_vm(&mem)?;
             let mut devices = make_devices(&vm, console, console_tail.clone(), link, None)?;
-            devices.virtio = make_disks(&vm, &mem, &cfg.disks, &mut devices.mmio)?;
+            devices.virtio = make_virtio(&vm, &mem, &cfg.disks, &cfg.nets, &mut devices.mmio)?;
             let kernel = boot::load_kernel(&mem, &cfg.boot.kernel)?;
             let initrd = match &cfg.boot.initrd {
                 Some(p) => {
@@ -521,9 +550,10 @@ impl Vmm {
                 }
                 None => None,
             };
-            let cmdline = crate::config::with_disks(
+            let cmdline = crate::config::with_devices(
                 &host_quirks::adjust_cmdline(host, &cfg.boot.cmdline),
                 &cfg.disks,
+                &cfg.nets,
             );
             let c = boot::make_cmdline(&cmdline)?;
             // ACPI (MADT, and the DSDT naming the pvpanic device) for kernels with ACPI;
@@ -771,7 +801,7 @@ impl Vmm {
 
     fn take_snapshot(&mut self, dir: &std::path::Path) -> Result<Value, VmmError> {
         if !self.virtio.is_empty() {
-            return Err(VmmError::SnapshotWithDisks);
+            return Err(VmmError::SnapshotWithVirtio);
         }
         let t0 = Instant::now();
         let was_running = self.state == State::Running;
@@ -1018,6 +1048,11 @@ impl Vmm {
                 );
                 lock(&self.agent).mount_failed = None;
             }
+        }
+        if let Some(reason) = &a.net_failed {
+            self.finish_with(ExitReason::GuestSetup(format!(
+                "the guest could not configure its network: {reason}"
+            )));
         }
         if a.poweroff {
             let since = *self.poweroff_since.get_or_insert_with(Instant::now);

@@ -6,6 +6,7 @@
 
 mod channel;
 mod disks;
+mod net;
 mod programs;
 mod resurrect;
 mod setup;
@@ -175,6 +176,10 @@ impl Agent {
             // theirs.
             crate::log!("standby: waiting for a resurrect request");
             self.standby_idle = true;
+        } else if let Err(failed) = self.configure_net() {
+            // The programs would talk on a network they do not have: start none, and say
+            // why.
+            self.chan.send(&failed);
         } else if self.mount_disks().is_err() {
             // The programs would write where their disk is not: start none (the VMM was
             // told why).
@@ -209,6 +214,45 @@ impl Agent {
                 Err(e) => crate::log!("disk {}: {}", spec.id, resurrect::reason(&e)),
             }
         }
+    }
+
+    /// Sets `lo` up and configures the network interfaces of the command line; the first
+    /// failure as the message to send.
+    fn configure_net(&self) -> Result<(), AgentMsg> {
+        if !self.cfg.pid1 {
+            return Ok(());
+        }
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let specs = net::parse_cmdline(&cmdline);
+        let fail = |e: &net::NetError| {
+            let reason = resurrect::reason(e);
+            crate::log!("network not configured: {reason}");
+            AgentMsg::NetFailed { reason }
+        };
+        if specs.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = net::loopback_up() {
+            // Programs may still do without lo; only a --net interface is a promise.
+            crate::log!("lo: {}", resurrect::reason(&e));
+        }
+        for spec in specs {
+            match net::configure(&spec, std::path::Path::new("/sys/class/net")) {
+                Ok(iface) => {
+                    let ip = spec
+                        .ip
+                        .map(|(a, p)| format!(" {a}/{p}"))
+                        .unwrap_or_default();
+                    let gw = spec.gw.map(|g| format!(" via {g}")).unwrap_or_default();
+                    crate::log!(
+                        "network {iface} ({}) up{ip}{gw}",
+                        net::format_mac(&spec.mac)
+                    );
+                }
+                Err(e) => return Err(fail(&e)),
+            }
+        }
+        Ok(())
     }
 
     /// Mounts the disks of the command line; the first failure as the message to send.

@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 
 /// Guest-physical address of the first virtio-mmio device; the next ones follow, each
 /// [`MMIO_SIZE`] long (inside the 32-bit MMIO hole, where Firecracker puts them too).

@@ -1,0 +1,167 @@
+//! `--net` on a real guest: a tap in a network namespace of the test's own, owvmm run
+//! inside it, the guest configured by its agent (169.254.77.2/24). The guest pings the
+//! host side of the tap (169.254.77.1) and serves a TCP echo (busybox `nc -ll -e cat`);
+//! the test sends 1 MiB through it from inside the namespace and checks what comes back.
+//! Traffic stays inside the namespace, on link-local addresses.
+//!
+//! Cold-boots one guest (snapshots hold no virtio state yet). Enabled by the `kvm` feature;
+//! needs root and `ip` (iproute2).
+#![cfg(feature = "kvm")]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use owvmm_tests::{scratch, tail, Vm};
+
+const HOST_IP: &str = "169.254.77.1";
+const GUEST_IP: &str = "169.254.77.2";
+const PORT: u16 = 7000;
+/// Bytes echoed through the guest.
+const ECHO_BYTES: usize = 1 << 20;
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+}
+
+/// A network namespace with a tap `owt0` at 169.254.77.1/24, deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        let name = format!("owvmm-t{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        let ns = Netns { name };
+        let n = ns.name.as_str();
+        ip(&["-n", n, "tuntap", "add", "dev", "owt0", "mode", "tap"]);
+        ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{HOST_IP}/24"),
+            "dev",
+            "owt0",
+        ]);
+        ip(&["-n", n, "link", "set", "owt0", "up"]);
+        ns
+    }
+
+    /// Runs `f` on a thread that joined the namespace (sockets it makes live there).
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("open the netns");
+            // SAFETY: setns on a namespace file this thread holds open; it changes only
+            // this thread's network namespace.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Connects to the guest's echo server, retrying while it is not listening yet.
+fn connect() -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match TcpStream::connect_timeout(
+            &format!("{GUEST_IP}:{PORT}").parse().expect("addr"),
+            Duration::from_secs(30),
+        ) {
+            Ok(s) => return s,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "cannot connect to the guest: {e}"
+                );
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// What the guest runs: a ping of the host, then the echo server. (Its markers are built
+/// from `$ok` so that the agent's `started ...` line, which quotes the command, does not
+/// contain them.)
+const PROGRAM: &str = "ok=ok; echo \"guest-mac-$(cat /sys/class/net/eth0/address)\"; \
+    if ping -c 3 -W 10 169.254.77.1; then echo ping-result-$ok; else echo ping-result-failed; fi; \
+    echo echo-server-$ok; exec busybox nc -ll -p 7000 -e cat";
+
+#[test]
+fn the_guest_pings_the_host_and_echoes_a_mebibyte() {
+    let dir = scratch("net");
+    let ns = Netns::new();
+    let mut vm = Vm::boot_in_netns(
+        &dir,
+        &ns.name,
+        &[
+            "--net",
+            &format!("tap=owt0,ip={GUEST_IP}/24"),
+            "--exec",
+            PROGRAM,
+            // No crash kernel: this test needs no standby (one cold boot less).
+            "--on-crash",
+            "exit",
+        ],
+    );
+    let c = vm.wait_console("echo-server-ok", Duration::from_secs(1500));
+    assert!(
+        c.contains("guest-mac-06:00:00:00:00:01"),
+        "{}",
+        tail(&c, 3000)
+    );
+    assert!(c.contains("ping-result-ok"), "{}", tail(&c, 3000));
+    assert!(c.contains("3 packets received"), "{}", tail(&c, 3000));
+
+    let data: Vec<u8> = (0..ECHO_BYTES)
+        .map(|i| u8::try_from((i * 7 + i / 4096) % 251).unwrap_or(0))
+        .collect();
+    let sent = data.clone();
+    let (got, secs) = ns.run(move || {
+        let s = connect();
+        s.set_read_timeout(Some(Duration::from_secs(300)))
+            .expect("timeout");
+        let t0 = Instant::now();
+        let mut w = s.try_clone().expect("clone");
+        let writer = std::thread::spawn(move || {
+            w.write_all(&sent).expect("send to the guest");
+            w.shutdown(Shutdown::Write).expect("shutdown");
+        });
+        let mut got = Vec::with_capacity(ECHO_BYTES);
+        let mut r = s;
+        let mut buf = vec![0u8; 64 * 1024];
+        while got.len() < ECHO_BYTES {
+            let n = r.read(&mut buf).expect("read the echo");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        writer.join().expect("writer");
+        (got, t0.elapsed().as_secs_f64())
+    });
+    eprintln!(
+        "net: {ECHO_BYTES} bytes echoed by the guest in {secs:.1} s ({:.0} KiB/s each way)",
+        ECHO_BYTES as f64 / 1024.0 / secs
+    );
+    assert_eq!(got.len(), data.len(), "echo length");
+    assert!(got == data, "the echo differs from what was sent");
+    assert_eq!(vm.stop(), 5, "{}", vm.stderr());
+}
