@@ -25,6 +25,7 @@
 //! | VMM → agent | `time <secs>.<nanos9>` | set `CLOCK_REALTIME` |
 //! | VMM → agent | `poweroff` | orderly power off |
 //! | VMM → agent | `disk <base> <irq> <id> <ro or rw> <dir...>` | (crash kernel) probe the virtio-mmio disk at `base`/`irq` and mount it at `dir`, answered with `mounted` or `mount-failed` |
+//! | VMM → agent | `net <base> <mac>[,<addr>/<prefix>[,<gw>]]` | (crash kernel) probe the virtio-mmio network device at `base` and configure it, answered with `net-failed` if it cannot |
 //! | VMM → agent | `resurrect <manifest_gpa> <manifest_len> <window_gpa> <window_len>` | recreate the processes of a crashed kernel (`docs/resurrection.md`) |
 //!
 //! This module is pure (no I/O, no libc) so that the VMM can use it as well.
@@ -273,6 +274,15 @@ pub enum VmmMsg {
         /// The mount point (absolute).
         dir: String,
     },
+    /// `net <base> <spec>`: a crash kernel probes the virtio-mmio network device at `base`
+    /// and configures the interface as `spec` says (the value of an `owvmm.net=` word).
+    /// Answered with [`AgentMsg::NetFailed`] when it cannot, else nothing.
+    Net {
+        /// Guest-physical address of the device's register window.
+        base: u64,
+        /// `MAC[,ADDR/PREFIX[,GW]]`.
+        spec: String,
+    },
     /// `resurrect <manifest_gpa> <manifest_len> <window_gpa> <window_len>`: recreate the
     /// processes described by the manifest, reading the dead kernel's memory through the
     /// window (see `docs/resurrection.md`). Answered with one [`AgentMsg::Restored`] or
@@ -443,6 +453,10 @@ impl VmmMsg {
                     dir: f.rest(v, "dir")?,
                 }
             }
+            "net" => Self::Net {
+                base: f.number("net", "base")?,
+                spec: f.field("net", "spec")?.to_owned(),
+            },
             "resurrect" => {
                 let v = "resurrect";
                 Self::Resurrect {
@@ -465,6 +479,7 @@ impl VmmMsg {
             Self::Time(_) => "time",
             Self::Poweroff => "poweroff",
             Self::Disk { .. } => "disk",
+            Self::Net { .. } => "net",
             Self::Resurrect { .. } => "resurrect",
         }
     }
@@ -525,6 +540,7 @@ impl fmt::Display for VmmMsg {
                 "disk {base} {irq} {id} {} {dir}",
                 if *read_only { "ro" } else { "rw" }
             ),
+            Self::Net { base, spec } => write!(f, "net {base} {spec}"),
             Self::Resurrect {
                 manifest_gpa,
                 manifest_len,
@@ -891,6 +907,14 @@ mod tests {
             },
             "disk 3489665024 6 disk1 ro /srv/my data",
         );
+        vmm_round_trip(
+            VmmMsg::Net {
+                base: 0xd000_2000,
+                spec: "06:00:00:00:00:01,169.254.77.2/24".into(),
+            },
+            "net 3489669120 06:00:00:00:00:01,169.254.77.2/24",
+        );
+        assert!(VmmMsg::parse("net 1 a b").is_err());
         assert!(VmmMsg::parse("disk 1 2 disk0 rx /d").is_err());
         assert!(VmmMsg::parse("disk 1 2 disk0 rw").is_err());
         vmm_round_trip(

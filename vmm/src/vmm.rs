@@ -208,6 +208,8 @@ pub struct Vmm {
     virtio: Vec<Arc<Mutex<MmioTransport>>>,
     /// The `--disk`s, in device order (a crash kernel is asked to mount them again).
     disks: Vec<crate::config::DiskConfig>,
+    /// The `--net`s, after the disks (a crash kernel is asked to configure them again).
+    nets: Vec<crate::config::NetConfig>,
     agent: Arc<Mutex<AgentState>>,
     /// Console input waiting for room in COM1's FIFO (its own subscriber; fed from stdin).
     console_in: Arc<Mutex<SerialInput>>,
@@ -637,6 +639,7 @@ impl Vmm {
             com2: devices.com2,
             virtio: devices.virtio,
             disks: cfg.disks.clone(),
+            nets: cfg.nets.clone(),
             agent,
             console_in: devices.console_in,
             agent_in: devices.agent_in,
@@ -1050,9 +1053,16 @@ impl Vmm {
             }
         }
         if let Some(reason) = &a.net_failed {
-            self.finish_with(ExitReason::GuestSetup(format!(
-                "the guest could not configure its network: {reason}"
-            )));
+            if self.crashes.is_empty() {
+                self.finish_with(ExitReason::GuestSetup(format!(
+                    "the guest could not configure its network: {reason}"
+                )));
+            } else {
+                eprintln!(
+                    "\r\nowvmm: the crash kernel could not configure the network: {reason}\r"
+                );
+                lock(&self.agent).net_failed = None;
+            }
         }
         if a.poweroff {
             let since = *self.poweroff_since.get_or_insert_with(Instant::now);

@@ -308,6 +308,31 @@ impl Agent {
         }
     }
 
+    /// A crash kernel's `net` request: probe the device (it booted without it) and
+    /// configure the interface; the failure to send, if any.
+    fn attach_net(&mut self, base: u64, spec: &str) -> Option<AgentMsg> {
+        let fail = |reason: String| {
+            crate::log!("network not configured: {reason}");
+            Some(AgentMsg::NetFailed { reason })
+        };
+        let Some(parsed) = net::parse_word(spec) else {
+            return fail(format!("bad network spec {spec:?}"));
+        };
+        if let Err(e) = disks::probe_mmio(base) {
+            return fail(resurrect::reason(&e));
+        }
+        if let Err(e) = net::loopback_up() {
+            crate::log!("lo: {}", resurrect::reason(&e));
+        }
+        match net::configure(&parsed, std::path::Path::new("/sys/class/net")) {
+            Ok(iface) => {
+                crate::log!("network {iface} up again ({spec})");
+                None
+            }
+            Err(e) => fail(resurrect::reason(&e)),
+        }
+    }
+
     /// A crash kernel's `disk` request: probe the device now (it booted without it) and
     /// mount it, so the resurrected processes find their files where they were.
     fn attach_disk(&mut self, base: u64, spec: disks::DiskSpec) -> AgentMsg {
@@ -499,6 +524,10 @@ impl Agent {
                     self.request_stop(Stop::Poweroff, "poweroff request");
                     return;
                 }
+                Ok(VmmMsg::Net { base, spec }) => match self.attach_net(base, &spec) {
+                    Some(failed) => failed,
+                    None => return,
+                },
                 Ok(VmmMsg::Disk {
                     base,
                     irq: _,

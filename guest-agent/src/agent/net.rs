@@ -72,7 +72,7 @@ fn parse_ipv4(s: &str) -> Option<Ipv4Addr> {
         .flatten()
 }
 
-fn parse_word(v: &str) -> Option<NetSpec> {
+pub fn parse_word(v: &str) -> Option<NetSpec> {
     let mut parts = v.split(',');
     let mac = parse_mac(parts.next()?)?;
     let ip = match parts.next() {

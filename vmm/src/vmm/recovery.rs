@@ -864,10 +864,11 @@ impl Vmm {
         }
     }
 
-    /// Asks the crash kernel's agent to probe and mount the user's disks, in order, before
-    /// anything is resurrected (the agent answers each before it reads the next request).
-    /// The crash kernel booted without them, so it reads each disk afresh, after the crash,
-    /// and replays its journal.
+    /// Asks the crash kernel's agent to probe and mount the user's disks, in order, and to
+    /// bring the network interfaces up again, before anything is resurrected (the agent
+    /// answers each before it reads the next request). The crash kernel booted without
+    /// them, so it reads each disk afresh, after the crash, and replays its journal; the
+    /// taps stayed open in the VMM.
     fn send_disks(&mut self) {
         for (i, d) in self.disks.clone().iter().enumerate() {
             let Some((base, irq)) = crate::devices::virtio::slot(i) else {
@@ -879,6 +880,16 @@ impl Vmm {
                 id: crate::config::disk_id(i),
                 read_only: d.read_only,
                 dir: d.guest_dir.clone(),
+            });
+        }
+        for (i, n) in self.nets.clone().iter().enumerate() {
+            let Some((base, _)) = crate::devices::virtio::slot(self.disks.len() + i) else {
+                continue;
+            };
+            let word = crate::config::net_word(n);
+            self.send_agent(&VmmMsg::Net {
+                base,
+                spec: word.trim_start_matches("owvmm.net=").to_owned(),
             });
         }
     }

@@ -273,6 +273,13 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
         return sum;
     }
     for f in &m.files {
+        if f.update == manifest::FileUpdate::Patch {
+            let bytes: u64 = f.runs.iter().map(|r| r.len).sum();
+            crate::log!(
+                "resurrect: {}: writing back {bytes} bytes the dead kernel had not",
+                text(&f.path)
+            );
+        }
         if let Err(e) = files::recreate(f, &mem) {
             sink(Event::Err(format!(
                 "resurrect: file {}: {}",
