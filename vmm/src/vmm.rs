@@ -1038,30 +1038,26 @@ impl Vmm {
                 });
             }
         }
-        if let Some((dir, reason)) = &a.mount_failed {
+        let failed = [
+            a.mount_failed
+                .as_ref()
+                .map(|(dir, reason)| format!("mount its disk at {dir}: {reason}")),
+            a.net_failed
+                .as_ref()
+                .map(|reason| format!("configure its network: {reason}")),
+        ];
+        for what in failed.into_iter().flatten() {
             if self.crashes.is_empty() {
                 self.finish_with(ExitReason::GuestSetup(format!(
-                    "the guest could not mount its disk at {dir}: {reason}"
+                    "the guest could not {what}"
                 )));
             } else {
-                // A crash kernel could not mount it again: the processes with files there
-                // are not restored (each reported); the others go on.
-                eprintln!(
-                    "\r\nowvmm: the crash kernel could not mount the disk at {dir}: {reason}\r"
-                );
-                lock(&self.agent).mount_failed = None;
-            }
-        }
-        if let Some(reason) = &a.net_failed {
-            if self.crashes.is_empty() {
-                self.finish_with(ExitReason::GuestSetup(format!(
-                    "the guest could not configure its network: {reason}"
-                )));
-            } else {
-                eprintln!(
-                    "\r\nowvmm: the crash kernel could not configure the network: {reason}\r"
-                );
-                lock(&self.agent).net_failed = None;
+                // A crash kernel could not set it up again: the processes that need it are
+                // not restored (each reported); the others go on.
+                eprintln!("\r\nowvmm: the crash kernel could not {what}\r");
+                let mut st = lock(&self.agent);
+                st.mount_failed = None;
+                st.net_failed = None;
             }
         }
         if a.poweroff {
