@@ -41,6 +41,7 @@ pub const PVM_CMDLINE: &[(&str, &str)] = &[
     ("clearcpuid=xsave,popcnt,smap,cx16,erms,fsrm", "xsave/xrstor, popcnt, clac/stac and cmpxchg16b (SLUB) are not emulated in guest kernel mode, and without ERMS/FSRM the kernel copies 8 bytes per emulated step instead of 1; CPUID cannot be filtered here, so the kernel is told"),
     ("GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-FMA,-AVX_Fast_Unaligned_Load", "user code runs with the host's XCR0 but the guest kernel (without xsave) does not preserve AVX state: glibc must stay off AVX (init's environment, passed on by ow-agent)"),
     ("no-kvm-hypercalls", "CPUID leaks the host's KVM PV features but vmcall never completes here (guest-kernel patch 0004); without it a second vCPU hangs"),
+    ("initcall_blacklist=cubictcp_register,bpf_prog_test_run_init", "the first registration of a BPF kfunc set parses the whole vmlinux BTF (~50-75 s of emulated code here with the networking kernel: 57 s -> 107 s to agent ready); CUBIC and the BPF test-run kfuncs register one at boot, so TCP uses Reno and BPF_PROG_TEST_RUN has no kfuncs (guest-kernel patch 0005 skips the third)"),
 ];
 
 /// The environment variable that makes [`adjust_cmdline`] pass a command line unchanged
