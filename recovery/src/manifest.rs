@@ -909,6 +909,30 @@ pub fn build_manifest_excluding(
                 .or_insert_with(|| f.clone());
         }
     }
+    // What the dead kernel had not written back to a disk file is the user's data whether
+    // or not the process that wrote it comes back: every process's files open for writing
+    // on a disk, restored or not.
+    let mut disk_files: BTreeSet<u64> = BTreeSet::new();
+    for p in report.processes.values() {
+        for f in &p.value.files {
+            let (Some(inode), Some(path)) = (f.inode, f.path.as_deref()) else {
+                continue;
+            };
+            if f.writable()
+                && inode.kind() == FileKind::Reg
+                && !inode.in_memory_fs()
+                && path.starts_with('/')
+                && !deleted(path)
+            {
+                disk_files.insert(inode.addr);
+                files.entry(inode.addr).or_insert_with(|| FileRecord {
+                    path: path.to_owned(),
+                    inode,
+                    overwrite: true,
+                });
+            }
+        }
+    }
     let mut contents: BTreeMap<u64, Result<FileContent, ManifestError>> = BTreeMap::new();
     for (&inode, f) in &files {
         if f.on_disk() {
@@ -959,6 +983,7 @@ pub fn build_manifest_excluding(
     }
 
     let mut out_files = Vec::new();
+    used.extend(disk_files);
     for inode in used {
         let (Some(f), Some(Ok(c))) = (files.get(&inode), contents.get(&inode)) else {
             continue;

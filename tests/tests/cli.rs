@@ -184,6 +184,7 @@ fn print_cmdline_adds_the_host_quirks_only_on_kvm_pvm() {
     assert_eq!(has(line, "no-kvm-hypercalls"), pvm, "{line}");
     assert_eq!(line.contains("clearcpuid="), pvm, "{line}");
     assert_eq!(line.contains("GLIBC_TUNABLES="), pvm, "{line}");
+    assert_eq!(line.contains("initcall_blacklist="), pvm, "{line}");
     assert_eq!(line.matches(SWITCH).count(), usize::from(pvm), "{line}");
     if pvm {
         assert!(
@@ -224,6 +225,7 @@ fn print_cmdline_adds_the_host_quirks_only_on_kvm_pvm() {
         "clearcpuid",
         "no-kvm-hypercalls",
         "GLIBC_TUNABLES",
+        "initcall_blacklist",
     ] {
         assert!(!line.contains(w), "{w} in {line}");
     }
