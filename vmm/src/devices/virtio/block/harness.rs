@@ -1,5 +1,5 @@
 //! Queues laid out by hand in a guest memory, for the unit tests and the `block_request`
-//! fuzz target: a descriptor table, an available ring and a used ring at fixed addresses,
+//! and `net_tx` fuzz targets (which decode their input with [`FuzzQueue::decode`]): a descriptor table, an available ring and a used ring at fixed addresses,
 //! written raw, so that a test can build any chain a driver could, broken ones included.
 
 use virtio_queue::{Queue, QueueT};
@@ -89,4 +89,73 @@ pub fn write_header(mem: &GuestMemoryMmap, addr: u64, kind: u32, sector: u64) ->
     mem.write_obj(kind.to_le(), GuestAddress(addr)).ok()?;
     mem.write_obj(0u32, GuestAddress(addr + 4)).ok()?;
     mem.write_obj(sector.to_le(), GuestAddress(addr + 8)).ok()
+}
+
+/// A queue a fuzz target built from its input bytes (see [`FuzzQueue::decode`]).
+pub struct FuzzQueue {
+    /// Byte 0 of the input, for the target's own switches; bit 1 is the event index.
+    pub flags: u8,
+    /// The guest memory, the buffers written at [`DATA`].
+    pub mem: GuestMemoryMmap,
+    /// The queue, ready.
+    pub queue: Queue,
+    /// How many heads were made available.
+    pub heads: usize,
+}
+
+impl FuzzQueue {
+    /// Decodes a fuzz input: byte 0 flags (bit 1 event index), byte 1 the number of
+    /// available heads (at most [`SIZE`]), then that many head indices (one byte each),
+    /// then up to [`SIZE`] descriptors of 16 bytes (address, length, flags, next;
+    /// little-endian: an address or length with its top bit clear is folded into guest
+    /// memory's size, so most land near it, and one with the top bit set is taken as it
+    /// is), then the bytes of the guest's buffer area. `None` when too short.
+    pub fn decode(data: &[u8]) -> Option<FuzzQueue> {
+        let (&flags, rest) = data.split_first()?;
+        let (&n, rest) = rest.split_first()?;
+        let n = usize::from(n).min(usize::from(SIZE)).min(rest.len());
+        let (heads, mut rest) = rest.split_at(n);
+        let heads: Vec<u16> = heads.iter().map(|&h| u16::from(h) % SIZE).collect();
+        let fold =
+            |raw: u64, top: u64, modulus: u64| if raw & top != 0 { raw } else { raw % modulus };
+        let mem_size = u64::try_from(MEM_SIZE).ok()?;
+        let mut descs = Vec::new();
+        while descs.len() < usize::from(SIZE) {
+            let Some((d, r)) = rest.split_first_chunk::<16>() else {
+                break;
+            };
+            rest = r;
+            let addr = u64::from_le_bytes(d[0..8].try_into().ok()?);
+            let len = u32::from_le_bytes(d[8..12].try_into().ok()?);
+            descs.push(Desc {
+                addr: fold(addr, 1 << 63, mem_size + 0x1000),
+                len: u32::try_from(fold(u64::from(len), 1 << 31, 0x4000)).unwrap_or(u32::MAX),
+                flags: u16::from_le_bytes([d[12], d[13]]),
+                next: u16::from_le_bytes([d[14], d[15]]),
+            });
+        }
+        let mem = memory()?;
+        let room = MEM_SIZE - usize::try_from(DATA).ok()?;
+        mem.write_slice(&rest[..rest.len().min(room)], GuestAddress(DATA))
+            .ok()?;
+        let queue = queue(&mem, &descs, &heads, flags & 2 != 0)?;
+        Some(FuzzQueue {
+            flags,
+            mem,
+            queue,
+            heads: heads.len(),
+        })
+    }
+
+    /// Checks what serving the queue left: the used index is written last, after each
+    /// chain, and never beyond the chains made available. (The used elements are not
+    /// checked: a driver may point a later chain's buffers at the used ring itself.)
+    pub fn check_used(&self) {
+        let (idx, _, _) = used(&self.mem, 0).unwrap_or((0, 0, 0));
+        assert!(
+            usize::from(idx) <= self.heads,
+            "{idx} used of {}",
+            self.heads
+        );
+    }
 }
