@@ -42,6 +42,64 @@ pub fn cmdline_option(base: u64, irq: u32) -> String {
     format!("virtio_mmio.device=4K@{base:#x}:{irq}")
 }
 
+/// A device's I/O thread (`owvmm-NAME`): an event-manager loop over the device's one
+/// subscriber, which watches the stop eventfd and sets `done` when it fires.
+pub struct Worker {
+    stop: EventFd,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Worker {
+    /// A stop eventfd and its clone for the subscriber to watch.
+    pub fn stop_eventfds() -> Result<(EventFd, EventFd), VirtioError> {
+        let stop =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VirtioError::Host("stop eventfd", e))?;
+        let watched = stop
+            .try_clone()
+            .map_err(|e| VirtioError::Host("stop eventfd", e))?;
+        Ok((stop, watched))
+    }
+
+    /// Starts the thread: `first` runs once on the handler (what was notified before the
+    /// thread started), then the loop runs until `done`. `stop` is the eventfd whose clone
+    /// the handler watches.
+    pub fn spawn<T: event_manager::MutEventSubscriber + Send + 'static>(
+        name: &str,
+        stop: EventFd,
+        handler: T,
+        done: Arc<std::sync::atomic::AtomicBool>,
+        first: fn(&mut T),
+    ) -> Result<Worker, VirtioError> {
+        let mut em: event_manager::EventManager<Arc<std::sync::Mutex<T>>> =
+            event_manager::EventManager::new().map_err(VirtioError::EventLoop)?;
+        let handler = Arc::new(std::sync::Mutex::new(handler));
+        event_manager::SubscriberOps::add_subscriber(&mut em, handler.clone());
+        let name = name.to_owned();
+        let thread = std::thread::Builder::new()
+            .name(format!("owvmm-{name}"))
+            .spawn(move || {
+                first(&mut crate::devices::bus::lock(&handler));
+                while !done.load(Ordering::SeqCst) {
+                    if let Err(e) = em.run() {
+                        eprintln!(
+                            "owvmm: {name}: {}",
+                            crate::error_chain(&VirtioError::EventLoop(e))
+                        );
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| VirtioError::Host("I/O thread", e))?;
+        Ok(Worker { stop, thread })
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(self) {
+        let _ = self.stop.write(1);
+        let _ = self.thread.join();
+    }
+}
+
 /// Errors of the virtio devices.
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioError {

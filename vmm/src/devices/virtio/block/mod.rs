@@ -5,10 +5,9 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 
-use event_manager::{EventManager, EventOps, Events, MutEventSubscriber};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO};
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
@@ -17,8 +16,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{read_config_bytes, Activation, Interrupt, VirtioDevice, VirtioError};
-use crate::devices::bus::lock;
+use super::{read_config_bytes, Activation, Interrupt, VirtioDevice, VirtioError, Worker};
 
 pub mod disk;
 #[doc(hidden)]
@@ -42,11 +40,6 @@ pub struct Block {
     worker: Option<Worker>,
 }
 
-struct Worker {
-    stop: EventFd,
-    thread: JoinHandle<()>,
-}
-
 impl Block {
     /// A device on `disk`; `name` names its I/O thread.
     pub fn new(disk: Disk, name: &str) -> Self {
@@ -62,8 +55,7 @@ impl Block {
 
     fn stop_worker(&mut self) {
         if let Some(w) = self.worker.take() {
-            let _ = w.stop.write(1);
-            let _ = w.thread.join();
+            w.stop();
         }
     }
 }
@@ -105,44 +97,22 @@ impl VirtioDevice for Block {
         if !virtio_queue::QueueT::ready(&queue) {
             return Err(VirtioError::BadQueue(0));
         }
-        let stop =
-            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VirtioError::Host("stop eventfd", e))?;
+        let (stop, watched) = Worker::stop_eventfds()?;
         let handler = QueueHandler {
             mem: a.mem,
             queue,
             disk: self.disk.clone(),
             interrupt: a.interrupt,
             notify,
-            stop: stop
-                .try_clone()
-                .map_err(|e| VirtioError::Host("stop eventfd", e))?,
+            stop: watched,
             bounce: vec![0u8; request::BOUNCE_SIZE],
             done: Arc::new(AtomicBool::new(false)),
             reported: false,
         };
-        let mut em: EventManager<Arc<Mutex<QueueHandler>>> =
-            EventManager::new().map_err(VirtioError::EventLoop)?;
         let done = handler.done.clone();
-        let handler = Arc::new(Mutex::new(handler));
-        event_manager::SubscriberOps::add_subscriber(&mut em, handler.clone());
-        let name = self.name.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("owvmm-{name}"))
-            .spawn(move || {
-                // The handler drains anything notified before the thread started.
-                lock(&handler).serve();
-                while !done.load(Ordering::SeqCst) {
-                    if let Err(e) = em.run() {
-                        eprintln!(
-                            "owvmm: {name}: {}",
-                            crate::error_chain(&VirtioError::EventLoop(e))
-                        );
-                        break;
-                    }
-                }
-            })
-            .map_err(|e| VirtioError::Host("I/O thread", e))?;
-        self.worker = Some(Worker { stop, thread });
+        // The handler drains anything notified before the thread started.
+        let first: fn(&mut QueueHandler) = QueueHandler::serve;
+        self.worker = Some(Worker::spawn(&self.name, stop, handler, done, first)?);
         Ok(())
     }
 

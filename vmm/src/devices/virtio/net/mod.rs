@@ -6,10 +6,9 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 
-use event_manager::{EventManager, EventOps, Events, MutEventSubscriber};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
@@ -18,8 +17,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{read_config_bytes, Activation, Interrupt, VirtioDevice, VirtioError};
-use crate::devices::bus::lock;
+use super::{read_config_bytes, Activation, Interrupt, VirtioDevice, VirtioError, Worker};
 
 pub mod frame;
 pub mod tap;
@@ -43,11 +41,6 @@ pub struct Net {
     worker: Option<Worker>,
 }
 
-struct Worker {
-    stop: EventFd,
-    thread: JoinHandle<()>,
-}
-
 impl Net {
     /// A device on `backend` (a [`Tap`]) with the MAC `mac`; `name` names its I/O thread
     /// (`owvmm-NAME`).
@@ -68,8 +61,7 @@ impl Net {
 
     fn stop_worker(&mut self) {
         if let Some(w) = self.worker.take() {
-            let _ = w.stop.write(1);
-            let _ = w.thread.join();
+            w.stop();
         }
     }
 }
@@ -114,17 +106,14 @@ impl VirtioDevice for Net {
                 return Err(VirtioError::BadQueue(i));
             }
         }
-        let stop =
-            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VirtioError::Host("stop eventfd", e))?;
+        let (stop, watched) = Worker::stop_eventfds()?;
         let handler = NetHandler {
             mem: a.mem,
             rx,
             tx,
             rx_evt,
             tx_evt,
-            stop: stop
-                .try_clone()
-                .map_err(|e| VirtioError::Host("stop eventfd", e))?,
+            stop: watched,
             backend: self.backend.clone(),
             interrupt: a.interrupt,
             stats: self.stats.clone(),
@@ -134,29 +123,10 @@ impl VirtioDevice for Net {
             done: Arc::new(AtomicBool::new(false)),
             reported: false,
         };
-        let mut em: EventManager<Arc<Mutex<NetHandler>>> =
-            EventManager::new().map_err(VirtioError::EventLoop)?;
         let done = handler.done.clone();
-        let handler = Arc::new(Mutex::new(handler));
-        event_manager::SubscriberOps::add_subscriber(&mut em, handler.clone());
-        let name = self.name.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("owvmm-{name}"))
-            .spawn(move || {
-                // Anything sent before the thread started goes out now.
-                lock(&handler).serve_tx();
-                while !done.load(Ordering::SeqCst) {
-                    if let Err(e) = em.run() {
-                        eprintln!(
-                            "owvmm: {name}: {}",
-                            crate::error_chain(&VirtioError::EventLoop(e))
-                        );
-                        break;
-                    }
-                }
-            })
-            .map_err(|e| VirtioError::Host("I/O thread", e))?;
-        self.worker = Some(Worker { stop, thread });
+        // Anything sent before the thread started goes out now.
+        let first: fn(&mut NetHandler) = NetHandler::serve_tx;
+        self.worker = Some(Worker::spawn(&self.name, stop, handler, done, first)?);
         Ok(())
     }
 
