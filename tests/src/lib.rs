@@ -527,3 +527,139 @@ pub fn wait_program(
             .map(str::to_owned)
     })
 }
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (iproute2)");
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+}
+
+/// A network namespace of the test's own with a tap `owt0` at `host_cidr` (link-local),
+/// deleted on drop. The guest's traffic goes only there.
+pub struct Netns {
+    /// The namespace's name (`ip netns exec NAME ...`).
+    pub name: String,
+}
+
+impl Netns {
+    /// Makes `owvmm-TAG<pid>` with the tap `owt0` up at `host_cidr`.
+    pub fn new(tag: &str, host_cidr: &str) -> Netns {
+        let name = format!("owvmm-{tag}{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        let ns = Netns { name };
+        let n = ns.name.as_str();
+        ip(&["-n", n, "tuntap", "add", "dev", "owt0", "mode", "tap"]);
+        ip(&["-n", n, "addr", "add", host_cidr, "dev", "owt0"]);
+        ip(&["-n", n, "link", "set", "owt0", "up"]);
+        ns
+    }
+
+    /// Runs `f` on a thread that joined the namespace (sockets it makes live there).
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("open the netns");
+            // SAFETY: setns on a namespace file this thread holds open; it changes only
+            // this thread's network namespace.
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    }
+
+    /// `ip netns exec NAME PROGRAM ARGS...`, its exit code and standard output.
+    pub fn exec(&self, program: &str, args: &[&str]) -> (i32, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("ip netns exec {program}: {e}"));
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// An ext4 image of `mib` MiB holding the files of `from` (or empty).
+pub fn mkfs(img: &Path, mib: u32, from: Option<&Path>) {
+    let mut c = Command::new("mkfs.ext4");
+    c.args(["-q", "-F", "-L", "owtest"]);
+    if let Some(d) = from {
+        c.arg("-d").arg(d);
+    }
+    let out = c
+        .arg(img)
+        .arg(format!("{mib}M"))
+        .output()
+        .expect("mkfs.ext4 (e2fsprogs) must be installed");
+    assert!(out.status.success(), "mkfs.ext4: {out:?}");
+}
+
+/// `debugfs -R "cat PATH" img` on the host.
+pub fn debugfs_cat(img: &Path, path: &str) -> String {
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat {path}")])
+        .arg(img)
+        .output()
+        .expect("debugfs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits (after agent ready) for a looping program's `MODE pid=P n=N` line with
+/// `N >= at_least`; its pid.
+pub fn wait_looper(vm: &mut Vm, mode: &str, at_least: u64) -> u64 {
+    let what = format!("the {mode} program");
+    wait_console_after(vm, 0, Duration::from_secs(300), &what, |c| {
+        last_line(c, mode)
+            .filter(|l| num(l, "n") >= at_least)
+            .map(|l| num(l, "pid"))
+    })
+}
+
+/// Crashes the guest kernel, waits for the recovery and for the looping program `pid` of
+/// `mode` to count `more` past where it was. Returns `recovery-done`, the program's
+/// line, and the console since the crash.
+pub fn crash_and_go_on(
+    vm: &mut Vm,
+    ev: &mut Conn,
+    mode: &str,
+    pid: u64,
+    more: u64,
+) -> (Value, String, String) {
+    let n_before = last_line(&vm.console(), mode).map_or(0, |l| num(l, "n"));
+    let from = vm.console().len();
+    let r = vm.call(json!({"cmd": "crash"}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let (done, restored) = wait_recovery(ev);
+    assert!(restored.contains(&pid), "{mode} {pid} not restored: {done}");
+    let line = wait_program(vm, from, mode, u32::try_from(pid).unwrap_or(0), |l| {
+        num(l, "n") >= n_before + more
+    });
+    let since = vm.console().get(from..).unwrap_or_default().to_owned();
+    (done, line, since)
+}
+
+/// Asserts that `e2fsck -f -n` finds nothing to fix in `img`.
+pub fn assert_fsck_clean(img: &Path) {
+    let fsck = Command::new("e2fsck")
+        .args(["-f", "-n"])
+        .arg(img)
+        .output()
+        .expect("e2fsck (e2fsprogs)");
+    assert!(fsck.status.success(), "e2fsck found problems: {fsck:?}");
+}

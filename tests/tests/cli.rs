@@ -272,3 +272,26 @@ fn bad_net_options() {
     net("ip=169.254.77.2/24", "tap=NAME is missing");
     net("tap=t0,mtu=9000", "unknown key \"mtu\"");
 }
+
+#[test]
+fn with_packages_that_debian_does_not_have() {
+    let d = scratch("cli-with");
+    let k = fake_elf(&d, 62);
+    refused(
+        &["run", "--kernel", &k, "--with", "Not_A_Name"],
+        "--with \"Not_A_Name\": not a Debian package name",
+    );
+    // apt is asked; the package is named in the one line that ends the run (apt may first
+    // say that it updates old package lists).
+    let (code, _, err) = run_to_end(&["run", "--kernel", &k, "--with", "owvmm-no-such-package"]);
+    assert_eq!(code, 2, "{err}");
+    let last = err
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    assert!(
+        last.starts_with("owvmm: error: Debian has no package \"owvmm-no-such-package\""),
+        "{err}"
+    );
+}

@@ -9,39 +9,13 @@
 //! feature; needs e2fsprogs on the host.
 #![cfg(feature = "kvm")]
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use owvmm_tests::{
-    last_line, num, scratch, standby_dir, tail, wait_console_after, wait_program, wait_recovery, Vm,
+    assert_fsck_clean, crash_and_go_on, debugfs_cat, last_line, mkfs, num, scratch, standby_dir,
+    tail, wait_looper, Vm,
 };
 use serde_json::json;
-
-/// An ext4 image of `mib` MiB holding the files of `from` (or empty).
-fn mkfs(img: &Path, mib: u32, from: Option<&Path>) {
-    let mut c = Command::new("mkfs.ext4");
-    c.args(["-q", "-F", "-L", "owtest"]);
-    if let Some(d) = from {
-        c.arg("-d").arg(d);
-    }
-    let out = c
-        .arg(img)
-        .arg(format!("{mib}M"))
-        .output()
-        .expect("mkfs.ext4 (e2fsprogs) must be installed");
-    assert!(out.status.success(), "mkfs.ext4: {out:?}");
-}
-
-/// `debugfs -R "cat PATH" img` on the host.
-fn debugfs_cat(img: &Path, path: &str) -> String {
-    let out = Command::new("debugfs")
-        .args(["-R", &format!("cat {path}")])
-        .arg(img)
-        .output()
-        .expect("debugfs");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// What the guest does: reads the read-only disk, tries to write it, then appends a
 /// numbered line to a log on the other disk (an fd the shell keeps open) every 200 ms and
@@ -76,11 +50,7 @@ fn disks_are_mounted_kept_across_a_crash_and_left_clean_by_shutdown() {
     );
     vm.wait_agent_ready(Duration::from_secs(1200));
     let mut ev = vm.events();
-    let shell = wait_console_after(&mut vm, 0, Duration::from_secs(300), "the logger", |c| {
-        last_line(c, "logger")
-            .filter(|l| num(l, "n") >= 10)
-            .map(|l| num(l, "pid"))
-    });
+    let shell = wait_looper(&mut vm, "logger", 10);
     let c = vm.console();
     assert!(
         c.contains("hello from the host image"),
@@ -102,21 +72,7 @@ fn disks_are_mounted_kept_across_a_crash_and_left_clean_by_shutdown() {
     // The kernel crashes; the crash kernel probes both disks, mounts them (replaying the
     // journal) and the shell goes on appending to its log through the same fd.
     let n_before = last_line(&c, "logger").map_or(0, |l| num(l, "n"));
-    let from = c.len();
-    let r = vm.call(json!({"cmd": "crash"}));
-    assert_eq!(r["ok"], json!(true), "{r}");
-    let (done, restored) = wait_recovery(&mut ev);
-    assert!(
-        restored.contains(&shell),
-        "shell {shell} not restored: {done}"
-    );
-    let after = wait_program(
-        &mut vm,
-        from,
-        "logger",
-        u32::try_from(shell).unwrap_or(0),
-        |l| num(l, "n") >= n_before + 20,
-    );
+    let (_, after, _) = crash_and_go_on(&mut vm, &mut ev, "logger", shell, 20);
     let n_after = num(&after, "n");
 
     let r = vm.call(json!({"cmd": "shutdown"}));
@@ -125,12 +81,7 @@ fn disks_are_mounted_kept_across_a_crash_and_left_clean_by_shutdown() {
     assert_eq!(vm.wait_exit(Duration::from_secs(120)), 0, "{}", vm.stderr());
 
     // Unmounted cleanly: nothing for a forced check to fix.
-    let fsck = Command::new("e2fsck")
-        .args(["-f", "-n"])
-        .arg(&data)
-        .output()
-        .expect("e2fsck");
-    assert!(fsck.status.success(), "e2fsck found problems: {fsck:?}");
+    assert_fsck_clean(&data);
     // Every line, before and after the crash, in order, none lost. (A write(2) the crash
     // caught after its effect but before it returned is done again: one line may repeat.)
     let log = debugfs_cat(&data, "/out/log");

@@ -11,72 +11,15 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use owvmm_tests::{scratch, standby_dir, tail, wait_recovery, Vm};
+use owvmm_tests::{scratch, standby_dir, tail, wait_recovery, Netns, Vm};
 
 const HOST_IP: &str = "169.254.77.1";
 const GUEST_IP: &str = "169.254.77.2";
 const PORT: u16 = 7000;
 /// Bytes echoed through the guest.
 const ECHO_BYTES: usize = 1 << 20;
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(out.status.success(), "ip {args:?}: {out:?}");
-}
-
-/// A network namespace with a tap `owt0` at 169.254.77.1/24, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Netns {
-        let name = format!("owvmm-t{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        ip(&["netns", "add", &name]);
-        let ns = Netns { name };
-        let n = ns.name.as_str();
-        ip(&["-n", n, "tuntap", "add", "dev", "owt0", "mode", "tap"]);
-        ip(&[
-            "-n",
-            n,
-            "addr",
-            "add",
-            &format!("{HOST_IP}/24"),
-            "dev",
-            "owt0",
-        ]);
-        ip(&["-n", n, "link", "set", "owt0", "up"]);
-        ns
-    }
-
-    /// Runs `f` on a thread that joined the namespace (sockets it makes live there).
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("open the netns");
-            // SAFETY: setns on a namespace file this thread holds open; it changes only
-            // this thread's network namespace.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("netns thread")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
 
 /// Connects to the guest's echo server, retrying while it is not listening yet.
 fn connect() -> TcpStream {
@@ -110,7 +53,7 @@ fn the_guest_pings_the_host_echoes_a_mebibyte_and_is_reachable_after_a_crash() {
     // The crash kernel's standby first: the cold boot below then has both cores.
     standby_dir(1);
     let dir = scratch("net");
-    let ns = Netns::new();
+    let ns = Netns::new("net", &format!("{HOST_IP}/24"));
     let mut vm = Vm::boot_in_netns(
         &dir,
         &ns.name,

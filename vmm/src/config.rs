@@ -93,6 +93,26 @@ pub struct DiskConfig {
     pub read_only: bool,
 }
 
+impl DiskConfig {
+    /// A root image (`run --with`): read-only, merged into the guest's root by the agent.
+    pub fn root(host: PathBuf) -> Self {
+        DiskConfig {
+            host,
+            guest_dir: "/".into(),
+            read_only: true,
+        }
+    }
+
+    /// Is this a root image (`GUEST_DIR` `/`)?
+    pub fn is_root(&self) -> bool {
+        self.guest_dir == "/"
+    }
+}
+
+/// Where a root image's files are, and so where `--add` cannot put any: its `/usr` is
+/// bound over the guest's, and these are links into it.
+pub const ROOT_IMAGE_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib64"];
+
 /// Longest `GUEST_DIR` accepted (it goes on the kernel command line).
 pub const GUEST_DIR_MAX: usize = 256;
 
@@ -127,6 +147,12 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, ConfigError> {
     if guest.split('/').any(|c| c == "..") {
         return Err(ConfigError::DiskGuestDir(s.into(), "has a .. component"));
     }
+    if guest == "/" && !read_only {
+        return Err(ConfigError::DiskGuestDir(
+            s.into(),
+            "/ (a root image) must be attached read-only (:ro)",
+        ));
+    }
     Ok(DiskConfig {
         host: host.into(),
         guest_dir: guest.into(),
@@ -134,9 +160,15 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, ConfigError> {
     })
 }
 
-/// Parses every `--disk` argument.
+/// Parses every `--disk` argument; a root image (`IMG:/:ro`) goes first, as the agent
+/// mounts the disks in order.
 pub fn parse_disks(args: &[String]) -> Result<Vec<DiskConfig>, ConfigError> {
-    args.iter().map(|s| parse_disk(s)).collect()
+    let mut disks = args
+        .iter()
+        .map(|s| parse_disk(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    disks.sort_by_key(|d| !d.is_root());
+    Ok(disks)
 }
 
 /// The kernel command-line options for `disks`: for the `i`-th disk the virtio-mmio
@@ -447,6 +479,9 @@ pub enum ConfigError {
     /// `--net` with `--restore`: virtio state is not in snapshots.
     #[error("--net cannot be used with --restore (snapshots do not hold virtio device state)")]
     NetWithRestore,
+    /// An `--add` file where a root image's files are.
+    #[error("--add {0}: {1} comes from the root image (--with), read-only; put the file elsewhere (/opt, /etc, /tmp, ...)")]
+    AddUnderRootImage(String, &'static str),
     /// Two disks to be mounted at the same guest directory.
     #[error("--disk: two disks for GUEST_DIR {0}")]
     DiskDirTwice(String),
@@ -565,6 +600,14 @@ impl VmConfig {
         }
         for a in &self.add {
             file_size("--add file", &a.host)?;
+            if self.disks.iter().any(DiskConfig::is_root) {
+                if let Some(d) = ROOT_IMAGE_DIRS
+                    .iter()
+                    .find(|d| a.guest == **d || a.guest.starts_with(&format!("{d}/")))
+                {
+                    return Err(ConfigError::AddUnderRootImage(a.guest.clone(), d));
+                }
+            }
         }
         self.check_disks()?;
         self.check_nets()?;
@@ -780,6 +823,40 @@ mod tests {
              virtio_mmio.device=4K@0xd0001000:6 owvmm.disk=disk1:/srv/ro:ro"
         );
         assert_eq!(with_disks("quiet", &[]), "quiet");
+    }
+
+    #[test]
+    fn a_root_image_is_read_only_mounted_first_and_keeps_add_files_out_of_usr() {
+        let e = parse_disk("/root.img:/").expect_err("rw root");
+        assert!(e.to_string().contains("read-only"), "{e}");
+        let disks = parse_disks(&["/d.img:/data".into(), "/root.img:/:ro".into()]).expect("ok");
+        assert!(disks[0].is_root() && !disks[1].is_root(), "{disks:?}");
+        assert_eq!(disks[0], DiskConfig::root("/root.img".into()));
+
+        let dir = std::env::temp_dir().join(format!("owvmm-cfg-root-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (img, file) = (dir.join("root.img"), dir.join("f"));
+        std::fs::write(&img, vec![0u8; 4096]).expect("image");
+        std::fs::write(&file, b"x").expect("file");
+        let mut c = base();
+        c.disks = vec![DiskConfig::root(img)];
+        for (guest, ok) in [
+            ("/usr/bin/x", false),
+            ("/lib64/x", false),
+            ("/bin/sh", false),
+            ("/usrx/a", true),
+            ("/opt/db", true),
+        ] {
+            c.add = vec![parse_add(&format!("{}:{guest}", file.display())).expect("add")];
+            // The kernel is missing: a path that passes goes on to that error.
+            let r = c.validate();
+            assert_eq!(
+                !matches!(r, Err(ConfigError::AddUnderRootImage(..))),
+                ok,
+                "{guest}: {r:?}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -100,6 +100,8 @@ pub struct Image {
     pub vmlinux: PathBuf,
     /// The initramfs.
     pub initramfs: PathBuf,
+    /// The initramfs with the agent alone, for guests with a root image.
+    pub agent_initramfs: PathBuf,
 }
 
 /// Debian packages the build needs, with a file that proves each is installed.
@@ -273,17 +275,35 @@ pub fn build_agent() -> Result<PathBuf, ImageError> {
 
 /// Builds the initramfs for `agent` (or finds it in the cache).
 pub fn build_initramfs(agent: &Path) -> Result<PathBuf, ImageError> {
+    write_initramfs(agent, true)
+}
+
+/// The initramfs of a guest with a root image (`--with`): the agent alone, as the image
+/// brings busybox. The kernel unpacks it at every boot, at about 2.8 s a MiB here.
+pub fn build_agent_initramfs(agent: &Path) -> Result<PathBuf, ImageError> {
+    write_initramfs(agent, false)
+}
+
+fn write_initramfs(agent: &Path, with_busybox: bool) -> Result<PathBuf, ImageError> {
     if !is_static(agent) {
         return Err(ImageError::AgentNotStatic(agent.into()));
     }
     let busybox = PathBuf::from("/bin/busybox");
-    if !busybox.exists() {
+    if with_busybox && !busybox.exists() {
         ensure_packages()?;
     }
     let agent_bytes = std::fs::read(agent).map_err(|e| ImageError::Io(agent.into(), e))?;
-    let bb_bytes = std::fs::read(&busybox).map_err(|_| ImageError::NoBusybox(busybox.clone()))?;
+    let bb_bytes = if with_busybox {
+        std::fs::read(&busybox).map_err(|_| ImageError::NoBusybox(busybox.clone()))?
+    } else {
+        Vec::new()
+    };
     let mut h = Sha256::new();
-    h.update(b"initramfs-v1");
+    h.update(if with_busybox {
+        &b"initramfs-v1"[..]
+    } else {
+        &b"initramfs-agent-v1"[..]
+    });
     h.update(&agent_bytes);
     h.update(&bb_bytes);
     let key = &hex(&h.finalize())[..16];
@@ -291,10 +311,6 @@ pub fn build_initramfs(agent: &Path) -> Result<PathBuf, ImageError> {
     if out.exists() {
         return Ok(out);
     }
-    let applets = Command::new(&busybox)
-        .arg("--list-full")
-        .output()
-        .map_err(|e| ImageError::Spawn("busybox --list-full".into(), e))?;
     let mut w = CpioWriter::new();
     for d in [
         "bin",
@@ -319,13 +335,19 @@ pub fn build_initramfs(agent: &Path) -> Result<PathBuf, ImageError> {
     w.chardev("dev/ttyS0", 0o600, 4, 64);
     w.chardev("dev/ttyS1", 0o600, 4, 65);
     w.file("init", 0o755, &agent_bytes);
-    w.file("bin/busybox", 0o755, &bb_bytes);
-    for line in String::from_utf8_lossy(&applets.stdout).lines() {
-        let name = line.trim().trim_start_matches('/');
-        if name.is_empty() || name == "bin/busybox" {
-            continue;
+    if with_busybox {
+        let applets = Command::new(&busybox)
+            .arg("--list-full")
+            .output()
+            .map_err(|e| ImageError::Spawn("busybox --list-full".into(), e))?;
+        w.file("bin/busybox", 0o755, &bb_bytes);
+        for line in String::from_utf8_lossy(&applets.stdout).lines() {
+            let name = line.trim().trim_start_matches('/');
+            if name.is_empty() || name == "bin/busybox" {
+                continue;
+            }
+            w.symlink(name, "/bin/busybox");
         }
-        w.symlink(name, "/bin/busybox");
     }
     let data = w.finish();
     if let Some(d) = out.parent() {
@@ -351,10 +373,12 @@ pub fn build(force: bool, agent: Option<&Path>) -> Result<Image, ImageError> {
         None => build_agent()?,
     };
     let initramfs = build_initramfs(&agent)?;
+    let agent_initramfs = build_agent_initramfs(&agent)?;
     Ok(Image {
         vmlinux: kernel_dir.join("vmlinux"),
         kernel_dir,
         initramfs,
+        agent_initramfs,
     })
 }
 

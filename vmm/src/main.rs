@@ -13,6 +13,7 @@ use serde_json::json;
 
 mod demo;
 mod image;
+mod rootfs;
 
 /// Exit code for a VMM error at run time.
 const EXIT_VMM_ERROR: u8 = 1;
@@ -111,8 +112,15 @@ struct RunArgs {
         value_name = "tap=NAME[,ip=ADDR/PREFIX][,gw=ADDR][,mac=MAC]"
     )]
     net: Vec<String>,
+    /// Boot with Debian packages: PKG[,PKG...] and their dependencies are unpacked into an
+    /// ext4 root image (built on first use with apt-get download and dpkg-deb, cached by
+    /// the package versions in ~/.cache/owvmm), attached read-only; the guest finds the
+    /// programs at their usual paths (/usr/bin/redis-server). /usr is the image's; the rest of
+    /// the root is writable, in memory. No maintainer scripts run. Repeatable
+    #[arg(long = "with", value_name = "PKG[,PKG...]")]
+    with: Vec<String>,
     /// Resume a snapshot written by `owvmm ctl snapshot` instead of booting
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "cmdline", "add", "exec", "disk", "net"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "cmdline", "add", "exec", "disk", "net", "with"])]
     restore: Option<PathBuf>,
     /// Count as a guest hang (a crash) this many seconds without an agent heartbeat while
     /// running (0: never)
@@ -191,11 +199,16 @@ enum CrashHow {
 
 #[derive(Subcommand)]
 enum ImageCmd {
-    /// Build the default kernel and initramfs (cached by a hash of their inputs)
+    /// Build the default kernel and initramfs (cached by a hash of their inputs), and with
+    /// --with a root image of Debian packages
     Build {
         /// Rebuild the kernel even if cached
         #[arg(long)]
         force: bool,
+        /// Also build the root image with these Debian packages and their dependencies
+        /// (what `run --with` boots; cached by the package versions)
+        #[arg(long = "with", value_name = "PKG[,PKG...]")]
+        with: Vec<String>,
         /// Use this static ow-agent binary instead of building one
         #[arg(long)]
         agent: Option<PathBuf>,
@@ -214,11 +227,18 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Cmd::Run(RunArgs::default_run())) {
         Cmd::Run(a) => run(a),
         Cmd::Ctl(a) => ctl(a),
-        Cmd::Image(ImageCmd::Build { force, agent }) => {
+        Cmd::Image(ImageCmd::Build { force, with, agent }) => {
+            let root = match root_image(&with) {
+                Ok(r) => r,
+                Err(e) => return fail(EXIT_BAD_ARGS, e.as_ref()),
+            };
             match crate::image::build(force, agent.as_deref()) {
                 Ok(img) => {
                     println!("kernel    {}", img.vmlinux.display());
                     println!("initramfs {}", img.initramfs.display());
+                    if let Some(r) = root {
+                        println!("root      {}", r.display());
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(EXIT_VMM_ERROR, &e),
@@ -256,22 +276,47 @@ impl RunArgs {
     }
 }
 
+/// The root image of `--with` packages, built when needed (none without packages).
+fn root_image(with: &[String]) -> Result<Option<PathBuf>, Box<dyn std::error::Error>> {
+    let pkgs = crate::rootfs::parse_packages(with)?;
+    if pkgs.is_empty() {
+        return Ok(None);
+    }
+    let img = crate::rootfs::build(&pkgs, &mut |l| eprintln!("owvmm-image: {l}"))?;
+    Ok(Some(img))
+}
+
 fn build_config(a: RunArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
     let add = a
         .add
         .iter()
         .map(|s| parse_add(s))
         .collect::<Result<Vec<_>, _>>()?;
-    let disks = parse_disks(&a.disk)?;
+    let mut disks = parse_disks(&a.disk)?;
+    if let Some(root) = root_image(&a.with)? {
+        disks.insert(0, owvmm::config::DiskConfig::root(root));
+    }
     let nets = parse_nets(&a.net)?;
+    // With a root image the default initramfs is the agent alone; the standby keeps the
+    // whole one (it is shared by every guest of the shape, and merges the image after a
+    // crash).
+    let has_root = disks.iter().any(owvmm::config::DiskConfig::is_root);
+    let mut standby_initrd = None;
     let (kernel, initrd) = match (&a.restore, a.guest.kernel.clone(), a.guest.initrd.clone()) {
         (Some(_), _, _) => (PathBuf::new(), None),
         // Without `--initrd` the default initramfs is added by `run` once the arguments
         // are checked.
         (None, Some(k), i) => (k, i),
-        (None, None, i) => {
+        (None, None, Some(i)) => (crate::image::build(false, None)?.vmlinux, Some(i)),
+        (None, None, None) => {
             let img = crate::image::build(false, None)?;
-            (img.vmlinux, Some(i.unwrap_or(img.initramfs)))
+            standby_initrd = Some(img.initramfs.clone());
+            let i = if has_root {
+                img.agent_initramfs
+            } else {
+                img.initramfs
+            };
+            (img.vmlinux, Some(i))
         }
     };
     let cmdline = a
@@ -280,7 +325,12 @@ fn build_config(a: RunArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
         .clone()
         .unwrap_or_else(crate::image::default_cmdline);
     let standby_auto = if a.on_crash == owvmm::crash::OnCrash::Microreboot && a.standby.is_none() {
-        Some(auto_standby(&a, &kernel, initrd.as_ref(), &cmdline)?)
+        Some(auto_standby(
+            &a,
+            &kernel,
+            standby_initrd.as_ref().or(initrd.as_ref()),
+            &cmdline,
+        )?)
     } else {
         None
     };
@@ -388,10 +438,14 @@ fn print_cmdline(a: &RunArgs) -> ExitCode {
                 eprintln!("owvmm: added for kvm_pvm: {opt} -- {why}");
             }
         }
-        let disks = match parse_disks(&a.disk) {
+        let mut disks = match parse_disks(&a.disk) {
             Ok(d) => d,
             Err(e) => return fail(EXIT_BAD_ARGS, &e),
         };
+        if !a.with.is_empty() {
+            // The root image's path is not on the command line: no need to build it.
+            disks.insert(0, owvmm::config::DiskConfig::root(PathBuf::new()));
+        }
         let nets = match parse_nets(&a.net) {
             Ok(n) => n,
             Err(e) => return fail(EXIT_BAD_ARGS, &e),

@@ -29,9 +29,19 @@ pub struct DiskSpec {
     pub read_only: bool,
 }
 
+impl DiskSpec {
+    /// A root image, merged into the root rather than mounted at a directory.
+    pub fn is_root(&self) -> bool {
+        self.dir == Path::new("/")
+    }
+}
+
 /// Why a disk was not mounted.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
+    /// The root image was mounted but not merged.
+    #[error("root image")]
+    Root(#[source] super::root::RootError),
     /// No block device with that serial.
     #[error("no block device with serial {0}")]
     NotFound(String),
@@ -117,23 +127,40 @@ pub fn mount(spec: &DiskSpec, sys_block: &Path, dev_dir: &Path) -> Result<(), Di
         }
         std::thread::sleep(Duration::from_millis(50));
     };
+    // A root image is mounted aside and merged into the root (root.rs).
+    let target = if spec.is_root() {
+        PathBuf::from(super::root::MOUNT_AT)
+    } else {
+        spec.dir.clone()
+    };
     match DirBuilder::new()
         .recursive(true)
         .mode(0o755)
-        .create(&spec.dir)
+        .create(&target)
     {
         Ok(()) => {}
-        Err(e) => return Err(DiskError::MountPoint(spec.dir.clone(), e)),
+        Err(e) => return Err(DiskError::MountPoint(target, e)),
     }
     let c = |p: &Path| {
         CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| DiskError::BadPath(p.into()))
     };
-    let (dev_c, dir_c) = (c(&dev)?, c(&spec.dir)?);
+    let (dev_c, dir_c) = (c(&dev)?, c(&target)?);
     let flags = if spec.read_only { libc::MS_RDONLY } else { 0 } | libc::MS_NOATIME;
     let mut last = None;
     for fstype in FSTYPES {
         let fs_c = CString::new(*fstype).map_err(|_| DiskError::BadPath(spec.dir.clone()))?;
         match sys::mount(&dev_c, &dir_c, &fs_c, flags) {
+            Ok(()) if spec.is_root() => {
+                let merged = super::root::merge(&target, Path::new("/"), &mut super::root::bind_ro)
+                    .map_err(DiskError::Root)?;
+                crate::log!(
+                    "root image merged: /usr bound, {} files ({} KiB) copied, {} links",
+                    merged.copied,
+                    merged.bytes >> 10,
+                    merged.links
+                );
+                return Ok(());
+            }
             Ok(()) => return Ok(()),
             Err(e) => last = Some((*fstype, e)),
         }
@@ -141,7 +168,7 @@ pub fn mount(spec: &DiskSpec, sys_block: &Path, dev_dir: &Path) -> Result<(), Di
     let (fstype, source) = last.unwrap_or(("none", io::Error::from_raw_os_error(libc::ENODEV)));
     Err(DiskError::Mount {
         dev,
-        dir: spec.dir.clone(),
+        dir: target,
         fstype,
         source,
     })
@@ -185,6 +212,9 @@ fn mmio_device_name(iomem: &str, base: u64) -> Option<String> {
 /// filesystem, so that nothing meant for the disk is written into the root instead (the
 /// processes with files there are then not restored, each with its reason).
 pub fn cover(spec: &DiskSpec) -> Result<(), DiskError> {
+    if spec.is_root() {
+        return Ok(()); // the initramfs stays the root; what needed the image is not restored
+    }
     if let Err(e) = DirBuilder::new()
         .recursive(true)
         .mode(0o755)
@@ -207,6 +237,9 @@ pub fn cover(spec: &DiskSpec) -> Result<(), DiskError> {
 /// Unmounts `spec`'s directory at power off (the programs are gone); when something
 /// still holds it, remounts it read-only instead so the filesystem is left clean.
 pub fn unmount(spec: &DiskSpec) -> Result<(), DiskError> {
+    if spec.is_root() {
+        return Ok(()); // read-only: nothing to write back
+    }
     let dir = CString::new(spec.dir.as_os_str().as_encoded_bytes())
         .map_err(|_| DiskError::BadPath(spec.dir.clone()))?;
     match sys::umount(&dir) {

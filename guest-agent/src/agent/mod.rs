@@ -9,6 +9,7 @@ mod disks;
 mod net;
 mod programs;
 mod resurrect;
+mod root;
 mod setup;
 mod sys;
 
@@ -168,6 +169,13 @@ impl Agent {
             Err(e) => crate::log!("signal handlers: {e}; reaping once a second only"),
         }
         self.chan.try_open();
+        if self.cfg.pid1 {
+            // Every guest (and crash kernel) has lo, with or without --net: servers listen
+            // on 127.0.0.1. Programs may still do without it, so a failure is only logged.
+            if let Err(e) = net::loopback_up() {
+                crate::log!("lo: {}", resurrect::reason(&e));
+            }
+        }
 
         let commands = programs::read_exec_file(&self.cfg.exec_file);
         if commands.is_empty() && programs::is_standby() {
@@ -231,10 +239,6 @@ impl Agent {
         };
         if specs.is_empty() {
             return Ok(());
-        }
-        if let Err(e) = net::loopback_up() {
-            // Programs may still do without lo; only a --net interface is a promise.
-            crate::log!("lo: {}", resurrect::reason(&e));
         }
         for spec in specs {
             match net::configure(&spec, std::path::Path::new("/sys/class/net")) {
@@ -320,9 +324,6 @@ impl Agent {
         };
         if let Err(e) = disks::probe_mmio(base) {
             return fail(resurrect::reason(&e));
-        }
-        if let Err(e) = net::loopback_up() {
-            crate::log!("lo: {}", resurrect::reason(&e));
         }
         match net::configure(&parsed, std::path::Path::new("/sys/class/net")) {
             Ok(iface) => {
