@@ -123,6 +123,14 @@ impl Vm {
         Self::spawn_with(c, dir, &with_default_image(args), Stdio::null())
     }
 
+    /// `owvmm run --restore SNAP` inside the network namespace `netns`.
+    pub fn restore_in_netns(dir: &Path, netns: &str, snap: &Path) -> Vm {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", netns]).arg(owvmm_bin());
+        let args = ["--restore".to_string(), snap.display().to_string()];
+        Self::spawn_with(c, dir, &args, Stdio::null())
+    }
+
     /// Types `text` on the guest console (the VMM's standard input).
     pub fn type_console(&mut self, text: &str) {
         let stdin = self.child.stdin.as_mut().expect("started with input");

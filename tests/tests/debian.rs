@@ -1,10 +1,11 @@
 //! Debian's own `redis-server` in a guest booted with `--with redis-server` (the root
 //! image built from Debian's packages), reached by the host's `redis-cli` inside a network
 //! namespace of the test's own (tap `owt0`, 169.254.78.0/24, nothing leaves it): `SET`, and
-//! `SAVE` writing its dump to a `--disk`. Then the kernel crashes: the crash kernel merges
-//! the same root image and mounts the disk again before a shell loop that runs from the
-//! image's busybox comes back. `ctl shutdown` leaves the disk clean, and `debugfs` on the
-//! host finds the dump with the key in it.
+//! `SAVE` writing its dump to a `--disk`. The VM is snapshotted with its devices and
+//! restored in a new owvmm, where redis still has the key and saves again. Then the kernel
+//! crashes: the crash kernel merges the same root image and mounts the disk again before a
+//! shell loop of the image's dash comes back. `ctl shutdown` leaves the disk clean, and
+//! `debugfs` on the host finds the dump with both keys in it.
 //!
 //! Cold-boots one guest. Enabled by the `kvm` feature; needs root, iproute2, e2fsprogs
 //! and redis-tools on the host, and Debian's package lists (apt) to build the image.
@@ -14,8 +15,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use owvmm_tests::{
-    assert_fsck_clean, crash_and_go_on, debugfs_cat, mkfs, scratch, standby_dir, tail, wait_looper,
-    Netns, Vm,
+    assert_fsck_clean, crash_and_go_on, debugfs_cat, mkfs, run_to_end, scratch, standby_dir, tail,
+    wait_looper, Netns, Vm,
 };
 use serde_json::json;
 
@@ -23,10 +24,11 @@ const HOST_IP: &str = "169.254.78.1";
 const GUEST_IP: &str = "169.254.78.2";
 
 /// The guest's programs: Debian's redis-server (its dumps go to the disk), and a counter in
-/// the image's shell.
+/// the image's shell (`/bin/sh` is Debian's dash).
 const REDIS: &str = "exec redis-server --bind 0.0.0.0 --protected-mode no --dir /data \
     --save '' --appendonly no --daemonize no";
-const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo \"counter pid=$$ n=$i\"; sleep 1; done";
+const COUNTER: &str = "ok=ok; case $(readlink -f /bin/sh) in */dash) echo sh-is-dash-$ok;; esac; \
+    i=0; while :; do i=$((i+1)); echo \"counter pid=$$ n=$i\"; sleep 1; done";
 
 /// `redis-cli -h GUEST ARGS...` from inside the namespace: its exit code and output.
 fn redis_cli(ns: &Netns, args: &[&str]) -> (i32, String) {
@@ -41,6 +43,11 @@ fn debian_redis_answers_saves_to_its_disk_and_the_root_image_comes_back_after_a_
         Command::new("redis-cli").arg("--version").output().is_ok(),
         "the host needs redis-cli (apt-get install redis-tools)"
     );
+    // The root image first, outside the namespace: the guest's namespace has no way to
+    // Debian's mirror, and must not.
+    let (code, out, err) = run_to_end(&["image", "build", "--with", "redis-server"]);
+    assert_eq!(code, 0, "owvmm image build --with redis-server: {err}");
+    assert!(out.contains("root "), "{out}");
     standby_dir(1);
     let dir = scratch("debian");
     let data = dir.join("data.img");
@@ -65,10 +72,11 @@ fn debian_redis_answers_saves_to_its_disk_and_the_root_image_comes_back_after_a_
         ],
     );
     vm.wait_agent_ready(Duration::from_secs(1500));
-    let mut ev = vm.events();
     let counter = wait_looper(&mut vm, "counter", 3);
     let c = vm.console();
     assert!(c.contains("root image merged"), "{}", tail(&c, 3000));
+    // The package's programs, not busybox's applets, are what the shell runs.
+    assert!(c.contains("sh-is-dash-ok"), "{}", tail(&c, 3000));
 
     // redis answers the host's redis-cli once it listens (bounded wait).
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -89,8 +97,42 @@ fn debian_redis_answers_saves_to_its_disk_and_the_root_image_comes_back_after_a_
     assert_eq!(redis_cli(&ns, &["get", "owvmm:key"]).1.trim(), value);
     assert_eq!(redis_cli(&ns, &["save"]).1.trim(), "OK");
 
-    // The kernel crashes. The counter's shell runs from the image's /usr (its busybox): it
-    // comes back only if the crash kernel merged the root image before resurrecting.
+    // A snapshot with the devices in it; this VM stops, and the snapshot goes on in a new
+    // owvmm: the same disk and tap reopened, the queues where the drivers left them.
+    let snap = dir.join("snap");
+    let r = vm.call(json!({"cmd": "snapshot", "dir": snap.display().to_string()}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    assert_eq!(vm.stop(), 5, "{}", vm.stderr());
+    let rdir = dir.join("restored");
+    std::fs::create_dir_all(&rdir).expect("dir");
+    let mut vm = Vm::restore_in_netns(&rdir, &ns.name, &snap);
+    let mut ev = vm.events();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let got = loop {
+        let (code, out) = redis_cli(&ns, &["get", "owvmm:key"]);
+        if code == 0 && !out.trim().is_empty() {
+            break out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restored redis did not answer ({code}: {out}): {}",
+            vm.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(got.trim(), value, "the restored redis lost the key");
+    // Its disk takes writes: a second key, saved again.
+    assert_eq!(
+        redis_cli(&ns, &["set", "owvmm:restored", "yes-restored"])
+            .1
+            .trim(),
+        "OK"
+    );
+    assert_eq!(redis_cli(&ns, &["save"]).1.trim(), "OK");
+    wait_looper(&mut vm, "counter", 1);
+
+    // The kernel crashes. The counter's shell is the image's dash, with the image's libc:
+    // it comes back only if the crash kernel merged the root image before resurrecting.
     // (redis holds sockets, which are not restored yet.)
     let (_, _, after) = crash_and_go_on(&mut vm, &mut ev, "counter", counter, 4);
     assert!(
@@ -105,7 +147,10 @@ fn debian_redis_answers_saves_to_its_disk_and_the_root_image_comes_back_after_a_
     assert_fsck_clean(&data);
     let dump = debugfs_cat(&data, "/dump.rdb");
     assert!(
-        dump.starts_with("REDIS") && dump.contains("owvmm:key") && dump.contains(&value),
+        dump.starts_with("REDIS")
+            && dump.contains("owvmm:key")
+            && dump.contains(&value)
+            && dump.contains("yes-restored"),
         "no dump with the key on the disk: {:?}",
         tail(&dump, 300)
     );

@@ -5,7 +5,7 @@
 //! filesystem that the host's `e2fsck` finds clean and `debugfs` reads. A disk the guest
 //! cannot mount ends the run with exit code 6 and the reason.
 //!
-//! Cold-boots two guests (snapshots hold no virtio state yet). Enabled by the `kvm`
+//! Cold-boots two guests. Enabled by the `kvm`
 //! feature; needs e2fsprogs on the host.
 #![cfg(feature = "kvm")]
 

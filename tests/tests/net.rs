@@ -1,11 +1,11 @@
 //! `--net` on a real guest: a tap in a network namespace of the test's own, owvmm run
-//! inside it, the guest configured by its agent (169.254.77.2/24). The guest pings the
+//! inside it, the guest configured by its agent (169.254.77.2/24, default route via .1). The guest pings the
 //! host side of the tap (169.254.77.1) and serves a TCP echo (busybox `nc -ll -e cat`);
 //! the test sends 1 MiB through it from inside the namespace and checks what comes back.
 //! Then the kernel crashes, and the crash kernel must answer on the same address.
 //! Traffic stays inside the namespace, on link-local addresses.
 //!
-//! Cold-boots one guest (snapshots hold no virtio state yet). Enabled by the `kvm` feature;
+//! Cold-boots one guest. Enabled by the `kvm` feature;
 //! needs root and `ip` (iproute2).
 #![cfg(feature = "kvm")]
 
@@ -45,6 +45,8 @@ fn connect() -> TcpStream {
 /// from `$ok` so that the agent's `started ...` line, which quotes the command, does not
 /// contain them.)
 const PROGRAM: &str = "ok=ok; echo \"guest-mac-$(cat /sys/class/net/eth0/address)\"; \
+    if awk '$2==\"00000000\" && $3==\"014DFEA9\" {f=1} END {exit !f}' /proc/net/route; \
+    then echo gw-route-$ok; fi; \
     if ping -c 3 -W 10 169.254.77.1; then echo ping-result-$ok; else echo ping-result-failed; fi; \
     echo echo-server-$ok; exec busybox nc -ll -p 7000 -e cat";
 
@@ -59,7 +61,7 @@ fn the_guest_pings_the_host_echoes_a_mebibyte_and_is_reachable_after_a_crash() {
         &ns.name,
         &[
             "--net",
-            &format!("tap=owt0,ip={GUEST_IP}/24"),
+            &format!("tap=owt0,ip={GUEST_IP}/24,gw={HOST_IP}"),
             "--exec",
             PROGRAM,
         ],
@@ -71,6 +73,9 @@ fn the_guest_pings_the_host_echoes_a_mebibyte_and_is_reachable_after_a_crash() {
         tail(&c, 3000)
     );
     assert!(c.contains("ping-result-ok"), "{}", tail(&c, 3000));
+    // gw= gave the guest a default route via the host side (169.254.77.1, little-endian
+    // hex in /proc/net/route).
+    assert!(c.contains("gw-route-ok"), "{}", tail(&c, 3000));
     assert!(c.contains("3 packets received"), "{}", tail(&c, 3000));
 
     let data: Vec<u8> = (0..ECHO_BYTES)

@@ -83,7 +83,7 @@ pub struct AddFile {
 }
 
 /// A disk image attached as virtio-blk (`--disk HOST_IMAGE:GUEST_DIR[:ro]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiskConfig {
     /// The raw image on the host.
     pub host: PathBuf,
@@ -200,7 +200,7 @@ pub fn with_disks(cmdline: &str, disks: &[DiskConfig]) -> String {
 
 /// A network interface attached as virtio-net on a host tap
 /// (`--net tap=NAME[,ip=ADDR/PREFIX][,gw=ADDR][,mac=MAC]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetConfig {
     /// The existing host tap device.
     pub tap: String,
@@ -476,8 +476,8 @@ pub enum ConfigError {
     /// Two `--net` on one tap.
     #[error("--net: tap {0} given twice")]
     TapTwice(String),
-    /// `--net` with `--restore`: virtio state is not in snapshots.
-    #[error("--net cannot be used with --restore (snapshots do not hold virtio device state)")]
+    /// `--net` with `--restore`: the snapshot has its own.
+    #[error("--net cannot be used with --restore (a snapshot reattaches its own taps)")]
     NetWithRestore,
     /// An `--add` file where a root image's files are.
     #[error("--add {0}: {1} comes from the root image (--with), read-only; put the file elsewhere (/opt, /etc, /tmp, ...)")]
@@ -488,8 +488,8 @@ pub enum ConfigError {
     /// A disk image cannot be used.
     #[error("--disk {0} refused")]
     Disk(PathBuf, #[source] crate::devices::virtio::block::DiskError),
-    /// `--disk` with `--restore`: virtio state is not in snapshots.
-    #[error("--disk cannot be used with --restore (snapshots do not hold virtio device state)")]
+    /// `--disk` with `--restore`: the snapshot has its own.
+    #[error("--disk cannot be used with --restore (a snapshot reattaches its own disks)")]
     DiskWithRestore,
     /// An `--exec` command is empty or has a newline.
     #[error("--exec {0:?}: a command must be one non-empty line")]

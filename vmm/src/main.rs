@@ -116,10 +116,13 @@ struct RunArgs {
     /// ext4 root image (built on first use with apt-get download and dpkg-deb, cached by
     /// the package versions in ~/.cache/owvmm), attached read-only; the guest finds the
     /// programs at their usual paths (/usr/bin/redis-server). /usr is the image's; the rest of
-    /// the root is writable, in memory. No maintainer scripts run. Repeatable
+    /// the root is writable, in memory. No maintainer scripts run. Repeatable. The build
+    /// needs Debian's mirror: where owvmm runs without one (a network namespace), run
+    /// `owvmm image build --with PKG` first
     #[arg(long = "with", value_name = "PKG[,PKG...]")]
     with: Vec<String>,
-    /// Resume a snapshot written by `owvmm ctl snapshot` instead of booting
+    /// Resume a snapshot written by `owvmm ctl snapshot` instead of booting. Its disks and
+    /// taps are reopened by path and name (the snapshotted VM must have stopped)
     #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "cmdline", "add", "exec", "disk", "net", "with"])]
     restore: Option<PathBuf>,
     /// Count as a guest hang (a crash) this many seconds without an agent heartbeat while

@@ -18,10 +18,13 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 /// Bump when the layout of the images changes.
-const FORMAT: &str = "root-v1";
-/// Always in the set: our tree is usr-merged, and this satisfies the packages that ask for
-/// `usrmerge | usr-is-merged` without pulling in perl for `usrmerge`.
-const IMPLIED: &[&str] = &["usr-is-merged"];
+const FORMAT: &str = "root-v2";
+/// Always in the set: `usr-is-merged` (our tree is usr-merged, and it satisfies the
+/// packages that ask for `usrmerge | usr-is-merged` without pulling in perl for
+/// `usrmerge`), and `dash` for `/bin/sh`: Debian's busybox shell runs its own applets in
+/// preference to the programs on PATH, so with it as `/bin/sh` an `--exec 'vi f'` would
+/// get busybox's vi rather than the package's.
+const IMPLIED: &[&str] = &["usr-is-merged", "dash"];
 /// Top-level links of a usr-merged Debian root.
 const MERGED: &[(&str, &str)] = &[
     ("bin", "usr/bin"),
@@ -249,6 +252,70 @@ pub fn resolve(pkgs: &[String], log: &mut dyn FnMut(&str)) -> Result<Vec<Resolve
     }
 }
 
+/// [`resolve`], remembered until the host's package lists change (apt takes seconds to
+/// answer, and `run --with` asks at every start).
+pub fn resolve_cached(
+    pkgs: &[String],
+    log: &mut dyn FnMut(&str),
+) -> Result<Vec<Resolved>, RootfsError> {
+    let mut h = Sha256::new();
+    h.update(FORMAT);
+    for p in pkgs {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    let mut lists: Vec<_> = std::fs::read_dir("/var/lib/apt/lists")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some(format!(
+                "{}:{}:{:?}",
+                e.file_name().to_string_lossy(),
+                m.len(),
+                m.modified().ok()
+            ))
+        })
+        .collect();
+    lists.sort();
+    for l in lists {
+        h.update(l.as_bytes());
+    }
+    let key: String = h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let path = owvmm::cache::cache_dir()?.join(format!("resolved-{key}"));
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let set: Vec<Resolved> = text
+            .lines()
+            .take(MAX_PACKAGES)
+            .filter_map(|l| {
+                let (name, version) = l.split_once('=')?;
+                Some(Resolved {
+                    name: name.to_owned(),
+                    version: version.to_owned(),
+                })
+            })
+            .collect();
+        if !set.is_empty() {
+            return Ok(set);
+        }
+    }
+    let set = resolve(pkgs, log)?;
+    let text: String = set
+        .iter()
+        .map(|r| format!("{}={}\n", r.name, r.version))
+        .collect();
+    let tmp = path.with_extension("tmp");
+    // A cache that cannot be written only costs the next run a few seconds.
+    if std::fs::write(&tmp, text).is_ok() {
+        let _ = std::fs::rename(&tmp, &path);
+    }
+    Ok(set)
+}
+
 /// The cache key of an image of `set` with `busybox`.
 pub fn image_key(set: &[Resolved], busybox: &[u8]) -> String {
     let mut h = Sha256::new();
@@ -295,7 +362,7 @@ pub fn build(pkgs: &[String], log: &mut dyn FnMut(&str)) -> Result<PathBuf, Root
     }
     let busybox =
         std::fs::read(busybox_path).map_err(|e| RootfsError::Io(busybox_path.into(), e))?;
-    let set = resolve(pkgs, log)?;
+    let set = resolve_cached(pkgs, log)?;
     let cache = owvmm::cache::cache_dir()?;
     let key = image_key(&set, &busybox);
     let out = cache.join(format!("root-{key}.ext4"));
@@ -319,6 +386,7 @@ pub fn build(pkgs: &[String], log: &mut dyn FnMut(&str)) -> Result<PathBuf, Root
     let _ = std::fs::remove_dir_all(&staging);
     let r = (|| {
         unpack(&set, &debs, &staging, log)?;
+        add_alternatives(&set, &debs, &staging)?;
         add_busybox(&staging, &busybox)?;
         add_basics(&staging)?;
         make_ext4(&staging, &out, log)
@@ -439,6 +507,132 @@ fn unpack(
                 tool: "dpkg-deb | tar",
                 said: format!("{}: {}", deb.display(), last_line(&said)),
             });
+        }
+    }
+    Ok(())
+}
+
+/// One `update-alternatives --install LINK NAME PATH PRIORITY` of a maintainer script,
+/// with its `--slave LINK NAME PATH`s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alternative {
+    /// The generic name (`vi`).
+    pub name: String,
+    /// The link (`/usr/bin/vi`).
+    pub link: String,
+    /// What it points to (`/usr/bin/vim.nox`).
+    pub path: String,
+    /// Higher wins.
+    pub priority: i64,
+    /// (name, link, path) of the links that follow it.
+    pub slaves: Vec<(String, String, String)>,
+}
+
+/// The alternatives that a `postinst` script installs. Lines continued with `\` are
+/// joined; an argument with a shell expansion in it makes its entry unknowable, and it is
+/// skipped.
+pub fn parse_alternatives(script: &str) -> Vec<Alternative> {
+    let joined = script.replace("\\\n", " ");
+    let mut out = Vec::new();
+    for line in joined.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(start) = words.iter().position(|w| *w == "update-alternatives") else {
+            continue;
+        };
+        let w = &words[start + 1..];
+        let mut i = 0;
+        let mut cur: Option<Alternative> = None;
+        while i < w.len() {
+            let plain = |k: usize| {
+                w.get(k)
+                    .filter(|s| !s.contains(['$', '`', '"', '\'']))
+                    .copied()
+            };
+            match w[i] {
+                "--install" => {
+                    if let Some(a) = cur.take() {
+                        out.push(a);
+                    }
+                    if let (Some(link), Some(name), Some(path), Some(prio)) =
+                        (plain(i + 1), plain(i + 2), plain(i + 3), plain(i + 4))
+                    {
+                        if let Ok(priority) = prio.parse() {
+                            cur = Some(Alternative {
+                                name: name.into(),
+                                link: link.into(),
+                                path: path.into(),
+                                priority,
+                                slaves: Vec::new(),
+                            });
+                        }
+                    }
+                    i += 5;
+                }
+                "--slave" => {
+                    if let (Some(a), Some(link), Some(name), Some(path)) =
+                        (cur.as_mut(), plain(i + 1), plain(i + 2), plain(i + 3))
+                    {
+                        a.slaves.push((name.into(), link.into(), path.into()));
+                    }
+                    i += 4;
+                }
+                ";" | "&&" | "||" | "then" | "fi" => break,
+                _ => i += 1,
+            }
+        }
+        out.extend(cur);
+    }
+    out
+}
+
+/// What `update-alternatives` would have linked in the packages' maintainer scripts
+/// (`/usr/bin/vi`, `/usr/bin/awk`, `/bin/nc`): for each name the entry of highest
+/// priority whose target exists, linked through `/etc/alternatives` as dpkg does.
+fn add_alternatives(set: &[Resolved], debs: &Path, staging: &Path) -> Result<(), RootfsError> {
+    let mut best: std::collections::BTreeMap<String, Alternative> = Default::default();
+    for r in set {
+        let Some(deb) = find_deb(debs, r) else {
+            continue;
+        };
+        let out = Command::new("dpkg-deb")
+            .args(["--info"])
+            .arg(&deb)
+            .arg("postinst")
+            .stderr(Stdio::null())
+            .output()
+            .map_err(|e| RootfsError::Spawn("dpkg-deb", e))?;
+        if !out.status.success() {
+            continue; // no postinst
+        }
+        for a in parse_alternatives(&String::from_utf8_lossy(&out.stdout)) {
+            if std::fs::metadata(staging.join(merged_path(&a.path))).is_err() {
+                continue;
+            }
+            if best.get(&a.name).is_none_or(|b| a.priority > b.priority) {
+                best.insert(a.name.clone(), a);
+            }
+        }
+    }
+    let alt_dir = staging.join("etc/alternatives");
+    std::fs::create_dir_all(&alt_dir).map_err(|e| RootfsError::Io(alt_dir.clone(), e))?;
+    for a in best.values() {
+        let links = std::iter::once((a.name.clone(), a.link.clone(), a.path.clone()))
+            .chain(a.slaves.iter().cloned());
+        for (name, link, path) in links {
+            let rel = merged_path(&link);
+            if name.contains('/') || rel.contains("..") || !path.starts_with('/') {
+                continue;
+            }
+            let (l, via) = (staging.join(&rel), alt_dir.join(&name));
+            if std::fs::symlink_metadata(&l).is_ok() || std::fs::symlink_metadata(&via).is_ok() {
+                continue;
+            }
+            if let Some(d) = l.parent() {
+                std::fs::create_dir_all(d).map_err(|e| RootfsError::Io(d.into(), e))?;
+            }
+            std::os::unix::fs::symlink(&path, &via).map_err(|e| RootfsError::Io(via.clone(), e))?;
+            std::os::unix::fs::symlink(format!("/etc/alternatives/{name}"), &l)
+                .map_err(|e| RootfsError::Io(l.clone(), e))?;
         }
     }
     Ok(())
@@ -641,6 +835,39 @@ mod tests {
             image_key(std::slice::from_ref(&a), b"bb"),
             image_key(&[a], b"bb2")
         );
+    }
+
+    #[test]
+    fn alternatives_of_maintainer_scripts() {
+        let script = "#!/bin/sh\nset -e\nif [ \"$1\" = configure ]; then\n\
+            update-alternatives --install /usr/bin/vi vi /usr/bin/vim.nox 40 \\\n\
+              --slave /usr/share/man/man1/vi.1.gz vi.1.gz /usr/share/man/man1/vim.1.gz\n\
+            update-alternatives --install /usr/bin/rvim rvim /usr/bin/vim.nox 40\n\
+            update-alternatives --install \"$LINK\" x /usr/bin/x 10\n\
+            update-alternatives --install /bin/nc nc /bin/nc.openbsd oops\n\
+            update-alternatives --remove vi /usr/bin/vim.basic\n\
+            fi\n";
+        let a = parse_alternatives(script);
+        assert_eq!(a.len(), 2, "{a:?}");
+        assert_eq!(
+            (
+                a[0].name.as_str(),
+                a[0].link.as_str(),
+                a[0].path.as_str(),
+                a[0].priority
+            ),
+            ("vi", "/usr/bin/vi", "/usr/bin/vim.nox", 40)
+        );
+        assert_eq!(
+            a[0].slaves,
+            [(
+                "vi.1.gz".to_string(),
+                "/usr/share/man/man1/vi.1.gz".to_string(),
+                "/usr/share/man/man1/vim.1.gz".to_string()
+            )]
+        );
+        assert_eq!(a[1].name, "rvim");
+        assert!(a[1].slaves.is_empty());
     }
 
     #[test]

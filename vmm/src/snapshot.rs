@@ -180,6 +180,21 @@ pub struct SnapshotState {
     pub serial: Vec<SerialSnapshot>,
     /// Whether the agent had said ready.
     pub agent_ready: bool,
+    /// The virtio devices, in slot order: the disks, then the network interfaces, each
+    /// reopened at restore (the same image files and taps), and their transports' state.
+    #[serde(default)]
+    pub devices: DevicesState,
+}
+
+/// The virtio devices of a snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevicesState {
+    /// `--disk`s (and the `--with` root image), in slot order.
+    pub disks: Vec<crate::config::DiskConfig>,
+    /// `--net`s, after the disks.
+    pub nets: Vec<crate::config::NetConfig>,
+    /// One per device, disks first.
+    pub transports: Vec<crate::devices::virtio::mmio::TransportState>,
 }
 
 fn atomic_write(path: &Path, data: &[u8]) -> Result<(), SnapshotError> {
@@ -359,6 +374,27 @@ pub fn validate(s: &SnapshotState) -> Result<(), SnapshotError> {
             SERIAL_FIFO_BYTES,
         )?;
     }
+    let d = &s.devices;
+    at_most(
+        "virtio devices",
+        d.disks.len() + d.nets.len(),
+        crate::devices::virtio::MAX_DEVICES,
+    )?;
+    count(
+        "virtio device states",
+        d.transports.len(),
+        d.disks.len() + d.nets.len(),
+    )?;
+    for t in &d.transports {
+        at_most("virtio queues", t.queues.len(), 2)?;
+    }
+    for disk in &d.disks {
+        at_most(
+            "disk path bytes",
+            disk.host.as_os_str().len() + disk.guest_dir.len(),
+            MAX_TEXT_BYTES,
+        )?;
+    }
     count("irqchips", s.vm.irqchips.len(), 3)?;
     for (index, chip) in s.vm.irqchips.iter().enumerate() {
         if usize::try_from(chip.chip_id).ok() != Some(index) {
@@ -435,6 +471,7 @@ mod tests {
             vcpus: (0..vcpus).map(|_| vcpu()).collect(),
             serial: vec![serial(), serial()],
             agent_ready: true,
+            devices: DevicesState::default(),
         }
     }
 

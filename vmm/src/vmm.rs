@@ -84,10 +84,6 @@ pub enum VmmError {
     /// A tap could not be opened.
     #[error("network set-up failed")]
     Tap(#[from] crate::devices::virtio::net::TapError),
-    /// Snapshots do not hold virtio state yet: a VM with virtio devices (--disk, --net)
-    /// cannot be snapshotted.
-    #[error("a VM with virtio devices (--disk, --net) cannot be snapshotted yet (snapshots hold no virtio device state)")]
-    SnapshotWithVirtio,
     /// A serial port could not be restored.
     #[error("serial port set-up failed")]
     Serial(#[from] crate::devices::serial::SerialError),
@@ -512,12 +508,22 @@ impl Vmm {
         let console_tail = ConsoleTail::default();
         let vcpu_evt = eventfd("vCPU eventfd")?;
 
+        let mut disks = cfg.disks.clone();
+        let mut nets = cfg.nets.clone();
         let (vm, mem, devices, fds, machine, saved) = if let Some(dir) = &cfg.restore {
             let (st, file) = snapshot::read(dir)?;
             let mem = crate::memory::from_file(&file, st.memory_bytes)?;
             let vm = kvm.create_vm(&mem)?;
             restore_vm_state(&vm, &st.vm)?;
-            let devices = make_devices(&vm, console, console_tail.clone(), link, Some(&st.serial))?;
+            let mut devices =
+                make_devices(&vm, console, console_tail.clone(), link, Some(&st.serial))?;
+            // The same disk images and taps, reopened (and locked) by path and name; the
+            // transports take their registers and queues back.
+            (disks, nets) = (st.devices.disks.clone(), st.devices.nets.clone());
+            devices.virtio = make_virtio(&vm, &mem, &disks, &nets, &mut devices.mmio)?;
+            for (t, ts) in devices.virtio.iter().zip(&st.devices.transports) {
+                lock(t).restore(ts)?;
+            }
             let mut fds = Vec::new();
             for (i, vs) in st.vcpus.iter().enumerate() {
                 let id = u8::try_from(i).unwrap_or(u8::MAX);
@@ -638,8 +644,8 @@ impl Vmm {
             com1: devices.com1,
             com2: devices.com2,
             virtio: devices.virtio,
-            disks: cfg.disks.clone(),
-            nets: cfg.nets.clone(),
+            disks,
+            nets,
             agent,
             console_in: devices.console_in,
             agent_in: devices.agent_in,
@@ -803,9 +809,6 @@ impl Vmm {
     }
 
     fn take_snapshot(&mut self, dir: &std::path::Path) -> Result<Value, VmmError> {
-        if !self.virtio.is_empty() {
-            return Err(VmmError::SnapshotWithVirtio);
-        }
         let t0 = Instant::now();
         let was_running = self.state == State::Running;
         if was_running {
@@ -815,6 +818,10 @@ impl Vmm {
             .save_vcpus()
             .and_then(|vcpus| self.snapshot_state(vcpus))
             .and_then(|st| Ok(snapshot::write(dir, &st, &self.mem)?));
+        // The devices' I/O threads stopped for their state; memory is written now.
+        for t in &self.virtio {
+            lock(t).resume();
+        }
         if was_running {
             self.resume_all()?;
         }
@@ -837,6 +844,11 @@ impl Vmm {
             vcpus,
             serial: vec![lock(&self.com1).snapshot(), lock(&self.com2).snapshot()],
             agent_ready: lock(&self.agent).ready,
+            devices: snapshot::DevicesState {
+                disks: self.disks.clone(),
+                nets: self.nets.clone(),
+                transports: self.virtio.iter().map(|t| lock(t).save()).collect(),
+            },
         })
     }
 

@@ -29,6 +29,80 @@ const VERSION: u32 = 2;
 /// No vendor of its own.
 const VENDOR_ID: u32 = 0;
 
+/// One queue in a snapshot (`virtio_queue::QueueState`, which is not serializable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueSnapshot {
+    /// The size the driver chose.
+    pub size: u16,
+    /// Set up by the driver.
+    pub ready: bool,
+    /// Descriptor table address.
+    pub desc_table: u64,
+    /// Available ring address.
+    pub avail_ring: u64,
+    /// Used ring address.
+    pub used_ring: u64,
+    /// Next available entry the device takes.
+    pub next_avail: u16,
+    /// Next used entry the device fills.
+    pub next_used: u16,
+    /// VIRTIO_RING_F_EVENT_IDX in use.
+    pub event_idx: bool,
+}
+
+impl QueueSnapshot {
+    fn of(q: &virtio_queue::QueueState) -> Self {
+        QueueSnapshot {
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx: q.event_idx_enabled,
+        }
+    }
+
+    fn state(&self, max_size: u16) -> virtio_queue::QueueState {
+        virtio_queue::QueueState {
+            max_size,
+            next_avail: self.next_avail,
+            next_used: self.next_used,
+            event_idx_enabled: self.event_idx,
+            size: self.size,
+            ready: self.ready,
+            desc_table: self.desc_table,
+            avail_ring: self.avail_ring,
+            used_ring: self.used_ring,
+        }
+    }
+}
+
+/// A transport's state in a snapshot: its registers and its queues (as the device's I/O
+/// thread left them when the device was serving).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TransportState {
+    /// The virtio device ID, checked against the device it is restored into.
+    pub device_type: u32,
+    /// Status register.
+    pub status: u32,
+    /// DeviceFeaturesSel.
+    pub device_features_sel: u32,
+    /// DriverFeaturesSel.
+    pub driver_features_sel: u32,
+    /// The features the driver wrote.
+    pub driver_features: u64,
+    /// QueueSel.
+    pub queue_sel: u32,
+    /// ConfigGeneration.
+    pub config_generation: u32,
+    /// InterruptStatus.
+    pub interrupt_status: u32,
+    /// Each queue.
+    pub queues: Vec<QueueSnapshot>,
+}
+
 /// A virtio device behind its virtio-mmio register window.
 pub struct MmioTransport {
     device: Box<dyn VirtioDevice>,
@@ -43,6 +117,8 @@ pub struct MmioTransport {
     queue_sel: u32,
     config_generation: u32,
     active: bool,
+    /// The queues of a device stopped for a snapshot, until it resumes.
+    saved: Option<Vec<virtio_queue::QueueState>>,
 }
 
 fn low(v: u64) -> u32 {
@@ -82,6 +158,7 @@ impl MmioTransport {
             queue_sel: 0,
             config_generation: 0,
             active: false,
+            saved: None,
         })
     }
 
@@ -114,9 +191,10 @@ impl MmioTransport {
 
     fn reset(&mut self) {
         if self.active {
-            self.device.reset();
+            let _ = self.device.reset();
             self.active = false;
         }
+        self.saved = None;
         for q in &mut self.queues {
             q.reset();
         }
@@ -274,18 +352,100 @@ impl MmioTransport {
         self.status = v;
     }
 
+    /// The state for a snapshot (of a paused guest). A serving device's I/O thread is
+    /// stopped to read its queues, and stays stopped, so that guest memory does not change
+    /// under the snapshot, until [`Self::resume`].
+    pub fn save(&mut self) -> TransportState {
+        let mut queues: Vec<QueueSnapshot> = self
+            .queues
+            .iter()
+            .map(|q| QueueSnapshot::of(&q.state()))
+            .collect();
+        if self.active {
+            let served = self.device.reset();
+            self.active = false;
+            let states = if served.len() == self.queues.len() {
+                served
+            } else {
+                self.queues.iter().map(|q| q.state()).collect()
+            };
+            queues = states.iter().map(QueueSnapshot::of).collect();
+            self.saved = Some(states);
+        }
+        TransportState {
+            device_type: self.device.device_type(),
+            status: self.status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt.status(),
+            queues,
+        }
+    }
+
+    /// Serves the queues again after [`Self::save`], from where the I/O thread left them.
+    pub fn resume(&mut self) {
+        if let Some(states) = self.saved.take() {
+            self.activate_with(states);
+        }
+    }
+
+    /// Takes the state of a snapshot, and serves the queues again if the driver had set
+    /// DRIVER_OK; each queue is then notified once, for what the driver made available
+    /// after the device last looked.
+    pub fn restore(&mut self, st: &TransportState) -> Result<(), VirtioError> {
+        if st.device_type != self.device.device_type() || st.queues.len() != self.queues.len() {
+            return Err(VirtioError::StateMismatch {
+                device_type: self.device.device_type(),
+                queues: self.queues.len(),
+            });
+        }
+        self.reset();
+        let mut states = Vec::with_capacity(st.queues.len());
+        for (q, snap) in self.queues.iter_mut().zip(&st.queues) {
+            let state = snap.state(q.max_size());
+            *q = Queue::try_from(state).map_err(VirtioError::Queue)?;
+            states.push(state);
+        }
+        self.status = st.status;
+        self.device_features_sel = st.device_features_sel;
+        self.driver_features_sel = st.driver_features_sel;
+        self.driver_features = st.driver_features;
+        self.queue_sel = st.queue_sel;
+        self.config_generation = st.config_generation;
+        if self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0
+            && self.status & (VIRTIO_CONFIG_S_NEEDS_RESET | VIRTIO_CONFIG_S_FAILED) == 0
+        {
+            self.activate_with(states);
+            if !self.active {
+                return Err(VirtioError::BadQueue(0));
+            }
+            for n in &self.notifiers {
+                let _ = n.write(1);
+            }
+        }
+        self.interrupt.restore(st.interrupt_status);
+        Ok(())
+    }
+
     fn activate(&mut self) {
+        let states = self.queues.iter().map(|q| q.state()).collect();
+        self.activate_with(states);
+    }
+
+    /// Starts the device on queues in `states` (the driver's set-up, or a snapshot's).
+    fn activate_with(&mut self, states: Vec<virtio_queue::QueueState>) {
         let event_idx = self.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let mut queues = Vec::with_capacity(self.queues.len());
-        for (i, q) in self.queues.iter_mut().enumerate() {
-            q.set_event_idx(event_idx);
-            if q.ready() && !q.is_valid(&self.mem) {
-                self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
-                eprintln!("owvmm: virtio: {}", VirtioError::BadQueue(i));
-                return;
+        for (i, mut state) in states.into_iter().enumerate() {
+            state.event_idx_enabled = event_idx;
+            if let Some(q) = self.queues.get_mut(i) {
+                q.set_event_idx(event_idx);
             }
-            match Queue::try_from(q.state()) {
-                Ok(copy) => queues.push(copy),
+            let q = match Queue::try_from(state) {
+                Ok(q) => q,
                 Err(e) => {
                     self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
                     eprintln!(
@@ -294,7 +454,13 @@ impl MmioTransport {
                     );
                     return;
                 }
+            };
+            if q.ready() && !q.is_valid(&self.mem) {
+                self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
+                eprintln!("owvmm: virtio: {}", VirtioError::BadQueue(i));
+                return;
             }
+            queues.push(q);
         }
         let notifiers = match self
             .notifiers
@@ -392,8 +558,9 @@ pub(crate) mod tests {
             self.activations.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
-        fn reset(&mut self) {
+        fn reset(&mut self) -> Vec<virtio_queue::QueueState> {
             self.resets.fetch_add(1, Ordering::SeqCst);
+            Vec::new()
         }
     }
 
@@ -444,6 +611,55 @@ pub(crate) mod tests {
         wr(t, VIRTIO_MMIO_QUEUE_USED_HIGH, low(rings.2 >> 32));
         wr(t, VIRTIO_MMIO_QUEUE_READY, 1);
         wr(t, VIRTIO_MMIO_STATUS, S_OK);
+    }
+
+    #[test]
+    fn a_snapshot_of_the_transport_restores_registers_and_queues() {
+        let (mut t, act, _) = transport();
+        let version_1 = 1u64 << VIRTIO_F_VERSION_1;
+        bring_up(&mut t, version_1, (0x1000, 0x2000, 0x3000));
+        assert!(t.is_active());
+        let st = t.save();
+        assert!(!t.is_active(), "stopped while the snapshot is written");
+        t.resume();
+        assert!(t.is_active());
+        assert_eq!(
+            act.load(Ordering::SeqCst),
+            2,
+            "served again after the snapshot"
+        );
+        assert_eq!(st.status, S_OK);
+        assert_eq!(st.driver_features, version_1);
+        assert_eq!(st.queues[0].size, 16);
+        assert_eq!(st.queues[0].desc_table, 0x1000);
+        assert!(st.queues[0].ready);
+
+        // Into a new transport (a restore): the driver's registers read back, and the
+        // device serves without a new negotiation.
+        let (mut t2, act2, _) = transport();
+        t2.restore(&st).expect("restore");
+        assert!(t2.is_active());
+        assert_eq!(act2.load(Ordering::SeqCst), 1);
+        assert_eq!(rd(&mut t2, VIRTIO_MMIO_STATUS), S_OK);
+        assert_eq!(rd(&mut t2, VIRTIO_MMIO_QUEUE_READY), 1);
+        let json = serde_json::to_string(&st).expect("serialize");
+        let back: TransportState = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, st);
+
+        // A state for another device, or with rings outside memory, is refused.
+        let mut other = st.clone();
+        other.device_type += 1;
+        assert!(matches!(
+            t2.restore(&other),
+            Err(VirtioError::StateMismatch { .. })
+        ));
+        let mut far = st.clone();
+        far.queues[0].used_ring = 1 << 40;
+        assert!(t2.restore(&far).is_err());
+        assert!(!t2.is_active());
+        let mut odd = st;
+        odd.queues[0].size = 3;
+        assert!(t2.restore(&odd).is_err());
     }
 
     #[test]

@@ -42,11 +42,18 @@ pub fn cmdline_option(base: u64, irq: u32) -> String {
     format!("virtio_mmio.device=4K@{base:#x}:{irq}")
 }
 
+/// What a device's I/O thread serves: its queues, whose state a snapshot keeps.
+pub trait QueueOwner {
+    /// The state of each queue (sizes, rings, the next indexes), in queue order.
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState>;
+}
+
 /// A device's I/O thread (`owvmm-NAME`): an event-manager loop over the device's one
 /// subscriber, which watches the stop eventfd and sets `done` when it fires.
 pub struct Worker {
     stop: EventFd,
     thread: std::thread::JoinHandle<()>,
+    handler: Arc<std::sync::Mutex<dyn QueueOwner + Send>>,
 }
 
 impl Worker {
@@ -63,7 +70,7 @@ impl Worker {
     /// Starts the thread: `first` runs once on the handler (what was notified before the
     /// thread started), then the loop runs until `done`. `stop` is the eventfd whose clone
     /// the handler watches.
-    pub fn spawn<T: event_manager::MutEventSubscriber + Send + 'static>(
+    pub fn spawn<T: event_manager::MutEventSubscriber + QueueOwner + Send + 'static>(
         name: &str,
         stop: EventFd,
         handler: T,
@@ -74,6 +81,7 @@ impl Worker {
             event_manager::EventManager::new().map_err(VirtioError::EventLoop)?;
         let handler = Arc::new(std::sync::Mutex::new(handler));
         event_manager::SubscriberOps::add_subscriber(&mut em, handler.clone());
+        let owner: Arc<std::sync::Mutex<dyn QueueOwner + Send>> = handler.clone();
         let name = name.to_owned();
         let thread = std::thread::Builder::new()
             .name(format!("owvmm-{name}"))
@@ -90,13 +98,21 @@ impl Worker {
                 }
             })
             .map_err(|e| VirtioError::Host("I/O thread", e))?;
-        Ok(Worker { stop, thread })
+        Ok(Worker {
+            stop,
+            thread,
+            handler: owner,
+        })
     }
 
-    /// Stops the thread and waits for it.
-    pub fn stop(self) {
+    /// Stops the thread and waits for it; the queues as it left them. It serves each
+    /// request whole within one event, so none is in flight then: what the driver made
+    /// available and the thread had not taken yet is still in the available ring.
+    pub fn stop(self) -> Vec<virtio_queue::QueueState> {
         let _ = self.stop.write(1);
         let _ = self.thread.join();
+        let states = crate::devices::bus::lock(&self.handler).queue_states();
+        states
     }
 }
 
@@ -116,6 +132,14 @@ pub enum VirtioError {
     /// A queue could not be made.
     #[error("cannot create a queue")]
     Queue(#[source] virtio_queue::Error),
+    /// A snapshot's device state is for another device.
+    #[error("the snapshot's device state does not fit a device of type {device_type} with {queues} queues")]
+    StateMismatch {
+        /// The device's type.
+        device_type: u32,
+        /// Its queue count.
+        queues: usize,
+    },
     /// KVM refused an irqfd or ioeventfd.
     #[error("KVM {0} failed")]
     Kvm(&'static str, #[source] kvm_ioctls::Error),
@@ -165,6 +189,15 @@ impl Interrupt {
     fn reset(&self) {
         self.status.store(0, Ordering::SeqCst);
     }
+
+    /// Sets the status of a restored device, raising the line again if a bit is set (the
+    /// driver may not have seen it before the snapshot).
+    fn restore(&self, status: u32) {
+        self.status.store(status, Ordering::SeqCst);
+        if status != 0 {
+            let _ = self.irqfd.write(1);
+        }
+    }
 }
 
 /// What a device gets when the driver sets DRIVER_OK.
@@ -197,8 +230,9 @@ pub trait VirtioDevice: Send {
     /// Starts serving the queues.
     fn activate(&mut self, activation: Activation) -> Result<(), VirtioError>;
     /// Stops serving the queues and lets go of guest memory (a device reset); waits for
-    /// requests in progress.
-    fn reset(&mut self);
+    /// requests in progress. Returns the queues as they were left (empty when the device
+    /// was not serving), which a snapshot keeps.
+    fn reset(&mut self) -> Vec<virtio_queue::QueueState>;
 }
 
 /// Reads `data.len()` bytes at `offset` of `config`; what lies outside reads as 0.

@@ -53,16 +53,14 @@ impl Block {
         }
     }
 
-    fn stop_worker(&mut self) {
-        if let Some(w) = self.worker.take() {
-            w.stop();
-        }
+    fn stop_worker(&mut self) -> Vec<virtio_queue::QueueState> {
+        self.worker.take().map(Worker::stop).unwrap_or_default()
     }
 }
 
 impl Drop for Block {
     fn drop(&mut self) {
-        self.stop_worker();
+        let _ = self.stop_worker();
     }
 }
 
@@ -88,7 +86,7 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), VirtioError> {
-        self.stop_worker();
+        let _ = self.stop_worker();
         let (Some(queue), Some(notify)) =
             (a.queues.into_iter().next(), a.notifiers.into_iter().next())
         else {
@@ -116,8 +114,8 @@ impl VirtioDevice for Block {
         Ok(())
     }
 
-    fn reset(&mut self) {
-        self.stop_worker();
+    fn reset(&mut self) -> Vec<virtio_queue::QueueState> {
+        self.stop_worker()
     }
 }
 
@@ -149,6 +147,12 @@ impl QueueHandler {
                 }
             }
         }
+    }
+}
+
+impl super::QueueOwner for QueueHandler {
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        vec![self.queue.state()]
     }
 }
 

@@ -59,16 +59,14 @@ impl Net {
         self.stats.clone()
     }
 
-    fn stop_worker(&mut self) {
-        if let Some(w) = self.worker.take() {
-            w.stop();
-        }
+    fn stop_worker(&mut self) -> Vec<virtio_queue::QueueState> {
+        self.worker.take().map(Worker::stop).unwrap_or_default()
     }
 }
 
 impl Drop for Net {
     fn drop(&mut self) {
-        self.stop_worker();
+        let _ = self.stop_worker();
     }
 }
 
@@ -92,7 +90,7 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), VirtioError> {
-        self.stop_worker();
+        let _ = self.stop_worker();
         let mut queues = a.queues.into_iter();
         let mut notifiers = a.notifiers.into_iter();
         let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
@@ -130,8 +128,8 @@ impl VirtioDevice for Net {
         Ok(())
     }
 
-    fn reset(&mut self) {
-        self.stop_worker();
+    fn reset(&mut self) -> Vec<virtio_queue::QueueState> {
+        self.stop_worker()
     }
 }
 
@@ -209,6 +207,12 @@ impl NetHandler {
                 Err(e) => eprintln!("owvmm: virtio-net: cannot (un)watch the tap: {e:?}"),
             }
         }
+    }
+}
+
+impl super::QueueOwner for NetHandler {
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        vec![self.rx.state(), self.tx.state()]
     }
 }
 
