@@ -3,6 +3,7 @@
 //! See benches/README.md.
 
 mod ctl;
+mod devices;
 mod error;
 mod guest;
 mod proc;
@@ -25,6 +26,8 @@ usage: owvmm-bench [--runs N] [--mem MIB] [--out FILE] [--timeout-secs S]
                    [--owvmm PATH] [--qemu PATH]
        owvmm-bench --recovery [--sizes MIB,MIB,...] [--runs N] [--out FILE]
                    [--timeout-secs S] [--recovery-timeout-secs S] [--owvmm PATH]
+       owvmm-bench --devices [--runs N] [--out FILE] [--timeout-secs S]
+                   [--owvmm PATH] [--qemu PATH]
 
   --runs N           cold boots of each VMM and restores (default 3)
   --mem MIB          guest memory for every VM (default 128)
@@ -42,6 +45,12 @@ usage: owvmm-bench [--runs N] [--mem MIB] [--out FILE] [--timeout-secs S]
   With --recovery, --runs is the number of crashes (and cold boots) per size, and --out
   defaults to benches/results/recovery.md; with that default the section is also put into
   benches/results/latest.md (replacing an earlier one) when that file exists.
+
+  --devices          instead: a root image of Debian packages (redis-server), a data disk
+                     and a tap, against QEMU -M microvm on the same inputs: cold boot, dd
+                     on virtio-blk, redis-benchmark over virtio-net (in a network namespace
+                     of its own); --out defaults to benches/results/devices.md. Needs root,
+                     iproute2, e2fsprogs, cpio, redis-tools and QEMU
 
 Exit status: 0 when every measurement ran (PASS or FAIL against the targets),
 1 when a measurement failed (the report still shows the rest), 2 bad arguments.";
@@ -61,6 +70,7 @@ struct Args {
     owvmm: PathBuf,
     qemu: String,
     recovery: bool,
+    devices: bool,
     sizes: Vec<u64>,
     recovery_timeout: Duration,
     mem_given: bool,
@@ -78,6 +88,7 @@ fn parse_args() -> Result<Args> {
             .map_or_else(|| root().join("target/release/owvmm"), PathBuf::from),
         qemu: "qemu-system-x86_64".into(),
         recovery: false,
+        devices: false,
         sizes: recovery::DEFAULT_SIZES.to_vec(),
         recovery_timeout: Duration::from_secs(300),
         mem_given: false,
@@ -92,6 +103,10 @@ fn parse_args() -> Result<Args> {
         }
         if flag == "--recovery" {
             a.recovery = true;
+            continue;
+        }
+        if flag == "--devices" {
+            a.devices = true;
             continue;
         }
         let (name, inline) = match flag.split_once('=') {
@@ -141,6 +156,11 @@ fn parse_args() -> Result<Args> {
     if a.recovery && a.mem_given {
         return Err(BenchError::Usage(
             "--mem does not apply to --recovery: the guest memory follows each heap size".into(),
+        ));
+    }
+    if a.recovery && a.devices {
+        return Err(BenchError::Usage(
+            "--recovery and --devices are two benchmarks: run one at a time".into(),
         ));
     }
     if !a.recovery && a.sizes_given {
@@ -229,6 +249,24 @@ fn run() -> Result<bool> {
             args.qemu
         ))
     })?;
+
+    if args.devices {
+        let guest::EffectiveCmdline { cmdline, .. } = guest::effective_cmdline(&args.owvmm)?;
+        return devices::run(
+            &devices::Opts {
+                owvmm: args.owvmm,
+                qemu: args.qemu,
+                runs: args.runs,
+                timeout: args.timeout,
+                out: if args.out_given {
+                    args.out
+                } else {
+                    root.join("benches/results/devices.md")
+                },
+            },
+            cmdline,
+        );
+    }
 
     let (kdir, initrd) = proc::image_paths(&args.owvmm)?;
     let (kdir, initrd) = (kdir.as_str(), initrd.as_str());

@@ -241,6 +241,8 @@ fn main() -> ExitCode {
                     println!("initramfs {}", img.initramfs.display());
                     if let Some(r) = root {
                         println!("root      {}", r.display());
+                        // What `run --with` boots with that root: the agent alone.
+                        println!("root-initramfs {}", img.agent_initramfs.display());
                     }
                     ExitCode::SUCCESS
                 }
