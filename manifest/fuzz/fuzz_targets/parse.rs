@@ -31,20 +31,12 @@ fn run_one(data: &[u8]) {
 #[cfg(all(fuzzing, feature = "libfuzzer"))]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| run_one(data));
 
+// The stable replay runner that every fuzz target of the project shares.
+#[cfg(not(all(fuzzing, feature = "libfuzzer")))]
+#[path = "../../../vmm/fuzz/fuzz_targets/replay.rs"]
+mod replay;
+
 #[cfg(not(all(fuzzing, feature = "libfuzzer")))]
 fn main() {
-    use std::io::Read as _;
-    let files: Vec<String> = std::env::args().skip(1).collect();
-    if files.is_empty() {
-        let mut data = Vec::new();
-        if std::io::stdin().read_to_end(&mut data).is_ok() {
-            run_one(&data);
-        }
-    }
-    for f in files {
-        match std::fs::read(&f) {
-            Ok(data) => run_one(&data),
-            Err(e) => eprintln!("{f}: {e}"),
-        }
-    }
+    replay::main(run_one);
 }
