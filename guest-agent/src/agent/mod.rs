@@ -193,7 +193,11 @@ impl Agent {
             // told why).
         } else if commands.is_empty() {
             let tty = self.cfg.shell_tty.clone();
-            let name = format!("{} (interactive, {})", programs::SHELL, tty.display());
+            let name = format!(
+                "{} (interactive, {})",
+                programs::interactive_shell(),
+                tty.display()
+            );
             let result = programs::spawn_shell(&tty);
             self.started(name, result);
         } else {
@@ -623,7 +627,11 @@ impl Agent {
             if self.programs.is_empty() {
                 // Nothing came back: give the console a shell, as a fresh boot would.
                 let tty = self.cfg.shell_tty.clone();
-                let name = format!("{} (interactive, {})", programs::SHELL, tty.display());
+                let name = format!(
+                    "{} (interactive, {})",
+                    programs::interactive_shell(),
+                    tty.display()
+                );
                 let result = programs::spawn_shell(&tty);
                 self.started(name, result);
             }

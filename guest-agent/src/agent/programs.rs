@@ -13,6 +13,15 @@ use super::sys;
 /// The shell that runs every program.
 pub const SHELL: &str = "/bin/sh";
 
+/// The console's interactive shell: bash when the root has it, else busybox's ash (line
+/// editing and history; with a root image `/bin/sh` is dash, which has neither), else sh.
+pub fn interactive_shell() -> &'static str {
+    ["/bin/bash", "/bin/ash"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or(SHELL)
+}
+
 /// The environment every program gets (and nothing else).
 const ENV: &[(&str, &str)] = &[
     ("HOME", "/"),
@@ -126,7 +135,7 @@ pub fn spawn_shell(tty: &Path) -> io::Result<libc::pid_t> {
     raise_pid_floor();
     let t = open_rw_noctty(tty)?;
     let fd = t.as_raw_fd();
-    Spec::new(&[SHELL])?.spawn([fd, fd, fd], true)
+    Spec::new(&[interactive_shell()])?.spawn([fd, fd, fd], true)
 }
 
 /// Everything the child needs, prepared before fork: the child may not allocate.
