@@ -165,6 +165,22 @@ fn last_line(s: &str) -> String {
         .to_owned()
 }
 
+/// Runs `cmd` to its end (stdin from /dev/null); a failure names `tool` and the last line
+/// it wrote on stderr.
+fn run_tool(cmd: &mut Command, tool: &'static str) -> Result<std::process::Output, RootfsError> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| RootfsError::Spawn(tool, e))?;
+    if !out.status.success() {
+        return Err(RootfsError::Tool {
+            tool,
+            said: last_line(&String::from_utf8_lossy(&out.stderr)),
+        });
+    }
+    Ok(out)
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -416,21 +432,15 @@ fn download(set: &[Resolved], debs: &Path, log: &mut dyn FnMut(&str)) -> Result<
     let status = debs.join("../apt-empty-status");
     // Batches keep each command line short and show progress on big sets.
     for (i, chunk) in missing.chunks(16).enumerate() {
-        let out = Command::new("apt-get")
-            .args(["download", "-qq"])
-            .args(apt_isolated(&status))
-            .args(chunk.iter().map(|r| format!("{}={}", r.name, r.version)))
-            .current_dir(debs)
-            .env("LC_ALL", "C")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| RootfsError::Spawn("apt-get download", e))?;
-        if !out.status.success() {
-            return Err(RootfsError::Tool {
-                tool: "apt-get download",
-                said: last_line(&String::from_utf8_lossy(&out.stderr)),
-            });
-        }
+        run_tool(
+            Command::new("apt-get")
+                .args(["download", "-qq"])
+                .args(apt_isolated(&status))
+                .args(chunk.iter().map(|r| format!("{}={}", r.name, r.version)))
+                .current_dir(debs)
+                .env("LC_ALL", "C"),
+            "apt-get download",
+        )?;
         let done = ((i + 1) * 16).min(missing.len());
         if missing.len() > 16 {
             log(&format!("downloaded {done}/{}", missing.len()));
@@ -693,18 +703,7 @@ fn add_basics(staging: &Path) -> Result<(), RootfsError> {
             std::fs::write(&p, text).map_err(|e| RootfsError::Io(p.clone(), e))?;
         }
     }
-    let out = Command::new("ldconfig")
-        .arg("-r")
-        .arg(staging)
-        .output()
-        .map_err(|e| RootfsError::Spawn("ldconfig", e))?;
-    if !out.status.success() {
-        return Err(RootfsError::Tool {
-            tool: "ldconfig",
-            said: last_line(&String::from_utf8_lossy(&out.stderr)),
-        });
-    }
-    Ok(())
+    run_tool(Command::new("ldconfig").arg("-r").arg(staging), "ldconfig").map(drop)
 }
 
 /// Bytes and inodes under `dir` (not following links).
@@ -736,23 +735,20 @@ fn make_ext4(staging: &Path, out: &Path, log: &mut dyn FnMut(&str)) -> Result<()
     ));
     let tmp = out.with_extension("ext4.tmp");
     let _ = std::fs::remove_file(&tmp);
-    let o = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "owvmm-root", "-O", "^has_journal", "-N"])
-        .arg((inodes + 1024).to_string())
-        .args(["-E", "root_owner=0:0", "-d"])
-        .arg(staging)
-        .arg(&tmp)
-        .arg(format!("{size_k}k"))
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| RootfsError::Spawn("mkfs.ext4", e))?;
-    if !o.status.success() {
+    let made = run_tool(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "owvmm-root", "-O", "^has_journal", "-N"])
+            .arg((inodes + 1024).to_string())
+            .args(["-E", "root_owner=0:0", "-d"])
+            .arg(staging)
+            .arg(&tmp)
+            .arg(format!("{size_k}k")),
+        "mkfs.ext4",
+    );
+    if made.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        return Err(RootfsError::Tool {
-            tool: "mkfs.ext4",
-            said: last_line(&String::from_utf8_lossy(&o.stderr)),
-        });
     }
+    made?;
     std::fs::rename(&tmp, out).map_err(|e| RootfsError::Io(out.into(), e))
 }
 

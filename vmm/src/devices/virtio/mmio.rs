@@ -356,22 +356,20 @@ impl MmioTransport {
     /// stopped to read its queues, and stays stopped, so that guest memory does not change
     /// under the snapshot, until [`Self::resume`].
     pub fn save(&mut self) -> TransportState {
-        let mut queues: Vec<QueueSnapshot> = self
-            .queues
-            .iter()
-            .map(|q| QueueSnapshot::of(&q.state()))
-            .collect();
-        if self.active {
+        let states = if self.active {
             let served = self.device.reset();
             self.active = false;
             let states = if served.len() == self.queues.len() {
                 served
             } else {
-                self.queues.iter().map(|q| q.state()).collect()
+                self.driver_states()
             };
-            queues = states.iter().map(QueueSnapshot::of).collect();
-            self.saved = Some(states);
-        }
+            self.saved = Some(states.clone());
+            states
+        } else {
+            self.driver_states()
+        };
+        let queues = states.iter().map(QueueSnapshot::of).collect();
         TransportState {
             device_type: self.device.device_type(),
             status: self.status,
@@ -430,8 +428,14 @@ impl MmioTransport {
         Ok(())
     }
 
+    /// The queues as the driver set them up (the transport's copy; a serving device's I/O
+    /// thread has the current indexes).
+    fn driver_states(&self) -> Vec<virtio_queue::QueueState> {
+        self.queues.iter().map(|q| q.state()).collect()
+    }
+
     fn activate(&mut self) {
-        let states = self.queues.iter().map(|q| q.state()).collect();
+        let states = self.driver_states();
         self.activate_with(states);
     }
 
