@@ -23,7 +23,8 @@ pub struct EffectiveCmdline {
 /// Asks `owvmm run --print-cmdline`: owvmm's default command line plus what it adds on
 /// this host, so QEMU gets exactly the line owvmm boots with.
 pub fn effective_cmdline(owvmm: &Path) -> Result<EffectiveCmdline> {
-    let args = ["run", "--print-cmdline"];
+    // The bench boots the initramfs root on both sides (its guests have no disks).
+    let args = ["run", "--print-cmdline", "--initramfs-root"];
     let out = Command::new(owvmm)
         .args(args)
         .stdin(Stdio::null())

@@ -186,6 +186,17 @@ fn print_cmdline_adds_the_host_quirks_only_on_kvm_pvm() {
     assert_eq!(line.contains("GLIBC_TUNABLES="), pvm, "{line}");
     assert_eq!(line.contains("initcall_blacklist="), pvm, "{line}");
     assert_eq!(line.matches(SWITCH).count(), usize::from(pvm), "{line}");
+    // The default guest's root is the base image on the first disk, read-only; with
+    // --initramfs-root, or a kernel of one's own, there is no root disk.
+    assert!(has(line, "owvmm.disk=disk0:/:ro"), "{line}");
+    for args in [
+        &["--initramfs-root"][..],
+        &["--kernel", "/nonexistent/vmlinux"],
+    ] {
+        let (code, out, err) = print_cmdline(args, &[]);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(!out.contains("owvmm.disk="), "{args:?}: {out}");
+    }
     if pvm {
         assert!(
             err.contains(&format!("owvmm: added for kvm_pvm: {SWITCH} -- ")),

@@ -7,7 +7,9 @@
 //! shell loop of the image's dash comes back. `ctl shutdown` leaves the disk clean, and
 //! `debugfs` on the host finds the dump with both keys in it.
 //!
-//! Cold-boots one guest. Enabled by the `kvm` feature; needs root, iproute2, e2fsprogs
+//! The last test boots the default guest, whose root is the image of Debian's base.
+//!
+//! Cold-boots one guest per test. Enabled by the `kvm` feature; needs root, iproute2, e2fsprogs
 //! and redis-tools on the host, and Debian's package lists (apt) to build the image.
 #![cfg(feature = "kvm")]
 
@@ -154,4 +156,39 @@ fn debian_redis_answers_saves_to_its_disk_and_the_root_image_comes_back_after_a_
         "no dump with the key on the disk: {:?}",
         tail(&dump, 300)
     );
+}
+
+/// The default guest (no `--kernel`, `--initrd` or `--with`) boots Debian's base from a
+/// read-only ext4 disk: `/bin/sh` is the image's dash, `/usr` refuses writes, `/tmp` takes
+/// them, and owvmm did not fall back to the initramfs root.
+#[test]
+fn the_default_guest_boots_debians_base_from_a_read_only_disk() {
+    let (code, out, err) = run_to_end(&["image", "build"]);
+    assert_eq!(code, 0, "owvmm image build: {err}");
+    assert!(
+        out.lines().any(|l| l.starts_with("root ")),
+        "image build printed no root image: {out}{err}"
+    );
+    let dir = scratch("default-root");
+    let script = "grep ' /.owvmm/root ' /proc/mounts; echo sh=$(readlink -f /bin/sh); \
+        if touch /usr/owvmm-w 2>/dev/null; then echo usr-writable; else echo usr-read-only; fi; \
+        echo t > /tmp/t && echo tmp-writable";
+    let mut vm = Vm::start(&dir, &["--exec", script, "--on-crash", "exit"]);
+    let code = vm.wait_exit(Duration::from_secs(900));
+    let console = vm.console();
+    let stderr = vm.stderr();
+    assert_eq!(code, 0, "{}\n{}", tail(&console, 3000), tail(&stderr, 2000));
+    assert!(!stderr.contains("warning: no root image"), "{stderr}");
+    for want in [
+        "/dev/vda /.owvmm/root ext4 ro",
+        "sh=/usr/bin/dash",
+        "usr-read-only",
+        "tmp-writable",
+    ] {
+        assert!(
+            console.contains(want),
+            "no {want:?} in {}",
+            tail(&console, 3000)
+        );
+    }
 }

@@ -113,6 +113,14 @@ impl DiskConfig {
 /// bound over the guest's, and these are links into it.
 pub const ROOT_IMAGE_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib64"];
 
+/// The directory of [`ROOT_IMAGE_DIRS`] that guest path `p` is in, if any.
+pub fn under_root_image(p: &str) -> Option<&'static str> {
+    ROOT_IMAGE_DIRS
+        .iter()
+        .copied()
+        .find(|d| p == *d || p.strip_prefix(d).is_some_and(|r| r.starts_with('/')))
+}
+
 /// Longest `GUEST_DIR` accepted (it goes on the kernel command line).
 pub const GUEST_DIR_MAX: usize = 256;
 
@@ -480,7 +488,7 @@ pub enum ConfigError {
     #[error("--net cannot be used with --restore (a snapshot reattaches its own taps)")]
     NetWithRestore,
     /// An `--add` file where a root image's files are.
-    #[error("--add {0}: {1} comes from the root image (--with), read-only; put the file elsewhere (/opt, /etc, /tmp, ...)")]
+    #[error("--add {0}: {1} comes from the root image, read-only; put the file elsewhere (/opt, /etc, /tmp, ...)")]
     AddUnderRootImage(String, &'static str),
     /// Two disks to be mounted at the same guest directory.
     #[error("--disk: two disks for GUEST_DIR {0}")]
@@ -601,10 +609,7 @@ impl VmConfig {
         for a in &self.add {
             file_size("--add file", &a.host)?;
             if self.disks.iter().any(DiskConfig::is_root) {
-                if let Some(d) = ROOT_IMAGE_DIRS
-                    .iter()
-                    .find(|d| a.guest == **d || a.guest.starts_with(&format!("{d}/")))
-                {
+                if let Some(d) = under_root_image(&a.guest) {
                     return Err(ConfigError::AddUnderRootImage(a.guest.clone(), d));
                 }
             }
@@ -678,6 +683,16 @@ impl VmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_under_the_root_image() {
+        assert_eq!(under_root_image("/usr"), Some("/usr"));
+        assert_eq!(under_root_image("/usr/local/bin/x"), Some("/usr"));
+        assert_eq!(under_root_image("/lib64/ld.so"), Some("/lib64"));
+        assert_eq!(under_root_image("/libexec/x"), None);
+        assert_eq!(under_root_image("/usrdata"), None);
+        assert_eq!(under_root_image("/opt/usr/x"), None);
+    }
 
     #[test]
     fn add_syntax() {

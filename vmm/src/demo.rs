@@ -136,6 +136,8 @@ fn steps(a: &DemoArgs) -> Result<(), DemoError> {
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
     eprintln!("== owvmm demo: 1/6 default guest image (built once, then cached)");
     let img = crate::image::build(false, None)?;
+    // The default guest's root: Debian's base on a read-only disk (or the initramfs, said why).
+    let root = crate::default_root();
     eprintln!("\n== 2/6 the crash kernel's warm standby: a freshly booted guest, frozen (prepared once, then cached)");
     let spec = owvmm::standby::StandbySpec {
         kernel: img.vmlinux.clone(),
@@ -159,25 +161,30 @@ fn steps(a: &DemoArgs) -> Result<(), DemoError> {
     eprintln!("   (guest kernel code is slow on this host's KVM; this takes a while)");
     // The image built in step 1, named: the timed boot below builds nothing.
     let kernel_s = img.vmlinux.display().to_string();
-    let initrd_s = img.initramfs.display().to_string();
+    let (initrd, root_disk) = match &root {
+        Some(r) => (&img.agent_initramfs, Some(format!("{}:/:ro", r.display()))),
+        None => (&img.initramfs, None),
+    };
+    let initrd_s = initrd.display().to_string();
+    let mut args = vec![
+        "run",
+        "--kernel",
+        &kernel_s,
+        "--initrd",
+        &initrd_s,
+        "--api-sock",
+        &sock_s,
+        "--exec",
+        COUNTER,
+        "--on-crash",
+        "exit",
+    ];
+    if let Some(d) = &root_disk {
+        args.extend(["--disk", d.as_str()]);
+    }
     let t0 = Instant::now();
     let before = Counter::default();
-    let child = spawn_watched(
-        &[
-            "run",
-            "--kernel",
-            &kernel_s,
-            "--initrd",
-            &initrd_s,
-            "--api-sock",
-            &sock_s,
-            "--exec",
-            COUNTER,
-            "--on-crash",
-            "exit",
-        ],
-        &before,
-    )?;
+    let child = spawn_watched(&args, &before)?;
     let boot = wait_event(&sock, "agent-ready", deadline);
     let boot_s = t0.elapsed().as_secs_f64();
     if let Err(e) = boot {

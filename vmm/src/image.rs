@@ -243,9 +243,13 @@ pub fn build_agent() -> Result<PathBuf, ImageError> {
         ])
         .current_dir(&src)
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        // Every byte of the initramfs costs boot time here: no debug info in the agent.
+        // Every byte of the initramfs costs boot time here (the kernel unpacks about a MiB
+        // in 2.8 s on kvm_pvm): no debug info, and built for size (1.24 MB instead of 1.54).
         .env("CARGO_PROFILE_RELEASE_DEBUG", "0")
         .env("CARGO_PROFILE_RELEASE_STRIP", "true")
+        .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s")
+        .env("CARGO_PROFILE_RELEASE_LTO", "true")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
         .spawn()
         .map_err(|e| ImageError::Spawn("cargo".into(), e))?;
     // An agent that is up to date takes cargo a moment: say something only when it builds.

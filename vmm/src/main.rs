@@ -121,9 +121,16 @@ struct RunArgs {
     /// `owvmm image build --with PKG` first
     #[arg(long = "with", value_name = "PKG[,PKG...]")]
     with: Vec<String>,
+    /// Boot with the busybox initramfs as the whole root, without Debian's base image.
+    /// By default a guest of the default kernel boots with a read-only ext4 root image of
+    /// Debian's base (dash, libc, busybox; built on first use like --with, cached) merged into
+    /// an initramfs that holds the agent alone; owvmm falls back to this, with a warning,
+    /// when the image cannot be built (no Debian mirror)
+    #[arg(long, conflicts_with = "with")]
+    initramfs_root: bool,
     /// Resume a snapshot written by `owvmm ctl snapshot` instead of booting. Its disks and
     /// taps are reopened by path and name (the snapshotted VM must have stopped)
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "cmdline", "add", "exec", "disk", "net", "with"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "cmdline", "add", "exec", "disk", "net", "with", "initramfs_root"])]
     restore: Option<PathBuf>,
     /// Count as a guest hang (a crash) this many seconds without an agent heartbeat while
     /// running (0: never)
@@ -202,14 +209,14 @@ enum CrashHow {
 
 #[derive(Subcommand)]
 enum ImageCmd {
-    /// Build the default kernel and initramfs (cached by a hash of their inputs), and with
-    /// --with a root image of Debian packages
+    /// Build the default kernel, initramfs and root image of Debian's base (each cached by a
+    /// hash of its inputs), or with --with the root image of those Debian packages
     Build {
         /// Rebuild the kernel even if cached
         #[arg(long)]
         force: bool,
-        /// Also build the root image with these Debian packages and their dependencies
-        /// (what `run --with` boots; cached by the package versions)
+        /// Build the root image with these Debian packages and their dependencies instead of
+        /// the base one (what `run --with` boots; cached by the package versions)
         #[arg(long = "with", value_name = "PKG[,PKG...]")]
         with: Vec<String>,
         /// Use this static ow-agent binary instead of building one
@@ -231,9 +238,13 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run(a),
         Cmd::Ctl(a) => ctl(a),
         Cmd::Image(ImageCmd::Build { force, with, agent }) => {
-            let root = match root_image(&with) {
-                Ok(r) => r,
-                Err(e) => return fail(EXIT_BAD_ARGS, e.as_ref()),
+            // Without packages: the default guest's root image, Debian's base.
+            let root = match with.is_empty() {
+                true => default_root(),
+                false => match root_image(&with) {
+                    Ok(r) => r,
+                    Err(e) => return fail(EXIT_BAD_ARGS, e.as_ref()),
+                },
             };
             match crate::image::build(force, agent.as_deref()) {
                 Ok(img) => {
@@ -241,7 +252,7 @@ fn main() -> ExitCode {
                     println!("initramfs {}", img.initramfs.display());
                     if let Some(r) = root {
                         println!("root      {}", r.display());
-                        // What `run --with` boots with that root: the agent alone.
+                        // What a guest with that root boots: the agent alone.
                         println!("root-initramfs {}", img.agent_initramfs.display());
                     }
                     ExitCode::SUCCESS
@@ -291,16 +302,85 @@ fn root_image(with: &[String]) -> Result<Option<PathBuf>, Box<dyn std::error::Er
     Ok(Some(img))
 }
 
+/// Whether `a` boots the default root image: a fresh boot of the default kernel and
+/// initramfs, with no packages, no root disk of one's own and no `--initramfs-root`. An
+/// `--add` where the image's read-only files are keeps the initramfs root (said once).
+fn wants_default_root(a: &RunArgs, disks: &[owvmm::config::DiskConfig]) -> bool {
+    let plain = a.restore.is_none()
+        && a.with.is_empty()
+        && !a.initramfs_root
+        && a.guest.kernel.is_none()
+        && a.guest.initrd.is_none()
+        && !disks.iter().any(owvmm::config::DiskConfig::is_root);
+    if !plain {
+        return false;
+    }
+    let under = a.add.iter().find_map(|s| {
+        let f = parse_add(s).ok()?;
+        owvmm::config::under_root_image(&f.guest).map(|d| (f.guest, d))
+    });
+    if let Some((guest, dir)) = under {
+        eprintln!(
+            "owvmm: --add {guest} is under {dir}, which the root image makes read-only: booting \
+             the busybox initramfs as the root"
+        );
+        return false;
+    }
+    true
+}
+
+/// Debian's base as the root image (dash, libc, busybox), built on first use; `None`, with
+/// a warning saying why, when it cannot be made: the guest then boots its initramfs root.
+pub(crate) fn default_root() -> Option<PathBuf> {
+    match crate::rootfs::build(&[], &mut |l| eprintln!("owvmm-image: {l}")) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!(
+                "owvmm: warning: no root image of Debian's base ({}); the guest boots its busybox \
+                 initramfs as the root instead (--initramfs-root does so without trying)",
+                error_chain(&e)
+            );
+            None
+        }
+    }
+}
+
+/// The disks of `a`, the root image first: the `--with` packages', or the default root's
+/// (built when `build`; a placeholder path otherwise, for `--print-cmdline`).
+fn run_disks(
+    a: &RunArgs,
+    build: bool,
+) -> Result<Vec<owvmm::config::DiskConfig>, Box<dyn std::error::Error>> {
+    let mut disks = parse_disks(&a.disk)?;
+    let root = if !a.with.is_empty() {
+        if build {
+            root_image(&a.with)?
+        } else {
+            crate::rootfs::parse_packages(&a.with)?;
+            Some(PathBuf::new())
+        }
+    } else if wants_default_root(a, &disks) {
+        if build {
+            default_root()
+        } else {
+            Some(PathBuf::new())
+        }
+    } else {
+        None
+    };
+    if let Some(root) = root {
+        disks.insert(0, owvmm::config::DiskConfig::root(root));
+    }
+    Ok(disks)
+}
+
 fn build_config(a: RunArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
     let add = a
         .add
         .iter()
         .map(|s| parse_add(s))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut disks = parse_disks(&a.disk)?;
-    if let Some(root) = root_image(&a.with)? {
-        disks.insert(0, owvmm::config::DiskConfig::root(root));
-    }
+    let disks = run_disks(&a, true)?;
     let nets = parse_nets(&a.net)?;
     // With a root image the default initramfs is the agent alone; the standby keeps the
     // whole one (it is shared by every guest of the shape, and merges the image after a
@@ -443,14 +523,11 @@ fn print_cmdline(a: &RunArgs) -> ExitCode {
                 eprintln!("owvmm: added for kvm_pvm: {opt} -- {why}");
             }
         }
-        let mut disks = match parse_disks(&a.disk) {
+        // The root image's path is not on the command line: no need to build it.
+        let disks = match run_disks(a, false) {
             Ok(d) => d,
-            Err(e) => return fail(EXIT_BAD_ARGS, &e),
+            Err(e) => return fail(EXIT_BAD_ARGS, e.as_ref()),
         };
-        if !a.with.is_empty() {
-            // The root image's path is not on the command line: no need to build it.
-            disks.insert(0, owvmm::config::DiskConfig::root(PathBuf::new()));
-        }
         let nets = match parse_nets(&a.net) {
             Ok(n) => n,
             Err(e) => return fail(EXIT_BAD_ARGS, &e),
