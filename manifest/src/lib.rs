@@ -27,6 +27,11 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Largest `pipe` capacity (the kernel's own ceiling for `F_SETPIPE_SZ` is lower).
+pub const MAX_PIPE_SIZE: u64 = 1 << 30;
+/// Most `pipe` records in one manifest.
+pub const MAX_PIPES: usize = 1 << 16;
+
 /// Page size of the guest (x86-64).
 pub const PAGE: u64 = 4096;
 /// The manifest format version this crate reads and writes.
@@ -73,6 +78,8 @@ pub const PROT_EXEC: i32 = 4;
 pub struct Manifest {
     /// The `file` records, in order.
     pub files: Vec<FileRec>,
+    /// The `pipe` records, in order (after the files, before the processes).
+    pub pipes: Vec<PipeRec>,
     /// The `process` blocks, in order.
     pub processes: Vec<Process>,
     /// The `exec` blocks, in order (written after the `process` blocks).
@@ -80,16 +87,21 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Bytes of old memory the agent will copy: the lengths of all `copy` and `fcopy` runs.
+    /// Bytes of old memory the agent will copy: the lengths of all `copy`, `fcopy` and
+    /// `pdata` runs.
     pub fn copy_bytes(&self) -> u64 {
         let files = self.files.iter().flat_map(|f| &f.runs).map(|r| r.len);
+        let pipes = self.pipes.iter().flat_map(|p| &p.data).map(|r| r.len);
         let copies = self
             .processes
             .iter()
             .flat_map(|p| &p.vmas)
             .flat_map(|v| &v.copies)
             .map(|c| c.len);
-        files.chain(copies).fold(0, u64::saturating_add)
+        files
+            .chain(pipes)
+            .chain(copies)
+            .fold(0, u64::saturating_add)
     }
 
     /// The manifest text (its `Display`), ending with a newline.
@@ -120,6 +132,33 @@ impl FileUpdate {
             FileUpdate::Patch => 2,
         }
     }
+}
+
+/// `pipe <id> <size>` and its `pdata` runs: an anonymous pipe with the bytes it held,
+/// unread, in order. Its ends are the `fd` records of kind `fifo` with the path
+/// `pipe:<id>` (read or write end by their flags), in any process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipeRec {
+    /// Unique in the manifest.
+    pub id: u32,
+    /// Its capacity in bytes (`F_SETPIPE_SZ`).
+    pub size: u64,
+    /// The unread bytes, in order: `pdata <gpa> <len>`.
+    pub data: Vec<PipeRun>,
+}
+
+impl PipeRec {
+    /// Unread bytes in all.
+    pub fn data_len(&self) -> u64 {
+        self.data.iter().map(|r| r.len).fold(0, u64::saturating_add)
+    }
+}
+
+/// `pdata <gpa> <len>`: bytes of a pipe in old guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipeRun {
+    pub gpa: u64,
+    pub len: u64,
 }
 
 /// `file <size> <mode> <update> <path>` and its `fcopy` runs.
@@ -353,6 +392,25 @@ pub struct FdRec {
     pub kind: FdKind,
     /// Absolute for [`FdKind::reopens`] kinds; may be empty for the others.
     pub path: Vec<u8>,
+}
+
+impl FdRec {
+    /// The `pipe` an end of kind `fifo` refers to (`pipe:<id>`).
+    pub fn pipe_id(&self) -> Option<u32> {
+        if self.kind != FdKind::Fifo {
+            return None;
+        }
+        let id = std::str::from_utf8(self.path.strip_prefix(b"pipe:")?).ok()?;
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) || id.len() > 10 {
+            return None;
+        }
+        id.parse().ok()
+    }
+
+    /// The path of an end of pipe `id`.
+    pub fn pipe_path(id: u32) -> Vec<u8> {
+        format!("pipe:{id}").into_bytes()
+    }
 }
 
 /// `sig <signo> <handler> <flags> <restorer> <mask>`.

@@ -10,10 +10,10 @@
 use std::collections::HashSet;
 
 use crate::{
-    Copy, Exec, FdKind, FdRec, FileRec, FileRun, FileUpdate, Manifest, Mm, Process, SigRec, Thread,
-    Vma, VmaKind, HEADER, MAX_ARG_STRLEN, MAX_AUXV, MAX_ERRORS, MAX_EXEC_COUNT, MAX_EXEC_STRINGS,
-    MAX_FILE_SIZE, MAX_LINE, MAX_PATH, MAX_PID, MAX_THREADS, MAX_VMAS, PAGE, PROT_EXEC, PROT_READ,
-    PROT_WRITE,
+    Copy, Exec, FdKind, FdRec, FileRec, FileRun, FileUpdate, Manifest, Mm, PipeRec, PipeRun,
+    Process, SigRec, Thread, Vma, VmaKind, HEADER, MAX_ARG_STRLEN, MAX_AUXV, MAX_ERRORS,
+    MAX_EXEC_COUNT, MAX_EXEC_STRINGS, MAX_FILE_SIZE, MAX_LINE, MAX_PATH, MAX_PID, MAX_PIPES,
+    MAX_PIPE_SIZE, MAX_THREADS, MAX_VMAS, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE,
 };
 
 /// `SIGKILL` and `SIGSTOP` (x86-64 Linux): they cannot have an action.
@@ -87,6 +87,14 @@ pub enum ErrorKind {
     Second { record: &'static str },
     #[error("second '{record}' for thread {tid}")]
     SecondForThread { record: &'static str, tid: u32 },
+    #[error("'pdata' without a preceding 'pipe'")]
+    PdataWithoutPipe,
+    #[error("empty pdata")]
+    EmptyPdata,
+    #[error("pipe data beyond its size")]
+    PipeDataBeyondSize,
+    #[error("pipe {id} listed twice")]
+    PipeTwice { id: u32 },
     #[error("'fcopy' without a preceding 'file'")]
     FcopyWithoutFile,
     #[error("empty fcopy")]
@@ -173,6 +181,8 @@ pub struct BadProcess {
 pub struct Parsed {
     /// The `file` records, in order.
     pub files: Vec<FileRec>,
+    /// The `pipe` records, in order.
+    pub pipes: Vec<PipeRec>,
     /// The `process` blocks, in order; a block with bad lines is an `Err`.
     pub processes: Vec<Result<Process, BadProcess>>,
     /// The `exec` blocks, in order; a block with bad lines is an `Err`.
@@ -207,6 +217,7 @@ impl Parsed {
         }
         Ok(Manifest {
             files: self.files,
+            pipes: self.pipes,
             processes: self.processes.into_iter().filter_map(Result::ok).collect(),
             execs: self.execs.into_iter().filter_map(Result::ok).collect(),
         })
@@ -395,6 +406,8 @@ impl Parser {
         let result = match kind {
             "file" => self.file(rest),
             "fcopy" => self.fcopy(rest),
+            "pipe" => self.pipe(rest),
+            "pdata" => self.pdata(rest),
             "process" | "exec" => {
                 let open = match &self.state {
                     State::Process(p) => Some(p.pid),
@@ -498,6 +511,58 @@ impl Parser {
             return Err(ErrorKind::Overflows { record: "fcopy" });
         }
         file.runs.push(run);
+        Ok(())
+    }
+
+    fn pipe(&mut self, rest: &str) -> Result<(), ErrorKind> {
+        if !matches!(self.state, State::Files) {
+            return Err(ErrorKind::AfterFirstProcess { record: "pipe" });
+        }
+        let (f, _) = fields(rest, 2, Tail::None)?;
+        let id = dec(f[0], "id")?;
+        let size = hex(f[1], "size")?;
+        if size == 0 || size > MAX_PIPE_SIZE {
+            return Err(out_of_range("size", f[1]));
+        }
+        if self.out.pipes.len() >= MAX_PIPES {
+            return Err(ErrorKind::TooMany {
+                what: "pipes",
+                limit: MAX_PIPES,
+            });
+        }
+        if self.out.pipes.iter().any(|p| p.id == id) {
+            return Err(ErrorKind::PipeTwice { id });
+        }
+        self.out.pipes.push(PipeRec {
+            id,
+            size,
+            data: Vec::new(),
+        });
+        Ok(())
+    }
+
+    fn pdata(&mut self, rest: &str) -> Result<(), ErrorKind> {
+        if !matches!(self.state, State::Files) {
+            return Err(ErrorKind::AfterFirstProcess { record: "pdata" });
+        }
+        let (f, _) = fields(rest, 2, Tail::None)?;
+        let run = PipeRun {
+            gpa: hex(f[0], "gpa")?,
+            len: hex(f[1], "len")?,
+        };
+        let Some(pipe) = self.out.pipes.last_mut() else {
+            return Err(ErrorKind::PdataWithoutPipe);
+        };
+        if run.len == 0 {
+            return Err(ErrorKind::EmptyPdata);
+        }
+        if run.gpa.checked_add(run.len).is_none() {
+            return Err(ErrorKind::Overflows { record: "pdata" });
+        }
+        if pipe.data_len().saturating_add(run.len) > pipe.size {
+            return Err(ErrorKind::PipeDataBeyondSize);
+        }
+        pipe.data.push(run);
         Ok(())
     }
 

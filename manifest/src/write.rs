@@ -3,8 +3,8 @@
 use std::fmt::{self, Display, Formatter, Write as _};
 
 use crate::{
-    Exec, FdRec, FileRec, Manifest, Process, SigRec, Thread, Vma, EXEC_CHUNK, HEADER, PROT_EXEC,
-    PROT_READ, PROT_WRITE,
+    Exec, FdRec, FileRec, Manifest, PipeRec, Process, SigRec, Thread, Vma, EXEC_CHUNK, HEADER,
+    PROT_EXEC, PROT_READ, PROT_WRITE,
 };
 
 /// Writes `bytes` as a manifest path/name field: bytes outside printable ASCII and `%`
@@ -71,6 +71,9 @@ impl Display for Manifest {
         for file in &self.files {
             write_file(f, file)?;
         }
+        for p in &self.pipes {
+            write_pipe(f, p)?;
+        }
         for p in &self.processes {
             write_process(f, p)?;
         }
@@ -92,6 +95,14 @@ fn write_file(f: &mut Formatter<'_>, file: &FileRec) -> fmt::Result {
     )?;
     for r in &file.runs {
         writeln!(f, "fcopy {:x} {:x} {:x}", r.offset, r.gpa, r.len)?;
+    }
+    Ok(())
+}
+
+fn write_pipe(f: &mut Formatter<'_>, p: &PipeRec) -> fmt::Result {
+    writeln!(f, "pipe {} {:x}", p.id, p.size)?;
+    for r in &p.data {
+        writeln!(f, "pdata {:x} {:x}", r.gpa, r.len)?;
     }
     Ok(())
 }

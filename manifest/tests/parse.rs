@@ -506,3 +506,39 @@ fn parses_exec_blocks() {
     assert_eq!(m.errors[0].kind, ErrorKind::NoEndBeforeProcess { pid: 5 });
     assert!(parse(format!("{HEADER}\nexec 5\npath /x\nend\nfile 0 0 0 /x\n").as_bytes()).is_err());
 }
+
+#[test]
+fn pipes_and_their_data() {
+    let text = good().replace(
+        "process 42 my prog\n",
+        "pipe 3 10000\npdata 5000 7\npdata 9000 1000\nprocess 42 my prog\n",
+    );
+    let text = text.replace(
+        "fd 3 8401 1a reg /tmp/log\n",
+        "fd 3 8401 1a reg /tmp/log\nfd 4 1 0 fifo pipe:3\n",
+    );
+    let m = parse(text.as_bytes()).expect("parses");
+    assert_eq!(m.pipes.len(), 1);
+    assert_eq!((m.pipes[0].id, m.pipes[0].size), (3, 0x10000));
+    assert_eq!(m.pipes[0].data_len(), 0x1007);
+    assert_eq!(m.processes[0].fds[2].pipe_id(), Some(3));
+    assert_eq!(m.processes[0].fds[1].pipe_id(), None);
+    assert!(m.copy_bytes() >= 0x1007);
+    let err = |from: &str, to: &str| {
+        let t = text.replace(from, to);
+        parse(t.as_bytes()).expect_err(to).kind.to_string()
+    };
+    assert!(err("pdata 5000 7\n", "pdata 5000 0\n").contains("empty"));
+    assert!(err("pipe 3 10000\n", "pipe 3 1000\n").contains("beyond"));
+    assert!(err("pipe 3 10000\n", "pipe 3 0\n").contains("range"));
+    assert!(err("pipe 3 10000\n", "pipe 3 10000\npipe 3 10\n").contains("twice"));
+    assert!(err("pipe 3 10000\npdata 5000 7\n", "pdata 5000 7\n").contains("without"));
+    assert!(err("pdata 9000 1000\n", "pdata ffffffffffffffff 1000\n").contains("overflows"));
+    assert!(err("end\n", "end\npipe 9 10\n").contains("after the first process"));
+    // Ends whose path is not a pipe reference name no pipe.
+    for bad in ["pipe:", "pipe:x", "pipe:-1", "pipe:99999999999", "/pipe:3"] {
+        let t = text.replace("fifo pipe:3", &format!("fifo {bad}"));
+        let m = parse(t.as_bytes()).expect("parses");
+        assert_eq!(m.processes[0].fds[2].pipe_id(), None, "{bad}");
+    }
+}

@@ -4,8 +4,8 @@
 //! every optional record both present and absent.
 
 use owvmm_manifest::{
-    parse, Copy, Exec, FdKind, FdRec, FileRec, FileRun, Manifest, Mm, Process, SigRec, Thread, Vma,
-    VmaKind, EXEC_CHUNK, MAX_FILE_SIZE, MAX_PID, PAGE,
+    parse, Copy, Exec, FdKind, FdRec, FileRec, FileRun, Manifest, Mm, PipeRec, PipeRun, Process,
+    SigRec, Thread, Vma, VmaKind, EXEC_CHUNK, MAX_FILE_SIZE, MAX_PID, MAX_PIPE_SIZE, PAGE,
 };
 
 /// xorshift64*.
@@ -106,6 +106,24 @@ fn file(r: &mut Rng) -> FileRec {
         path: r.path(),
         runs,
     }
+}
+
+fn pipe(r: &mut Rng, id: u32) -> PipeRec {
+    let size = 1 + r.below(MAX_PIPE_SIZE);
+    let mut data = Vec::new();
+    let mut left = size;
+    for _ in 0..r.below(4) {
+        if left == 0 {
+            break;
+        }
+        let len = 1 + r.below(left);
+        data.push(PipeRun {
+            gpa: r.below(u64::MAX - len),
+            len,
+        });
+        left -= len;
+    }
+    PipeRec { id, size, data }
 }
 
 fn vmas(r: &mut Rng) -> Vec<Vma> {
@@ -271,6 +289,9 @@ fn process(r: &mut Rng) -> Process {
 fn manifest(r: &mut Rng) -> Manifest {
     Manifest {
         files: (0..r.below(4)).map(|_| file(r)).collect(),
+        pipes: (0..u32::try_from(r.below(4)).expect("n"))
+            .map(|i| pipe(r, i * 7))
+            .collect(),
         processes: (0..r.below(4)).map(|_| process(r)).collect(),
         execs: (0..r.below(3)).map(|_| exec(r)).collect(),
     }
@@ -307,7 +328,8 @@ fn write_then_parse_gives_the_same_manifest() {
                 .iter()
                 .flat_map(|f| &f.runs)
                 .map(|r| r.len)
-                .sum::<u64>();
+                .sum::<u64>()
+            + m.pipes.iter().map(PipeRec::data_len).sum::<u64>();
         assert_eq!(m.copy_bytes(), copies, "case {i}");
         escapes += text.matches('%').count();
     }

@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod mm;
 pub mod pages;
 pub mod paging;
+pub mod pipes;
 pub mod process;
 pub mod regs;
 pub mod symbols;

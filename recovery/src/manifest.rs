@@ -211,6 +211,15 @@ pub enum ManifestError {
         /// Threads not exiting.
         threads: usize,
     },
+    /// A pipe's content could not be read.
+    #[error("pipe {id}")]
+    PipeContent {
+        /// Its inode number.
+        id: u64,
+        /// Why.
+        #[source]
+        source: crate::pipes::PipeError,
+    },
     /// The content of an in-memory file had a problem.
     #[error("file {path}: content: {problem}")]
     FileContent {
@@ -291,11 +300,13 @@ enum Entry {
 struct Rendered {
     entry: Entry,
     files: Vec<FileRecord>,
+    /// The inodes of the anonymous pipes it has ends of.
+    pipes: Vec<InodeInfo>,
 }
 
-/// Collects the in-memory files a process needs.
+/// Collects the in-memory files and the pipes a process needs.
 #[derive(Default)]
-struct Wanted(Vec<FileRecord>);
+struct Wanted(Vec<FileRecord>, Vec<InodeInfo>);
 
 impl Wanted {
     fn want(&mut self, path: &str, inode: InodeInfo, writable: bool) {
@@ -487,6 +498,29 @@ fn render_fds(
     let mut fds = Vec::with_capacity(proc_.files.len());
     for f in proc_.files.iter().filter(|f| !(after_exec && f.cloexec)) {
         let kind = f.kind();
+        let fd = i32::try_from(f.fd).map_err(|_| ManifestError::FdTooLarge { fd: f.fd })?;
+        let flags = f.flags | if f.cloexec { O_CLOEXEC } else { 0 };
+        if let Some(inode) = f
+            .inode
+            .filter(|i| i.kind() == FileKind::Fifo && i.s_magic == crate::pipes::PIPEFS_MAGIC)
+        {
+            // An end of an anonymous pipe: the pipe is named by its inode number.
+            let id = u32::try_from(inode.ino).map_err(|_| ManifestError::FdKind {
+                fd: f.fd,
+                kind: "pipe with a 64-bit inode number",
+            })?;
+            if !files.1.iter().any(|p| p.addr == inode.addr) {
+                files.1.push(inode);
+            }
+            fds.push(wire::FdRec {
+                fd,
+                flags,
+                pos: 0,
+                kind: wire::FdKind::Fifo,
+                path: wire::FdRec::pipe_path(id),
+            });
+            continue;
+        }
         if !matches!(kind, FileKind::Reg | FileKind::Chr | FileKind::Dir) {
             return Err(ManifestError::FdKind {
                 fd: f.fd,
@@ -507,8 +541,8 @@ fn render_fds(
             files.want(path, inode, f.writable());
         }
         fds.push(wire::FdRec {
-            fd: i32::try_from(f.fd).map_err(|_| ManifestError::FdTooLarge { fd: f.fd })?,
-            flags: f.flags | if f.cloexec { O_CLOEXEC } else { 0 },
+            fd,
+            flags,
             pos: f.pos,
             kind: match kind {
                 FileKind::Reg => wire::FdKind::Reg,
@@ -660,6 +694,7 @@ fn render_process(
     Ok(Rendered {
         entry: Entry::Process(process),
         files: files.0,
+        pipes: files.1,
     })
 }
 
@@ -725,6 +760,7 @@ fn render_exec(
     Ok(Rendered {
         entry: Entry::Exec(exec),
         files: files.0,
+        pipes: files.1,
     })
 }
 
@@ -960,13 +996,31 @@ pub fn build_manifest_excluding(
             },
         );
     }
+    // Pipes: deduplicated by inode, read once; one that cannot be read excludes its users.
+    let mut pipes: BTreeMap<u64, (u64, Result<crate::pipes::PipeContent, ManifestError>)> =
+        BTreeMap::new();
+    for (_, r) in &rendered {
+        for p in &r.pipes {
+            pipes.entry(p.addr).or_insert_with(|| {
+                let c = crate::pipes::read_pipe(kernel, p.addr)
+                    .map_err(|source| ManifestError::PipeContent { id: p.ino, source });
+                (p.ino, c)
+            });
+        }
+    }
     let mut used: BTreeSet<u64> = BTreeSet::new();
+    let mut used_pipes: BTreeSet<u64> = BTreeSet::new();
     let (mut processes, mut execs) = (Vec::new(), Vec::new());
     for (tgid, r) in rendered {
         let bad = r
             .files
             .iter()
-            .find_map(|f| contents.get(&f.inode.addr).and_then(|c| c.as_ref().err()));
+            .find_map(|f| contents.get(&f.inode.addr).and_then(|c| c.as_ref().err()))
+            .or_else(|| {
+                r.pipes
+                    .iter()
+                    .find_map(|p| pipes.get(&p.addr).and_then(|c| c.1.as_ref().err()))
+            });
         if let Some(e) = bad {
             m.excluded.push(Excluded {
                 pid: tgid,
@@ -975,6 +1029,7 @@ pub fn build_manifest_excluding(
             continue;
         }
         used.extend(r.files.iter().map(|f| f.inode.addr));
+        used_pipes.extend(r.pipes.iter().map(|p| p.addr));
         match r.entry {
             Entry::Process(p) => processes.push(p),
             Entry::Exec(e) => execs.push(e),
@@ -1007,8 +1062,24 @@ pub fn build_manifest_excluding(
                 .collect(),
         });
     }
+    let out_pipes = used_pipes
+        .iter()
+        .filter_map(|a| match pipes.get(a) {
+            Some((ino, Ok(c))) => Some(wire::PipeRec {
+                id: u32::try_from(*ino).ok()?,
+                size: c.size,
+                data: c
+                    .data
+                    .iter()
+                    .map(|&(gpa, len)| wire::PipeRun { gpa, len })
+                    .collect(),
+            }),
+            _ => None,
+        })
+        .collect();
     m.manifest = wire::Manifest {
         files: out_files,
+        pipes: out_pipes,
         processes,
         execs,
     };

@@ -93,6 +93,8 @@ pub struct InodeInfo {
     pub s_magic: u64,
     /// `i_rdev` (device number of a device file).
     pub rdev: u32,
+    /// `i_ino`.
+    pub ino: u64,
 }
 
 impl InodeInfo {
@@ -272,6 +274,7 @@ pub fn read_inode(k: &Kernel<'_>, inode: u64) -> Result<InodeInfo, ProcessError>
     let mode = u32::try_from(f("i_mode")?).unwrap_or(0);
     let size = f("i_size")?;
     let rdev = u32::try_from(f("i_rdev").unwrap_or(0)).unwrap_or(0);
+    let ino = f("i_ino").unwrap_or(0);
     let sb = f("i_sb")?;
     let s_magic = k
         .read_field("super_block", "s_magic", sb)
@@ -282,6 +285,7 @@ pub fn read_inode(k: &Kernel<'_>, inode: u64) -> Result<InodeInfo, ProcessError>
         size,
         s_magic,
         rdev,
+        ino,
     })
 }
 

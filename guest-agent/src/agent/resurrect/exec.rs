@@ -11,6 +11,7 @@ use std::io;
 use std::os::fd::RawFd;
 
 use super::manifest::Exec;
+use super::pipes::PipeTable;
 use super::restore::{clone_with_pid, Setup, STEP_EXEC, STEP_SIGMASK};
 use super::{text, Error};
 
@@ -30,6 +31,8 @@ struct ExecPlan {
     /// The pipe's write end, and the number it moves to (above every fd of the target).
     status: RawFd,
     status_at: RawFd,
+    /// What the child keeps of the agent's descriptors (sorted).
+    keep: Vec<RawFd>,
 }
 
 /// NUL-free bytes as a C string.
@@ -39,8 +42,8 @@ fn c_string(what: &str, bytes: &[u8]) -> Result<CString, Error> {
 }
 
 /// Runs the interrupted exec of `e` again. Returns when the new program runs.
-pub fn exec(e: &Exec) -> Result<(), Error> {
-    let setup = Setup::new(&e.fds, e.cwd.as_deref(), &e.sigs)?;
+pub fn exec(e: &Exec, pipes: &PipeTable) -> Result<(), Error> {
+    let setup = Setup::new(&e.fds, e.cwd.as_deref(), &e.sigs, pipes)?;
     let mut strings = Vec::with_capacity(e.argv.len() + e.envp.len());
     for a in &e.argv {
         strings.push(c_string("argument", a)?);
@@ -61,6 +64,10 @@ pub fn exec(e: &Exec) -> Result<(), Error> {
     }
     let [rd, wr] = fds;
     let status_at = setup.max_fd().max(2) + 1;
+    // What the child keeps of ours: its pipe ends and the status pipe.
+    let mut keep = setup.keep().to_vec();
+    keep.push(status_at);
+    keep.sort_unstable();
     let plan = ExecPlan {
         setup,
         path: c_string("path", &e.path)?,
@@ -70,6 +77,7 @@ pub fn exec(e: &Exec) -> Result<(), Error> {
         sigmask: e.sigmask,
         status: wr,
         status_at,
+        keep,
     };
     let pid = i32::try_from(e.pid).map_err(|_| Error::Invalid("pid out of range".into()))?;
     // SAFETY: we are single-threaded, and the child only runs `child`, which never returns.
@@ -146,14 +154,7 @@ unsafe fn child(plan: &ExecPlan) -> ! {
         if plan.status != status && libc::dup3(plan.status, status, libc::O_CLOEXEC) < 0 {
             libc::_exit(EXIT_EXEC_FAILED);
         }
-        let below = u32::try_from(status).unwrap_or(0);
-        if libc::syscall(libc::SYS_close_range, 0u32, below - 1, 0u32) != 0
-            || libc::syscall(libc::SYS_close_range, below + 1, u32::MAX, 0u32) != 0
-        {
-            for fd in (0..4096).filter(|&fd| fd != status) {
-                libc::close(fd);
-            }
-        }
+        Setup::close_all_but(&plan.keep);
         libc::setsid();
         // Signals the agent ignores would stay ignored across the exec: only the target's
         // (in the plan) may.

@@ -5,6 +5,7 @@
 //! - [`manifest`] parses the manifest (strictly, every bad line with its number; the
 //!   `owvmm-manifest` crate).
 //! - [`files`] recreates the files of in-memory file systems (`file` records).
+//! - [`pipes`] makes the anonymous pipes again with their unread bytes (`pipe` records).
 //! - [`restore`] recreates one process: `clone3(set_tid)`, then a ptrace-driven rebuild
 //!   through system calls injected with [`tracer`].
 //! - [`exec`] completes an exec the crash interrupted (`exec` blocks): `clone3(set_tid)`,
@@ -13,6 +14,7 @@
 pub mod exec;
 pub mod files;
 pub mod manifest;
+pub mod pipes;
 pub mod restore;
 pub mod tracer;
 
@@ -289,6 +291,26 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
         }
         sink(Event::Progress);
     }
+    // Pipes before any process: each takes its ends from the agent.
+    let all_fds = m
+        .processes
+        .iter()
+        .flatten()
+        .flat_map(|p| &p.fds)
+        .chain(m.execs.iter().flatten().flat_map(|e| &e.fds));
+    let (pipes, failed) =
+        pipes::PipeTable::make(&m.pipes, pipes::first_free_above(all_fds.clone()), &mem);
+    for (id, e) in failed {
+        sink(Event::Err(format!("resurrect: pipe {id}: {}", reason(&e))));
+    }
+    pipes.set_status_flags(all_fds);
+    if !m.pipes.is_empty() {
+        let bytes: u64 = m.pipes.iter().map(manifest::PipeRec::data_len).sum();
+        crate::log!(
+            "resurrect: {} pipes made again, {bytes} unread bytes in them",
+            m.pipes.len()
+        );
+    }
     let blocks = m
         .processes
         .iter()
@@ -318,10 +340,10 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
                 let (pid, done, command) = match block {
                     Block::Process(p) => (
                         p.pid,
-                        restore::restore(p, &mem),
+                        restore::restore(p, &mem, &pipes),
                         p.exe.as_deref().map_or_else(|| text(&p.comm), text),
                     ),
-                    Block::Exec(e) => (e.pid, exec::exec(e).map(|()| 1), text(&e.path)),
+                    Block::Exec(e) => (e.pid, exec::exec(e, &pipes).map(|()| 1), text(&e.path)),
                 };
                 match done {
                     Ok(threads) => {

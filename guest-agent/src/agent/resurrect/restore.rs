@@ -19,6 +19,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
 use super::manifest::{FdKind, FdRec, Process, SigRec, VmaKind, PAGE};
+use super::pipes::PipeTable;
 use super::tracer::{self, reg, Injector, Regs, Tid};
 use super::{text, Error, MemSource};
 
@@ -78,54 +79,115 @@ struct ChildPlan {
 /// What every recreated process sets up in itself: its files, directory, signal actions.
 pub(super) struct Setup {
     fds: Vec<FdPlan>,
+    /// The agent's pipe ends this process `dup3`s (sorted), closed after.
+    keep: Vec<RawFd>,
     cwd: CString,
     /// (signo, kernel `struct sigaction`: handler, flags, restorer, mask).
     sigs: Vec<(i32, [u64; 4])>,
 }
 
 impl Setup {
-    /// The plan for `fds`, `cwd` (`/` when none) and `sigs`.
-    pub(super) fn new(fds: &[FdRec], cwd: Option<&[u8]>, sigs: &[SigRec]) -> Result<Self, Error> {
+    /// The plan for `fds`, `cwd` (`/` when none) and `sigs`; pipe ends come from `pipes`.
+    pub(super) fn new(
+        fds: &[FdRec],
+        cwd: Option<&[u8]>,
+        sigs: &[SigRec],
+        pipes: &PipeTable,
+    ) -> Result<Self, Error> {
+        let mut keep = Vec::new();
+        let mut plans = Vec::with_capacity(fds.len());
         for f in fds {
+            // f_flags are 32 bits; open(2) takes them as an int.
+            let flags = i32::from_ne_bytes(f.flags.to_ne_bytes());
+            if f.kind == FdKind::Fifo {
+                let Some(id) = f.pipe_id() else {
+                    return Err(Error::FdKind {
+                        fd: f.fd,
+                        kind: "named fifo",
+                    });
+                };
+                let src = pipes.source_for(f).ok_or_else(|| {
+                    Error::Invalid(format!("fd {}: pipe {id} was not made", f.fd))
+                })?;
+                if !keep.contains(&src) {
+                    keep.push(src);
+                }
+                plans.push(FdPlan {
+                    fd: f.fd,
+                    flags,
+                    seek: None,
+                    path: cstring(&f.path)?,
+                    dup_from: Some(src),
+                });
+                continue;
+            }
             if !matches!(f.kind, FdKind::Reg | FdKind::Chr | FdKind::Dir) {
                 return Err(Error::FdKind {
                     fd: f.fd,
                     kind: f.kind.name(),
                 });
             }
+            let mut flags =
+                (flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_NOCTTY;
+            if f.kind == FdKind::Dir {
+                flags |= libc::O_DIRECTORY;
+            }
+            let seek = if f.kind == FdKind::Reg {
+                Some(libc::off_t::try_from(f.pos).map_err(|_| {
+                    Error::Invalid(format!("fd {}: position {:#x} too large", f.fd, f.pos))
+                })?)
+            } else {
+                None
+            };
+            plans.push(FdPlan {
+                fd: f.fd,
+                flags,
+                seek,
+                path: cstring(&f.path)?,
+                dup_from: None,
+            });
         }
+        keep.sort_unstable();
         Ok(Self {
-            fds: fds
-                .iter()
-                .map(|f| {
-                    // f_flags are 32 bits; open(2) takes them as an int.
-                    let flags = i32::from_ne_bytes(f.flags.to_ne_bytes());
-                    let mut flags =
-                        (flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_NOCTTY;
-                    if f.kind == FdKind::Dir {
-                        flags |= libc::O_DIRECTORY;
-                    }
-                    let seek = if f.kind == FdKind::Reg {
-                        Some(libc::off_t::try_from(f.pos).map_err(|_| {
-                            Error::Invalid(format!("fd {}: position {:#x} too large", f.fd, f.pos))
-                        })?)
-                    } else {
-                        None
-                    };
-                    Ok(FdPlan {
-                        fd: f.fd,
-                        flags,
-                        seek,
-                        path: cstring(&f.path)?,
-                    })
-                })
-                .collect::<Result<_, Error>>()?,
+            fds: plans,
+            keep,
             cwd: cstring(cwd.unwrap_or(b"/"))?,
             sigs: sigs
                 .iter()
                 .map(|s| (s.signo, [s.handler, s.flags, s.restorer, s.mask]))
                 .collect(),
         })
+    }
+
+    /// The agent's pipe ends this process takes (sorted).
+    pub(super) fn keep(&self) -> &[RawFd] {
+        &self.keep
+    }
+
+    /// In the child: closes every descriptor inherited from the agent except `keep`
+    /// (sorted: the pipe ends this process takes, and what the caller adds).
+    ///
+    /// # Safety
+    /// Raw system calls only (the child of a `clone3` must not allocate).
+    pub(super) unsafe fn close_all_but(keep: &[RawFd]) {
+        let close = |from: u32, to: u32| {
+            // SAFETY: closes a range of our own descriptors.
+            if unsafe { libc::syscall(libc::SYS_close_range, from, to, 0u32) } != 0 {
+                for n in from..=to.min(from.saturating_add(4096)) {
+                    // SAFETY: as above, one at a time.
+                    unsafe { libc::close(i32::try_from(n).unwrap_or(-1)) };
+                }
+            }
+        };
+        let mut from: u32 = 0;
+        for &k in keep {
+            let k = u32::try_from(k).unwrap_or(0);
+            if k > from {
+                close(from, k - 1);
+            }
+            from = from.max(k.saturating_add(1));
+        }
+        close(from, u32::MAX);
     }
 
     /// The highest descriptor number the process gets.
@@ -144,6 +206,13 @@ impl Setup {
         // as the call.
         unsafe {
             for (i, f) in self.fds.iter().enumerate() {
+                if let Some(src) = f.dup_from {
+                    // A pipe end: the agent's descriptor (above every target number).
+                    if libc::dup3(src, f.fd, f.flags & libc::O_CLOEXEC) < 0 {
+                        return Err((STEP_DUP, i));
+                    }
+                    continue;
+                }
                 let fd = libc::open(f.path.as_ptr(), f.flags, 0);
                 if fd < 0 {
                     return Err((STEP_OPEN, i));
@@ -159,6 +228,9 @@ impl Setup {
                     }
                     libc::close(fd);
                 }
+            }
+            for &k in &self.keep {
+                libc::close(k);
             }
             if libc::chdir(self.cwd.as_ptr()) != 0 {
                 return Err((STEP_CHDIR, 0));
@@ -249,6 +321,8 @@ struct FdPlan {
     flags: i32,
     seek: Option<libc::off_t>,
     path: CString,
+    /// A pipe end: the agent's descriptor to `dup3` (no open).
+    dup_from: Option<RawFd>,
 }
 
 /// Kills and reaps a half-built process unless disarmed.
@@ -333,8 +407,8 @@ fn cstring(bytes: &[u8]) -> Result<CString, Error> {
 }
 
 /// Restores `p`. Returns its number of threads.
-pub fn restore(p: &Process, mem: &MemSource) -> Result<u32, Error> {
-    let setup = Setup::new(&p.fds, p.cwd.as_deref(), &p.sigs)?;
+pub fn restore(p: &Process, mem: &MemSource, pipes: &PipeTable) -> Result<u32, Error> {
+    let setup = Setup::new(&p.fds, p.cwd.as_deref(), &p.sigs, pipes)?;
     // The part of the window this process needs.
     let mut span: Option<(u64, u64)> = None;
     for c in p.vmas.iter().flat_map(|v| &v.copies) {
@@ -974,12 +1048,9 @@ unsafe fn child(plan: &ChildPlan) -> ! {
                 }
             }
         }
-        // Nothing of the agent's stays open (the channel, the signal pipe, the window).
-        if libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) != 0 {
-            for fd in 0..4096 {
-                libc::close(fd);
-            }
-        }
+        // Nothing of the agent's stays open (the channel, the signal pipe, the window)
+        // but the pipe ends this process takes.
+        Setup::close_all_but(plan.setup.keep());
         libc::setsid();
         if let Err((step, index)) = plan.setup.apply() {
             fail(step, index);
