@@ -80,6 +80,8 @@ pub struct Manifest {
     pub files: Vec<FileRec>,
     /// The `pipe` records, in order (after the files, before the processes).
     pub pipes: Vec<PipeRec>,
+    /// The `inet` records, in order (after the pipes, before the processes).
+    pub inets: Vec<InetRec>,
     /// The `process` blocks, in order.
     pub processes: Vec<Process>,
     /// The `exec` blocks, in order (written after the `process` blocks).
@@ -154,6 +156,23 @@ impl PipeRec {
     }
 }
 
+/// `inet <id> <family> <type> <port> <backlog> <v6only> <addr>`: an IPv4/IPv6 socket made
+/// again before the processes: TCP (`type` 1) bound and listening with `backlog`, or UDP
+/// (`type` 2) bound. `addr` is 32 hex digits (the 16 address bytes; IPv4 in the first 4).
+/// Its holders are the `fd` records of kind `sock` with the path `inet:<id>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InetRec {
+    pub id: u32,
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u32,
+    /// `SOCK_STREAM` (1) or `SOCK_DGRAM` (2).
+    pub sock_type: u32,
+    pub port: u16,
+    pub backlog: u32,
+    pub v6only: bool,
+    pub addr: [u8; 16],
+}
+
 /// `pdata <gpa> <len>`: bytes of a pipe in old guest memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PipeRun {
@@ -200,9 +219,22 @@ pub struct Process {
     /// Sorted by address, not overlapping.
     pub vmas: Vec<Vma>,
     pub fds: Vec<FdRec>,
+    /// The interest lists of its epoll descriptors.
+    pub epoll: Vec<EpollRec>,
     pub sigs: Vec<SigRec>,
     /// The leader first.
     pub threads: Vec<Thread>,
+}
+
+/// `epoll <epfd> <fd> <events> <data>`: `fd` is in the interest list of the epoll
+/// descriptor `epfd` (an `fd` record of kind `other`, path `epoll`) with this
+/// `epoll_event`. Written after the process's `fd` records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpollRec {
+    pub epfd: i32,
+    pub fd: i32,
+    pub events: u32,
+    pub data: u64,
 }
 
 /// The `mm` record, in the order of `struct prctl_mm_map`.
@@ -400,17 +432,39 @@ impl FdRec {
         if self.kind != FdKind::Fifo {
             return None;
         }
-        let id = std::str::from_utf8(self.path.strip_prefix(b"pipe:")?).ok()?;
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) || id.len() > 10 {
-            return None;
-        }
-        id.parse().ok()
+        decimal_id(self.path.strip_prefix(b"pipe:")?)
     }
 
     /// The path of an end of pipe `id`.
     pub fn pipe_path(id: u32) -> Vec<u8> {
         format!("pipe:{id}").into_bytes()
     }
+
+    /// The `inet` socket a descriptor of kind `sock` holds (`inet:<id>`).
+    pub fn inet_id(&self) -> Option<u32> {
+        if self.kind != FdKind::Sock {
+            return None;
+        }
+        decimal_id(self.path.strip_prefix(b"inet:")?)
+    }
+
+    /// A socket that comes back with its peer gone (kind `sock`, path `reset:<why>`).
+    pub fn is_reset(&self) -> bool {
+        self.kind == FdKind::Sock && self.path.starts_with(b"reset:")
+    }
+
+    /// An epoll descriptor (kind `other`, path `epoll`).
+    pub fn is_epoll(&self) -> bool {
+        self.kind == FdKind::Other && self.path == b"epoll"
+    }
+}
+
+/// A decimal u32 of at most 10 digits.
+fn decimal_id(b: &[u8]) -> Option<u32> {
+    if b.is_empty() || b.len() > 10 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(b).ok()?.parse().ok()
 }
 
 /// `sig <signo> <handler> <flags> <restorer> <mask>`.

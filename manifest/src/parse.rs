@@ -10,10 +10,10 @@
 use std::collections::HashSet;
 
 use crate::{
-    Copy, Exec, FdKind, FdRec, FileRec, FileRun, FileUpdate, Manifest, Mm, PipeRec, PipeRun,
-    Process, SigRec, Thread, Vma, VmaKind, HEADER, MAX_ARG_STRLEN, MAX_AUXV, MAX_ERRORS,
-    MAX_EXEC_COUNT, MAX_EXEC_STRINGS, MAX_FILE_SIZE, MAX_LINE, MAX_PATH, MAX_PID, MAX_PIPES,
-    MAX_PIPE_SIZE, MAX_THREADS, MAX_VMAS, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE,
+    Copy, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, FileUpdate, InetRec, Manifest, Mm,
+    PipeRec, PipeRun, Process, SigRec, Thread, Vma, VmaKind, HEADER, MAX_ARG_STRLEN, MAX_AUXV,
+    MAX_ERRORS, MAX_EXEC_COUNT, MAX_EXEC_STRINGS, MAX_FILE_SIZE, MAX_LINE, MAX_PATH, MAX_PID,
+    MAX_PIPES, MAX_PIPE_SIZE, MAX_THREADS, MAX_VMAS, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE,
 };
 
 /// `SIGKILL` and `SIGSTOP` (x86-64 Linux): they cannot have an action.
@@ -95,6 +95,12 @@ pub enum ErrorKind {
     PipeDataBeyondSize,
     #[error("pipe {id} listed twice")]
     PipeTwice { id: u32 },
+    #[error("inet {id} listed twice")]
+    InetTwice { id: u32 },
+    #[error("epoll {epfd} is not an epoll fd listed before")]
+    EpollNotFd { epfd: i32 },
+    #[error("epoll {epfd}: fd {fd} listed twice")]
+    EpollTwice { epfd: i32, fd: i32 },
     #[error("'fcopy' without a preceding 'file'")]
     FcopyWithoutFile,
     #[error("empty fcopy")]
@@ -183,6 +189,8 @@ pub struct Parsed {
     pub files: Vec<FileRec>,
     /// The `pipe` records, in order.
     pub pipes: Vec<PipeRec>,
+    /// The `inet` records, in order.
+    pub inets: Vec<InetRec>,
     /// The `process` blocks, in order; a block with bad lines is an `Err`.
     pub processes: Vec<Result<Process, BadProcess>>,
     /// The `exec` blocks, in order; a block with bad lines is an `Err`.
@@ -218,6 +226,7 @@ impl Parsed {
         Ok(Manifest {
             files: self.files,
             pipes: self.pipes,
+            inets: self.inets,
             processes: self.processes.into_iter().filter_map(Result::ok).collect(),
             execs: self.execs.into_iter().filter_map(Result::ok).collect(),
         })
@@ -290,7 +299,7 @@ fn check_line(raw: &[u8]) -> Result<&str, ErrorKind> {
 }
 
 /// Records that belong inside a process block (besides `process` and `end`).
-const PROCESS_RECORDS: [&str; 14] = [
+const PROCESS_RECORDS: [&str; 15] = [
     "exe",
     "cwd",
     "mm",
@@ -298,6 +307,7 @@ const PROCESS_RECORDS: [&str; 14] = [
     "vma",
     "copy",
     "fd",
+    "epoll",
     "sig",
     "thread",
     "regs",
@@ -346,6 +356,7 @@ struct ProcBuilder {
     auxv: Option<Vec<u64>>,
     vmas: Vec<Vma>,
     fds: Vec<FdRec>,
+    epoll: Vec<EpollRec>,
     sigs: Vec<SigRec>,
     threads: Vec<ThreadBuilder>,
     errors: Vec<ParseError>,
@@ -407,6 +418,7 @@ impl Parser {
             "file" => self.file(rest),
             "fcopy" => self.fcopy(rest),
             "pipe" => self.pipe(rest),
+            "inet" => self.inet(rest),
             "pdata" => self.pdata(rest),
             "process" | "exec" => {
                 let open = match &self.state {
@@ -541,6 +553,58 @@ impl Parser {
         Ok(())
     }
 
+    fn inet(&mut self, rest: &str) -> Result<(), ErrorKind> {
+        if !matches!(self.state, State::Files) {
+            return Err(ErrorKind::AfterFirstProcess { record: "inet" });
+        }
+        let (f, _) = fields(rest, 7, Tail::None)?;
+        let id = dec(f[0], "id")?;
+        let family = match f[1] {
+            "2" => 2,
+            "10" => 10,
+            other => return Err(bad("family", other)),
+        };
+        let sock_type = match f[2] {
+            "1" => 1,
+            "2" => 2,
+            other => return Err(bad("type", other)),
+        };
+        let port = u16::try_from(dec(f[3], "port")?).map_err(|_| out_of_range("port", f[3]))?;
+        let backlog = dec(f[4], "backlog")?;
+        let v6only = match f[5] {
+            "0" => false,
+            "1" => true,
+            other => return Err(bad("v6only", other)),
+        };
+        let hexaddr = f[6].as_bytes();
+        if hexaddr.len() != 32 || !hexaddr.iter().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad("addr", f[6]));
+        }
+        let mut addr = [0u8; 16];
+        for (i, a) in addr.iter_mut().enumerate() {
+            *a = u8::from_str_radix(&f[6][2 * i..2 * i + 2], 16).map_err(|_| bad("addr", f[6]))?;
+        }
+        if self.out.inets.len() >= MAX_PIPES {
+            return Err(ErrorKind::TooMany {
+                what: "inet sockets",
+                limit: MAX_PIPES,
+            });
+        }
+        if self.out.inets.iter().any(|s| s.id == id) {
+            return Err(ErrorKind::InetTwice { id });
+        }
+        self.out.inets.push(InetRec {
+            id,
+            family,
+            sock_type,
+            port,
+            backlog,
+            v6only,
+            addr,
+        });
+        Ok(())
+    }
+
     fn pdata(&mut self, rest: &str) -> Result<(), ErrorKind> {
         if !matches!(self.state, State::Files) {
             return Err(ErrorKind::AfterFirstProcess { record: "pdata" });
@@ -578,6 +642,7 @@ impl Parser {
             auxv: None,
             vmas: Vec::new(),
             fds: Vec::new(),
+            epoll: Vec::new(),
             sigs: Vec::new(),
             threads: Vec::new(),
             errors,
@@ -651,7 +716,9 @@ fn push_error(errors: &mut Vec<ParseError>, more: &mut usize, line: usize, kind:
 
 impl ProcBuilder {
     fn record(&mut self, n: usize, kind: &str, rest: &str) -> Result<(), ErrorKind> {
-        let process_level = ["exe", "cwd", "mm", "auxv", "vma", "copy", "fd", "sig"];
+        let process_level = [
+            "exe", "cwd", "mm", "auxv", "vma", "copy", "fd", "epoll", "sig",
+        ];
         if let Some(record) = known(&process_level, kind) {
             if !self.threads.is_empty() {
                 return Err(ErrorKind::AfterFirstThread { record });
@@ -693,6 +760,33 @@ impl ProcBuilder {
             "vma" => self.vma(rest)?,
             "copy" => self.copy(rest)?,
             "fd" => self.fds.push(fd_record(rest, &self.fds)?),
+            "epoll" => {
+                let (f, _) = fields(rest, 4, Tail::None)?;
+                let epfd =
+                    i32::try_from(dec(f[0], "epfd")?).map_err(|_| out_of_range("epfd", f[0]))?;
+                let fd = i32::try_from(dec(f[1], "fd")?).map_err(|_| out_of_range("fd", f[1]))?;
+                let events = u32::try_from(hex(f[2], "events")?)
+                    .map_err(|_| out_of_range("events", f[2]))?;
+                let data = hex(f[3], "data")?;
+                if !self.fds.iter().any(|r| r.fd == epfd && r.is_epoll()) {
+                    return Err(ErrorKind::EpollNotFd { epfd });
+                }
+                if self.epoll.iter().any(|e| e.epfd == epfd && e.fd == fd) {
+                    return Err(ErrorKind::EpollTwice { epfd, fd });
+                }
+                if self.epoll.len() >= MAX_VMAS {
+                    return Err(ErrorKind::TooMany {
+                        what: "epoll records",
+                        limit: MAX_VMAS,
+                    });
+                }
+                self.epoll.push(EpollRec {
+                    epfd,
+                    fd,
+                    events,
+                    data,
+                });
+            }
             "sig" => self.sigs.push(sig_record(rest, &self.sigs)?),
             "thread" => self.thread(n, rest)?,
             _ => {
@@ -955,6 +1049,7 @@ impl ProcBuilder {
                 auxv,
                 vmas: self.vmas,
                 fds: self.fds,
+                epoll: self.epoll,
                 sigs: self.sigs,
                 threads,
             }),

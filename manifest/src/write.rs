@@ -3,8 +3,8 @@
 use std::fmt::{self, Display, Formatter, Write as _};
 
 use crate::{
-    Exec, FdRec, FileRec, Manifest, PipeRec, Process, SigRec, Thread, Vma, EXEC_CHUNK, HEADER,
-    PROT_EXEC, PROT_READ, PROT_WRITE,
+    EpollRec, Exec, FdRec, FileRec, InetRec, Manifest, PipeRec, Process, SigRec, Thread, Vma,
+    EXEC_CHUNK, HEADER, PROT_EXEC, PROT_READ, PROT_WRITE,
 };
 
 /// Writes `bytes` as a manifest path/name field: bytes outside printable ASCII and `%`
@@ -74,6 +74,9 @@ impl Display for Manifest {
         for p in &self.pipes {
             write_pipe(f, p)?;
         }
+        for s in &self.inets {
+            write_inet(f, s)?;
+        }
         for p in &self.processes {
             write_process(f, p)?;
         }
@@ -107,6 +110,27 @@ fn write_pipe(f: &mut Formatter<'_>, p: &PipeRec) -> fmt::Result {
     Ok(())
 }
 
+fn write_inet(f: &mut Formatter<'_>, s: &InetRec) -> fmt::Result {
+    write!(
+        f,
+        "inet {} {} {} {} {} {} ",
+        s.id,
+        s.family,
+        s.sock_type,
+        s.port,
+        s.backlog,
+        u8::from(s.v6only)
+    )?;
+    for b in s.addr {
+        write!(f, "{b:02x}")?;
+    }
+    writeln!(f)
+}
+
+fn write_epoll(f: &mut Formatter<'_>, e: &EpollRec) -> fmt::Result {
+    writeln!(f, "epoll {} {} {:x} {:x}", e.epfd, e.fd, e.events, e.data)
+}
+
 fn write_process(f: &mut Formatter<'_>, p: &Process) -> fmt::Result {
     writeln!(f, "process {}{}", p.pid, Tail(&p.comm))?;
     if let Some(exe) = &p.exe {
@@ -122,6 +146,9 @@ fn write_process(f: &mut Formatter<'_>, p: &Process) -> fmt::Result {
     }
     for fd in &p.fds {
         write_fd(f, fd)?;
+    }
+    for e in &p.epoll {
+        write_epoll(f, e)?;
     }
     for s in &p.sigs {
         write_sig(f, s)?;

@@ -542,3 +542,48 @@ fn pipes_and_their_data() {
         assert_eq!(m.processes[0].fds[2].pipe_id(), None, "{bad}");
     }
 }
+
+#[test]
+fn inet_sockets_and_epoll_interest_lists() {
+    let addr = "7f000001000000000000000000000000";
+    let text = good()
+        .replace(
+            "process 42 my prog\n",
+            &format!("inet 9 2 1 6379 511 0 {addr}\nprocess 42 my prog\n"),
+        )
+        .replace(
+            "fd 3 8401 1a reg /tmp/log\n",
+            "fd 3 8401 1a reg /tmp/log\nfd 5 802 0 sock inet:9\nfd 6 2 0 sock reset:1\nfd 7 80000 0 other epoll\nepoll 7 5 1 5\nepoll 7 6 2019 6\n",
+        );
+    let m = parse(text.as_bytes()).expect("parses");
+    assert_eq!(m.inets.len(), 1);
+    let s = m.inets[0];
+    assert_eq!(
+        (s.id, s.family, s.sock_type, s.port, s.backlog),
+        (9, 2, 1, 6379, 511)
+    );
+    assert_eq!(s.addr[..4], [127, 0, 0, 1]);
+    let p = &m.processes[0];
+    assert_eq!(p.fds[2].inet_id(), Some(9));
+    assert!(p.fds[3].is_reset() && p.fds[4].is_epoll());
+    assert_eq!(p.epoll.len(), 2);
+    assert_eq!(
+        (p.epoll[1].fd, p.epoll[1].events, p.epoll[1].data),
+        (6, 0x2019, 6)
+    );
+    let err = |from: &str, to: &str| {
+        let t = text.replace(from, to);
+        parse(t.as_bytes()).expect_err(to).kind.to_string()
+    };
+    assert!(err("inet 9 2 1", "inet 9 3 1").contains("family"));
+    assert!(err("inet 9 2 1", "inet 9 2 5").contains("type"));
+    assert!(err("6379 511 0", "70000 511 0").contains("range"));
+    assert!(err(addr, "7f00").contains("addr"));
+    assert!(err("epoll 7 5", "epoll 3 5").contains("not an epoll"));
+    assert!(err("epoll 7 6 2019 6", "epoll 7 5 2019 6").contains("twice"));
+    assert!(err(
+        &format!("inet 9 2 1 6379 511 0 {addr}\n"),
+        &format!("inet 9 2 1 6379 511 0 {addr}\ninet 9 2 2 53 0 0 {addr}\n")
+    )
+    .contains("twice"));
+}

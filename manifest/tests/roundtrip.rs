@@ -4,8 +4,9 @@
 //! every optional record both present and absent.
 
 use owvmm_manifest::{
-    parse, Copy, Exec, FdKind, FdRec, FileRec, FileRun, Manifest, Mm, PipeRec, PipeRun, Process,
-    SigRec, Thread, Vma, VmaKind, EXEC_CHUNK, MAX_FILE_SIZE, MAX_PID, MAX_PIPE_SIZE, PAGE,
+    parse, Copy, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, InetRec, Manifest, Mm, PipeRec,
+    PipeRun, Process, SigRec, Thread, Vma, VmaKind, EXEC_CHUNK, MAX_FILE_SIZE, MAX_PID,
+    MAX_PIPE_SIZE, PAGE,
 };
 
 /// xorshift64*.
@@ -263,7 +264,35 @@ fn process(r: &mut Rng) -> Process {
         auxv.extend([1 + r.below(50), r.word()]);
     }
     auxv.extend([0, r.word()]);
-    let fds = fds(r);
+    let mut fds = fds(r);
+    // An epoll descriptor above the others, watching some of them.
+    let epfd = fds
+        .iter()
+        .map(|f| f.fd)
+        .max()
+        .unwrap_or(0)
+        .saturating_add(1);
+    let mut epoll = Vec::new();
+    if r.bool() && epfd > 0 {
+        for fd in fds.iter().map(|f| f.fd).collect::<Vec<_>>() {
+            if r.bool() {
+                continue;
+            }
+            epoll.push(EpollRec {
+                epfd,
+                fd,
+                events: r.u32(),
+                data: r.word(),
+            });
+        }
+        fds.push(FdRec {
+            fd: epfd,
+            flags: 0,
+            pos: 0,
+            kind: FdKind::Other,
+            path: b"epoll".to_vec(),
+        });
+    }
     let sigs = sigs(r);
     let mut threads = vec![thread(r, pid)];
     for _ in 0..r.below(3) {
@@ -281,6 +310,7 @@ fn process(r: &mut Rng) -> Process {
         auxv,
         vmas: vmas(r),
         fds,
+        epoll,
         sigs,
         threads,
     }
@@ -291,6 +321,17 @@ fn manifest(r: &mut Rng) -> Manifest {
         files: (0..r.below(4)).map(|_| file(r)).collect(),
         pipes: (0..u32::try_from(r.below(4)).expect("n"))
             .map(|i| pipe(r, i * 7))
+            .collect(),
+        inets: (0..u32::try_from(r.below(3)).expect("n"))
+            .map(|i| InetRec {
+                id: i * 3 + 1,
+                family: if r.bool() { 2 } else { 10 },
+                sock_type: if r.bool() { 1 } else { 2 },
+                port: u16::try_from(r.below(65536)).expect("port"),
+                backlog: r.u32(),
+                v6only: r.bool(),
+                addr: std::array::from_fn(|_| u8::try_from(r.below(256)).expect("byte")),
+            })
             .collect(),
         processes: (0..r.below(4)).map(|_| process(r)).collect(),
         execs: (0..r.below(3)).map(|_| exec(r)).collect(),

@@ -20,6 +20,7 @@ pub mod paging;
 pub mod pipes;
 pub mod process;
 pub mod regs;
+pub mod sockets;
 pub mod symbols;
 pub mod tasks;
 

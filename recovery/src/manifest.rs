@@ -302,11 +302,17 @@ struct Rendered {
     files: Vec<FileRecord>,
     /// The inodes of the anonymous pipes it has ends of.
     pipes: Vec<InodeInfo>,
+    /// The inet sockets it holds, by id.
+    inets: Vec<(u32, crate::sockets::InetSocket)>,
 }
 
-/// Collects the in-memory files and the pipes a process needs.
+/// Collects the in-memory files, the pipes and the inet sockets a process needs.
 #[derive(Default)]
-struct Wanted(Vec<FileRecord>, Vec<InodeInfo>);
+struct Wanted(
+    Vec<FileRecord>,
+    Vec<InodeInfo>,
+    Vec<(u32, crate::sockets::InetSocket)>,
+);
 
 impl Wanted {
     fn want(&mut self, path: &str, inode: InodeInfo, writable: bool) {
@@ -491,15 +497,93 @@ fn wire_pid(pid: i32) -> Result<u32, ManifestError> {
 /// The `fd` records of a process (`after_exec`: without the close-on-exec ones, which an
 /// exec closes).
 fn render_fds(
+    k: &Kernel<'_>,
     proc_: &ProcessInfo,
     after_exec: bool,
     files: &mut Wanted,
-) -> Result<Vec<wire::FdRec>, ManifestError> {
+    notes: &mut Vec<String>,
+) -> Result<(Vec<wire::FdRec>, Vec<wire::EpollRec>), ManifestError> {
     let mut fds = Vec::with_capacity(proc_.files.len());
+    let mut epoll = Vec::new();
+    let pid = proc_.tgid;
     for f in proc_.files.iter().filter(|f| !(after_exec && f.cloexec)) {
         let kind = f.kind();
         let fd = i32::try_from(f.fd).map_err(|_| ManifestError::FdTooLarge { fd: f.fd })?;
         let flags = f.flags | if f.cloexec { O_CLOEXEC } else { 0 };
+        if let Some(inode) = f
+            .inode
+            .filter(|i| i.s_magic == crate::sockets::SOCKFS_MAGIC)
+        {
+            // A socket: made again when it listens (or is a bound UDP socket), else a
+            // stand-in whose peer is gone; never a reason to leave the process out.
+            let sock = crate::sockets::read_socket(k, f.file).unwrap_or_else(|e| {
+                crate::sockets::Socket::Reset {
+                    sock_type: 1,
+                    why: format!("unreadable socket: {}", error_chain(&e)),
+                }
+            });
+            let path = match sock {
+                crate::sockets::Socket::Inet(s) => match u32::try_from(inode.ino) {
+                    Ok(id) => {
+                        if !files.2.iter().any(|(i, _)| *i == id) {
+                            files.2.push((id, s));
+                        }
+                        format!("inet:{id}")
+                    }
+                    Err(_) => format!("reset:{}", s.sock_type),
+                },
+                crate::sockets::Socket::Reset { sock_type, why } => {
+                    notes.push(format!("pid {pid} fd {fd}: {why}: comes back reset"));
+                    format!("reset:{sock_type}")
+                }
+            };
+            fds.push(wire::FdRec {
+                fd,
+                flags,
+                pos: 0,
+                kind: wire::FdKind::Sock,
+                path: path.into_bytes(),
+            });
+            continue;
+        }
+        if crate::sockets::is_epoll(k, f.file) {
+            match crate::sockets::read_epoll(k, f.file) {
+                Ok(items) => {
+                    for it in items {
+                        // The item's fd must still be the same file in this process.
+                        let same = proc_
+                            .files
+                            .iter()
+                            .any(|o| i32::try_from(o.fd).ok() == Some(it.fd) && o.file == it.file);
+                        if same {
+                            epoll.push(wire::EpollRec {
+                                epfd: fd,
+                                fd: it.fd,
+                                events: it.events,
+                                data: it.data,
+                            });
+                        } else {
+                            notes.push(format!(
+                                "pid {pid} epoll fd {fd}: watched fd {} is no longer that file: left out",
+                                it.fd
+                            ));
+                        }
+                    }
+                }
+                Err(e) => notes.push(format!(
+                    "pid {pid} epoll fd {fd}: interest list unreadable ({}): comes back empty",
+                    error_chain(&e)
+                )),
+            }
+            fds.push(wire::FdRec {
+                fd,
+                flags,
+                pos: 0,
+                kind: wire::FdKind::Other,
+                path: b"epoll".to_vec(),
+            });
+            continue;
+        }
         if let Some(inode) = f
             .inode
             .filter(|i| i.kind() == FileKind::Fifo && i.s_magic == crate::pipes::PIPEFS_MAGIC)
@@ -552,7 +636,9 @@ fn render_fds(
             path: path.as_bytes().to_vec(),
         });
     }
-    Ok(fds)
+    // Only descriptors the process has back may be watched.
+    epoll.retain(|e| fds.iter().any(|f| f.fd == e.fd));
+    Ok((fds, epoll))
 }
 
 /// The `sig` records of a process (`after_exec`: only the ignored signals, the actions
@@ -650,7 +736,7 @@ fn render_process(
         });
     }
 
-    let fds = render_fds(proc_, false, &mut files)?;
+    let (fds, epoll) = render_fds(k, proc_, false, &mut files, notes)?;
     let sigs = render_sigs(proc_, false)?;
     let syscall_entry = k.symbol("entry_SYSCALL_64").ok();
     let mut out_threads = Vec::with_capacity(threads.len());
@@ -688,6 +774,7 @@ fn render_process(
         auxv: mm.auxv.clone(),
         vmas,
         fds,
+        epoll,
         sigs,
         threads: out_threads,
     };
@@ -695,6 +782,7 @@ fn render_process(
         entry: Entry::Process(process),
         files: files.0,
         pipes: files.1,
+        inets: files.2,
     })
 }
 
@@ -744,7 +832,8 @@ fn render_exec(
     let mut files = Wanted::default();
     want_exe(k, &args.path, args.file, &mut files)?;
     let cwd = cwd_of(proc_)?;
-    let fds = render_fds(proc_, true, &mut files)?;
+    // An epoll descriptor kept across the exec comes back empty.
+    let (fds, _) = render_fds(k, proc_, true, &mut files, &mut Vec::new())?;
     let sigs = render_sigs(proc_, true)?;
     let exec = wire::Exec {
         pid: wire_pid(leader.pid)?,
@@ -761,6 +850,7 @@ fn render_exec(
         entry: Entry::Exec(exec),
         files: files.0,
         pipes: files.1,
+        inets: files.2,
     })
 }
 
@@ -1010,6 +1100,7 @@ pub fn build_manifest_excluding(
     }
     let mut used: BTreeSet<u64> = BTreeSet::new();
     let mut used_pipes: BTreeSet<u64> = BTreeSet::new();
+    let mut used_inets: Vec<(u32, crate::sockets::InetSocket)> = Vec::new();
     let (mut processes, mut execs) = (Vec::new(), Vec::new());
     for (tgid, r) in rendered {
         let bad = r
@@ -1030,6 +1121,7 @@ pub fn build_manifest_excluding(
         }
         used.extend(r.files.iter().map(|f| f.inode.addr));
         used_pipes.extend(r.pipes.iter().map(|p| p.addr));
+        used_inets.extend(r.inets.iter().cloned());
         match r.entry {
             Entry::Process(p) => processes.push(p),
             Entry::Exec(e) => execs.push(e),
@@ -1043,8 +1135,8 @@ pub fn build_manifest_excluding(
         let (Some(f), Some(Ok(c))) = (files.get(&inode), contents.get(&inode)) else {
             continue;
         };
-        if f.on_disk() && c.pages.is_empty() {
-            continue; // nothing to write back
+        if f.on_disk() && c.pages.is_empty() && crate::pages::metadata_committed(kernel, inode) {
+            continue; // nothing to write back, and the file is on the disk as it was
         }
         out_files.push(wire::FileRec {
             size: c.size,
@@ -1061,6 +1153,20 @@ pub fn build_manifest_excluding(
                 .map(|(offset, gpa, len)| wire::FileRun { offset, gpa, len })
                 .collect(),
         });
+    }
+    let mut out_inets: Vec<wire::InetRec> = Vec::new();
+    for (id, s) in &used_inets {
+        if !out_inets.iter().any(|r| r.id == *id) {
+            out_inets.push(wire::InetRec {
+                id: *id,
+                family: s.family,
+                sock_type: s.sock_type,
+                port: s.port,
+                backlog: s.backlog,
+                v6only: s.v6only,
+                addr: s.addr,
+            });
+        }
     }
     let out_pipes = used_pipes
         .iter()
@@ -1080,6 +1186,7 @@ pub fn build_manifest_excluding(
     m.manifest = wire::Manifest {
         files: out_files,
         pipes: out_pipes,
+        inets: out_inets,
         processes,
         execs,
     };

@@ -410,6 +410,12 @@ impl FileContent {
 /// done). `value.size` is `i_size`; problems as for [`file_pages`].
 pub fn dirty_file_pages(k: &Kernel<'_>, inode: u64) -> Partial<FileContent> {
     let mut all = file_pages(k, inode);
+    if !metadata_committed(k, inode) {
+        // The journal replay will not bring the file's last metadata back (a file created
+        // or grown since the last commit): its clean pages are not on the disk either, as
+        // far as the replayed filesystem knows. Everything cached goes back.
+        return all;
+    }
     let bit = |name: &str, default: i64| {
         k.btf()
             .enumerator(name)
@@ -446,6 +452,46 @@ pub fn dirty_file_pages(k: &Kernel<'_>, inode: u64) -> Partial<FileContent> {
     });
     all.problems.extend(problems);
     all
+}
+
+/// `EXT4_SUPER_MAGIC`.
+const EXT4_SUPER_MAGIC: u64 = 0xEF53;
+
+/// True when the ext4 inode at `inode` has no change newer than its journal's last
+/// commit (`EXT4_I(inode)->i_sync_tid <= journal->j_commit_sequence`, as tids compare);
+/// false when it has, or when that cannot be read (the cautious answer: more is written
+/// back).
+pub fn metadata_committed(k: &Kernel<'_>, inode: u64) -> bool {
+    (|| -> Option<bool> {
+        let sb = k.read_field("inode", "i_sb", inode).ok()?;
+        if k.read_field("super_block", "s_magic", sb).ok()? != EXT4_SUPER_MAGIC {
+            // Another filesystem: what it wrote back is taken to be there.
+            return Some(true);
+        }
+        let vfs = k.offset_of("ext4_inode_info", "vfs_inode").ok()?;
+        let ei = inode.checked_sub(vfs)?;
+        let sync_tid = k.read_field("ext4_inode_info", "i_sync_tid", ei).ok()? & 0xffff_ffff;
+        let sbi = k.read_field("super_block", "s_fs_info", sb).ok()?;
+        if !crate::kernel::is_kernel_addr(sbi) {
+            return None;
+        }
+        let journal = k.read_field("ext4_sb_info", "s_journal", sbi).ok()?;
+        if journal == 0 {
+            // No journal: nothing is replayed, what was written back is what is there.
+            return Some(true);
+        }
+        if !crate::kernel::is_kernel_addr(journal) {
+            return None;
+        }
+        let committed = k
+            .read_field("journal_s", "j_commit_sequence", journal)
+            .ok()?
+            & 0xffff_ffff;
+        // tid_geq: (int)(a - b) >= 0.
+        let diff = u32::try_from(committed.wrapping_sub(sync_tid) & 0xffff_ffff).ok()?;
+        Some(i32::from_ne_bytes(diff.to_ne_bytes()) >= 0)
+    })()
+    .unwrap_or(false)
 }
 
 /// True for an XArray internal entry (low bits `10`).
@@ -802,6 +848,7 @@ ffffffff81400000 B _end
     }
 
     const INODE: u64 = 0x70_0000;
+    const SUPER: u64 = 0x70_8000;
     const MAPPING: u64 = 0x70_1000;
     const N1: u64 = 0x70_2000;
     const N2: u64 = 0x70_3000;
@@ -810,6 +857,9 @@ ffffffff81400000 B _end
     /// folio at 16..31.
     fn cache() -> Mem {
         let mut m = base();
+        // A superblock of another filesystem than ext4 (no journal to compare with).
+        m.put_u64(INODE + 24, dm(SUPER));
+        m.put_u64(SUPER + 96, 0x9123_683e);
         m.put_u64(INODE + 32, dm(MAPPING));
         m.put_u64(INODE + 56, 32 * 4096 - 100);
         m.put_u64(MAPPING + 16, dm(N1) | 2);

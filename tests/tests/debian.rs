@@ -132,16 +132,54 @@ fn debian_redis_answers_saves_to_its_disk_and_the_root_image_comes_back_after_a_
     );
     assert_eq!(redis_cli(&ns, &["save"]).1.trim(), "OK");
     wait_looper(&mut vm, "counter", 1);
+    let redis_pid = |ns: &Netns| {
+        let (_, info) = redis_cli(ns, &["info", "server"]);
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix("process_id:").map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let pid_before = redis_pid(&ns);
+    assert!(!pid_before.is_empty(), "no process_id in redis's INFO");
 
     // The kernel crashes. The counter's shell is the image's dash, with the image's libc:
     // it comes back only if the crash kernel merged the root image before resurrecting.
-    // (redis holds sockets, which are not restored yet.)
-    let (_, _, after) = crash_and_go_on(&mut vm, &mut ev, "counter", counter, 4);
+    // redis comes back with its listening socket, its epoll instance and its pipe: a new
+    // client gets the keys from the same process, and a key set now is saved too.
+    let (done, _, after) = crash_and_go_on(&mut vm, &mut ev, "counter", counter, 4);
     assert!(
         after.contains("root image merged"),
         "the crash kernel did not merge the root image:\n{}",
         tail(&after, 3000)
     );
+    let excluded = done["excluded"].as_array().cloned().unwrap_or_default();
+    // Only the old init (the crash kernel has its own) stays behind.
+    assert!(
+        excluded.iter().all(|e| e["pid"] == json!(1)),
+        "left out: {done}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, out) = redis_cli(&ns, &["get", "owvmm:restored"]);
+        if code == 0 && out.trim() == "yes-restored" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "redis did not answer after the crash ({code}: {out}): {}\n{}",
+            done,
+            tail(&vm.console(), 3000)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(redis_cli(&ns, &["get", "owvmm:key"]).1.trim(), value);
+    assert_eq!(redis_pid(&ns), pid_before, "redis is not the same process");
+    assert_eq!(
+        redis_cli(&ns, &["set", "owvmm:crashed", "yes-after-crash"])
+            .1
+            .trim(),
+        "OK"
+    );
+    assert_eq!(redis_cli(&ns, &["save"]).1.trim(), "OK");
 
     let r = vm.call(json!({"cmd": "shutdown"}));
     assert_eq!(r["ok"], json!(true), "{r}");
@@ -152,7 +190,8 @@ fn debian_redis_answers_saves_to_its_disk_and_the_root_image_comes_back_after_a_
         dump.starts_with("REDIS")
             && dump.contains("owvmm:key")
             && dump.contains(&value)
-            && dump.contains("yes-restored"),
+            && dump.contains("yes-restored")
+            && dump.contains("yes-after-crash"),
         "no dump with the key on the disk: {:?}",
         tail(&dump, 300)
     );

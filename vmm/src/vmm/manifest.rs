@@ -22,6 +22,8 @@ pub(super) struct Manifest {
     pub excluded: Vec<Value>,
     /// Bytes of memory the agent will copy.
     pub copy_bytes: u64,
+    /// What comes back other than it was (a connection reset, ...): recovery's notes.
+    pub notes: Vec<String>,
     /// Why no manifest could be built at all.
     pub error: Option<String>,
 }
@@ -118,6 +120,7 @@ pub(super) fn build(
                 included: Vec::new(),
                 excluded: Vec::new(),
                 copy_bytes: 0,
+                notes: Vec::new(),
                 error: Some(e.clone()),
             }
         }
@@ -139,7 +142,7 @@ pub(super) fn build(
         );
     }
     let m = build_manifest_excluding(kernel, report, &states, &left_out);
-    // From the typed manifest the text was written from: the `copy` and `fcopy` runs.
+    // From the typed manifest the text was written from: the `copy`, `fcopy` and `pdata` runs.
     let copy_bytes = m.manifest.copy_bytes();
     Manifest {
         text: m.text,
@@ -153,6 +156,7 @@ pub(super) fn build(
             })
             .collect(),
         copy_bytes,
+        notes: m.notes,
         error: None,
     }
 }

@@ -907,8 +907,15 @@ impl Vmm {
             .as_ref()
             .map(|m| m.excluded.clone())
             .unwrap_or_default();
+        // What came back other than it was (a connection reset, ...), at most 100 lines.
+        let notes: Vec<String> = a
+            .manifest
+            .as_ref()
+            .map(|m| m.notes.iter().take(100).cloned().collect())
+            .unwrap_or_default();
         let mut info = json!({
             "total_ms": total_ms,
+            "notes": notes,
             "freeze_ms": a.freeze_ms,
             "extract_ms": a.extract_ms,
             "crash_kernel_start_ms": a.kernel_ms,

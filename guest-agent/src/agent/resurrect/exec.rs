@@ -43,7 +43,7 @@ fn c_string(what: &str, bytes: &[u8]) -> Result<CString, Error> {
 
 /// Runs the interrupted exec of `e` again. Returns when the new program runs.
 pub fn exec(e: &Exec, pipes: &PipeTable) -> Result<(), Error> {
-    let setup = Setup::new(&e.fds, e.cwd.as_deref(), &e.sigs, pipes)?;
+    let setup = Setup::new(&e.fds, e.cwd.as_deref(), &e.sigs, &[], pipes)?;
     let mut strings = Vec::with_capacity(e.argv.len() + e.envp.len());
     for a in &e.argv {
         strings.push(c_string("argument", a)?);

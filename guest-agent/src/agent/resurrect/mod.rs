@@ -298,10 +298,16 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
         .flatten()
         .flat_map(|p| &p.fds)
         .chain(m.execs.iter().flatten().flat_map(|e| &e.fds));
-    let (pipes, failed) =
-        pipes::PipeTable::make(&m.pipes, pipes::first_free_above(all_fds.clone()), &mem);
+    let above = pipes::first_free_above(all_fds.clone());
+    let (mut pipes, failed) = pipes::PipeTable::make(&m.pipes, above, &mem);
     for (id, e) in failed {
         sink(Event::Err(format!("resurrect: pipe {id}: {}", reason(&e))));
+    }
+    for (id, e) in pipes.make_inets(&m.inets, above) {
+        sink(Event::Err(format!(
+            "resurrect: socket {id}: {}",
+            reason(&e)
+        )));
     }
     pipes.set_status_flags(all_fds);
     if !m.pipes.is_empty() {
@@ -309,6 +315,12 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
         crate::log!(
             "resurrect: {} pipes made again, {bytes} unread bytes in them",
             m.pipes.len()
+        );
+    }
+    if !m.inets.is_empty() {
+        crate::log!(
+            "resurrect: {} listening or bound sockets made again",
+            m.inets.len()
         );
     }
     let blocks = m

@@ -1,6 +1,7 @@
-//! The anonymous pipes of a manifest (`pipe` records), made again before any process:
-//! each is a new pipe of the old capacity holding the unread bytes, in order. The agent
-//! keeps both ends open at descriptor numbers above every number a process gets, so that
+//! The anonymous pipes (`pipe` records) and the listening or bound IPv4/IPv6 sockets
+//! (`inet` records) of a manifest, made again before any process. A pipe is
+//! a new pipe of the old capacity holding the unread bytes, in order; a socket is bound to
+//! its old address and port (listening with its old backlog). The agent keeps them open at descriptor numbers above every number a process gets, so that
 //! each recreated process can `dup3` the ends it had to their old numbers
 //! ([`super::restore::Setup`]); the table is dropped (the agent's ends closed) once every
 //! process is back, so a reader whose writers did not come back sees end of file.
@@ -8,7 +9,7 @@
 use std::io;
 use std::os::fd::RawFd;
 
-use super::manifest::{FdRec, PipeRec};
+use super::manifest::{FdRec, InetRec, PipeRec};
 use super::{Error, MemSource};
 
 /// Read and write end.
@@ -22,6 +23,7 @@ pub struct Ends {
 #[derive(Debug, Default)]
 pub struct PipeTable {
     pipes: Vec<(u32, Ends)>,
+    inets: Vec<(u32, RawFd)>,
 }
 
 impl PipeTable {
@@ -43,8 +45,27 @@ impl PipeTable {
         (t, failed)
     }
 
-    /// The agent's descriptor for the end of pipe `id` that `fd` is (by its access mode).
+    /// Makes the sockets of `inets` (above `above`), as [`PipeTable::make`] the pipes.
+    pub fn make_inets(&mut self, inets: &[InetRec], above: RawFd) -> Vec<(u32, Error)> {
+        let mut failed = Vec::new();
+        if !inets.is_empty() {
+            raise_fd_limit(above, self.pipes.len() + inets.len());
+        }
+        for s in inets {
+            match make_inet(s, above) {
+                Ok(fd) => self.inets.push((s.id, fd)),
+                Err(e) => failed.push((s.id, e)),
+            }
+        }
+        failed
+    }
+
+    /// The agent's descriptor that `fd` is a copy of: the end of its pipe (by its access
+    /// mode) or its inet socket.
     pub fn source_for(&self, fd: &FdRec) -> Option<RawFd> {
+        if let Some(id) = fd.inet_id() {
+            return self.inets.iter().find(|(i, _)| *i == id).map(|(_, s)| *s);
+        }
         let id = fd.pipe_id()?;
         let ends = self.pipes.iter().find(|(i, _)| *i == id)?.1;
         let flags = i32::from_ne_bytes(fd.flags.to_ne_bytes());
@@ -61,6 +82,7 @@ impl PipeTable {
             .pipes
             .iter()
             .flat_map(|(_, e)| [e.read, e.write])
+            .chain(self.inets.iter().map(|(_, s)| *s))
             .collect();
         v.sort_unstable();
         v
@@ -200,4 +222,90 @@ fn make_one(p: &PipeRec, above: RawFd, mem: &MemSource) -> Result<Ends, Error> {
     })();
     close(&[r0, w0]);
     result
+}
+
+/// A socket of `s`: bound (with `SO_REUSEADDR`: the old kernel's connections are gone),
+/// listening for TCP, moved above `above`.
+fn make_inet(s: &InetRec, above: RawFd) -> Result<RawFd, Error> {
+    let family = libc::c_int::try_from(s.family).unwrap_or(libc::AF_INET);
+    let ty = if s.sock_type == 2 {
+        libc::SOCK_DGRAM
+    } else {
+        libc::SOCK_STREAM
+    };
+    let what = |step: &str| format!("socket {}: {step}", s.id);
+    // SAFETY: a new socket; the descriptor is ours.
+    let fd = unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(Error::os(what("socket"), io::Error::last_os_error()));
+    }
+    let fail = |step: &str| {
+        let e = Error::os(what(step), io::Error::last_os_error());
+        // SAFETY: closes the socket made here.
+        unsafe { libc::close(fd) };
+        e
+    };
+    let one: libc::c_int = 1;
+    let len = socklen::<libc::c_int>();
+    // SAFETY: setsockopt with a pointer to a local int and its size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&raw const one).cast(),
+            len,
+        );
+    }
+    let bound = if family == libc::AF_INET6 {
+        let v6only = libc::c_int::from(s.v6only);
+        // SAFETY: as above.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_V6ONLY,
+                (&raw const v6only).cast(),
+                len,
+            );
+        }
+        // SAFETY: sockaddr_in6 is plain old data; all-zero is a valid start.
+        let mut a: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        a.sin6_family = libc::sa_family_t::try_from(libc::AF_INET6).unwrap_or(10);
+        a.sin6_port = s.port.to_be();
+        a.sin6_addr.s6_addr = s.addr;
+        // SAFETY: binds to the address in a local struct of the size given.
+        unsafe { libc::bind(fd, (&raw const a).cast(), socklen::<libc::sockaddr_in6>()) }
+    } else {
+        // SAFETY: as above, for sockaddr_in.
+        let mut a: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        a.sin_family = libc::sa_family_t::try_from(libc::AF_INET).unwrap_or(2);
+        a.sin_port = s.port.to_be();
+        a.sin_addr.s_addr = u32::from_ne_bytes([s.addr[0], s.addr[1], s.addr[2], s.addr[3]]);
+        // SAFETY: as above.
+        unsafe { libc::bind(fd, (&raw const a).cast(), socklen::<libc::sockaddr_in>()) }
+    };
+    if bound != 0 {
+        return Err(fail(&format!("bind port {}", s.port)));
+    }
+    if ty == libc::SOCK_STREAM {
+        let backlog = libc::c_int::try_from(s.backlog.max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: listen on the socket made here.
+        if unsafe { libc::listen(fd, backlog) } != 0 {
+            return Err(fail("listen"));
+        }
+    }
+    // SAFETY: duplicates the socket made here.
+    let high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) };
+    if high < 0 {
+        return Err(fail(&format!("move above fd {above}")));
+    }
+    // SAFETY: closes the original; `high` stays.
+    unsafe { libc::close(fd) };
+    Ok(high)
+}
+
+/// The size of `T` as a `socklen_t` (the structs passed here are a few bytes long).
+fn socklen<T>() -> libc::socklen_t {
+    libc::socklen_t::try_from(std::mem::size_of::<T>()).unwrap_or(0)
 }

@@ -18,7 +18,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
-use super::manifest::{FdKind, FdRec, Process, SigRec, VmaKind, PAGE};
+use super::manifest::{EpollRec, FdKind, FdRec, Process, SigRec, VmaKind, PAGE};
 use super::pipes::PipeTable;
 use super::tracer::{self, reg, Injector, Regs, Tid};
 use super::{text, Error, MemSource};
@@ -56,6 +56,8 @@ const STEP_OPEN: u64 = 2;
 const STEP_SEEK: u64 = 3;
 const STEP_DUP: u64 = 4;
 const STEP_CHDIR: u64 = 5;
+const STEP_MAKE: u64 = 9;
+const STEP_EPOLL: u64 = 10;
 const STEP_SIGACTION: u64 = 6;
 pub(super) const STEP_SIGMASK: u64 = 7;
 pub(super) const STEP_EXEC: u64 = 8;
@@ -79,8 +81,10 @@ struct ChildPlan {
 /// What every recreated process sets up in itself: its files, directory, signal actions.
 pub(super) struct Setup {
     fds: Vec<FdPlan>,
-    /// The agent's pipe ends this process `dup3`s (sorted), closed after.
+    /// The agent's pipe ends and sockets this process `dup3`s (sorted), closed after.
     keep: Vec<RawFd>,
+    /// (epoll fd, watched fd, event) to add once every descriptor is in place.
+    epoll: Vec<(RawFd, RawFd, libc::epoll_event)>,
     cwd: CString,
     /// (signo, kernel `struct sigaction`: handler, flags, restorer, mask).
     sigs: Vec<(i32, [u64; 4])>,
@@ -92,6 +96,7 @@ impl Setup {
         fds: &[FdRec],
         cwd: Option<&[u8]>,
         sigs: &[SigRec],
+        epoll: &[EpollRec],
         pipes: &PipeTable,
     ) -> Result<Self, Error> {
         let mut keep = Vec::new();
@@ -99,6 +104,44 @@ impl Setup {
         for f in fds {
             // f_flags are 32 bits; open(2) takes them as an int.
             let flags = i32::from_ne_bytes(f.flags.to_ne_bytes());
+            if f.is_reset() || f.is_epoll() {
+                // Made in the child: a socket whose peer is gone, or an epoll instance.
+                let ty = std::str::from_utf8(f.path.strip_prefix(b"reset:").unwrap_or(b""))
+                    .ok()
+                    .and_then(|t| t.parse::<i32>().ok())
+                    .filter(|t| [libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(t))
+                    .unwrap_or(libc::SOCK_STREAM);
+                plans.push(FdPlan {
+                    fd: f.fd,
+                    flags,
+                    seek: None,
+                    path: CString::default(),
+                    dup_from: None,
+                    made: Some(if f.is_epoll() {
+                        Made::Epoll
+                    } else {
+                        Made::Reset(ty)
+                    }),
+                });
+                continue;
+            }
+            if f.inet_id().is_some() {
+                let src = pipes.source_for(f).ok_or_else(|| {
+                    Error::Invalid(format!("fd {}: its socket was not made", f.fd))
+                })?;
+                if !keep.contains(&src) {
+                    keep.push(src);
+                }
+                plans.push(FdPlan {
+                    fd: f.fd,
+                    flags,
+                    seek: None,
+                    path: CString::default(),
+                    dup_from: Some(src),
+                    made: None,
+                });
+                continue;
+            }
             if f.kind == FdKind::Fifo {
                 let Some(id) = f.pipe_id() else {
                     return Err(Error::FdKind {
@@ -118,6 +161,7 @@ impl Setup {
                     seek: None,
                     path: cstring(&f.path)?,
                     dup_from: Some(src),
+                    made: None,
                 });
                 continue;
             }
@@ -145,12 +189,27 @@ impl Setup {
                 seek,
                 path: cstring(&f.path)?,
                 dup_from: None,
+                made: None,
             });
         }
         keep.sort_unstable();
+        let epoll = epoll
+            .iter()
+            .map(|e| {
+                (
+                    e.epfd,
+                    e.fd,
+                    libc::epoll_event {
+                        events: e.events,
+                        u64: e.data,
+                    },
+                )
+            })
+            .collect();
         Ok(Self {
             fds: plans,
             keep,
+            epoll,
             cwd: cstring(cwd.unwrap_or(b"/"))?,
             sigs: sigs
                 .iter()
@@ -206,6 +265,46 @@ impl Setup {
         // as the call.
         unsafe {
             for (i, f) in self.fds.iter().enumerate() {
+                let cloexec = f.flags & libc::O_CLOEXEC;
+                let made = match f.made {
+                    Some(Made::Reset(ty)) => {
+                        let mut sv = [-1; 2];
+                        if libc::socketpair(
+                            libc::AF_UNIX,
+                            ty | libc::SOCK_CLOEXEC,
+                            0,
+                            sv.as_mut_ptr(),
+                        ) != 0
+                        {
+                            return Err((STEP_MAKE, i));
+                        }
+                        libc::close(sv[1]);
+                        Some(sv[0])
+                    }
+                    Some(Made::Epoll) => {
+                        let e = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+                        if e < 0 {
+                            return Err((STEP_MAKE, i));
+                        }
+                        Some(e)
+                    }
+                    None => None,
+                };
+                if let Some(fd) = made {
+                    if fd != f.fd {
+                        if libc::dup3(fd, f.fd, cloexec) < 0 {
+                            return Err((STEP_DUP, i));
+                        }
+                        libc::close(fd);
+                    } else if cloexec == 0 {
+                        libc::fcntl(fd, libc::F_SETFD, 0);
+                    }
+                    let status = f.flags & (libc::O_NONBLOCK | libc::O_APPEND);
+                    if status != 0 {
+                        libc::fcntl(f.fd, libc::F_SETFL, status);
+                    }
+                    continue;
+                }
                 if let Some(src) = f.dup_from {
                     // A pipe end: the agent's descriptor (above every target number).
                     if libc::dup3(src, f.fd, f.flags & libc::O_CLOEXEC) < 0 {
@@ -231,6 +330,12 @@ impl Setup {
             }
             for &k in &self.keep {
                 libc::close(k);
+            }
+            for (i, (epfd, fd, ev)) in self.epoll.iter().enumerate() {
+                let mut ev = *ev;
+                if libc::epoll_ctl(*epfd, libc::EPOLL_CTL_ADD, *fd, &mut ev) != 0 {
+                    return Err((STEP_EPOLL, i));
+                }
             }
             if libc::chdir(self.cwd.as_ptr()) != 0 {
                 return Err((STEP_CHDIR, 0));
@@ -269,6 +374,14 @@ impl Setup {
                 format!("fd {fd}: {op} {path}")
             }
             STEP_CHDIR => format!("chdir {}", self.cwd.to_string_lossy()),
+            STEP_MAKE => format!(
+                "fd {}: make its socket pair or epoll instance",
+                self.fds.get(i).map_or(-1, |f| f.fd)
+            ),
+            STEP_EPOLL => {
+                let (epfd, fd) = self.epoll.get(i).map_or((-1, -1), |e| (e.0, e.1));
+                format!("epoll_ctl(fd {epfd}, add fd {fd})")
+            }
             STEP_SIGACTION => format!("rt_sigaction({})", self.sigs.get(i).map_or(0, |s| s.0)),
             STEP_SIGMASK => "rt_sigprocmask".to_owned(),
             STEP_EXEC => "execve".to_owned(),
@@ -323,6 +436,18 @@ struct FdPlan {
     path: CString,
     /// A pipe end: the agent's descriptor to `dup3` (no open).
     dup_from: Option<RawFd>,
+    /// Made in the child instead of opened.
+    made: Option<Made>,
+}
+
+/// Descriptors the child makes itself.
+#[derive(Clone, Copy)]
+enum Made {
+    /// A socket of this type whose peer is gone (one end of a socket pair, the other
+    /// closed): reads see end of file, writes `EPIPE`.
+    Reset(i32),
+    /// An empty epoll instance (its interest list is added after every descriptor).
+    Epoll,
 }
 
 /// Kills and reaps a half-built process unless disarmed.
@@ -408,7 +533,7 @@ fn cstring(bytes: &[u8]) -> Result<CString, Error> {
 
 /// Restores `p`. Returns its number of threads.
 pub fn restore(p: &Process, mem: &MemSource, pipes: &PipeTable) -> Result<u32, Error> {
-    let setup = Setup::new(&p.fds, p.cwd.as_deref(), &p.sigs, pipes)?;
+    let setup = Setup::new(&p.fds, p.cwd.as_deref(), &p.sigs, &p.epoll, pipes)?;
     // The part of the window this process needs.
     let mut span: Option<(u64, u64)> = None;
     for c in p.vmas.iter().flat_map(|v| &v.copies) {

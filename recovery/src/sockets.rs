@@ -1,0 +1,260 @@
+//! Sockets and epoll instances of a dead kernel, read through BTF and bounded.
+//!
+//! A socket is recreated exactly when it is an IPv4/IPv6 TCP socket listening, or a UDP
+//! socket bound to a port: its address, port, backlog and `IPV6_V6ONLY` are read from its
+//! `struct sock`. Any other socket (a TCP connection, a Unix socket, ...) comes back as a
+//! stand-in whose peer is gone ([`Socket::Reset`]): the program sees end of file and `EPIPE`
+//! and drops it, as after a reset, and is never left out for holding it.
+//!
+//! An epoll instance is its interest list: the `struct epitem`s of the `eventpoll`'s
+//! red-black tree (`rbr`), each the descriptor number it was added with, its file, and its
+//! `epoll_event` (events and data).
+
+use crate::kernel::{is_kernel_addr, Kernel, KernelError};
+
+/// `SOCKFS_MAGIC`: the superblock of sockets.
+pub const SOCKFS_MAGIC: u64 = 0x534F_434B;
+const AF_INET: u64 = 2;
+const AF_INET6: u64 = 10;
+const SOCK_STREAM: u64 = 1;
+const SOCK_DGRAM: u64 = 2;
+const IPPROTO_TCP: u64 = 6;
+const IPPROTO_UDP: u64 = 17;
+const TCP_LISTEN: u64 = 10;
+/// Most interest-list entries read from one epoll instance.
+pub const MAX_EPOLL_ITEMS: usize = 1 << 16;
+
+/// Why a socket or an epoll instance could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SocketError {
+    /// A field could not be read.
+    #[error("{what}")]
+    Read {
+        /// Which.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: KernelError,
+    },
+    /// A pointer that should be a kernel address is not.
+    #[error("{what} {addr:#x} is not a kernel address")]
+    BadPointer {
+        /// Which.
+        what: &'static str,
+        /// Its value.
+        addr: u64,
+    },
+    /// The interest list has more entries than we read, or a cycle.
+    #[error("epoll interest list longer than {MAX_EPOLL_ITEMS} entries (or looped)")]
+    TooManyItems,
+}
+
+/// What a socket is, for its recreation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Socket {
+    /// An IPv4/IPv6 socket to make again: TCP listening, or UDP bound.
+    Inet(InetSocket),
+    /// Anything else: comes back as a socket whose peer is gone; `why` says what it was.
+    Reset {
+        /// `SOCK_STREAM`, `SOCK_DGRAM`, `SOCK_SEQPACKET`, ...
+        sock_type: u32,
+        /// What was lost (`tcp connection 10.0.0.1:80`, `unix socket`, ...).
+        why: String,
+    },
+}
+
+/// An IPv4/IPv6 listening or bound socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InetSocket {
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u32,
+    /// `SOCK_STREAM` (listening) or `SOCK_DGRAM` (bound).
+    pub sock_type: u32,
+    /// Local port, host order.
+    pub port: u16,
+    /// Local address (IPv4 in the first 4 bytes, network order).
+    pub addr: [u8; 16],
+    /// `sk_max_ack_backlog` (listening only).
+    pub backlog: u32,
+    /// `IPV6_V6ONLY`.
+    pub v6only: bool,
+}
+
+impl InetSocket {
+    /// The address as text (`0.0.0.0`, `::1`, ...).
+    pub fn addr_text(&self) -> String {
+        if u64::from(self.family) == AF_INET {
+            std::net::Ipv4Addr::new(self.addr[0], self.addr[1], self.addr[2], self.addr[3])
+                .to_string()
+        } else {
+            std::net::Ipv6Addr::from(self.addr).to_string()
+        }
+    }
+}
+
+fn rd(what: &'static str, r: Result<u64, KernelError>) -> Result<u64, SocketError> {
+    r.map_err(|source| SocketError::Read { what, source })
+}
+
+/// Reads the socket behind the `struct file` at `file` (a file of sockfs).
+pub fn read_socket(k: &Kernel<'_>, file: u64) -> Result<Socket, SocketError> {
+    let sock = rd(
+        "file private_data",
+        k.read_field("file", "private_data", file),
+    )?;
+    if !is_kernel_addr(sock) {
+        return Err(SocketError::BadPointer {
+            what: "socket",
+            addr: sock,
+        });
+    }
+    let sock_type = rd("socket type", k.read_field("socket", "type", sock))? & 0xffff;
+    let sk = rd("socket sk", k.read_field("socket", "sk", sock))?;
+    let ty = u32::try_from(sock_type).unwrap_or(0);
+    if !is_kernel_addr(sk) {
+        return Ok(Socket::Reset {
+            sock_type: ty,
+            why: "a socket without a sock".into(),
+        });
+    }
+    let f = |what: &'static str, path: &'static str| rd(what, k.read_field("sock", path, sk));
+    let family = f("sock family", "__sk_common.skc_family")? & 0xffff;
+    let state = f("sock state", "__sk_common.skc_state")? & 0xff;
+    let protocol = f("sock protocol", "sk_protocol")? & 0xffff;
+    let port = u16::try_from(f("sock port", "__sk_common.skc_num")? & 0xffff).unwrap_or(0);
+    let name = match family {
+        AF_INET => "ipv4",
+        AF_INET6 => "ipv6",
+        1 => "unix",
+        16 => "netlink",
+        17 => "packet",
+        _ => "other",
+    };
+    let inet = family == AF_INET || family == AF_INET6;
+    let listening =
+        inet && sock_type == SOCK_STREAM && protocol == IPPROTO_TCP && state == TCP_LISTEN;
+    let bound_udp = inet && sock_type == SOCK_DGRAM && protocol == IPPROTO_UDP && port != 0;
+    if !listening && !bound_udp {
+        let why = match (inet, sock_type) {
+            (true, SOCK_STREAM) => format!("{name} tcp connection (state {state}), port {port}"),
+            (true, SOCK_DGRAM) => format!("{name} udp socket without a port"),
+            _ => format!("{name} socket (type {sock_type})"),
+        };
+        return Ok(Socket::Reset { sock_type: ty, why });
+    }
+    let mut addr = [0u8; 16];
+    if family == AF_INET {
+        let a = f("sock address", "__sk_common.skc_rcv_saddr")? & 0xffff_ffff;
+        // The field is network order; read as little-endian, its bytes are in order.
+        addr[..4].copy_from_slice(&u32::try_from(a).unwrap_or(0).to_le_bytes());
+    } else {
+        let off = rd(
+            "sock v6 address",
+            k.offset_of("sock", "__sk_common.skc_v6_rcv_saddr"),
+        )?;
+        k.read_bytes(sk.wrapping_add(off), &mut addr)
+            .map_err(|source| SocketError::Read {
+                what: "sock v6 address",
+                source,
+            })?;
+    }
+    let backlog = if listening {
+        u32::try_from(f("sock backlog", "sk_max_ack_backlog")? & 0xffff_ffff).unwrap_or(0)
+    } else {
+        0
+    };
+    let v6only = family == AF_INET6
+        && k.read_field("sock", "__sk_common.skc_ipv6only", sk)
+            .is_ok_and(|v| v != 0);
+    Ok(Socket::Inet(InetSocket {
+        family: u32::try_from(family).unwrap_or(0),
+        sock_type: ty,
+        port,
+        addr,
+        backlog,
+        v6only,
+    }))
+}
+
+/// True when the `struct file` at `file` is an epoll instance (its `f_op` is
+/// `eventpoll_fops`).
+pub fn is_epoll(k: &Kernel<'_>, file: u64) -> bool {
+    let (Ok(fops), Ok(sym)) = (
+        k.read_field("file", "f_op", file),
+        k.symbol("eventpoll_fops"),
+    ) else {
+        return false;
+    };
+    fops == sym
+}
+
+/// One entry of an epoll interest list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpollItem {
+    /// The descriptor number it was added with.
+    pub fd: i32,
+    /// Its `struct file`.
+    pub file: u64,
+    /// `epoll_event.events`.
+    pub events: u32,
+    /// `epoll_event.data`.
+    pub data: u64,
+}
+
+/// Reads the interest list of the epoll instance of the `struct file` at `file`, in tree
+/// order.
+pub fn read_epoll(k: &Kernel<'_>, file: u64) -> Result<Vec<EpollItem>, SocketError> {
+    let ep = rd(
+        "epoll private_data",
+        k.read_field("file", "private_data", file),
+    )?;
+    if !is_kernel_addr(ep) {
+        return Err(SocketError::BadPointer {
+            what: "eventpoll",
+            addr: ep,
+        });
+    }
+    let root = rd(
+        "eventpoll rbr",
+        k.read_field("eventpoll", "rbr.rb_root.rb_node", ep),
+    )?;
+    let off = |what: &'static str, s: &'static str, p: &'static str| rd(what, k.offset_of(s, p));
+    let rbn = off("epitem rbn", "epitem", "rbn")?;
+    let left = off("rb_node left", "rb_node", "rb_left")?;
+    let right = off("rb_node right", "rb_node", "rb_right")?;
+    let mut out = Vec::new();
+    // In-order walk with an explicit stack; every node is counted, so a cycle ends it.
+    let mut stack: Vec<u64> = Vec::new();
+    let mut cur = root;
+    let mut visits = 0usize;
+    loop {
+        while cur != 0 {
+            if !is_kernel_addr(cur) {
+                return Err(SocketError::BadPointer {
+                    what: "rb_node",
+                    addr: cur,
+                });
+            }
+            visits += 1;
+            if visits > MAX_EPOLL_ITEMS || stack.len() > 64 {
+                return Err(SocketError::TooManyItems);
+            }
+            stack.push(cur);
+            cur = rd("rb_node left", k.read_u64(cur.wrapping_add(left)))?;
+        }
+        let Some(node) = stack.pop() else {
+            break;
+        };
+        let item = node.wrapping_sub(rbn);
+        let g = |what: &'static str, p: &'static str| rd(what, k.read_field("epitem", p, item));
+        let fd = g("epitem fd", "ffd.fd")? & 0xffff_ffff;
+        out.push(EpollItem {
+            fd: i32::from_ne_bytes(u32::try_from(fd).unwrap_or(0).to_ne_bytes()),
+            file: g("epitem file", "ffd.file")?,
+            events: u32::try_from(g("epitem events", "event.events")? & 0xffff_ffff).unwrap_or(0),
+            data: g("epitem data", "event.data")?,
+        });
+        cur = rd("rb_node right", k.read_u64(node.wrapping_add(right)))?;
+    }
+    Ok(out)
+}
