@@ -9,6 +9,7 @@
 
 pub mod btf;
 pub mod budget;
+pub mod eventfds;
 pub mod exec;
 pub mod inspect;
 pub mod kernel;

@@ -211,6 +211,15 @@ pub enum ManifestError {
         /// Threads not exiting.
         threads: usize,
     },
+    /// An eventfd, signalfd or timerfd could not be read.
+    #[error("fd {fd}")]
+    EventFd {
+        /// The descriptor.
+        fd: u32,
+        /// Why.
+        #[source]
+        source: crate::eventfds::EventFdError,
+    },
     /// A pipe's content could not be read.
     #[error("pipe {id}")]
     PipeContent {
@@ -545,6 +554,27 @@ fn render_fds(
                 path: path.into_bytes(),
             });
             continue;
+        }
+        if let Some(ev) = crate::eventfds::read_eventfd(k, f.file) {
+            // eventfd, signalfd, timerfd: made again by the child from the path.
+            match ev {
+                Ok(ev) => {
+                    fds.push(wire::FdRec {
+                        fd,
+                        flags,
+                        pos: 0,
+                        kind: wire::FdKind::Other,
+                        path: ev.path().into_bytes(),
+                    });
+                    continue;
+                }
+                Err(e) => {
+                    return Err(ManifestError::EventFd {
+                        fd: f.fd,
+                        source: e,
+                    })
+                }
+            }
         }
         if crate::sockets::is_epoll(k, f.file) {
             match crate::sockets::read_epoll(k, f.file) {

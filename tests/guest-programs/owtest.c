@@ -10,6 +10,10 @@
  *                        raising SIGUSR1 on itself every other second: its handler counts
  *                        them (a lost handler would kill the process)
  *   owtest sleeper       blocked in nanosleep(1000 s); an EINTR is printed and retried
+ *   owtest events        an epoll loop over a periodic timerfd (0.5 s) and a signalfd
+ *                        (SIGUSR2, blocked): each tick raises SIGUSR2 and adds 1 to an
+ *                        eventfd, every 4th tick reads the eventfd and checks it held what
+ *                        was added since ("efd=ok"); prints the ticks and signals seen
  *   owtest corrupt INIT_TASK TASKS PID MM MT_ROOT
  *                        (a hostile-kernel test, not an ordinary program) starts three
  *                        children that sleep, then corrupts the running kernel's view of
@@ -31,7 +35,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
 static void sleep_1s(void) {
@@ -251,6 +259,64 @@ static int corrupt(char **argv) {
     return 0;
 }
 
+static int events(void) {
+    int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
+    struct itimerspec its = {{0, 500000000}, {0, 500000000}};
+    sigset_t usr2;
+    sigemptyset(&usr2);
+    sigaddset(&usr2, SIGUSR2);
+    sigprocmask(SIG_BLOCK, &usr2, NULL);
+    int sfd = signalfd(-1, &usr2, SFD_CLOEXEC);
+    int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    if (tfd < 0 || sfd < 0 || efd < 0 || ep < 0 || timerfd_settime(tfd, 0, &its, NULL) != 0) {
+        printf("events pid=%d setup failed: %s\n", getpid(), strerror(errno));
+        return 1;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0x7100};
+    epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &ev);
+    ev.data.u64 = 0x5100;
+    epoll_ctl(ep, EPOLL_CTL_ADD, sfd, &ev);
+    unsigned long ticks = 0, sigs = 0, added = 0, bad = 0;
+    for (;;) {
+        struct epoll_event got[4];
+        int n = epoll_wait(ep, got, 4, -1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            printf("events pid=%d epoll_wait: %s\n", getpid(), strerror(errno));
+            return 1;
+        }
+        for (int i = 0; i < n; i++) {
+            if (got[i].data.u64 == 0x7100) {
+                uint64_t t;
+                if (read(tfd, &t, 8) != 8)
+                    continue;
+                ticks += t;
+                uint64_t one = 1;
+                if (write(efd, &one, 8) == 8)
+                    added++;
+                raise(SIGUSR2);
+                if (ticks % 4 == 0) {
+                    uint64_t v = 0;
+                    if (read(efd, &v, 8) != 8 || v != added)
+                        bad++;
+                    added = 0;
+                }
+                printf("events pid=%d n=%lu sig=%lu efd=%s\n", getpid(), ticks, sigs,
+                       bad ? "BAD" : "ok");
+            } else if (got[i].data.u64 == 0x5100) {
+                struct signalfd_siginfo si;
+                if (read(sfd, &si, sizeof si) == sizeof si && si.ssi_signo == SIGUSR2)
+                    sigs++;
+            } else {
+                printf("events pid=%d unknown epoll data %llx\n", getpid(),
+                       (unsigned long long)got[i].data.u64);
+            }
+        }
+    }
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc == 3 && strcmp(argv[1], "heap") == 0)
@@ -261,6 +327,8 @@ int main(int argc, char **argv) {
         return corrupt(argv);
     if (argc == 2 && strcmp(argv[1], "sleeper") == 0)
         return sleeper();
-    fprintf(stderr, "usage: owtest heap MIB | threads FILE | sleeper\n");
+    if (argc == 2 && strcmp(argv[1], "events") == 0)
+        return events();
+    fprintf(stderr, "usage: owtest heap MIB | threads FILE | sleeper | events\n");
     return 2;
 }

@@ -104,6 +104,17 @@ impl Setup {
         for f in fds {
             // f_flags are 32 bits; open(2) takes them as an int.
             let flags = i32::from_ne_bytes(f.flags.to_ne_bytes());
+            if let Some(made) = event_fd(&f.path).filter(|_| f.kind == FdKind::Other) {
+                plans.push(FdPlan {
+                    fd: f.fd,
+                    flags,
+                    seek: None,
+                    path: CString::default(),
+                    dup_from: None,
+                    made: Some(made),
+                });
+                continue;
+            }
             if f.is_reset() || f.is_epoll() {
                 // Made in the child: a socket whose peer is gone, or an epoll instance.
                 let ty = std::str::from_utf8(f.path.strip_prefix(b"reset:").unwrap_or(b""))
@@ -266,7 +277,54 @@ impl Setup {
         unsafe {
             for (i, f) in self.fds.iter().enumerate() {
                 let cloexec = f.flags & libc::O_CLOEXEC;
+                let nonblock = f.flags & libc::O_NONBLOCK;
                 let made = match f.made {
+                    Some(Made::Event { count, semaphore }) => {
+                        let sem = if semaphore { libc::EFD_SEMAPHORE } else { 0 };
+                        let e = libc::eventfd(0, libc::EFD_CLOEXEC | sem | nonblock);
+                        if e < 0 {
+                            return Err((STEP_MAKE, i));
+                        }
+                        if count > 0 && libc::write(e, (&raw const count).cast(), 8) != 8 {
+                            return Err((STEP_MAKE, i));
+                        }
+                        Some(e)
+                    }
+                    Some(Made::Signal { mask }) => {
+                        let e = libc::syscall(
+                            libc::SYS_signalfd4,
+                            -1,
+                            (&raw const mask).cast::<libc::c_void>(),
+                            8usize,
+                            libc::SFD_CLOEXEC | nonblock,
+                        );
+                        if e < 0 {
+                            return Err((STEP_MAKE, i));
+                        }
+                        Some(i32::try_from(e).unwrap_or(-1))
+                    }
+                    Some(Made::Timer {
+                        clockid,
+                        absolute,
+                        value_ns,
+                        interval_ns,
+                    }) => {
+                        let e = libc::timerfd_create(clockid, libc::TFD_CLOEXEC | nonblock);
+                        if e < 0 {
+                            return Err((STEP_MAKE, i));
+                        }
+                        let spec = libc::itimerspec {
+                            it_interval: timespec(interval_ns),
+                            it_value: timespec(value_ns),
+                        };
+                        let how = if absolute { libc::TFD_TIMER_ABSTIME } else { 0 };
+                        if value_ns > 0
+                            && libc::timerfd_settime(e, how, &spec, std::ptr::null_mut()) != 0
+                        {
+                            return Err((STEP_MAKE, i));
+                        }
+                        Some(e)
+                    }
                     Some(Made::Reset(ty)) => {
                         let mut sv = [-1; 2];
                         if libc::socketpair(
@@ -375,7 +433,7 @@ impl Setup {
             }
             STEP_CHDIR => format!("chdir {}", self.cwd.to_string_lossy()),
             STEP_MAKE => format!(
-                "fd {}: make its socket pair or epoll instance",
+                "fd {}: make its socket pair, epoll, eventfd, signalfd or timerfd",
                 self.fds.get(i).map_or(-1, |f| f.fd)
             ),
             STEP_EPOLL => {
@@ -440,9 +498,52 @@ struct FdPlan {
     made: Option<Made>,
 }
 
+/// The eventfd, signalfd or timerfd an `other` fd's path describes
+/// (`eventfd:<count>:<semaphore>`, `signalfd:<mask>`,
+/// `timerfd:<clockid>:<absolute>:<value>:<interval>:<ticks>`; numbers hex but the clock).
+fn event_fd(path: &[u8]) -> Option<Made> {
+    let text = std::str::from_utf8(path).ok()?;
+    let (kind, rest) = text.split_once(':')?;
+    let f: Vec<&str> = rest.split(':').collect();
+    let hex = |s: &str| u64::from_str_radix(s, 16).ok();
+    match (kind, f.as_slice()) {
+        ("eventfd", [count, sem]) => Some(Made::Event {
+            count: hex(count)?,
+            semaphore: *sem == "1",
+        }),
+        ("signalfd", [mask]) => Some(Made::Signal { mask: hex(mask)? }),
+        ("timerfd", [clock, abs, value, interval, _ticks]) => Some(Made::Timer {
+            clockid: clock.parse().ok()?,
+            absolute: *abs == "1",
+            value_ns: hex(value)?,
+            interval_ns: hex(interval)?,
+        }),
+        _ => None,
+    }
+}
+
+/// A `timespec` of `ns` nanoseconds.
+fn timespec(ns: u64) -> libc::timespec {
+    libc::timespec {
+        tv_sec: libc::time_t::try_from(ns / 1_000_000_000).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::try_from(ns % 1_000_000_000).unwrap_or(0),
+    }
+}
+
 /// Descriptors the child makes itself.
 #[derive(Clone, Copy)]
 enum Made {
+    /// An eventfd with this counter.
+    Event { count: u64, semaphore: bool },
+    /// A signalfd for these signals.
+    Signal { mask: u64 },
+    /// A timerfd armed as it was (`value_ns` 0: disarmed).
+    Timer {
+        clockid: i32,
+        absolute: bool,
+        value_ns: u64,
+        interval_ns: u64,
+    },
     /// A socket of this type whose peer is gone (one end of a socket pair, the other
     /// closed): reads see end of file, writes `EPIPE`.
     Reset(i32),
