@@ -82,6 +82,8 @@ pub struct Manifest {
     pub pipes: Vec<PipeRec>,
     /// The `inet` records, in order (after the pipes, before the processes).
     pub inets: Vec<InetRec>,
+    /// The `unix` records, in order (after the inet sockets, before the processes).
+    pub unixes: Vec<UnixRec>,
     /// The `process` blocks, in order.
     pub processes: Vec<Process>,
     /// The `exec` blocks, in order (written after the `process` blocks).
@@ -93,7 +95,12 @@ impl Manifest {
     /// `pdata` runs.
     pub fn copy_bytes(&self) -> u64 {
         let files = self.files.iter().flat_map(|f| &f.runs).map(|r| r.len);
-        let pipes = self.pipes.iter().flat_map(|p| &p.data).map(|r| r.len);
+        let pipes = self
+            .pipes
+            .iter()
+            .flat_map(|p| &p.data)
+            .chain(self.unixes.iter().flat_map(|u| u.msgs.iter().flatten()))
+            .map(|r| r.len);
         let copies = self
             .processes
             .iter()
@@ -171,6 +178,19 @@ pub struct InetRec {
     pub backlog: u32,
     pub v6only: bool,
     pub addr: [u8; 16],
+}
+
+/// `unix <id> <peer> <type>`, then per queued message `umsg` and its `udata <gpa> <len>`
+/// runs: one end of a connected Unix socket (`type` 1 stream, 2 datagram, 5 seqpacket)
+/// and the messages queued for it to read. `peer` is the other end's id (0: no process
+/// holds it). Its holders are the `fd` records of kind `sock` with the path `unix:<id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixRec {
+    pub id: u32,
+    pub peer: u32,
+    pub sock_type: u32,
+    /// The queued messages, each as runs of old memory.
+    pub msgs: Vec<Vec<PipeRun>>,
 }
 
 /// `pdata <gpa> <len>`: bytes of a pipe in old guest memory.
@@ -446,6 +466,14 @@ impl FdRec {
             return None;
         }
         decimal_id(self.path.strip_prefix(b"inet:")?)
+    }
+
+    /// The `unix` socket a descriptor of kind `sock` holds (`unix:<id>`).
+    pub fn unix_id(&self) -> Option<u32> {
+        if self.kind != FdKind::Sock {
+            return None;
+        }
+        decimal_id(self.path.strip_prefix(b"unix:")?)
     }
 
     /// A socket that comes back with its peer gone (kind `sock`, path `reset:<why>`).

@@ -11,9 +11,10 @@ use std::collections::HashSet;
 
 use crate::{
     Copy, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, FileUpdate, InetRec, Manifest, Mm,
-    PipeRec, PipeRun, Process, SigRec, Thread, Vma, VmaKind, HEADER, MAX_ARG_STRLEN, MAX_AUXV,
-    MAX_ERRORS, MAX_EXEC_COUNT, MAX_EXEC_STRINGS, MAX_FILE_SIZE, MAX_LINE, MAX_PATH, MAX_PID,
-    MAX_PIPES, MAX_PIPE_SIZE, MAX_THREADS, MAX_VMAS, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE,
+    PipeRec, PipeRun, Process, SigRec, Thread, UnixRec, Vma, VmaKind, HEADER, MAX_ARG_STRLEN,
+    MAX_AUXV, MAX_ERRORS, MAX_EXEC_COUNT, MAX_EXEC_STRINGS, MAX_FILE_SIZE, MAX_LINE, MAX_PATH,
+    MAX_PID, MAX_PIPES, MAX_PIPE_SIZE, MAX_THREADS, MAX_VMAS, PAGE, PROT_EXEC, PROT_READ,
+    PROT_WRITE,
 };
 
 /// `SIGKILL` and `SIGSTOP` (x86-64 Linux): they cannot have an action.
@@ -95,6 +96,10 @@ pub enum ErrorKind {
     PipeDataBeyondSize,
     #[error("pipe {id} listed twice")]
     PipeTwice { id: u32 },
+    #[error("unix {id} listed twice")]
+    UnixTwice { id: u32 },
+    #[error("'{record}' without a preceding 'unix'")]
+    WithoutUnix { record: &'static str },
     #[error("inet {id} listed twice")]
     InetTwice { id: u32 },
     #[error("epoll {epfd} is not an epoll fd listed before")]
@@ -191,6 +196,8 @@ pub struct Parsed {
     pub pipes: Vec<PipeRec>,
     /// The `inet` records, in order.
     pub inets: Vec<InetRec>,
+    /// The `unix` records, in order.
+    pub unixes: Vec<UnixRec>,
     /// The `process` blocks, in order; a block with bad lines is an `Err`.
     pub processes: Vec<Result<Process, BadProcess>>,
     /// The `exec` blocks, in order; a block with bad lines is an `Err`.
@@ -227,6 +234,7 @@ impl Parsed {
             files: self.files,
             pipes: self.pipes,
             inets: self.inets,
+            unixes: self.unixes,
             processes: self.processes.into_iter().filter_map(Result::ok).collect(),
             execs: self.execs.into_iter().filter_map(Result::ok).collect(),
         })
@@ -419,6 +427,9 @@ impl Parser {
             "fcopy" => self.fcopy(rest),
             "pipe" => self.pipe(rest),
             "inet" => self.inet(rest),
+            "unix" => self.unix(rest),
+            "umsg" => self.umsg(rest),
+            "udata" => self.udata(rest),
             "pdata" => self.pdata(rest),
             "process" | "exec" => {
                 let open = match &self.state {
@@ -602,6 +613,91 @@ impl Parser {
             v6only,
             addr,
         });
+        Ok(())
+    }
+
+    fn unix(&mut self, rest: &str) -> Result<(), ErrorKind> {
+        if !matches!(self.state, State::Files) {
+            return Err(ErrorKind::AfterFirstProcess { record: "unix" });
+        }
+        let (f, _) = fields(rest, 3, Tail::None)?;
+        let id = dec(f[0], "id")?;
+        let peer = dec(f[1], "peer")?;
+        let sock_type = match f[2] {
+            "1" => 1,
+            "2" => 2,
+            "5" => 5,
+            other => return Err(bad("type", other)),
+        };
+        if self.out.unixes.len() >= MAX_PIPES {
+            return Err(ErrorKind::TooMany {
+                what: "unix sockets",
+                limit: MAX_PIPES,
+            });
+        }
+        if self.out.unixes.iter().any(|u| u.id == id) {
+            return Err(ErrorKind::UnixTwice { id });
+        }
+        self.out.unixes.push(UnixRec {
+            id,
+            peer,
+            sock_type,
+            msgs: Vec::new(),
+        });
+        Ok(())
+    }
+
+    fn umsg(&mut self, rest: &str) -> Result<(), ErrorKind> {
+        if !matches!(self.state, State::Files) {
+            return Err(ErrorKind::AfterFirstProcess { record: "umsg" });
+        }
+        if !rest.is_empty() {
+            return Err(ErrorKind::TrailingData);
+        }
+        let u = self
+            .out
+            .unixes
+            .last_mut()
+            .ok_or(ErrorKind::WithoutUnix { record: "umsg" })?;
+        if u.msgs.len() >= MAX_VMAS {
+            return Err(ErrorKind::TooMany {
+                what: "queued messages",
+                limit: MAX_VMAS,
+            });
+        }
+        u.msgs.push(Vec::new());
+        Ok(())
+    }
+
+    fn udata(&mut self, rest: &str) -> Result<(), ErrorKind> {
+        if !matches!(self.state, State::Files) {
+            return Err(ErrorKind::AfterFirstProcess { record: "udata" });
+        }
+        let (f, _) = fields(rest, 2, Tail::None)?;
+        let run = PipeRun {
+            gpa: hex(f[0], "gpa")?,
+            len: hex(f[1], "len")?,
+        };
+        if run.len == 0 {
+            return Err(ErrorKind::EmptyPdata);
+        }
+        if run.gpa.checked_add(run.len).is_none() {
+            return Err(ErrorKind::Overflows { record: "udata" });
+        }
+        let u = self
+            .out
+            .unixes
+            .last_mut()
+            .ok_or(ErrorKind::WithoutUnix { record: "udata" })?;
+        let total: u64 = u.msgs.iter().flatten().map(|r| r.len).sum();
+        if total.saturating_add(run.len) > MAX_PIPE_SIZE {
+            return Err(ErrorKind::PipeDataBeyondSize);
+        }
+        let m = u
+            .msgs
+            .last_mut()
+            .ok_or(ErrorKind::WithoutUnix { record: "udata" })?;
+        m.push(run);
         Ok(())
     }
 

@@ -3,8 +3,8 @@
 use std::fmt::{self, Display, Formatter, Write as _};
 
 use crate::{
-    EpollRec, Exec, FdRec, FileRec, InetRec, Manifest, PipeRec, Process, SigRec, Thread, Vma,
-    EXEC_CHUNK, HEADER, PROT_EXEC, PROT_READ, PROT_WRITE,
+    EpollRec, Exec, FdRec, FileRec, InetRec, Manifest, PipeRec, Process, SigRec, Thread, UnixRec,
+    Vma, EXEC_CHUNK, HEADER, PROT_EXEC, PROT_READ, PROT_WRITE,
 };
 
 /// Writes `bytes` as a manifest path/name field: bytes outside printable ASCII and `%`
@@ -77,6 +77,9 @@ impl Display for Manifest {
         for s in &self.inets {
             write_inet(f, s)?;
         }
+        for u in &self.unixes {
+            write_unix(f, u)?;
+        }
         for p in &self.processes {
             write_process(f, p)?;
         }
@@ -125,6 +128,17 @@ fn write_inet(f: &mut Formatter<'_>, s: &InetRec) -> fmt::Result {
         write!(f, "{b:02x}")?;
     }
     writeln!(f)
+}
+
+fn write_unix(f: &mut Formatter<'_>, u: &UnixRec) -> fmt::Result {
+    writeln!(f, "unix {} {} {}", u.id, u.peer, u.sock_type)?;
+    for m in &u.msgs {
+        writeln!(f, "umsg")?;
+        for r in m {
+            writeln!(f, "udata {:x} {:x}", r.gpa, r.len)?;
+        }
+    }
+    Ok(())
 }
 
 fn write_epoll(f: &mut Formatter<'_>, e: &EpollRec) -> fmt::Result {

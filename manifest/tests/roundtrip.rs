@@ -5,7 +5,7 @@
 
 use owvmm_manifest::{
     parse, Copy, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, InetRec, Manifest, Mm, PipeRec,
-    PipeRun, Process, SigRec, Thread, Vma, VmaKind, EXEC_CHUNK, MAX_FILE_SIZE, MAX_PID,
+    PipeRun, Process, SigRec, Thread, UnixRec, Vma, VmaKind, EXEC_CHUNK, MAX_FILE_SIZE, MAX_PID,
     MAX_PIPE_SIZE, PAGE,
 };
 
@@ -322,6 +322,23 @@ fn manifest(r: &mut Rng) -> Manifest {
         pipes: (0..u32::try_from(r.below(4)).expect("n"))
             .map(|i| pipe(r, i * 7))
             .collect(),
+        unixes: (0..u32::try_from(r.below(3)).expect("n"))
+            .map(|i| UnixRec {
+                id: i * 5 + 2,
+                peer: if r.bool() { 0 } else { i * 5 + 3 },
+                sock_type: [1, 2, 5][r.idx(3)],
+                msgs: (0..r.below(3))
+                    .map(|_| {
+                        (0..r.below(3))
+                            .map(|_| PipeRun {
+                                gpa: r.below(1 << 40),
+                                len: 1 + r.below(1 << 16),
+                            })
+                            .collect()
+                    })
+                    .collect(),
+            })
+            .collect(),
         inets: (0..u32::try_from(r.below(3)).expect("n"))
             .map(|i| InetRec {
                 id: i * 3 + 1,
@@ -370,7 +387,12 @@ fn write_then_parse_gives_the_same_manifest() {
                 .flat_map(|f| &f.runs)
                 .map(|r| r.len)
                 .sum::<u64>()
-            + m.pipes.iter().map(PipeRec::data_len).sum::<u64>();
+            + m.pipes.iter().map(PipeRec::data_len).sum::<u64>()
+            + m.unixes
+                .iter()
+                .flat_map(|u| u.msgs.iter().flatten())
+                .map(|r| r.len)
+                .sum::<u64>();
         assert_eq!(m.copy_bytes(), copies, "case {i}");
         escapes += text.matches('%').count();
     }

@@ -313,6 +313,8 @@ struct Rendered {
     pipes: Vec<InodeInfo>,
     /// The inet sockets it holds, by id.
     inets: Vec<(u32, crate::sockets::InetSocket)>,
+    /// The connected Unix sockets it holds, by id.
+    unixes: Vec<(u32, crate::sockets::UnixEnd)>,
 }
 
 /// Collects the in-memory files, the pipes and the inet sockets a process needs.
@@ -321,6 +323,7 @@ struct Wanted(
     Vec<FileRecord>,
     Vec<InodeInfo>,
     Vec<(u32, crate::sockets::InetSocket)>,
+    Vec<(u32, crate::sockets::UnixEnd)>,
 );
 
 impl Wanted {
@@ -523,6 +526,28 @@ fn render_fds(
             .inode
             .filter(|i| i.s_magic == crate::sockets::SOCKFS_MAGIC)
         {
+            // A connected Unix socket: made again as a pair with its queued messages.
+            let id = u32::try_from(inode.ino).ok();
+            match (id, crate::sockets::read_unix(k, f.file)) {
+                (Some(id), Ok(Some(end))) => {
+                    if !files.3.iter().any(|(i, _)| *i == id) {
+                        files.3.push((id, end));
+                    }
+                    fds.push(wire::FdRec {
+                        fd,
+                        flags,
+                        pos: 0,
+                        kind: wire::FdKind::Sock,
+                        path: format!("unix:{id}").into_bytes(),
+                    });
+                    continue;
+                }
+                (_, Err(e)) => notes.push(format!(
+                    "pid {pid} fd {fd}: unix socket not copied ({}): comes back reset",
+                    error_chain(&e)
+                )),
+                _ => {}
+            }
             // A socket: made again when it listens (or is a bound UDP socket), else a
             // stand-in whose peer is gone; never a reason to leave the process out.
             let sock = crate::sockets::read_socket(k, f.file).unwrap_or_else(|e| {
@@ -813,6 +838,7 @@ fn render_process(
         files: files.0,
         pipes: files.1,
         inets: files.2,
+        unixes: files.3,
     })
 }
 
@@ -881,6 +907,7 @@ fn render_exec(
         files: files.0,
         pipes: files.1,
         inets: files.2,
+        unixes: files.3,
     })
 }
 
@@ -1131,6 +1158,7 @@ pub fn build_manifest_excluding(
     let mut used: BTreeSet<u64> = BTreeSet::new();
     let mut used_pipes: BTreeSet<u64> = BTreeSet::new();
     let mut used_inets: Vec<(u32, crate::sockets::InetSocket)> = Vec::new();
+    let mut used_unixes: Vec<(u32, crate::sockets::UnixEnd)> = Vec::new();
     let (mut processes, mut execs) = (Vec::new(), Vec::new());
     for (tgid, r) in rendered {
         let bad = r
@@ -1152,6 +1180,7 @@ pub fn build_manifest_excluding(
         used.extend(r.files.iter().map(|f| f.inode.addr));
         used_pipes.extend(r.pipes.iter().map(|p| p.addr));
         used_inets.extend(r.inets.iter().cloned());
+        used_unixes.extend(r.unixes.iter().cloned());
         match r.entry {
             Entry::Process(p) => processes.push(p),
             Entry::Exec(e) => execs.push(e),
@@ -1198,6 +1227,32 @@ pub fn build_manifest_excluding(
             });
         }
     }
+    let mut out_unixes: Vec<wire::UnixRec> = Vec::new();
+    for (id, u) in &used_unixes {
+        if out_unixes.iter().any(|r| r.id == *id) {
+            continue;
+        }
+        // The peer is named only when a process that comes back holds it.
+        let peer = u
+            .peer_ino
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| used_unixes.iter().any(|(i, _)| i == p))
+            .unwrap_or(0);
+        out_unixes.push(wire::UnixRec {
+            id: *id,
+            peer,
+            sock_type: u.sock_type,
+            msgs: u
+                .queued
+                .iter()
+                .map(|m| {
+                    m.iter()
+                        .map(|&(gpa, len)| wire::PipeRun { gpa, len })
+                        .collect()
+                })
+                .collect(),
+        });
+    }
     let out_pipes = used_pipes
         .iter()
         .filter_map(|a| match pipes.get(a) {
@@ -1217,6 +1272,7 @@ pub fn build_manifest_excluding(
         files: out_files,
         pipes: out_pipes,
         inets: out_inets,
+        unixes: out_unixes,
         processes,
         execs,
     };

@@ -258,3 +258,123 @@ pub fn read_epoll(k: &Kernel<'_>, file: u64) -> Result<Vec<EpollItem>, SocketErr
     }
     Ok(out)
 }
+
+/// Most queued messages read from one Unix socket.
+pub const MAX_UNIX_SKBS: usize = 4096;
+/// Most queued bytes read from one Unix socket.
+pub const MAX_UNIX_BYTES: u64 = 16 << 20;
+
+/// A connected Unix socket: its peer and the bytes queued for it to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixEnd {
+    /// `SOCK_STREAM`, `SOCK_DGRAM` or `SOCK_SEQPACKET`.
+    pub sock_type: u32,
+    /// The inode number of the peer's socket, when a file holds it.
+    pub peer_ino: Option<u64>,
+    /// The queued messages, in order, each as guest-physical runs (a stream's first
+    /// message without the bytes already read).
+    pub queued: Vec<Vec<(u64, u64)>>,
+}
+
+/// Reads the connected Unix socket behind `file`: `Ok(None)` when it is not a connected
+/// Unix socket (listening, unbound, ...); an error when its queue cannot be copied
+/// exactly (descriptors in flight, a paged buffer, too much data).
+pub fn read_unix(k: &Kernel<'_>, file: u64) -> Result<Option<UnixEnd>, SocketError> {
+    let sock = rd(
+        "file private_data",
+        k.read_field("file", "private_data", file),
+    )?;
+    if !is_kernel_addr(sock) {
+        return Ok(None);
+    }
+    let sock_type = rd("socket type", k.read_field("socket", "type", sock))? & 0xffff;
+    let sk = rd("socket sk", k.read_field("socket", "sk", sock))?;
+    if !is_kernel_addr(sk) {
+        return Ok(None);
+    }
+    let family = rd(
+        "sock family",
+        k.read_field("sock", "__sk_common.skc_family", sk),
+    )? & 0xffff;
+    if family != 1 || ![1, 2, 5].contains(&sock_type) {
+        return Ok(None);
+    }
+    let peer = rd("unix peer", k.read_field("unix_sock", "peer", sk))?;
+    if !is_kernel_addr(peer) {
+        return Ok(None);
+    }
+    // The peer's inode number: peer sock -> its socket -> its file -> inode.
+    let peer_ino = (|| {
+        let psock = k.read_field("sock", "sk_socket", peer).ok()?;
+        let pfile = k.read_field("socket", "file", psock).ok()?;
+        let pinode = k.read_field("file", "f_inode", pfile).ok()?;
+        k.read_field("inode", "i_ino", pinode).ok()
+    })();
+    let qoff = rd("receive queue", k.offset_of("sock", "sk_receive_queue"))?;
+    let head = sk.wrapping_add(qoff);
+    let cb = rd("skb cb", k.offset_of("sk_buff", "cb"))?;
+    let (fp_off, consumed_off) = (
+        k.offset_of("unix_skb_parms", "fp").unwrap_or(16),
+        k.offset_of("unix_skb_parms", "consumed").unwrap_or(24),
+    );
+    let mut queued = Vec::new();
+    let mut total = 0u64;
+    let mut skb = rd("queue head", k.read_field("sk_buff_head", "next", head))?;
+    while skb != head {
+        if !is_kernel_addr(skb) || queued.len() >= MAX_UNIX_SKBS {
+            return Err(SocketError::TooManyItems);
+        }
+        let g = |what: &'static str, p: &'static str| rd(what, k.read_field("sk_buff", p, skb));
+        let len = g("skb len", "len")? & 0xffff_ffff;
+        let data_len = g("skb data_len", "data_len")? & 0xffff_ffff;
+        let data = g("skb data", "data")?;
+        let fp = rd("skb fds", k.read_u64(skb.wrapping_add(cb + fp_off)))?;
+        if fp != 0 || data_len != 0 {
+            return Err(SocketError::BadPointer {
+                what: if fp != 0 {
+                    "descriptors in flight at skb"
+                } else {
+                    "paged data at skb"
+                },
+                addr: skb,
+            });
+        }
+        let skip = if sock_type == 1 {
+            rd(
+                "skb consumed",
+                k.read_u64(skb.wrapping_add(cb + consumed_off)),
+            )? & 0xffff_ffff
+        } else {
+            0
+        };
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut va = data.wrapping_add(skip);
+        let mut left = len.saturating_sub(skip);
+        total = total.saturating_add(left);
+        if total > MAX_UNIX_BYTES {
+            return Err(SocketError::TooManyItems);
+        }
+        while left > 0 {
+            let in_page = (4096 - (va & 0xfff)).min(left);
+            let pa = k.virt_to_phys(va).map_err(|source| SocketError::Read {
+                what: "skb data",
+                source,
+            })?;
+            match runs.last_mut() {
+                Some(r) if r.0 + r.1 == pa => r.1 += in_page,
+                _ => runs.push((pa, in_page)),
+            }
+            va = va.wrapping_add(in_page);
+            left -= in_page;
+        }
+        if !runs.is_empty() || sock_type != 1 {
+            queued.push(runs);
+        }
+        skb = g("skb next", "next")?;
+    }
+    Ok(Some(UnixEnd {
+        sock_type: u32::try_from(sock_type).unwrap_or(1),
+        peer_ino,
+        queued,
+    }))
+}

@@ -10,6 +10,10 @@
  *                        raising SIGUSR1 on itself every other second: its handler counts
  *                        them (a lost handler would kill the process)
  *   owtest sleeper       blocked in nanosleep(1000 s); an EINTR is printed and retried
+ *   owtest unixpair      a socket pair between a parent writing numbers as fast as it can
+ *                        (it blocks when the socket is full) and a child reading them one
+ *                        byte at a time, 5 a second; the child prints each number and
+ *                        whether it is the one after the last ("ok=yes")
  *   owtest events        an epoll loop over a periodic timerfd (0.5 s) and a signalfd
  *                        (SIGUSR2, blocked): each tick raises SIGUSR2 and adds 1 to an
  *                        eventfd, every 4th tick reads the eventfd and checks it held what
@@ -38,6 +42,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/signalfd.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
@@ -259,6 +264,61 @@ static int corrupt(char **argv) {
     return 0;
 }
 
+static void write_all(int fd, const char *b, size_t n) {
+    while (n > 0) {
+        ssize_t w = write(fd, b, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            _exit(3);
+        b += w;
+        n -= (size_t)w;
+    }
+}
+
+static int unixpair(void) {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) {
+        printf("unixpair pid=%d socketpair: %s\n", getpid(), strerror(errno));
+        return 1;
+    }
+    pid_t c = fork();
+    if (c == 0) {
+        close(sv[0]);
+        unsigned long expect = 1;
+        char line[32];
+        size_t at = 0;
+        for (;;) {
+            char ch;
+            ssize_t r = read(sv[1], &ch, 1);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0) {
+                printf("unixpair pid=%d eof after %lu\n", getpid(), expect - 1);
+                return 1;
+            }
+            if (ch != '\n' && at < sizeof line - 1) {
+                line[at++] = ch;
+                continue;
+            }
+            line[at] = 0;
+            at = 0;
+            unsigned long n = strtoul(line, NULL, 10);
+            printf("unixpair pid=%d n=%lu ok=%s\n", getpid(), n, n == expect ? "yes" : "NO");
+            expect = n + 1;
+            struct timespec t = {0, 200000000};
+            while (nanosleep(&t, &t) != 0 && errno == EINTR) {
+            }
+        }
+    }
+    close(sv[1]);
+    for (unsigned long i = 1;; i++) {
+        char b[32];
+        int n = snprintf(b, sizeof b, "%lu\n", i);
+        write_all(sv[0], b, (size_t)n);
+    }
+}
+
 static int events(void) {
     int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
     struct itimerspec its = {{0, 500000000}, {0, 500000000}};
@@ -329,6 +389,8 @@ int main(int argc, char **argv) {
         return sleeper();
     if (argc == 2 && strcmp(argv[1], "events") == 0)
         return events();
-    fprintf(stderr, "usage: owtest heap MIB | threads FILE | sleeper | events\n");
+    if (argc == 2 && strcmp(argv[1], "unixpair") == 0)
+        return unixpair();
+    fprintf(stderr, "usage: owtest heap MIB | threads FILE | sleeper | events | unixpair\n");
     return 2;
 }

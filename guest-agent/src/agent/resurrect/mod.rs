@@ -309,12 +309,24 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
             reason(&e)
         )));
     }
+    for (id, e) in pipes.make_unixes(&m.unixes, above, &mem) {
+        sink(Event::Err(format!(
+            "resurrect: unix socket {id}: {}",
+            reason(&e)
+        )));
+    }
     pipes.set_status_flags(all_fds);
     if !m.pipes.is_empty() {
         let bytes: u64 = m.pipes.iter().map(manifest::PipeRec::data_len).sum();
         crate::log!(
             "resurrect: {} pipes made again, {bytes} unread bytes in them",
             m.pipes.len()
+        );
+    }
+    if !m.unixes.is_empty() {
+        crate::log!(
+            "resurrect: {} connected unix sockets made again",
+            m.unixes.len()
         );
     }
     if !m.inets.is_empty() {

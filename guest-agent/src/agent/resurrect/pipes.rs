@@ -9,7 +9,7 @@
 use std::io;
 use std::os::fd::RawFd;
 
-use super::manifest::{FdRec, InetRec, PipeRec};
+use super::manifest::{FdRec, InetRec, PipeRec, UnixRec};
 use super::{Error, MemSource};
 
 /// Read and write end.
@@ -24,6 +24,7 @@ pub struct Ends {
 pub struct PipeTable {
     pipes: Vec<(u32, Ends)>,
     inets: Vec<(u32, RawFd)>,
+    unixes: Vec<(u32, RawFd)>,
 }
 
 impl PipeTable {
@@ -60,9 +61,45 @@ impl PipeTable {
         failed
     }
 
+    /// Makes the connected Unix sockets of `unixes` as socket pairs (above `above`), each
+    /// end holding the messages queued for it; an end whose peer no process holds gets a
+    /// pair whose other end is closed once its messages are in.
+    pub fn make_unixes(
+        &mut self,
+        unixes: &[UnixRec],
+        above: RawFd,
+        mem: &MemSource,
+    ) -> Vec<(u32, Error)> {
+        let mut failed = Vec::new();
+        if !unixes.is_empty() {
+            raise_fd_limit(above, self.pipes.len() + self.inets.len() + unixes.len());
+        }
+        for u in unixes {
+            if self.unixes.iter().any(|(i, _)| *i == u.id) {
+                continue; // made as the peer of an earlier one
+            }
+            let peer = unixes
+                .iter()
+                .find(|p| u.peer != 0 && p.id == u.peer && p.id != u.id);
+            match make_unix(u, peer, above, mem) {
+                Ok((a, b)) => {
+                    self.unixes.push((u.id, a));
+                    if let (Some(p), Some(b)) = (peer, b) {
+                        self.unixes.push((p.id, b));
+                    }
+                }
+                Err(e) => failed.push((u.id, e)),
+            }
+        }
+        failed
+    }
+
     /// The agent's descriptor that `fd` is a copy of: the end of its pipe (by its access
-    /// mode) or its inet socket.
+    /// mode), its inet socket or its Unix socket.
     pub fn source_for(&self, fd: &FdRec) -> Option<RawFd> {
+        if let Some(id) = fd.unix_id() {
+            return self.unixes.iter().find(|(i, _)| *i == id).map(|(_, s)| *s);
+        }
         if let Some(id) = fd.inet_id() {
             return self.inets.iter().find(|(i, _)| *i == id).map(|(_, s)| *s);
         }
@@ -83,6 +120,7 @@ impl PipeTable {
             .iter()
             .flat_map(|(_, e)| [e.read, e.write])
             .chain(self.inets.iter().map(|(_, s)| *s))
+            .chain(self.unixes.iter().map(|(_, s)| *s))
             .collect();
         v.sort_unstable();
         v
@@ -193,18 +231,7 @@ fn make_one(p: &PipeRec, above: RawFd, mem: &MemSource) -> Result<Ends, Error> {
                 left = &left[usize::try_from(n).unwrap_or(left.len())..];
             }
         }
-        let high = |fd: RawFd| {
-            // SAFETY: duplicates a descriptor made here.
-            let h = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) };
-            if h < 0 {
-                Err(Error::os(
-                    format!("pipe {}: move above fd {above}", p.id),
-                    io::Error::last_os_error(),
-                ))
-            } else {
-                Ok(h)
-            }
-        };
+        let high = |fd: RawFd| move_above(fd, above, || format!("pipe {}", p.id));
         let read = high(r0)?;
         let write = match high(w0) {
             Ok(w) => w,
@@ -295,17 +322,165 @@ fn make_inet(s: &InetRec, above: RawFd) -> Result<RawFd, Error> {
             return Err(fail("listen"));
         }
     }
-    // SAFETY: duplicates the socket made here.
-    let high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) };
-    if high < 0 {
-        return Err(fail(&format!("move above fd {above}")));
-    }
-    // SAFETY: closes the original; `high` stays.
+    let high = move_above(fd, above, || format!("socket {}", s.id));
+    // SAFETY: closes the original; `high` (if made) stays.
     unsafe { libc::close(fd) };
-    Ok(high)
+    high
 }
 
 /// The size of `T` as a `socklen_t` (the structs passed here are a few bytes long).
 fn socklen<T>() -> libc::socklen_t {
     libc::socklen_t::try_from(std::mem::size_of::<T>()).unwrap_or(0)
+}
+
+/// A socket pair for `u` (and its `peer`): `u`'s end first, the peer's end when it is held
+/// (else closed once `u`'s messages are in).
+fn make_unix(
+    u: &UnixRec,
+    peer: Option<&UnixRec>,
+    above: RawFd,
+    mem: &MemSource,
+) -> Result<(RawFd, Option<RawFd>), Error> {
+    let ty = match u.sock_type {
+        2 => libc::SOCK_DGRAM,
+        5 => libc::SOCK_SEQPACKET,
+        _ => libc::SOCK_STREAM,
+    };
+    let mut sv = [-1 as RawFd; 2];
+    // SAFETY: socketpair writes two descriptors into the array.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            ty | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+            sv.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return Err(Error::os(
+            format!("unix socket {}: socketpair", u.id),
+            io::Error::last_os_error(),
+        ));
+    }
+    let [a, b] = sv;
+    let close = |fds: &[RawFd]| {
+        for &fd in fds {
+            // SAFETY: closes descriptors made here.
+            unsafe { libc::close(fd) };
+        }
+    };
+    let r = (|| {
+        // Messages for `u` go in at the peer's end, and the other way round.
+        send_all(b, a, u, mem)?;
+        if let Some(p) = peer {
+            send_all(a, b, p, mem)?;
+        }
+        let high = |fd: RawFd| {
+            let h = move_above(fd, above, || format!("unix socket {}", u.id))?;
+            // SAFETY: fcntl on the descriptor just made: blocking, as socketpair's.
+            unsafe { libc::fcntl(h, libc::F_SETFL, 0) };
+            Ok::<RawFd, Error>(h)
+        };
+        let ha = high(a)?;
+        let hb = match peer {
+            Some(_) => match high(b) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    close(&[ha]);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+        Ok((ha, hb))
+    })();
+    close(&[a, b]);
+    r
+}
+
+/// Sends `to`'s queued messages into `from` (nonblocking), one `writev` per message, with
+/// the buffers made big enough for them.
+fn send_all(from: RawFd, to: RawFd, u: &UnixRec, mem: &MemSource) -> Result<(), Error> {
+    let total: u64 = u.msgs.iter().flatten().map(|r| r.len).sum();
+    if total == 0 && u.msgs.is_empty() {
+        return Ok(());
+    }
+    // Each queued message costs its buffer's overhead (about 1 KiB) on top of its bytes.
+    let msgs = u64::try_from(u.msgs.len()).unwrap_or(u64::MAX);
+    let want = libc::c_int::try_from(
+        total
+            .saturating_add(msgs.saturating_mul(2048))
+            .saturating_add(1 << 16),
+    )
+    .unwrap_or(libc::c_int::MAX);
+    let len = socklen::<libc::c_int>();
+    // SAFETY: setsockopt with a pointer to a local int and its size; the agent is root, so
+    // the FORCE variants pass the system limits.
+    unsafe {
+        libc::setsockopt(
+            from,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            (&raw const want).cast(),
+            len,
+        );
+        libc::setsockopt(
+            to,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const want).cast(),
+            len,
+        );
+    }
+    // One mapping over all of its messages' bytes (one mmap, not one per message: each
+    // system call is slow in the crash kernel here).
+    let runs = u.msgs.iter().flatten();
+    let lo = runs.clone().map(|r| r.gpa).min().unwrap_or(0);
+    let hi = runs.map(|r| r.gpa.saturating_add(r.len)).max().unwrap_or(0);
+    let map = if hi > lo {
+        Some(mem.map(lo, hi - lo)?)
+    } else {
+        None
+    };
+    let bytes = map.as_ref().map_or(&[][..], |m| m.bytes());
+    for m in &u.msgs {
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(m.len());
+        for r in m {
+            let at = usize::try_from(r.gpa - lo).unwrap_or(usize::MAX);
+            let n = usize::try_from(r.len).unwrap_or(usize::MAX);
+            let chunk = bytes.get(at..at.saturating_add(n)).ok_or_else(|| {
+                Error::Invalid(format!("unix socket {}: data outside its map", u.id))
+            })?;
+            iov.push(libc::iovec {
+                iov_base: chunk.as_ptr().cast_mut().cast(),
+                iov_len: chunk.len(),
+            });
+        }
+        let want: usize = iov.iter().map(|v| v.iov_len).sum();
+        let n_iov = libc::c_int::try_from(iov.len()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: the iovecs point into the mapping, which lives across the call; the
+        // kernel only reads them.
+        let n = unsafe { libc::writev(from, iov.as_ptr(), n_iov) };
+        if usize::try_from(n).ok() != Some(want) {
+            return Err(Error::os(
+                format!("unix socket {}: queue {want} bytes", u.id),
+                io::Error::last_os_error(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A close-on-exec copy of `fd` at `above` or higher (`what` names it in the error).
+fn move_above(fd: RawFd, above: RawFd, what: impl Fn() -> String) -> Result<RawFd, Error> {
+    // SAFETY: duplicates a descriptor the caller owns.
+    let h = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) };
+    if h < 0 {
+        Err(Error::os(
+            format!("{}: move above fd {above}", what()),
+            io::Error::last_os_error(),
+        ))
+    } else {
+        Ok(h)
+    }
 }

@@ -104,39 +104,34 @@ impl Setup {
         for f in fds {
             // f_flags are 32 bits; open(2) takes them as an int.
             let flags = i32::from_ne_bytes(f.flags.to_ne_bytes());
-            if let Some(made) = event_fd(&f.path).filter(|_| f.kind == FdKind::Other) {
-                plans.push(FdPlan {
-                    fd: f.fd,
-                    flags,
-                    seek: None,
-                    path: CString::default(),
-                    dup_from: None,
-                    made: Some(made),
-                });
-                continue;
-            }
-            if f.is_reset() || f.is_epoll() {
-                // Made in the child: a socket whose peer is gone, or an epoll instance.
+            // Made in the child: an eventfd, signalfd or timerfd, an epoll instance, or a
+            // socket whose peer is gone.
+            let made = if f.kind == FdKind::Other && !f.is_epoll() {
+                event_fd(&f.path)
+            } else if f.is_epoll() {
+                Some(Made::Epoll)
+            } else if f.is_reset() {
                 let ty = std::str::from_utf8(f.path.strip_prefix(b"reset:").unwrap_or(b""))
                     .ok()
                     .and_then(|t| t.parse::<i32>().ok())
                     .filter(|t| [libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(t))
                     .unwrap_or(libc::SOCK_STREAM);
+                Some(Made::Reset(ty))
+            } else {
+                None
+            };
+            if made.is_some() {
                 plans.push(FdPlan {
                     fd: f.fd,
                     flags,
                     seek: None,
                     path: CString::default(),
                     dup_from: None,
-                    made: Some(if f.is_epoll() {
-                        Made::Epoll
-                    } else {
-                        Made::Reset(ty)
-                    }),
+                    made,
                 });
                 continue;
             }
-            if f.inet_id().is_some() {
+            if f.inet_id().is_some() || f.unix_id().is_some() {
                 let src = pipes.source_for(f).ok_or_else(|| {
                     Error::Invalid(format!("fd {}: its socket was not made", f.fd))
                 })?;
