@@ -1,4 +1,5 @@
-//! Debian's own `redis-server` in a guest booted with `--with redis-server` (the root
+//! Debian's own `redis-server` (and `memcached`) in a guest booted with `--with
+//! redis-server,memcached` (the root
 //! image built from Debian's packages), reached by the host's `redis-cli` inside a network
 //! namespace of the test's own (tap `owt0`, 169.254.78.0/24, nothing leaves it): `SET`, and
 //! `SAVE` writing its dump to a `--disk`. The VM is snapshotted with its devices and
@@ -13,6 +14,8 @@
 //! and redis-tools on the host, and Debian's package lists (apt) to build the image.
 #![cfg(feature = "kvm")]
 
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -29,8 +32,49 @@ const GUEST_IP: &str = "169.254.78.2";
 /// the image's shell (`/bin/sh` is Debian's dash).
 const REDIS: &str = "exec redis-server --bind 0.0.0.0 --protected-mode no --dir /data \
     --save '' --appendonly no --daemonize no";
+/// Debian's memcached with 4 worker threads (their notification pipes and epoll come back).
+const MEMCACHED: &str = "exec memcached -u root -l 0.0.0.0 -p 11211 -t 4";
 const COUNTER: &str = "ok=ok; case $(readlink -f /bin/sh) in */dash) echo sh-is-dash-$ok;; esac; \
     i=0; while :; do i=$((i+1)); echo \"counter pid=$$ n=$i\"; sleep 1; done";
+
+/// One memcached text-protocol exchange on `c`: `req`, then the reply up to `until`
+/// (bounded by the stream's read timeout).
+fn memcached_ask(c: &mut TcpStream, req: &str, until: &str) -> std::io::Result<String> {
+    c.write_all(req.as_bytes())?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while !String::from_utf8_lossy(&got).contains(until) && got.len() < 4096 {
+        let n = c.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// A new connection to the guest's memcached, from inside the namespace (retried while
+/// it comes up, bounded).
+fn memcached_connect(ns: &Netns) -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let c = ns.run(|| {
+            TcpStream::connect_timeout(
+                &format!("{GUEST_IP}:11211").parse().expect("addr"),
+                Duration::from_secs(5),
+            )
+        });
+        match c {
+            Ok(c) => {
+                c.set_read_timeout(Some(Duration::from_secs(20)))
+                    .expect("timeout");
+                return c;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "memcached does not answer: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
 
 /// `redis-cli -h GUEST ARGS...` from inside the namespace: its exit code and output.
 fn redis_cli(ns: &Netns, args: &[&str]) -> (i32, String) {
@@ -47,8 +91,11 @@ fn debian_redis_answers_saves_to_its_disk_and_the_root_image_comes_back_after_a_
     );
     // The root image first, outside the namespace: the guest's namespace has no way to
     // Debian's mirror, and must not.
-    let (code, out, err) = run_to_end(&["image", "build", "--with", "redis-server"]);
-    assert_eq!(code, 0, "owvmm image build --with redis-server: {err}");
+    let (code, out, err) = run_to_end(&["image", "build", "--with", "redis-server,memcached"]);
+    assert_eq!(
+        code, 0,
+        "owvmm image build --with redis-server,memcached: {err}"
+    );
     assert!(out.contains("root "), "{out}");
     standby_dir(1);
     let dir = scratch("debian");
@@ -62,13 +109,15 @@ fn debian_redis_answers_saves_to_its_disk_and_the_root_image_comes_back_after_a_
         &ns.name,
         &[
             "--with",
-            "redis-server",
+            "redis-server,memcached",
             "--disk",
             &disk_arg,
             "--net",
             &net_arg,
             "--exec",
             REDIS,
+            "--exec",
+            MEMCACHED,
             "--exec",
             COUNTER,
         ],
@@ -140,6 +189,9 @@ fn debian_redis_answers_saves_to_its_disk_and_the_root_image_comes_back_after_a_
     };
     let pid_before = redis_pid(&ns);
     assert!(!pid_before.is_empty(), "no process_id in redis's INFO");
+    let mut kept = memcached_connect(&ns);
+    let stored = memcached_ask(&mut kept, "set owvmm 0 0 5\r\nhello\r\n", "\r\n").expect("set");
+    assert_eq!(stored.trim(), "STORED");
 
     // The kernel crashes. The counter's shell is the image's dash, with the image's libc:
     // it comes back only if the crash kernel merged the root image before resurrecting.
@@ -173,6 +225,22 @@ fn debian_redis_answers_saves_to_its_disk_and_the_root_image_comes_back_after_a_
     }
     assert_eq!(redis_cli(&ns, &["get", "owvmm:key"]).1.trim(), value);
     assert_eq!(redis_pid(&ns), pid_before, "redis is not the same process");
+    // memcached kept its item; a new client gets it.
+    let mut fresh = memcached_connect(&ns);
+    let got = memcached_ask(&mut fresh, "get owvmm\r\n", "END\r\n").expect("get");
+    assert!(got.contains("VALUE owvmm 0 5\r\nhello"), "{got:?}");
+    // The connection made before the crash comes back reset: an error or end of file,
+    // never a hang (the read timeout would say so) and never a wrong answer.
+    match memcached_ask(&mut kept, "get owvmm\r\n", "END\r\n") {
+        Ok(reply) => assert!(reply.contains("hello"), "{reply:?}"),
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "the old connection hung: {e}"
+        ),
+    }
     assert_eq!(
         redis_cli(&ns, &["set", "owvmm:crashed", "yes-after-crash"])
             .1
