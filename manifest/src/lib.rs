@@ -84,6 +84,8 @@ pub struct Manifest {
     pub inets: Vec<InetRec>,
     /// The `unix` records, in order (after the inet sockets, before the processes).
     pub unixes: Vec<UnixRec>,
+    /// The `ulisten` records, in order (after the `unix` records).
+    pub ulistens: Vec<UnixListenRec>,
     /// The `process` blocks, in order.
     pub processes: Vec<Process>,
     /// The `exec` blocks, in order (written after the `process` blocks).
@@ -191,6 +193,17 @@ pub struct UnixRec {
     pub sock_type: u32,
     /// The queued messages, each as runs of old memory.
     pub msgs: Vec<Vec<PipeRun>>,
+}
+
+/// `ulisten <id> <type> <backlog> <path>`: a listening Unix socket (`type` 1 stream, 5
+/// seqpacket) bound at `path` (raw bytes; a leading NUL is an abstract name). Its holders
+/// are the `fd` records of kind `sock` with the path `unix:<id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixListenRec {
+    pub id: u32,
+    pub sock_type: u32,
+    pub backlog: u32,
+    pub path: Vec<u8>,
 }
 
 /// `pdata <gpa> <len>`: bytes of a pipe in old guest memory.

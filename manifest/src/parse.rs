@@ -11,10 +11,10 @@ use std::collections::HashSet;
 
 use crate::{
     Copy, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, FileUpdate, InetRec, Manifest, Mm,
-    PipeRec, PipeRun, Process, SigRec, Thread, UnixRec, Vma, VmaKind, HEADER, MAX_ARG_STRLEN,
-    MAX_AUXV, MAX_ERRORS, MAX_EXEC_COUNT, MAX_EXEC_STRINGS, MAX_FILE_SIZE, MAX_LINE, MAX_PATH,
-    MAX_PID, MAX_PIPES, MAX_PIPE_SIZE, MAX_THREADS, MAX_VMAS, PAGE, PROT_EXEC, PROT_READ,
-    PROT_WRITE,
+    PipeRec, PipeRun, Process, SigRec, Thread, UnixListenRec, UnixRec, Vma, VmaKind, HEADER,
+    MAX_ARG_STRLEN, MAX_AUXV, MAX_ERRORS, MAX_EXEC_COUNT, MAX_EXEC_STRINGS, MAX_FILE_SIZE,
+    MAX_LINE, MAX_PATH, MAX_PID, MAX_PIPES, MAX_PIPE_SIZE, MAX_THREADS, MAX_VMAS, PAGE, PROT_EXEC,
+    PROT_READ, PROT_WRITE,
 };
 
 /// `SIGKILL` and `SIGSTOP` (x86-64 Linux): they cannot have an action.
@@ -198,6 +198,8 @@ pub struct Parsed {
     pub inets: Vec<InetRec>,
     /// The `unix` records, in order.
     pub unixes: Vec<UnixRec>,
+    /// The `ulisten` records, in order.
+    pub ulistens: Vec<UnixListenRec>,
     /// The `process` blocks, in order; a block with bad lines is an `Err`.
     pub processes: Vec<Result<Process, BadProcess>>,
     /// The `exec` blocks, in order; a block with bad lines is an `Err`.
@@ -235,6 +237,7 @@ impl Parsed {
             pipes: self.pipes,
             inets: self.inets,
             unixes: self.unixes,
+            ulistens: self.ulistens,
             processes: self.processes.into_iter().filter_map(Result::ok).collect(),
             execs: self.execs.into_iter().filter_map(Result::ok).collect(),
         })
@@ -428,6 +431,7 @@ impl Parser {
             "pipe" => self.pipe(rest),
             "inet" => self.inet(rest),
             "unix" => self.unix(rest),
+            "ulisten" => self.ulisten(rest),
             "umsg" => self.umsg(rest),
             "udata" => self.udata(rest),
             "pdata" => self.pdata(rest),
@@ -643,6 +647,42 @@ impl Parser {
             peer,
             sock_type,
             msgs: Vec::new(),
+        });
+        Ok(())
+    }
+
+    fn ulisten(&mut self, rest: &str) -> Result<(), ErrorKind> {
+        if !matches!(self.state, State::Files) {
+            return Err(ErrorKind::AfterFirstProcess { record: "ulisten" });
+        }
+        let (f, path) = fields(rest, 3, Tail::Required)?;
+        let id = dec(f[0], "id")?;
+        let sock_type = match f[1] {
+            "1" => 1,
+            "5" => 5,
+            other => return Err(bad("type", other)),
+        };
+        let backlog = dec(f[2], "backlog")?;
+        let path = unescape_max(path.unwrap_or(""), 108)?;
+        if path.is_empty() {
+            return Err(ErrorKind::MissingPath);
+        }
+        if self.out.ulistens.len() >= MAX_PIPES {
+            return Err(ErrorKind::TooMany {
+                what: "unix listeners",
+                limit: MAX_PIPES,
+            });
+        }
+        if self.out.ulistens.iter().any(|u| u.id == id)
+            || self.out.unixes.iter().any(|u| u.id == id)
+        {
+            return Err(ErrorKind::UnixTwice { id });
+        }
+        self.out.ulistens.push(UnixListenRec {
+            id,
+            sock_type,
+            backlog,
+            path,
         });
         Ok(())
     }

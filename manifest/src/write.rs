@@ -3,8 +3,8 @@
 use std::fmt::{self, Display, Formatter, Write as _};
 
 use crate::{
-    EpollRec, Exec, FdRec, FileRec, InetRec, Manifest, PipeRec, Process, SigRec, Thread, UnixRec,
-    Vma, EXEC_CHUNK, HEADER, PROT_EXEC, PROT_READ, PROT_WRITE,
+    EpollRec, Exec, FdRec, FileRec, InetRec, Manifest, PipeRec, Process, SigRec, Thread,
+    UnixListenRec, UnixRec, Vma, EXEC_CHUNK, HEADER, PROT_EXEC, PROT_READ, PROT_WRITE,
 };
 
 /// Writes `bytes` as a manifest path/name field: bytes outside printable ASCII and `%`
@@ -80,6 +80,9 @@ impl Display for Manifest {
         for u in &self.unixes {
             write_unix(f, u)?;
         }
+        for l in &self.ulistens {
+            write_ulisten(f, l)?;
+        }
         for p in &self.processes {
             write_process(f, p)?;
         }
@@ -139,6 +142,17 @@ fn write_unix(f: &mut Formatter<'_>, u: &UnixRec) -> fmt::Result {
         }
     }
     Ok(())
+}
+
+fn write_ulisten(f: &mut Formatter<'_>, l: &UnixListenRec) -> fmt::Result {
+    writeln!(
+        f,
+        "ulisten {} {} {} {}",
+        l.id,
+        l.sock_type,
+        l.backlog,
+        Field(&l.path)
+    )
 }
 
 fn write_epoll(f: &mut Formatter<'_>, e: &EpollRec) -> fmt::Result {

@@ -5,8 +5,8 @@
 
 use owvmm_manifest::{
     parse, Copy, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, InetRec, Manifest, Mm, PipeRec,
-    PipeRun, Process, SigRec, Thread, UnixRec, Vma, VmaKind, EXEC_CHUNK, MAX_FILE_SIZE, MAX_PID,
-    MAX_PIPE_SIZE, PAGE,
+    PipeRun, Process, SigRec, Thread, UnixListenRec, UnixRec, Vma, VmaKind, EXEC_CHUNK,
+    MAX_FILE_SIZE, MAX_PID, MAX_PIPE_SIZE, PAGE,
 };
 
 /// xorshift64*.
@@ -337,6 +337,18 @@ fn manifest(r: &mut Rng) -> Manifest {
                             .collect()
                     })
                     .collect(),
+            })
+            .collect(),
+        ulistens: (0..u32::try_from(r.below(3)).expect("n"))
+            .map(|i| UnixListenRec {
+                id: 1_000_000 + i,
+                sock_type: if r.bool() { 1 } else { 5 },
+                backlog: r.u32(),
+                path: {
+                    let mut p = r.bytes(100);
+                    p.insert(0, if r.bool() { 0 } else { b'/' });
+                    p
+                },
             })
             .collect(),
         inets: (0..u32::try_from(r.below(3)).expect("n"))

@@ -315,6 +315,8 @@ struct Rendered {
     inets: Vec<(u32, crate::sockets::InetSocket)>,
     /// The connected Unix sockets it holds, by id.
     unixes: Vec<(u32, crate::sockets::UnixEnd)>,
+    /// The listening Unix sockets it holds, by id.
+    ulistens: Vec<(u32, crate::sockets::UnixListener)>,
 }
 
 /// Collects the in-memory files, the pipes and the inet sockets a process needs.
@@ -324,6 +326,7 @@ struct Wanted(
     Vec<InodeInfo>,
     Vec<(u32, crate::sockets::InetSocket)>,
     Vec<(u32, crate::sockets::UnixEnd)>,
+    Vec<(u32, crate::sockets::UnixListener)>,
 );
 
 impl Wanted {
@@ -546,6 +549,21 @@ fn render_fds(
                     "pid {pid} fd {fd}: unix socket not copied ({}): comes back reset",
                     error_chain(&e)
                 )),
+                (Some(id), Ok(None)) => {
+                    if let Some(l) = crate::sockets::read_unix_listener(k, f.file) {
+                        if !files.4.iter().any(|(i, _)| *i == id) {
+                            files.4.push((id, l));
+                        }
+                        fds.push(wire::FdRec {
+                            fd,
+                            flags,
+                            pos: 0,
+                            kind: wire::FdKind::Sock,
+                            path: format!("unix:{id}").into_bytes(),
+                        });
+                        continue;
+                    }
+                }
                 _ => {}
             }
             // A socket: made again when it listens (or is a bound UDP socket), else a
@@ -839,6 +857,7 @@ fn render_process(
         pipes: files.1,
         inets: files.2,
         unixes: files.3,
+        ulistens: files.4,
     })
 }
 
@@ -908,6 +927,7 @@ fn render_exec(
         pipes: files.1,
         inets: files.2,
         unixes: files.3,
+        ulistens: files.4,
     })
 }
 
@@ -1159,6 +1179,7 @@ pub fn build_manifest_excluding(
     let mut used_pipes: BTreeSet<u64> = BTreeSet::new();
     let mut used_inets: Vec<(u32, crate::sockets::InetSocket)> = Vec::new();
     let mut used_unixes: Vec<(u32, crate::sockets::UnixEnd)> = Vec::new();
+    let mut used_ulistens: Vec<(u32, crate::sockets::UnixListener)> = Vec::new();
     let (mut processes, mut execs) = (Vec::new(), Vec::new());
     for (tgid, r) in rendered {
         let bad = r
@@ -1181,6 +1202,7 @@ pub fn build_manifest_excluding(
         used_pipes.extend(r.pipes.iter().map(|p| p.addr));
         used_inets.extend(r.inets.iter().cloned());
         used_unixes.extend(r.unixes.iter().cloned());
+        used_ulistens.extend(r.ulistens.iter().cloned());
         match r.entry {
             Entry::Process(p) => processes.push(p),
             Entry::Exec(e) => execs.push(e),
@@ -1253,6 +1275,17 @@ pub fn build_manifest_excluding(
                 .collect(),
         });
     }
+    let mut out_ulistens: Vec<wire::UnixListenRec> = Vec::new();
+    for (id, l) in &used_ulistens {
+        if !out_ulistens.iter().any(|r| r.id == *id) {
+            out_ulistens.push(wire::UnixListenRec {
+                id: *id,
+                sock_type: l.sock_type,
+                backlog: l.backlog,
+                path: l.path.clone(),
+            });
+        }
+    }
     let out_pipes = used_pipes
         .iter()
         .filter_map(|a| match pipes.get(a) {
@@ -1273,6 +1306,7 @@ pub fn build_manifest_excluding(
         pipes: out_pipes,
         inets: out_inets,
         unixes: out_unixes,
+        ulistens: out_ulistens,
         processes,
         execs,
     };

@@ -22,8 +22,12 @@ pub const ERESTART_RESTARTBLOCK: i64 = 516;
 pub const MAX_CPUS: u32 = 8192;
 /// System calls that are run again rather than failed with EINTR when the crash caught
 /// them in progress: clone, fork, vfork, clone3 (they have no effect visible to the
-/// caller until they return, and the kernel never lets them fail with EINTR).
-pub const RESTARTED_SYSCALLS: [u64; 4] = [56, 57, 58, 435];
+/// caller until they return, and the kernel never lets them fail with EINTR); and mmap,
+/// mprotect, munmap, brk, stat, fstat, lstat, newfstatat and statx, which programs do not
+/// expect to fail with EINTR (the dynamic loader gives up: "cannot map zero-fill pages")
+/// and which are safe to repeat (the same mapping, protection or answer again; an mmap
+/// without MAP_FIXED whose area the dead kernel had made leaves that area unused).
+pub const RESTARTED_SYSCALLS: [u64; 13] = [56, 57, 58, 435, 9, 10, 11, 12, 4, 5, 6, 262, 332];
 /// `execve` and `execveat`. Caught in progress with the program's own frame, the exec has
 /// not replaced the program yet (`recovery::exec` handles the one caught after its point of
 /// no return): it is run again, in the new world, from the intact old image. Caught after
@@ -444,7 +448,17 @@ mod tests {
         }
         assert_eq!(unsigned(-EINTR), 0xffff_ffff_ffff_fffc);
         // fork/clone caught in progress, or on its way out to restart: run again.
-        for (orig, ax) in [(56, -ENOSYS), (57, -ERESTARTNOINTR), (435, -ENOSYS)] {
+        // So are mmap, mprotect, munmap, brk and the stat family, which never fail with
+        // EINTR in Linux (the loader caught mapping a library would give up).
+        for (orig, ax) in [
+            (56, -ENOSYS),
+            (57, -ERESTARTNOINTR),
+            (435, -ENOSYS),
+            (9, -ENOSYS),
+            (10, -ENOSYS),
+            (12, -ENOSYS),
+            (262, -ENOSYS),
+        ] {
             let r = final_user_regs(&frame(orig, ax), 0, 0);
             assert_eq!((r.rax, r.rip), (unsigned(orig), 0x40_0ffe), "orig {orig}");
         }

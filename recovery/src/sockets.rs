@@ -378,3 +378,53 @@ pub fn read_unix(k: &Kernel<'_>, file: u64) -> Result<Option<UnixEnd>, SocketErr
         queued,
     }))
 }
+
+/// A listening Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixListener {
+    /// `SOCK_STREAM` or `SOCK_SEQPACKET`.
+    pub sock_type: u32,
+    /// `sk_max_ack_backlog`.
+    pub backlog: u32,
+    /// `sun_path` as bound (a leading NUL: an abstract name).
+    pub path: Vec<u8>,
+}
+
+/// Reads the listening Unix socket behind `file` (None: not one, or not bound).
+pub fn read_unix_listener(k: &Kernel<'_>, file: u64) -> Option<UnixListener> {
+    let sock = k.read_field("file", "private_data", file).ok()?;
+    let sock_type = k.read_field("socket", "type", sock).ok()? & 0xffff;
+    let sk = k.read_field("socket", "sk", sock).ok()?;
+    if !is_kernel_addr(sk) {
+        return None;
+    }
+    let family = k.read_field("sock", "__sk_common.skc_family", sk).ok()? & 0xffff;
+    let state = k.read_field("sock", "__sk_common.skc_state", sk).ok()? & 0xff;
+    if family != 1 || state != TCP_LISTEN || ![1, 5].contains(&sock_type) {
+        return None;
+    }
+    let addr = k.read_field("unix_sock", "addr", sk).ok()?;
+    if !is_kernel_addr(addr) {
+        return None;
+    }
+    let len = k.read_field("unix_address", "len", addr).ok()? & 0xffff_ffff;
+    // sockaddr_un: the family (2 bytes), then at most 108 bytes of path.
+    if !(3..=110).contains(&len) {
+        return None;
+    }
+    let name = addr.wrapping_add(k.offset_of("unix_address", "name").ok()?);
+    let mut path = vec![0u8; usize::try_from(len - 2).ok()?];
+    k.read_bytes(name.wrapping_add(2), &mut path).ok()?;
+    // A filesystem name is NUL-terminated within `len`.
+    if path.first() != Some(&0) {
+        if let Some(end) = path.iter().position(|&b| b == 0) {
+            path.truncate(end);
+        }
+    }
+    Some(UnixListener {
+        sock_type: u32::try_from(sock_type).unwrap_or(1),
+        backlog: u32::try_from(k.read_field("sock", "sk_max_ack_backlog", sk).ok()? & 0xffff_ffff)
+            .unwrap_or(0),
+        path,
+    })
+}

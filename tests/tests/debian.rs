@@ -31,7 +31,11 @@ const GUEST_IP: &str = "169.254.78.2";
 /// The guest's programs: Debian's redis-server (its dumps go to the disk), and a counter in
 /// the image's shell (`/bin/sh` is Debian's dash).
 const REDIS: &str = "exec redis-server --bind 0.0.0.0 --protected-mode no --dir /data \
-    --save '' --appendonly no --daemonize no";
+    --save '' --appendonly no --daemonize no --unixsocket /run/redis.sock";
+/// A client in the guest on redis's Unix socket, once a second (Debian's redis-cli).
+const UNIX_CLIENT: &str = "i=0; while :; do i=$((i+1)); \
+    r=$(redis-cli -s /run/redis.sock get owvmm:key 2>&1); \
+    echo \"unixcli pid=$$ n=$i got=$r\"; sleep 1; done";
 /// Debian's memcached with 4 worker threads (their notification pipes and epoll come back).
 const MEMCACHED: &str = "exec memcached -u root -l 0.0.0.0 -p 11211 -t 4";
 const COUNTER: &str = "ok=ok; case $(readlink -f /bin/sh) in */dash) echo sh-is-dash-$ok;; esac; \
@@ -119,6 +123,8 @@ fn debian_redis_answers_saves_to_its_disk_and_the_root_image_comes_back_after_a_
             "--exec",
             MEMCACHED,
             "--exec",
+            UNIX_CLIENT,
+            "--exec",
             COUNTER,
         ],
     );
@@ -197,6 +203,7 @@ fn debian_redis_answers_saves_to_its_disk_and_the_root_image_comes_back_after_a_
     // it comes back only if the crash kernel merged the root image before resurrecting.
     // redis comes back with its listening socket, its epoll instance and its pipe: a new
     // client gets the keys from the same process, and a key set now is saved too.
+    let at_crash = vm.console().len();
     let (done, _, after) = crash_and_go_on(&mut vm, &mut ev, "counter", counter, 4);
     assert!(
         after.contains("root image merged"),
@@ -225,6 +232,20 @@ fn debian_redis_answers_saves_to_its_disk_and_the_root_image_comes_back_after_a_
     }
     assert_eq!(redis_cli(&ns, &["get", "owvmm:key"]).1.trim(), value);
     assert_eq!(redis_pid(&ns), pid_before, "redis is not the same process");
+    // redis's Unix socket listens at its path again: the guest's client gets the key.
+    let want = format!("got={value}");
+    owvmm_tests::wait_console_after(
+        &mut vm,
+        at_crash,
+        Duration::from_secs(60),
+        "the unix client",
+        |c| {
+            c.lines()
+                .filter(|l| l.trim().starts_with("unixcli "))
+                .any(|l| l.trim().ends_with(&want))
+                .then_some(())
+        },
+    );
     // memcached kept its item; a new client gets it.
     let mut fresh = memcached_connect(&ns);
     let got = memcached_ask(&mut fresh, "get owvmm\r\n", "END\r\n").expect("get");

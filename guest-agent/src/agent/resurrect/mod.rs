@@ -315,6 +315,12 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
             reason(&e)
         )));
     }
+    for (id, e) in pipes.make_ulistens(&m.ulistens, above) {
+        sink(Event::Err(format!(
+            "resurrect: unix listener {id}: {}",
+            reason(&e)
+        )));
+    }
     pipes.set_status_flags(all_fds);
     if !m.pipes.is_empty() {
         let bytes: u64 = m.pipes.iter().map(manifest::PipeRec::data_len).sum();
@@ -327,6 +333,12 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
         crate::log!(
             "resurrect: {} connected unix sockets made again",
             m.unixes.len()
+        );
+    }
+    if !m.ulistens.is_empty() {
+        crate::log!(
+            "resurrect: {} listening unix sockets bound again",
+            m.ulistens.len()
         );
     }
     if !m.inets.is_empty() {

@@ -9,7 +9,7 @@
 use std::io;
 use std::os::fd::RawFd;
 
-use super::manifest::{FdRec, InetRec, PipeRec, UnixRec};
+use super::manifest::{FdRec, InetRec, PipeRec, UnixListenRec, UnixRec};
 use super::{Error, MemSource};
 
 /// Read and write end.
@@ -89,6 +89,19 @@ impl PipeTable {
                     }
                 }
                 Err(e) => failed.push((u.id, e)),
+            }
+        }
+        failed
+    }
+
+    /// Makes the listening Unix sockets of `listens`, bound at their paths again (above
+    /// `above`).
+    pub fn make_ulistens(&mut self, listens: &[UnixListenRec], above: RawFd) -> Vec<(u32, Error)> {
+        let mut failed = Vec::new();
+        for l in listens {
+            match make_ulisten(l, above) {
+                Ok(fd) => self.unixes.push((l.id, fd)),
+                Err(e) => failed.push((l.id, e)),
             }
         }
         failed
@@ -483,4 +496,57 @@ fn move_above(fd: RawFd, above: RawFd, what: impl Fn() -> String) -> Result<RawF
     } else {
         Ok(h)
     }
+}
+
+/// A listening Unix socket bound at `l.path` again: a file-system name's directories are
+/// made and a stale socket file there is removed first (the dead kernel's socket is gone).
+fn make_ulisten(l: &UnixListenRec, above: RawFd) -> Result<RawFd, Error> {
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::fs::FileTypeExt as _;
+    let what = |step: &str| format!("unix listener {}: {step}", l.id);
+    let ty = if l.sock_type == 5 {
+        libc::SOCK_SEQPACKET
+    } else {
+        libc::SOCK_STREAM
+    };
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid start.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if l.path.is_empty() || l.path.len() > a.sun_path.len() {
+        return Err(Error::Invalid(what("bad path length")));
+    }
+    a.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX).unwrap_or(1);
+    for (d, s) in a.sun_path.iter_mut().zip(&l.path) {
+        *d = libc::c_char::from_ne_bytes([*s]);
+    }
+    if l.path[0] != 0 {
+        let p = std::path::Path::new(std::ffi::OsStr::from_bytes(&l.path));
+        if let Some(dir) = p.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    // SAFETY: a new socket; the descriptor is ours.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(Error::os(what("socket"), io::Error::last_os_error()));
+    }
+    let len = libc::socklen_t::try_from(2 + l.path.len()).unwrap_or(0);
+    let backlog = libc::c_int::try_from(l.backlog.max(1)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: binds to the address in a local struct, of the length given; listen on the
+    // socket made here.
+    let ok = unsafe {
+        libc::bind(fd, (&raw const a).cast(), len) == 0 && libc::listen(fd, backlog) == 0
+    };
+    if !ok {
+        let e = Error::os(what("bind and listen"), io::Error::last_os_error());
+        // SAFETY: closes the socket made here.
+        unsafe { libc::close(fd) };
+        return Err(e);
+    }
+    let high = move_above(fd, above, || format!("unix listener {}", l.id));
+    // SAFETY: closes the original; `high` (if made) stays.
+    unsafe { libc::close(fd) };
+    high
 }
