@@ -529,42 +529,40 @@ fn render_fds(
             .inode
             .filter(|i| i.s_magic == crate::sockets::SOCKFS_MAGIC)
         {
-            // A connected Unix socket: made again as a pair with its queued messages.
+            // A Unix socket: a connected one made again as a pair with its queued
+            // messages, a listening one bound at its path again.
             let id = u32::try_from(inode.ino).ok();
-            match (id, crate::sockets::read_unix(k, f.file)) {
+            let unix = match (id, crate::sockets::read_unix(k, f.file)) {
                 (Some(id), Ok(Some(end))) => {
                     if !files.3.iter().any(|(i, _)| *i == id) {
                         files.3.push((id, end));
                     }
-                    fds.push(wire::FdRec {
-                        fd,
-                        flags,
-                        pos: 0,
-                        kind: wire::FdKind::Sock,
-                        path: format!("unix:{id}").into_bytes(),
-                    });
-                    continue;
+                    Some(id)
                 }
-                (_, Err(e)) => notes.push(format!(
-                    "pid {pid} fd {fd}: unix socket not copied ({}): comes back reset",
-                    error_chain(&e)
-                )),
-                (Some(id), Ok(None)) => {
-                    if let Some(l) = crate::sockets::read_unix_listener(k, f.file) {
-                        if !files.4.iter().any(|(i, _)| *i == id) {
-                            files.4.push((id, l));
-                        }
-                        fds.push(wire::FdRec {
-                            fd,
-                            flags,
-                            pos: 0,
-                            kind: wire::FdKind::Sock,
-                            path: format!("unix:{id}").into_bytes(),
-                        });
-                        continue;
+                (_, Err(e)) => {
+                    notes.push(format!(
+                        "pid {pid} fd {fd}: unix socket not copied ({}): comes back reset",
+                        error_chain(&e)
+                    ));
+                    None
+                }
+                (Some(id), Ok(None)) => crate::sockets::read_unix_listener(k, f.file).map(|l| {
+                    if !files.4.iter().any(|(i, _)| *i == id) {
+                        files.4.push((id, l));
                     }
-                }
-                _ => {}
+                    id
+                }),
+                _ => None,
+            };
+            if let Some(id) = unix {
+                fds.push(wire::FdRec {
+                    fd,
+                    flags,
+                    pos: 0,
+                    kind: wire::FdKind::Sock,
+                    path: format!("unix:{id}").into_bytes(),
+                });
+                continue;
             }
             // A socket: made again when it listens (or is a bound UDP socket), else a
             // stand-in whose peer is gone; never a reason to leave the process out.
