@@ -145,8 +145,12 @@ fn crash_and_check(vm: &mut Vm, ev: &mut Conn, how: &str, round: usize) {
     let t_before = num(&threads_line, "count");
     let off_before = num(&threads_line, "off");
     let usr1_before = num(&threads_line, "usr1");
+    // A whole line again: it ends with `usr1=N` (a kernel message can cut one in two).
     let t = wait_program(vm, from, "threads", f.pids["threads"], |l| {
         num(l, "count") >= t_before + 3
+            && l.contains(" file=")
+            && l.rsplit_once(" usr1=")
+                .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     });
     assert!(t.contains("file=ok"), "round {round}: {t}");
     assert!(
