@@ -419,6 +419,24 @@ pub fn owtest_programs() -> (PathBuf, PathBuf) {
     .clone()
 }
 
+/// Cold-boots the default image in `scratch(name)` with the static test program running
+/// `owtest-static MODE`, kernel crashes recovered (microreboot, the 1-vCPU standby made
+/// first); waits for the agent. Returns the VM and its event stream.
+pub fn boot_owtest(name: &str, mode: &str) -> (Vm, Conn) {
+    standby_dir(1);
+    let (st, _) = owtest_programs();
+    let dir = scratch(name);
+    let add = format!("{}:/opt/owtest/owtest-static", st.display());
+    let exec = format!("/opt/owtest/owtest-static {mode}");
+    let mut vm = Vm::boot(
+        &dir,
+        &["--add", &add, "--on-crash", "microreboot", "--exec", &exec],
+    );
+    vm.wait_agent_ready(Duration::from_secs(900));
+    let ev = vm.events();
+    (vm, ev)
+}
+
 /// The shared libraries the dynamically linked test program needs, as `--add` pairs
 /// (host path, guest path).
 pub fn owtest_libraries() -> Vec<(PathBuf, String)> {

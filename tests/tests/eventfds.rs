@@ -7,32 +7,11 @@
 //! Enabled by the `kvm` feature (the README's test command turns it on).
 #![cfg(feature = "kvm")]
 
-use std::time::Duration;
-
-use owvmm_tests::{
-    crash_and_go_on, fields, last_line, owtest_programs, scratch, standby_dir, tail, wait_looper,
-    Vm,
-};
+use owvmm_tests::{boot_owtest, crash_and_go_on, fields, last_line, tail, wait_looper};
 
 #[test]
 fn an_epoll_loop_over_timerfd_signalfd_and_eventfd_goes_on_across_two_crashes() {
-    standby_dir(1);
-    let (st, _) = owtest_programs();
-    let dir = scratch("eventfds");
-    let add = format!("{}:/opt/owtest/owtest-static", st.display());
-    let mut vm = Vm::boot(
-        &dir,
-        &[
-            "--add",
-            &add,
-            "--on-crash",
-            "microreboot",
-            "--exec",
-            "/opt/owtest/owtest-static events",
-        ],
-    );
-    vm.wait_agent_ready(Duration::from_secs(900));
-    let mut ev = vm.events();
+    let (mut vm, mut ev) = boot_owtest("eventfds", "events");
     let pid = wait_looper(&mut vm, "events", 4);
     for round in 1..=2 {
         let before = last_line(&vm.console(), "events")

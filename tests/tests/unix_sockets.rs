@@ -6,29 +6,11 @@
 //! Enabled by the `kvm` feature (the README's test command turns it on).
 #![cfg(feature = "kvm")]
 
-use std::time::Duration;
-
-use owvmm_tests::{crash_and_go_on, owtest_programs, scratch, standby_dir, tail, wait_looper, Vm};
+use owvmm_tests::{boot_owtest, crash_and_go_on, tail, wait_looper};
 
 #[test]
 fn a_unix_socket_pair_with_queued_bytes_keeps_them_over_two_crashes() {
-    standby_dir(1);
-    let (st, _) = owtest_programs();
-    let dir = scratch("unix-sockets");
-    let add = format!("{}:/opt/owtest/owtest-static", st.display());
-    let mut vm = Vm::boot(
-        &dir,
-        &[
-            "--add",
-            &add,
-            "--on-crash",
-            "microreboot",
-            "--exec",
-            "/opt/owtest/owtest-static unixpair",
-        ],
-    );
-    vm.wait_agent_ready(Duration::from_secs(900));
-    let mut ev = vm.events();
+    let (mut vm, mut ev) = boot_owtest("unix-sockets", "unixpair");
     let reader = wait_looper(&mut vm, "unixpair", 5);
     for round in 1..=2 {
         let (done, line, since) = crash_and_go_on(&mut vm, &mut ev, "unixpair", reader, 5);

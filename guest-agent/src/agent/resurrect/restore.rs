@@ -131,9 +131,16 @@ impl Setup {
                 });
                 continue;
             }
-            if f.inet_id().is_some() || f.unix_id().is_some() {
+            if f.kind == FdKind::Fifo && f.pipe_id().is_none() {
+                return Err(Error::FdKind {
+                    fd: f.fd,
+                    kind: "named fifo",
+                });
+            }
+            if f.pipe_id().is_some() || f.inet_id().is_some() || f.unix_id().is_some() {
+                // A pipe end or a socket the agent made: its descriptor is `dup3`ed.
                 let src = pipes.source_for(f).ok_or_else(|| {
-                    Error::Invalid(format!("fd {}: its socket was not made", f.fd))
+                    Error::Invalid(format!("fd {}: {} was not made", f.fd, text(&f.path)))
                 })?;
                 if !keep.contains(&src) {
                     keep.push(src);
@@ -143,29 +150,6 @@ impl Setup {
                     flags,
                     seek: None,
                     path: CString::default(),
-                    dup_from: Some(src),
-                    made: None,
-                });
-                continue;
-            }
-            if f.kind == FdKind::Fifo {
-                let Some(id) = f.pipe_id() else {
-                    return Err(Error::FdKind {
-                        fd: f.fd,
-                        kind: "named fifo",
-                    });
-                };
-                let src = pipes.source_for(f).ok_or_else(|| {
-                    Error::Invalid(format!("fd {}: pipe {id} was not made", f.fd))
-                })?;
-                if !keep.contains(&src) {
-                    keep.push(src);
-                }
-                plans.push(FdPlan {
-                    fd: f.fd,
-                    flags,
-                    seek: None,
-                    path: cstring(&f.path)?,
                     dup_from: Some(src),
                     made: None,
                 });
@@ -224,7 +208,7 @@ impl Setup {
         })
     }
 
-    /// The agent's pipe ends this process takes (sorted).
+    /// The agent's pipe ends and sockets this process takes (sorted).
     pub(super) fn keep(&self) -> &[RawFd] {
         &self.keep
     }
@@ -359,7 +343,8 @@ impl Setup {
                     continue;
                 }
                 if let Some(src) = f.dup_from {
-                    // A pipe end: the agent's descriptor (above every target number).
+                    // A pipe end or socket: the agent's descriptor (above every target
+                    // number).
                     if libc::dup3(src, f.fd, f.flags & libc::O_CLOEXEC) < 0 {
                         return Err((STEP_DUP, i));
                     }
@@ -487,7 +472,7 @@ struct FdPlan {
     flags: i32,
     seek: Option<libc::off_t>,
     path: CString,
-    /// A pipe end: the agent's descriptor to `dup3` (no open).
+    /// A pipe end or socket: the agent's descriptor to `dup3` (no open).
     dup_from: Option<RawFd>,
     /// Made in the child instead of opened.
     made: Option<Made>,
