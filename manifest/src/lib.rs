@@ -86,6 +86,8 @@ pub struct Manifest {
     pub unixes: Vec<UnixRec>,
     /// The `ulisten` records, in order (after the `unix` records).
     pub ulistens: Vec<UnixListenRec>,
+    /// The `zombie` records, in order (after the sockets, before the processes).
+    pub zombies: Vec<Zombie>,
     /// The `process` blocks, in order.
     pub processes: Vec<Process>,
     /// The `exec` blocks, in order (written after the `process` blocks).
@@ -255,8 +257,33 @@ pub struct Process {
     /// The interest lists of its epoll descriptors.
     pub epoll: Vec<EpollRec>,
     pub sigs: Vec<SigRec>,
+    /// Its place in the process tree (absent in manifests of older writers).
+    pub tree: Option<Tree>,
     /// The leader first.
     pub threads: Vec<Thread>,
+}
+
+/// `tree <ppid> <pgid> <sid>`: a process's parent (its thread-group id), process group
+/// and session in the dead kernel. The agent creates a process as the child of its parent
+/// when the parent is resurrected too, so that `waitpid` goes on working; a session
+/// leader (`sid == pid`) makes its session again and the parent puts each child in its
+/// group, where that group exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tree {
+    pub ppid: u32,
+    pub pgid: u32,
+    pub sid: u32,
+}
+
+/// `zombie <pid> <ppid> <pgid> <sid> <status>`: a process that had exited and that its
+/// parent had not reaped. When the parent is resurrected, the agent makes a child with the
+/// same pid that ends the same way (`status` is the `wait` status, hex), so the parent's
+/// `waitpid` finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Zombie {
+    pub pid: u32,
+    pub tree: Tree,
+    pub status: u32,
 }
 
 /// `epoll <epfd> <fd> <events> <data>`: `fd` is in the interest list of the epoll
@@ -558,6 +585,8 @@ pub struct Exec {
     pub sigs: Vec<SigRec>,
     /// Blocked signals.
     pub sigmask: u64,
+    /// Its place in the process tree.
+    pub tree: Option<Tree>,
 }
 
 /// A process left out of a manifest, and why (not part of the text: the VMM reports it).

@@ -11,8 +11,8 @@ use std::collections::HashSet;
 
 use crate::{
     Copy, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, FileUpdate, InetRec, Manifest, Mm,
-    PipeRec, PipeRun, Process, SigRec, Thread, UnixListenRec, UnixRec, Vma, VmaKind, HEADER,
-    MAX_ARG_STRLEN, MAX_AUXV, MAX_ERRORS, MAX_EXEC_COUNT, MAX_EXEC_STRINGS, MAX_FILE_SIZE,
+    PipeRec, PipeRun, Process, SigRec, Thread, Tree, UnixListenRec, UnixRec, Vma, VmaKind, Zombie,
+    HEADER, MAX_ARG_STRLEN, MAX_AUXV, MAX_ERRORS, MAX_EXEC_COUNT, MAX_EXEC_STRINGS, MAX_FILE_SIZE,
     MAX_LINE, MAX_PATH, MAX_PID, MAX_PIPES, MAX_PIPE_SIZE, MAX_THREADS, MAX_VMAS, PAGE, PROT_EXEC,
     PROT_READ, PROT_WRITE,
 };
@@ -200,6 +200,8 @@ pub struct Parsed {
     pub unixes: Vec<UnixRec>,
     /// The `ulisten` records, in order.
     pub ulistens: Vec<UnixListenRec>,
+    /// The `zombie` records, in order.
+    pub zombies: Vec<Zombie>,
     /// The `process` blocks, in order; a block with bad lines is an `Err`.
     pub processes: Vec<Result<Process, BadProcess>>,
     /// The `exec` blocks, in order; a block with bad lines is an `Err`.
@@ -238,6 +240,7 @@ impl Parsed {
             inets: self.inets,
             unixes: self.unixes,
             ulistens: self.ulistens,
+            zombies: self.zombies,
             processes: self.processes.into_iter().filter_map(Result::ok).collect(),
             execs: self.execs.into_iter().filter_map(Result::ok).collect(),
         })
@@ -310,9 +313,10 @@ fn check_line(raw: &[u8]) -> Result<&str, ErrorKind> {
 }
 
 /// Records that belong inside a process block (besides `process` and `end`).
-const PROCESS_RECORDS: [&str; 15] = [
+const PROCESS_RECORDS: [&str; 16] = [
     "exe",
     "cwd",
+    "tree",
     "mm",
     "auxv",
     "vma",
@@ -328,7 +332,9 @@ const PROCESS_RECORDS: [&str; 15] = [
     "robust-list",
 ];
 /// Records of an `exec` block (besides `exec` and `end`).
-const EXEC_RECORDS: [&str; 8] = ["path", "cwd", "arg", "env", "more", "fd", "sig", "sigmask"];
+const EXEC_RECORDS: [&str; 9] = [
+    "path", "cwd", "tree", "arg", "env", "more", "fd", "sig", "sigmask",
+];
 /// Records of a thread.
 const THREAD_RECORDS: [&str; 6] = [
     "regs",
@@ -363,6 +369,7 @@ struct ProcBuilder {
     comm: Vec<u8>,
     exe: Option<Vec<u8>>,
     cwd: Option<Vec<u8>>,
+    tree: Option<Tree>,
     mm: Option<Mm>,
     auxv: Option<Vec<u64>>,
     vmas: Vec<Vma>,
@@ -379,6 +386,7 @@ struct ExecBuilder {
     comm: Vec<u8>,
     path: Option<Vec<u8>>,
     cwd: Option<Vec<u8>>,
+    tree: Option<Tree>,
     argv: Vec<Vec<u8>>,
     envp: Vec<Vec<u8>>,
     /// Which list `more` continues: `Some(false)` argv, `Some(true)` envp.
@@ -432,6 +440,7 @@ impl Parser {
             "inet" => self.inet(rest),
             "unix" => self.unix(rest),
             "ulisten" => self.ulisten(rest),
+            "zombie" => self.zombie(rest),
             "umsg" => self.umsg(rest),
             "udata" => self.udata(rest),
             "pdata" => self.pdata(rest),
@@ -538,6 +547,28 @@ impl Parser {
             return Err(ErrorKind::Overflows { record: "fcopy" });
         }
         file.runs.push(run);
+        Ok(())
+    }
+
+    fn zombie(&mut self, rest: &str) -> Result<(), ErrorKind> {
+        if !matches!(self.state, State::Files) {
+            return Err(ErrorKind::AfterFirstProcess { record: "zombie" });
+        }
+        let (f, _) = fields(rest, 5, Tail::None)?;
+        let pid = pid(f[0], "pid")?;
+        let tree = tree_fields(&f[1..4])?;
+        let status =
+            u32::try_from(hex(f[4], "status")?).map_err(|_| out_of_range("status", f[4]))?;
+        if self.out.zombies.len() >= MAX_PIPES {
+            return Err(ErrorKind::TooMany {
+                what: "zombies",
+                limit: MAX_PIPES,
+            });
+        }
+        if self.out.zombies.iter().any(|z| z.pid == pid) {
+            return Err(ErrorKind::Second { record: "zombie" });
+        }
+        self.out.zombies.push(Zombie { pid, tree, status });
         Ok(())
     }
 
@@ -774,6 +805,7 @@ impl Parser {
             comm,
             exe: None,
             cwd: None,
+            tree: None,
             mm: None,
             auxv: None,
             vmas: Vec::new(),
@@ -794,6 +826,7 @@ impl Parser {
             comm,
             path: None,
             cwd: None,
+            tree: None,
             argv: Vec::new(),
             envp: Vec::new(),
             open: None,
@@ -853,7 +886,7 @@ fn push_error(errors: &mut Vec<ParseError>, more: &mut usize, line: usize, kind:
 impl ProcBuilder {
     fn record(&mut self, n: usize, kind: &str, rest: &str) -> Result<(), ErrorKind> {
         let process_level = [
-            "exe", "cwd", "mm", "auxv", "vma", "copy", "fd", "epoll", "sig",
+            "exe", "cwd", "tree", "mm", "auxv", "vma", "copy", "fd", "epoll", "sig",
         ];
         if let Some(record) = known(&process_level, kind) {
             if !self.threads.is_empty() {
@@ -863,6 +896,7 @@ impl ProcBuilder {
         match kind {
             "exe" => once_path(&mut self.exe, "exe", rest)?,
             "cwd" => once_path(&mut self.cwd, "cwd", rest)?,
+            "tree" => once_tree(&mut self.tree, rest)?,
             "mm" => {
                 let (f, _) = fields(rest, 11, Tail::None)?;
                 let mut v = [0u64; 11];
@@ -1181,6 +1215,7 @@ impl ProcBuilder {
                 comm: self.comm,
                 exe: self.exe,
                 cwd: self.cwd,
+                tree: self.tree,
                 mm,
                 auxv,
                 vmas: self.vmas,
@@ -1204,6 +1239,7 @@ impl ExecBuilder {
         match kind {
             "path" => once_path(&mut self.path, "path", rest)?,
             "cwd" => once_path(&mut self.cwd, "cwd", rest)?,
+            "tree" => once_tree(&mut self.tree, rest)?,
             "arg" | "env" => {
                 let env = kind == "env";
                 if !env && !self.envp.is_empty() {
@@ -1287,6 +1323,7 @@ impl ExecBuilder {
                 fds: self.fds,
                 sigs: self.sigs,
                 sigmask: self.sigmask.unwrap_or(0),
+                tree: self.tree,
             }),
             path => {
                 if path.is_none() {
@@ -1449,6 +1486,32 @@ fn dec(s: &str, what: &'static str) -> Result<u32, ErrorKind> {
         return Err(bad(what, s));
     }
     s.parse().map_err(|_| bad(what, s))
+}
+
+/// `ppid pgid sid`: decimal, 0 to [`MAX_PID`] (0: none).
+fn tree_fields(f: &[&str]) -> Result<Tree, ErrorKind> {
+    let id = |s: &str, what: &'static str| {
+        let v = dec(s, what)?;
+        if v > MAX_PID {
+            return Err(out_of_range(what, s));
+        }
+        Ok(v)
+    };
+    Ok(Tree {
+        ppid: id(f[0], "ppid")?,
+        pgid: id(f[1], "pgid")?,
+        sid: id(f[2], "sid")?,
+    })
+}
+
+/// A `tree` record, at most once per block.
+fn once_tree(slot: &mut Option<Tree>, rest: &str) -> Result<(), ErrorKind> {
+    let (f, _) = fields(rest, 3, Tail::None)?;
+    let t = tree_fields(&f)?;
+    if slot.replace(t).is_some() {
+        return Err(ErrorKind::Second { record: "tree" });
+    }
+    Ok(())
 }
 
 /// A pid or tid: decimal, 1 to [`MAX_PID`].

@@ -3,7 +3,7 @@
 use std::fmt::{self, Display, Formatter, Write as _};
 
 use crate::{
-    EpollRec, Exec, FdRec, FileRec, InetRec, Manifest, PipeRec, Process, SigRec, Thread,
+    EpollRec, Exec, FdRec, FileRec, InetRec, Manifest, PipeRec, Process, SigRec, Thread, Tree,
     UnixListenRec, UnixRec, Vma, EXEC_CHUNK, HEADER, PROT_EXEC, PROT_READ, PROT_WRITE,
 };
 
@@ -83,6 +83,13 @@ impl Display for Manifest {
         for l in &self.ulistens {
             write_ulisten(f, l)?;
         }
+        for z in &self.zombies {
+            writeln!(
+                f,
+                "zombie {} {} {} {} {:x}",
+                z.pid, z.tree.ppid, z.tree.pgid, z.tree.sid, z.status
+            )?;
+        }
         for p in &self.processes {
             write_process(f, p)?;
         }
@@ -155,6 +162,13 @@ fn write_ulisten(f: &mut Formatter<'_>, l: &UnixListenRec) -> fmt::Result {
     )
 }
 
+fn write_tree(f: &mut Formatter<'_>, t: Option<&Tree>) -> fmt::Result {
+    match t {
+        Some(t) => writeln!(f, "tree {} {} {}", t.ppid, t.pgid, t.sid),
+        None => Ok(()),
+    }
+}
+
 fn write_epoll(f: &mut Formatter<'_>, e: &EpollRec) -> fmt::Result {
     writeln!(f, "epoll {} {} {:x} {:x}", e.epfd, e.fd, e.events, e.data)
 }
@@ -167,6 +181,7 @@ fn write_process(f: &mut Formatter<'_>, p: &Process) -> fmt::Result {
     if let Some(cwd) = &p.cwd {
         writeln!(f, "cwd {}", Field(cwd))?;
     }
+    write_tree(f, p.tree.as_ref())?;
     writeln!(f, "mm {}", Words(&p.mm.to_array()))?;
     writeln!(f, "auxv {}", Words(&p.auxv))?;
     for v in &p.vmas {
@@ -193,6 +208,7 @@ fn write_exec(f: &mut Formatter<'_>, e: &Exec) -> fmt::Result {
     if let Some(cwd) = &e.cwd {
         writeln!(f, "cwd {}", Field(cwd))?;
     }
+    write_tree(f, e.tree.as_ref())?;
     for (record, strings) in [("arg", &e.argv), ("env", &e.envp)] {
         for s in strings {
             // Long strings go in pieces: the first on `arg`/`env`, the rest on `more`.

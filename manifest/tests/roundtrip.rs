@@ -5,8 +5,8 @@
 
 use owvmm_manifest::{
     parse, Copy, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, InetRec, Manifest, Mm, PipeRec,
-    PipeRun, Process, SigRec, Thread, UnixListenRec, UnixRec, Vma, VmaKind, EXEC_CHUNK,
-    MAX_FILE_SIZE, MAX_PID, MAX_PIPE_SIZE, PAGE,
+    PipeRun, Process, SigRec, Thread, Tree, UnixListenRec, UnixRec, Vma, VmaKind, Zombie,
+    EXEC_CHUNK, MAX_FILE_SIZE, MAX_PID, MAX_PIPE_SIZE, PAGE,
 };
 
 /// xorshift64*.
@@ -252,6 +252,16 @@ fn exec(r: &mut Rng) -> Exec {
         fds: fds(r),
         sigs: sigs(r),
         sigmask: r.word(),
+        tree: r.bool().then(|| tree(r)),
+    }
+}
+
+fn tree(r: &mut Rng) -> Tree {
+    let mut id = || u32::try_from(r.below(u64::from(MAX_PID) + 1)).expect("id");
+    Tree {
+        ppid: id(),
+        pgid: id(),
+        sid: id(),
     }
 }
 
@@ -312,6 +322,7 @@ fn process(r: &mut Rng) -> Process {
         fds,
         epoll,
         sigs,
+        tree: r.bool().then(|| tree(r)),
         threads,
     }
 }
@@ -360,6 +371,13 @@ fn manifest(r: &mut Rng) -> Manifest {
                 backlog: r.u32(),
                 v6only: r.bool(),
                 addr: std::array::from_fn(|_| u8::try_from(r.below(256)).expect("byte")),
+            })
+            .collect(),
+        zombies: (0..u32::try_from(r.below(3)).expect("n"))
+            .map(|i| Zombie {
+                pid: 100 + i,
+                tree: tree(r),
+                status: r.u32(),
             })
             .collect(),
         processes: (0..r.below(4)).map(|_| process(r)).collect(),

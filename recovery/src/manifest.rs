@@ -847,6 +847,7 @@ fn render_process(
         fds,
         epoll,
         sigs,
+        tree: tree_of(leader),
         threads: out_threads,
     };
     Ok(Rendered {
@@ -861,6 +862,40 @@ fn render_process(
 
 /// `SIG_IGN` as a handler.
 const SIG_IGN: u64 = 1;
+
+/// The `tree` record of a process, when its family was read.
+fn tree_of(leader: &Task) -> Option<wire::Tree> {
+    let f = leader.family?;
+    Some(wire::Tree {
+        ppid: u32::try_from(f.ppid).ok()?,
+        pgid: u32::try_from(f.pgid).ok()?,
+        sid: u32::try_from(f.sid).ok()?,
+    })
+}
+
+/// `EXIT_ZOMBIE` in `exit_state`.
+const EXIT_ZOMBIE: u32 = 0x20;
+
+/// The zombies whose parent comes back: each a dead thread-group leader not reaped yet.
+fn zombies_of(report: &Report, parents: &BTreeSet<i32>) -> Vec<wire::Zombie> {
+    report
+        .tasks
+        .iter()
+        .filter(|t| t.is_leader() && t.exit_state & EXIT_ZOMBIE != 0)
+        .filter(|t| t.flags & crate::tasks::PF_KTHREAD == 0)
+        .filter_map(|t| {
+            let f = t.family?;
+            if !parents.contains(&f.ppid) {
+                return None;
+            }
+            Some(wire::Zombie {
+                pid: u32::try_from(t.pid).ok().filter(|&p| p > 0)?,
+                tree: tree_of(t)?,
+                status: u32::from_ne_bytes(f.exit_code.to_ne_bytes()),
+            })
+        })
+        .collect()
+}
 
 /// Checks the executable's path and wants its file when it is in memory.
 fn want_exe(
@@ -918,6 +953,7 @@ fn render_exec(
         fds,
         sigs,
         sigmask: leader.effective_sigmask(),
+        tree: tree_of(leader),
     };
     Ok(Rendered {
         entry: Entry::Exec(exec),
@@ -1299,7 +1335,9 @@ pub fn build_manifest_excluding(
             _ => None,
         })
         .collect();
+    let parents: BTreeSet<i32> = m.processes.iter().copied().collect();
     m.manifest = wire::Manifest {
+        zombies: zombies_of(report, &parents),
         files: out_files,
         pipes: out_pipes,
         inets: out_inets,
@@ -1365,8 +1403,50 @@ mod tests {
             files: 1,
             fs: 2,
             sighand: 3,
+            family: Some(crate::tasks::Family {
+                ppid: 1,
+                pgid: pid,
+                sid: pid,
+                exit_code: 0,
+            }),
             fpu: Some(fx),
         }
+    }
+
+    #[test]
+    fn zombies_of_resurrected_parents_only() {
+        let mut r = Report::default();
+        let mut zombie = |pid: i32, ppid: i32, flags: u32| {
+            let mut t = task(pid, pid, 0);
+            t.exit_state = EXIT_ZOMBIE;
+            t.flags = flags;
+            t.family = Some(crate::tasks::Family {
+                ppid,
+                pgid: 20,
+                sid: 10,
+                exit_code: 3 << 8,
+            });
+            t
+        };
+        r.tasks = vec![
+            zombie(21, 20, 0),
+            zombie(22, 30, 0),
+            zombie(23, 20, crate::tasks::PF_KTHREAD),
+            task(24, 24, 0x1000),
+        ];
+        let z = zombies_of(&r, &BTreeSet::from([20]));
+        assert_eq!(
+            z,
+            vec![wire::Zombie {
+                pid: 21,
+                tree: wire::Tree {
+                    ppid: 20,
+                    pgid: 20,
+                    sid: 10
+                },
+                status: 0x300,
+            }]
+        );
     }
 
     fn mm(addr: u64) -> MmInfo {
@@ -1820,7 +1900,7 @@ mod tests {
         assert_eq!(e.sigmask, 1 << 12);
         assert_eq!(wire::parse(man.text.as_bytes()), Ok(man.manifest.clone()));
         assert!(man.text.contains(
-            "\nexec 9 p9\npath /busybox\ncwd /tmp\narg sleep\narg 1\nenv PATH=/bin\nfd 0 2 123 chr /console\nsig 13 1 0 0 0\nsigmask 1000\nend\n"
+            "\nexec 9 p9\npath /busybox\ncwd /tmp\ntree 1 9 9\narg sleep\narg 1\nenv PATH=/bin\nfd 0 2 123 chr /console\nsig 13 1 0 0 0\nsigmask 1000\nend\n"
         ));
         // The executable lives in memory: it is recreated first.
         assert!(

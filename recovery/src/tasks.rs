@@ -205,11 +205,30 @@ pub struct Task {
     pub fs: u64,
     /// `sighand` (signal actions; shared by all threads of a process).
     pub sighand: u64,
+    /// Its place in the process tree (None when this kernel's BTF or memory did not say).
+    pub family: Option<Family>,
     /// The user FPU/SSE state saved in memory (`thread.fpu.fpstate->regs`), as an FXSAVE
     /// image. It is the task's state unless the task was current on a CPU with
     /// `TIF_NEED_FPU_LOAD` clear; see [`Task::fpu_live_in_cpu`].
     pub fpu: Option<FxSave>,
 }
+
+/// Where a task sits in the process tree, read from `real_parent` and `signal->pids`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Family {
+    /// The thread-group id of `real_parent` (0 when the parent is the swapper).
+    pub ppid: i32,
+    /// Process group id (`PIDTYPE_PGID`).
+    pub pgid: i32,
+    /// Session id (`PIDTYPE_SID`).
+    pub sid: i32,
+    /// `exit_code`: the `wait` status of a zombie.
+    pub exit_code: i32,
+}
+
+/// `PIDTYPE_PGID` and `PIDTYPE_SID`: indexes of `signal_struct.pids`.
+const PIDTYPE_PGID: u64 = 2;
+const PIDTYPE_SID: u64 = 3;
 
 /// `TIF_NEED_FPU_LOAD`: the task's FPU registers are in memory, not in the CPU.
 pub const TIF_NEED_FPU_LOAD: u64 = 1 << 14;
@@ -410,11 +429,38 @@ struct ExtraLayout {
     fpstate_ptr: Option<u64>,
     /// `thread.fpu.__fpstate` (the inline fpstate, used when the pointer is bad).
     fpstate_inline: Option<u64>,
+    /// `real_parent`, `exit_code`, `signal_struct.pids` and `pid.numbers[0].nr`, for
+    /// [`Family`] (all or nothing).
+    family: Option<FamilyLayout>,
     /// `fpstate.regs` and `fpstate.size`.
     fpstate_regs: u64,
     fpstate_size: Option<u64>,
     /// Essential fields missing from BTF.
     missing: Vec<String>,
+}
+
+#[derive(Debug)]
+struct FamilyLayout {
+    real_parent: u64,
+    tgid: u64,
+    exit_code: u64,
+    signal: u64,
+    pids: u64,
+    nr: u64,
+}
+
+impl FamilyLayout {
+    fn new(k: &Kernel<'_>) -> Result<Self, KernelError> {
+        let t = |p: &str| k.offset_of("task_struct", p);
+        Ok(Self {
+            real_parent: t("real_parent")?,
+            tgid: t("tgid")?,
+            exit_code: t("exit_code")?,
+            signal: t("signal")?,
+            pids: k.offset_of("signal_struct", "pids")?,
+            nr: k.offset_of("pid", "numbers")? + k.offset_of("upid", "nr")?,
+        })
+    }
 }
 
 impl ExtraLayout {
@@ -461,6 +507,13 @@ impl ExtraLayout {
             sighand,
             fpstate_ptr,
             fpstate_inline: opt("thread.fpu.__fpstate"),
+            family: match FamilyLayout::new(k) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    missing.push(format!("process tree fields: {}", error_chain(&e)));
+                    None
+                }
+            },
             fpstate_regs: k.offset_of("fpstate", "regs").unwrap_or(64),
             fpstate_size: k.offset_of("fpstate", "size").ok(),
             missing,
@@ -582,6 +635,7 @@ fn read_task(k: &Kernel<'_>, l: &TaskLayout, addr: u64) -> Result<(Task, Vec<Str
         files: 0,
         fs: 0,
         sighand: 0,
+        family: None,
         fpu: None,
     };
     read_extra(k, &l.extra, &mut task, &mut problems);
@@ -657,6 +711,15 @@ fn read_extra(k: &Kernel<'_>, l: &ExtraLayout, task: &mut Task, problems: &mut V
             )),
         }
     }
+    if let Some(f) = &l.family {
+        match read_family(k, f, addr) {
+            Ok(v) => task.family = Some(v),
+            Err(e) => problems.push(format!(
+                "task {pid}: parent or session unreadable: {}",
+                error_chain(&e)
+            )),
+        }
+    }
     if rseq != 0 {
         let len = match &l.rseq_len {
             Some(m) => k
@@ -683,6 +746,32 @@ fn read_extra(k: &Kernel<'_>, l: &ExtraLayout, task: &mut Task, problems: &mut V
             Err(e) => problems.push(format!("task {pid}: fpu: {}", error_chain(&e))),
         }
     }
+}
+
+/// Reads a task's parent, process group, session and exit code.
+fn read_family(k: &Kernel<'_>, l: &FamilyLayout, task: u64) -> Result<Family, KernelError> {
+    let signed = |v: u32| i32::from_ne_bytes(v.to_ne_bytes());
+    let parent = k.read_u64(task.wrapping_add(l.real_parent))?;
+    let ppid = if parent == 0 {
+        0
+    } else {
+        signed(k.read_u32(parent.wrapping_add(l.tgid))?)
+    };
+    let exit_code = signed(k.read_u32(task.wrapping_add(l.exit_code))?);
+    let signal = k.read_u64(task.wrapping_add(l.signal))?;
+    let nr_of = |ty: u64| -> Result<i32, KernelError> {
+        let pid = k.read_u64(signal.wrapping_add(l.pids).wrapping_add(ty * 8))?;
+        if pid == 0 {
+            return Ok(0);
+        }
+        Ok(signed(k.read_u32(pid.wrapping_add(l.nr))?))
+    };
+    Ok(Family {
+        ppid,
+        pgid: nr_of(PIDTYPE_PGID)?,
+        sid: nr_of(PIDTYPE_SID)?,
+        exit_code,
+    })
 }
 
 /// Reads the first 512 bytes of `thread.fpu.fpstate->regs` (the FXSAVE image, also the
@@ -861,6 +950,8 @@ ffffffff81400000 B _end
         pub const COMM: u64 = 0x80;
         pub const SIGNAL: u64 = 0x90;
         pub const FSBASE: u64 = 0x100;
+        pub const REAL_PARENT: u64 = 0x38;
+        pub const EXIT_CODE: u64 = 0x68;
         pub const THREAD_HEAD: u64 = 0x10;
         pub const CLEAR_CHILD_TID: u64 = 0x98;
         pub const ROBUST_LIST: u64 = 0xa0;
@@ -923,7 +1014,15 @@ ffffffff81400000 B _end
             .map(|(i, n)| (*n, ulong, u32::try_from(i * 64).expect("small")))
             .collect();
         b.strukt("pt_regs", 168, &regs);
-        b.strukt("signal_struct", 0x40, &[("thread_head", lh, 0x80)]);
+        let pids = b.array(ulong, u32t, 4);
+        b.strukt(
+            "signal_struct",
+            0x40,
+            &[("thread_head", lh, 0x80), ("pids", pids, 0x100)],
+        );
+        let upid = b.strukt("upid", 16, &[("nr", int, 0), ("ns", ulong, 64)]);
+        let numbers = b.array(upid, u32t, 1);
+        b.strukt("pid", 0x40, &[("numbers", numbers, 0x180)]);
         let o = |v: u64| u32::try_from(v * 8).expect("small");
         let mut task = vec![
             ("clear_child_tid", ulong, o(off::CLEAR_CHILD_TID), 0),
@@ -937,6 +1036,8 @@ ffffffff81400000 B _end
             ("sighand", ulong, o(off::SIGHAND), 0),
             ("rseq", ulong, o(off::RSEQ), 0),
             ("rseq_sig", u32t, o(off::RSEQ_SIG), 0),
+            ("real_parent", ulong, o(off::REAL_PARENT), 0),
+            ("exit_code", int, o(off::EXIT_CODE), 0),
         ];
         let plain: Vec<(&str, u32, u32, u32)> = [
             ("thread_info", ti, 0),
