@@ -516,7 +516,7 @@ impl FdRec {
         decimal_id(self.path.strip_prefix(b"unix:")?)
     }
 
-    /// A socket that comes back with its peer gone (kind `sock`, path `reset:<why>`).
+    /// A socket that comes back with its peer gone (kind `sock`, path `reset:<type>` or `reset:<type>:<what it was>`).
     pub fn is_reset(&self) -> bool {
         self.kind == FdKind::Sock && self.path.starts_with(b"reset:")
     }

@@ -580,11 +580,13 @@ fn render_fds(
                         }
                         format!("inet:{id}")
                     }
-                    Err(_) => format!("reset:{}", s.sock_type),
+                    Err(_) => format!("reset:{}:inet socket", s.sock_type),
                 },
                 crate::sockets::Socket::Reset { sock_type, why } => {
                     notes.push(format!("pid {pid} fd {fd}: {why}: comes back reset"));
-                    format!("reset:{sock_type}")
+                    // What it was goes along, for a crash procedure's list of what was lost.
+                    let what: String = why.chars().take(160).collect();
+                    format!("reset:{sock_type}:{what}")
                 }
             };
             fds.push(wire::FdRec {
@@ -1416,7 +1418,7 @@ mod tests {
     #[test]
     fn zombies_of_resurrected_parents_only() {
         let mut r = Report::default();
-        let mut zombie = |pid: i32, ppid: i32, flags: u32| {
+        let zombie = |pid: i32, ppid: i32, flags: u32| {
             let mut t = task(pid, pid, 0);
             t.exit_state = EXIT_ZOMBIE;
             t.flags = flags;

@@ -18,6 +18,12 @@
  *                        (SIGUSR2, blocked): each tick raises SIGUSR2 and adds 1 to an
  *                        eventfd, every 4th tick reads the eventfd and checks it held what
  *                        was added since ("efd=ok"); prints the ticks and signals seen
+ *   owtest family       a parent with two children: one that exited at once (a zombie
+ *                        the parent does not reap yet) and one in its own process group
+ *                        that waits for SIGUSR1. Every 0.5 s (n=) the parent prints its
+ *                        session and group, the child's group, whether the zombie is
+ *                        still there (waitid WNOWAIT); at n=30 it signals the child and
+ *                        reaps both, printing their exit statuses, then "family done"
  *   owtest corrupt INIT_TASK TASKS PID MM MT_ROOT
  *                        (a hostile-kernel test, not an ordinary program) starts three
  *                        children that sleep, then corrupts the running kernel's view of
@@ -45,6 +51,7 @@
 #include <sys/socket.h>
 #include <sys/signalfd.h>
 #include <sys/timerfd.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static void sleep_1s(void) {
@@ -377,6 +384,51 @@ static int events(void) {
     }
 }
 
+static void on_family_usr1(int sig) {
+    (void)sig;
+    _exit(3);
+}
+
+static int family(void) {
+    pid_t z = fork();
+    if (z == 0)
+        _exit(7);
+    pid_t c = fork();
+    if (c == 0) {
+        signal(SIGUSR1, on_family_usr1);
+        setpgid(0, 0);
+        for (;;)
+            pause();
+    }
+    if (z < 0 || c < 0) {
+        printf("family pid=%d fork failed\n", getpid());
+        return 1;
+    }
+    setpgid(c, c);
+    for (int tick = 1; tick <= 30; tick++) {
+        struct timespec ts = {0, 500 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        siginfo_t si;
+        memset(&si, 0, sizeof si);
+        int zr = waitid(P_PID, (id_t)z, &si, WEXITED | WNOHANG | WNOWAIT);
+        int zombie = zr == 0 && si.si_pid == z;
+        printf("family pid=%d n=%d sid=%d pgid=%d child=%d child_pgid=%d zombie=%s\n",
+               getpid(), tick, getsid(0), getpgid(0), c, getpgid(c),
+               zombie ? "yes" : (zr == 0 ? "gone" : strerror(errno)));
+    }
+    kill(c, SIGUSR1);
+    int st = 0;
+    pid_t r = waitpid(c, &st, 0);
+    printf("family pid=%d reaped child=%d ok=%s status=%d\n", getpid(), c,
+           r == c ? "yes" : strerror(errno), WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    st = 0;
+    r = waitpid(z, &st, 0);
+    printf("family pid=%d reaped zombie=%d ok=%s status=%d\n", getpid(), z,
+           r == z ? "yes" : strerror(errno), WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    printf("family pid=%d done\n", getpid());
+    return 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc == 3 && strcmp(argv[1], "heap") == 0)
@@ -391,6 +443,9 @@ int main(int argc, char **argv) {
         return events();
     if (argc == 2 && strcmp(argv[1], "unixpair") == 0)
         return unixpair();
-    fprintf(stderr, "usage: owtest heap MIB | threads FILE | sleeper | events | unixpair\n");
+    if (argc == 2 && strcmp(argv[1], "family") == 0)
+        return family();
+    fprintf(stderr,
+            "usage: owtest heap MIB | threads FILE | sleeper | events | unixpair | family\n");
     return 2;
 }

@@ -599,6 +599,27 @@ impl Netns {
         .expect("netns thread")
     }
 
+    /// A TCP connection to `addr:port` made inside the namespace, retried while the server
+    /// comes up (2 minutes at most), with a 20 s read timeout.
+    pub fn connect(&self, addr: &str, port: u16) -> std::net::TcpStream {
+        let target: std::net::SocketAddr = format!("{addr}:{port}").parse().expect("addr");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let c = self.run(move || {
+                std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5))
+            });
+            match c {
+                Ok(c) => {
+                    c.set_read_timeout(Some(Duration::from_secs(20)))
+                        .expect("timeout");
+                    return c;
+                }
+                Err(e) => assert!(Instant::now() < deadline, "{target} does not answer: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     /// `ip netns exec NAME PROGRAM ARGS...`, its exit code and standard output.
     pub fn exec(&self, program: &str, args: &[&str]) -> (i32, String) {
         let out = Command::new("ip")

@@ -57,27 +57,9 @@ fn memcached_ask(c: &mut TcpStream, req: &str, until: &str) -> std::io::Result<S
     Ok(String::from_utf8_lossy(&got).into_owned())
 }
 
-/// A new connection to the guest's memcached, from inside the namespace (retried while
-/// it comes up, bounded).
+/// A new connection to the guest's memcached, from inside the namespace.
 fn memcached_connect(ns: &Netns) -> TcpStream {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let c = ns.run(|| {
-            TcpStream::connect_timeout(
-                &format!("{GUEST_IP}:11211").parse().expect("addr"),
-                Duration::from_secs(5),
-            )
-        });
-        match c {
-            Ok(c) => {
-                c.set_read_timeout(Some(Duration::from_secs(20)))
-                    .expect("timeout");
-                return c;
-            }
-            Err(e) => assert!(Instant::now() < deadline, "memcached does not answer: {e}"),
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    ns.connect(GUEST_IP, 11211)
 }
 
 /// `redis-cli -h GUEST ARGS...` from inside the namespace: its exit code and output.

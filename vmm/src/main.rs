@@ -14,6 +14,7 @@ use serde_json::json;
 mod demo;
 mod image;
 mod rootfs;
+mod sdk;
 
 /// Exit code for a VMM error at run time.
 const EXIT_VMM_ERROR: u8 = 1;
@@ -52,6 +53,13 @@ enum Cmd {
     /// Prepare (or find in the cache) the crash kernel's warm standby for a machine shape,
     /// and print its directory. `owvmm run` does this by itself when it needs one.
     Standby(StandbyArgs),
+    /// Write the crash-procedure SDK for guest programs into DIR (a C header and an example).
+    ///
+    /// DIR/include/owvmm.h lets a program in the guest choose what happens to it after a
+    /// kernel crash: go on where it was, or restart afresh after saving its state;
+    /// DIR/examples/kvserver.c shows how. Build with `gcc -static -I DIR/include prog.c`.
+    /// Rust programs use the owvmm-sdk crate (sdk/rust); see docs/crash-procedures.md.
+    Sdk(sdk::SdkArgs),
 }
 
 /// What a guest boots and its shape (shared by `run` and `standby`).
@@ -275,6 +283,16 @@ fn main() -> ExitCode {
         },
         Cmd::Demo(a) => demo::run(a),
         Cmd::Standby(a) => standby(a),
+        Cmd::Sdk(a) => match a.write() {
+            Ok(paths) => {
+                for p in paths {
+                    println!("{}", p.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) if e.refused() => fail(EXIT_BAD_ARGS, &e),
+            Err(e) => fail(EXIT_VMM_ERROR, &e),
+        },
     }
 }
 

@@ -12,14 +12,14 @@ use std::os::fd::RawFd;
 
 use super::manifest::Exec;
 use super::pipes::PipeTable;
-use super::restore::{clone_with_pid, Setup, STEP_EXEC, STEP_SIGMASK};
+use super::restore::{Setup, STEP_EXEC, STEP_SIGMASK};
 use super::{text, Error};
 
 /// Exit code of a child whose exec failed (the reason went through the pipe).
 const EXIT_EXEC_FAILED: i32 = 127;
 
 /// What the child needs, prepared before `clone3` (the child does not allocate).
-struct ExecPlan {
+pub(super) struct ExecPlan {
     setup: Setup,
     path: CString,
     /// NULL-terminated pointer arrays into `strings`.
@@ -41,9 +41,42 @@ fn c_string(what: &str, bytes: &[u8]) -> Result<CString, Error> {
         .map_err(|_| Error::Invalid(format!("NUL in {what} '{}'", text(bytes))))
 }
 
-/// Runs the interrupted exec of `e` again. Returns when the new program runs.
-pub fn exec(e: &Exec, pipes: &PipeTable) -> Result<(), Error> {
-    let setup = Setup::new(&e.fds, e.cwd.as_deref(), &e.sigs, &[], pipes)?;
+/// An exec planned before any process is created: the child's plan and the read end of
+/// its status pipe.
+pub(super) struct Prepared {
+    pub(super) pid: i32,
+    pub(super) plan: ExecPlan,
+    status: RawFd,
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        // SAFETY: closes the pipe ends this plan opened (the write end may be closed
+        // already: `close_writer` sets it to -1).
+        unsafe {
+            libc::close(self.status);
+            if self.plan.status >= 0 {
+                libc::close(self.plan.status);
+            }
+        }
+    }
+}
+
+impl Prepared {
+    /// Closes the agent's copy of the write end, once the child exists.
+    pub(super) fn close_writer(&mut self) {
+        if self.plan.status >= 0 {
+            // SAFETY: closes our own descriptor, once.
+            unsafe { libc::close(self.plan.status) };
+            self.plan.status = -1;
+        }
+    }
+}
+
+/// Plans the interrupted exec of `e` (nothing is created yet).
+pub(super) fn prepare(e: &Exec, pipes: &PipeTable) -> Result<Prepared, Error> {
+    // A new program has no crash procedure yet: nothing may be lost.
+    let setup = Setup::new(&e.fds, e.cwd.as_deref(), &e.sigs, &[], pipes, false)?;
     let mut strings = Vec::with_capacity(e.argv.len() + e.envp.len());
     for a in &e.argv {
         strings.push(c_string("argument", a)?);
@@ -80,18 +113,19 @@ pub fn exec(e: &Exec, pipes: &PipeTable) -> Result<(), Error> {
         keep,
     };
     let pid = i32::try_from(e.pid).map_err(|_| Error::Invalid("pid out of range".into()))?;
-    // SAFETY: we are single-threaded, and the child only runs `child`, which never returns.
-    let cloned = unsafe { clone_with_pid(pid) };
-    if let Ok(0) = cloned {
-        // SAFETY: we are the new child of a single-threaded process.
-        unsafe { child(&plan) }
-    }
-    // SAFETY: closes our copy of the write end; the child has its own.
-    unsafe { libc::close(wr) };
-    let result = cloned.and_then(|_| wait_exec(rd, pid, &plan.setup));
-    // SAFETY: closes the read end we opened above.
-    unsafe { libc::close(rd) };
-    result
+    Ok(Prepared {
+        pid,
+        plan,
+        status: rd,
+    })
+}
+
+/// Waits until the child of `prep` (made by the agent or by its parent's stub) has run
+/// its exec, or reports why it could not. Every other holder of the status pipe's write
+/// end must have closed it (the agent's copy: [`Prepared::close_writer`]).
+pub(super) fn finish(prep: &mut Prepared) -> Result<(), Error> {
+    prep.close_writer();
+    wait_exec(prep.status, prep.pid, &prep.plan.setup)
 }
 
 /// Reads the child's report: end of file (its exec closed the pipe) is success.
@@ -116,9 +150,10 @@ fn wait_exec(rd: RawFd, pid: i32, setup: &Setup) -> Result<(), Error> {
     if got == 0 {
         return Ok(());
     }
-    // The child failed before its exec and exits: reap it.
+    // The child failed before its exec and exits: reap it if it is ours (one its parent's
+    // stub made is reaped by that parent).
     let mut st = 0;
-    // SAFETY: waits for our own child.
+    // SAFETY: waits for a child by pid; ECHILD when it is not ours.
     unsafe { libc::waitpid(pid, &mut st, 0) };
     if got < rec.len() {
         return Err(Error::Invalid(format!(
@@ -138,7 +173,7 @@ fn wait_exec(rd: RawFd, pid: i32, setup: &Setup) -> Result<(), Error> {
 /// # Safety
 /// Call only in the fresh child of `clone3` from a single-threaded process; it makes only
 /// async-signal-safe system calls on data prepared before the clone.
-unsafe fn child(plan: &ExecPlan) -> ! {
+pub(super) unsafe fn child(plan: &ExecPlan) -> ! {
     // SAFETY: raw system calls on pre-built arguments; every pointer refers to `plan`,
     // which this copy of the address space keeps alive; the function ends in execve or
     // `_exit`.
@@ -155,7 +190,6 @@ unsafe fn child(plan: &ExecPlan) -> ! {
             libc::_exit(EXIT_EXEC_FAILED);
         }
         Setup::close_all_but(&plan.keep);
-        libc::setsid();
         // Signals the agent ignores would stay ignored across the exec: only the target's
         // (in the plan) may.
         let default = [0u64; 4];

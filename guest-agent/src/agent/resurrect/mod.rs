@@ -10,13 +10,18 @@
 //!   through system calls injected with [`tracer`].
 //! - [`exec`] completes an exec the crash interrupted (`exec` blocks): `clone3(set_tid)`,
 //!   what an exec keeps, then `execve`.
+//! - [`procedure`] calls the crash procedure a process registered, with what was lost.
+//! - [`tree`] decides who creates whom: a process whose parent comes back too is made by
+//!   its parent, in its session and process group; unreaped zombies come back as zombies.
 
 pub mod exec;
 pub mod files;
 pub mod manifest;
 pub mod pipes;
+pub mod procedure;
 pub mod restore;
 pub mod tracer;
+pub mod tree;
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -352,8 +357,11 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
         .iter()
         .map(|p| p.as_ref().map(Block::Process))
         .chain(m.execs.iter().map(|e| e.as_ref().map(Block::Exec)));
+    // Every process is planned before any is made: a stub is a copy of the agent, and
+    // makes its children from the plans in that copy.
+    let mut nodes = Vec::new();
     for entry in blocks {
-        match entry {
+        let planned = match entry {
             Err(bad) => {
                 let first = bad
                     .errors
@@ -365,43 +373,84 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
                 } else {
                     format!("manifest {first}")
                 };
-                sum.failed += 1;
-                sink(Event::NotRestored {
-                    pid: bad.pid,
-                    reason,
-                });
+                Err((bad.pid, reason))
             }
-            Ok(block) => {
-                let t = Instant::now();
-                let (pid, done, command) = match block {
-                    Block::Process(p) => (
-                        p.pid,
-                        restore::restore(p, &mem, &pipes),
-                        p.exe.as_deref().map_or_else(|| text(&p.comm), text),
-                    ),
-                    Block::Exec(e) => (e.pid, exec::exec(e, &pipes).map(|()| 1), text(&e.path)),
-                };
-                match done {
-                    Ok(threads) => {
-                        sum.restored += 1;
-                        sink(Event::Restored {
-                            pid,
-                            threads,
-                            ms: ms_since(t),
-                            command,
-                        });
-                    }
-                    Err(e) => {
-                        sum.failed += 1;
-                        sink(Event::NotRestored {
-                            pid,
-                            reason: reason(&e),
-                        });
-                    }
-                }
+            Ok(Block::Process(p)) => restore::prepare(p, &mem, &pipes)
+                .map(|prep| {
+                    let kind = tree::Kind::Process(p, Box::new(prep));
+                    tree::Node::new(i32::try_from(p.pid).unwrap_or(0), kind, p.tree)
+                })
+                .map_err(|e| (p.pid, reason(&e))),
+            Ok(Block::Exec(e)) => exec::prepare(e, &pipes)
+                .map(|prep| {
+                    let kind = tree::Kind::Exec(e, Box::new(prep));
+                    tree::Node::new(i32::try_from(e.pid).unwrap_or(0), kind, e.tree)
+                })
+                .map_err(|err| (e.pid, reason(&err))),
+        };
+        match planned {
+            Ok(node) => nodes.push(node),
+            Err((pid, reason)) => {
+                sum.failed += 1;
+                sink(Event::NotRestored { pid, reason });
             }
         }
-        sink(Event::Progress);
+    }
+    nodes.extend(tree::zombie_nodes(&m.zombies));
+    let mut forest = tree::Forest::link(nodes);
+    let zombies = forest
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.kind, tree::Kind::Zombie(_)))
+        .count();
+    if zombies > 0 {
+        crate::log!("resurrect: {zombies} zombies made again for their parents");
+    }
+    for root in forest.roots() {
+        let created = forest.create(root);
+        for i in forest.finish_order(root) {
+            let t = Instant::now();
+            let node = &mut forest.nodes[i];
+            let by_parent = node.by_parent();
+            let (pid, done, command) = match &mut node.kind {
+                tree::Kind::Process(p, prep) => (
+                    p.pid,
+                    match &created {
+                        Ok(()) => restore::finish(p, prep, by_parent),
+                        Err(e) => Err(Error::Invalid(reason(e))),
+                    },
+                    p.exe.as_deref().map_or_else(|| text(&p.comm), text),
+                ),
+                tree::Kind::Exec(e, prep) => (
+                    e.pid,
+                    match &created {
+                        Ok(()) => exec::finish(prep).map(|()| 1),
+                        Err(e) => Err(Error::Invalid(reason(e))),
+                    },
+                    text(&e.path),
+                ),
+                tree::Kind::Zombie(_) => continue,
+            };
+            match done {
+                Ok(threads) => {
+                    sum.restored += 1;
+                    sink(Event::Restored {
+                        pid,
+                        threads,
+                        ms: ms_since(t),
+                        command,
+                    });
+                }
+                Err(e) => {
+                    sum.failed += 1;
+                    sink(Event::NotRestored {
+                        pid,
+                        reason: reason(&e),
+                    });
+                }
+            }
+            sink(Event::Progress);
+        }
     }
     sum.ms = ms_since(t0);
     sum

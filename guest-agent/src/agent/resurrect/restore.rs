@@ -20,6 +20,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use super::manifest::{EpollRec, FdKind, FdRec, Process, SigRec, VmaKind, PAGE};
 use super::pipes::PipeTable;
+use super::procedure::{self, Lost};
 use super::tracer::{self, reg, Injector, Regs, Tid};
 use super::{text, Error, MemSource};
 
@@ -47,6 +48,8 @@ const PRCTL_MM_MAP_SIZE: u64 = 104;
 const CLONE_ARGS_SIZE: u64 = 88;
 /// `clone3` flag: reset every signal action to the default in the child.
 const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
+/// `clone3` flag: the child is traced too when the caller is.
+const CLONE_PTRACE: u64 = 0x2000;
 /// `AT_FDCWD` as a register value.
 const AT_FDCWD: u64 = u64::from_ne_bytes((-100_i64).to_ne_bytes());
 
@@ -62,7 +65,7 @@ const STEP_SIGACTION: u64 = 6;
 pub(super) const STEP_SIGMASK: u64 = 7;
 pub(super) const STEP_EXEC: u64 = 8;
 /// Exit codes of a child that could not even record an error.
-const EXIT_TRACEME: i32 = 120;
+pub(super) const EXIT_TRACEME: i32 = 120;
 const EXIT_SCRATCH: i32 = 121;
 const EXIT_RESUMED: i32 = 122;
 
@@ -70,7 +73,7 @@ const EXIT_RESUMED: i32 = 122;
 type Cluster = (u64, usize, libc::off_t);
 
 /// What the child needs, prepared before `clone3` (the child does not allocate).
-struct ChildPlan {
+pub(super) struct ChildPlan {
     scratch: u64,
     /// The old memory this process needs: fd of the window, then (address, length, file
     /// offset) of each cluster of it mapped into the span reserved for the window.
@@ -88,18 +91,25 @@ pub(super) struct Setup {
     cwd: CString,
     /// (signo, kernel `struct sigaction`: handler, flags, restorer, mask).
     sigs: Vec<(i32, [u64; 4])>,
+    /// What does not come back exactly (for a crash procedure).
+    pub(super) lost: Vec<Lost>,
 }
 
 impl Setup {
     /// The plan for `fds`, `cwd` (`/` when none) and `sigs`; pipe ends come from `pipes`.
+    /// A descriptor of a kind the agent cannot make fails the plan, unless `lenient` (the
+    /// process has a crash procedure to tell): then it becomes `/dev/null` and is listed
+    /// in [`Setup::lost`].
     pub(super) fn new(
         fds: &[FdRec],
         cwd: Option<&[u8]>,
         sigs: &[SigRec],
         epoll: &[EpollRec],
         pipes: &PipeTable,
+        lenient: bool,
     ) -> Result<Self, Error> {
         let mut keep = Vec::new();
+        let mut lost = Vec::new();
         let mut plans = Vec::with_capacity(fds.len());
         for f in fds {
             // f_flags are 32 bits; open(2) takes them as an int.
@@ -111,9 +121,13 @@ impl Setup {
             } else if f.is_epoll() {
                 Some(Made::Epoll)
             } else if f.is_reset() {
-                let ty = std::str::from_utf8(f.path.strip_prefix(b"reset:").unwrap_or(b""))
+                // `reset:<type>` or `reset:<type>:<what it was>`.
+                let rest = String::from_utf8_lossy(f.path.strip_prefix(b"reset:").unwrap_or(b""));
+                let (ty, what) = rest.split_once(':').unwrap_or((&rest, ""));
+                lost.push(procedure::reset_lost(f.fd, what));
+                let ty = ty
+                    .parse::<i32>()
                     .ok()
-                    .and_then(|t| t.parse::<i32>().ok())
                     .filter(|t| [libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(t))
                     .unwrap_or(libc::SOCK_STREAM);
                 Some(Made::Reset(ty))
@@ -131,11 +145,39 @@ impl Setup {
                 });
                 continue;
             }
-            if f.kind == FdKind::Fifo && f.pipe_id().is_none() {
-                return Err(Error::FdKind {
+            let cannot = if f.kind == FdKind::Fifo && f.pipe_id().is_none() {
+                Some("named fifo")
+            } else if f.pipe_id().is_none()
+                && f.inet_id().is_none()
+                && f.unix_id().is_none()
+                && !matches!(f.kind, FdKind::Reg | FdKind::Chr | FdKind::Dir)
+            {
+                Some(f.kind.name())
+            } else {
+                None
+            };
+            if let Some(kind) = cannot {
+                if !lenient {
+                    return Err(Error::FdKind { fd: f.fd, kind });
+                }
+                lost.push(Lost {
                     fd: f.fd,
-                    kind: "named fifo",
+                    kind: if f.kind == FdKind::Chr {
+                        "device"
+                    } else {
+                        "file"
+                    },
+                    why: format!("cannot restore {kind} {}: /dev/null instead", text(&f.path)),
                 });
+                plans.push(FdPlan {
+                    fd: f.fd,
+                    flags: (flags & (libc::O_CLOEXEC | libc::O_NONBLOCK)) | libc::O_RDWR,
+                    seek: None,
+                    path: cstring(b"/dev/null")?,
+                    dup_from: None,
+                    made: None,
+                });
+                continue;
             }
             if f.pipe_id().is_some() || f.inet_id().is_some() || f.unix_id().is_some() {
                 // A pipe end or a socket the agent made: its descriptor is `dup3`ed.
@@ -154,12 +196,6 @@ impl Setup {
                     made: None,
                 });
                 continue;
-            }
-            if !matches!(f.kind, FdKind::Reg | FdKind::Chr | FdKind::Dir) {
-                return Err(Error::FdKind {
-                    fd: f.fd,
-                    kind: f.kind.name(),
-                });
             }
             let mut flags =
                 (flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_NOCTTY;
@@ -205,6 +241,7 @@ impl Setup {
                 .iter()
                 .map(|s| (s.signo, [s.handler, s.flags, s.restorer, s.mask]))
                 .collect(),
+            lost,
         })
     }
 
@@ -439,22 +476,8 @@ impl Setup {
 /// The caller must be single-threaded, and the child must make only async-signal-safe
 /// calls and never return from the caller's frame.
 pub(super) unsafe fn clone_with_pid(pid: i32) -> Result<i64, Error> {
-    let set_tid: [libc::pid_t; 1] = [pid];
-    // SAFETY: clone_args is plain old data; all-zero is its documented default.
-    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
-    args.flags = CLONE_CLEAR_SIGHAND;
-    args.exit_signal = u64::from(libc::SIGCHLD.unsigned_abs());
-    args.set_tid = set_tid.as_ptr() as u64;
-    args.set_tid_size = 1;
-    // SAFETY: `args` and `set_tid` are valid for the call. Without CLONE_VM the child gets
-    // a copy of our address space and returns with 0 (the caller's contract covers it).
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            std::ptr::addr_of!(args),
-            std::mem::size_of::<libc::clone_args>(),
-        )
-    };
+    // SAFETY: the caller's contract is clone_raw's.
+    let r = unsafe { clone_raw(pid, false) };
     if r < 0 {
         let e = io::Error::last_os_error();
         let what = if e.raw_os_error() == Some(libc::EEXIST) {
@@ -465,6 +488,31 @@ pub(super) unsafe fn clone_with_pid(pid: i32) -> Result<i64, Error> {
         return Err(Error::os(what, e));
     }
     Ok(r)
+}
+
+/// The raw `clone3` of [`clone_with_pid`] (-1 and errno on failure), with `CLONE_PTRACE`
+/// when `traced`: the child of a traced stub is then traced by the same tracer (the agent)
+/// and stops with `SIGSTOP` before it runs anything.
+///
+/// # Safety
+/// As [`clone_with_pid`]; it allocates nothing, so a stub may call it.
+pub(super) unsafe fn clone_raw(pid: i32, traced: bool) -> i64 {
+    let set_tid: [libc::pid_t; 1] = [pid];
+    // SAFETY: clone_args is plain old data; all-zero is its documented default.
+    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
+    args.flags = CLONE_CLEAR_SIGHAND | if traced { CLONE_PTRACE } else { 0 };
+    args.exit_signal = u64::from(libc::SIGCHLD.unsigned_abs());
+    args.set_tid = set_tid.as_ptr() as u64;
+    args.set_tid_size = 1;
+    // SAFETY: `args` and `set_tid` are valid for the call. Without CLONE_VM the child gets
+    // a copy of our address space and returns with 0 (the caller's contract covers it).
+    unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            std::ptr::addr_of!(args),
+            std::mem::size_of::<libc::clone_args>(),
+        )
+    }
 }
 
 struct FdPlan {
@@ -612,9 +660,25 @@ fn cstring(bytes: &[u8]) -> Result<CString, Error> {
     CString::new(bytes.to_vec()).map_err(|_| Error::Invalid(format!("NUL in '{}'", text(bytes))))
 }
 
-/// Restores `p`. Returns its number of threads.
-pub fn restore(p: &Process, mem: &MemSource, pipes: &PipeTable) -> Result<u32, Error> {
-    let setup = Setup::new(&p.fds, p.cwd.as_deref(), &p.sigs, &p.epoll, pipes)?;
+/// Everything the agent works out for one process before any process is created: the
+/// child's plan and where the window and our vDSO are.
+pub(super) struct Prepared {
+    pub(super) pid: i32,
+    pub(super) plan: ChildPlan,
+    window: Option<(u64, usize, u64)>,
+    own_vdso: Option<(u64, u64)>,
+}
+
+/// Plans the restore of `p` (nothing is created yet).
+pub(super) fn prepare(p: &Process, mem: &MemSource, pipes: &PipeTable) -> Result<Prepared, Error> {
+    let setup = Setup::new(
+        &p.fds,
+        p.cwd.as_deref(),
+        &p.sigs,
+        &p.epoll,
+        pipes,
+        procedure::registered(&p.sigs),
+    )?;
     // The part of the window this process needs.
     let mut span: Option<(u64, u64)> = None;
     for c in p.vmas.iter().flat_map(|v| &v.copies) {
@@ -677,25 +741,66 @@ pub fn restore(p: &Process, mem: &MemSource, pipes: &PipeTable) -> Result<u32, E
     };
 
     let pid = i32::try_from(p.pid).map_err(|_| Error::Invalid("pid out of range".into()))?;
-    // SAFETY: we are single-threaded, and the child only runs `child`, which never returns.
-    if unsafe { clone_with_pid(pid) }? == 0 {
-        // SAFETY: we are the new child of a single-threaded process.
-        unsafe { child(&plan) }
-    }
+    Ok(Prepared {
+        pid,
+        plan,
+        window: window.map(|w| (w.0, w.1, w.4)),
+        own_vdso: own_vdso.zip(own_vvar),
+    })
+}
+
+/// Builds the process `prep` planned, once its stub exists (made by the agent or, with
+/// `by_parent`, by its parent's stub: then it is traced from birth and first stops with
+/// the `SIGSTOP` of `CLONE_PTRACE`). Returns its number of threads.
+pub(super) fn finish(p: &Process, prep: &Prepared, by_parent: bool) -> Result<u32, Error> {
+    let pid = prep.pid;
     let mut guard = Guard {
         tids: vec![pid],
         armed: true,
     };
-    let threads = build(
-        p,
-        pid,
-        &plan,
-        window.as_ref().map(|w| (w.0, w.1, w.4)),
-        own_vdso.zip(own_vvar),
-        &mut guard,
-    )?;
+    if by_parent {
+        let leader = Tid(pid);
+        match wait_sigstop(leader) {
+            Err(Error::Os { source, .. }) if source.raw_os_error() == Some(libc::ECHILD) => {
+                guard.armed = false;
+                return Err(Error::Invalid("its parent could not create it".to_owned()));
+            }
+            Err(Error::Invalid(why)) => {
+                return Err(Error::Invalid(format!("made by its parent: {why}")))
+            }
+            other => other?,
+        }
+        // Let it prepare itself; its own SIGSTOP ends that.
+        leader.cont(0)?;
+    }
+    let threads = build(p, pid, &prep.plan, prep.window, prep.own_vdso, &mut guard)?;
     guard.armed = false;
     Ok(threads)
+}
+
+/// Waits for a stub's `SIGSTOP`. Other signals that stop it on the way (the `SIGCHLD` of a
+/// zombie it made: a traced process queues even the signals it ignores) are dropped: they
+/// come from its making, not from its life before the crash.
+fn wait_sigstop(leader: Tid) -> Result<(), Error> {
+    for _ in 0..64 {
+        let status = leader.wait()?;
+        if libc::WIFSTOPPED(status) && libc::WSTOPSIG(status) == libc::SIGSTOP {
+            return Ok(());
+        }
+        if libc::WIFSTOPPED(status) {
+            leader.cont(0)?;
+            continue;
+        }
+        let why = match libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)) {
+            Some(EXIT_TRACEME) => "PTRACE_TRACEME failed".to_owned(),
+            Some(EXIT_SCRATCH) => "could not map its scratch area".to_owned(),
+            _ => tracer::describe_status(status),
+        };
+        return Err(Error::Invalid(why));
+    }
+    Err(Error::Invalid(
+        "stopped by signals over and over".to_owned(),
+    ))
 }
 
 /// The tracer side, from the child's first stop to the detach.
@@ -709,16 +814,11 @@ fn build(
 ) -> Result<u32, Error> {
     let mut phases = Phases::new();
     let leader = Tid(pid);
-    let status = leader.wait()?;
+    wait_sigstop(leader).map_err(|e| match e {
+        Error::Invalid(why) => Error::Invalid(format!("child setup: {why}")),
+        e => e,
+    })?;
     phases.mark("child setup");
-    if !(libc::WIFSTOPPED(status) && libc::WSTOPSIG(status) == libc::SIGSTOP) {
-        let why = match libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)) {
-            Some(EXIT_TRACEME) => "PTRACE_TRACEME failed".to_owned(),
-            Some(EXIT_SCRATCH) => "could not map its scratch area".to_owned(),
-            _ => tracer::describe_status(status),
-        };
-        return Err(Error::Invalid(format!("child setup: {why}")));
-    }
     leader.set_options(
         libc::PTRACE_O_TRACECLONE | libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD,
     )?;
@@ -877,6 +977,22 @@ fn build(
         )?;
     }
 
+    // A crash procedure's block, in a fresh mapping of its own.
+    let crash_block = if procedure::registered(&p.sigs) {
+        let len = procedure::block(0, &plan.setup.lost).len() as u64;
+        let rw = u64::from((libc::PROT_READ | libc::PROT_WRITE).unsigned_abs());
+        let flags = u64::from((libc::MAP_PRIVATE | libc::MAP_ANONYMOUS).unsigned_abs());
+        let at = call(
+            libc::SYS_mmap,
+            [0, len, rw, flags, u64::MAX, 0],
+            "mmap the crash procedure's block",
+        )?;
+        inj.write(at, &procedure::block(at, &plan.setup.lost))?;
+        Some(at)
+    } else {
+        None
+    };
+
     // Final state of the other threads; they stay stopped until the detach.
     for ((tid, _), t) in threads.iter().zip(&p.threads).skip(1) {
         tid.set_regs(&t.regs)?;
@@ -921,9 +1037,19 @@ fn build(
     )?;
     leader.set_regs(&lt.regs)?;
 
-    for (tid, _) in threads.iter().skip(1).chain(threads.first()) {
+    for (tid, _) in threads.iter().skip(1) {
         tid.detach()?;
     }
+    // Queued while it is stopped: the leader runs its crash procedure before anything else.
+    if let Some(at) = crash_block {
+        procedure::queue(pid, at)
+            .map_err(|e| Error::os("rt_tgsigqueueinfo(crash procedure)", e))?;
+        crate::log!(
+            "resurrect {pid}: its crash procedure is called ({} lost)",
+            plan.setup.lost.len()
+        );
+    }
+    leader.detach()?;
     phases.mark("thread state+detach");
     crate::log!("resurrect {pid}: {phases}");
     u32::try_from(threads.len()).map_err(|_| Error::Invalid("too many threads".to_owned()))
@@ -1204,19 +1330,30 @@ fn create_thread(
     Ok(tid)
 }
 
-/// The child: prepares itself and stops. Never returns.
+/// `PTRACE_TRACEME` in a stub the agent made: its tracer is the agent. Exits on failure.
 ///
 /// # Safety
-/// Call only in the fresh child of `clone3` from a single-threaded process; it makes only
-/// async-signal-safe system calls on data prepared before the clone.
-unsafe fn child(plan: &ChildPlan) -> ! {
-    // SAFETY: raw system calls on pre-built arguments; every pointer refers to `plan`
-    // (which this copy of the address space keeps alive) or to the scratch area we map
-    // here; the function ends in a stop and `_exit`.
+/// A raw system call; call only in a fresh child of `clone3`.
+pub(super) unsafe fn trace_me() {
+    // SAFETY: PTRACE_TRACEME takes no pointers; _exit never returns.
     unsafe {
         if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) == -1 {
             libc::_exit(EXIT_TRACEME);
         }
+    }
+}
+
+/// The child (after [`trace_me`] or born traced, after the stub cloned its own children):
+/// prepares itself and stops. Never returns.
+///
+/// # Safety
+/// Call only in the fresh child of `clone3` from a single-threaded process; it makes only
+/// async-signal-safe system calls on data prepared before the clone.
+pub(super) unsafe fn child(plan: &ChildPlan) -> ! {
+    // SAFETY: raw system calls on pre-built arguments; every pointer refers to `plan`
+    // (which this copy of the address space keeps alive) or to the scratch area we map
+    // here; the function ends in a stop and `_exit`.
+    unsafe {
         let s = libc::mmap(
             plan.scratch as *mut libc::c_void,
             SCRATCH_SIZE,
@@ -1257,7 +1394,6 @@ unsafe fn child(plan: &ChildPlan) -> ! {
         // Nothing of the agent's stays open (the channel, the signal pipe, the window)
         // but the pipe ends this process takes.
         Setup::close_all_but(plan.setup.keep());
-        libc::setsid();
         if let Err((step, index)) = plan.setup.apply() {
             fail(step, index);
         }
