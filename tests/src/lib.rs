@@ -605,9 +605,8 @@ impl Netns {
         let target: std::net::SocketAddr = format!("{addr}:{port}").parse().expect("addr");
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let c = self.run(move || {
-                std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5))
-            });
+            let c = self
+                .run(move || std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5)));
             match c {
                 Ok(c) => {
                     c.set_read_timeout(Some(Duration::from_secs(20)))
