@@ -86,6 +86,8 @@ pub struct Manifest {
     pub unixes: Vec<UnixRec>,
     /// The `ulisten` records, in order (after the `unix` records).
     pub ulistens: Vec<UnixListenRec>,
+    /// The `tcp` records, in order (after the `inet` records).
+    pub tcps: Vec<TcpRec>,
     /// The `zombie` records, in order (after the sockets, before the processes).
     pub zombies: Vec<Zombie>,
     /// The `process` blocks, in order.
@@ -104,6 +106,7 @@ impl Manifest {
             .iter()
             .flat_map(|p| &p.data)
             .chain(self.unixes.iter().flat_map(|u| u.msgs.iter().flatten()))
+            .chain(self.tcps.iter().flat_map(|t| t.send.iter().chain(&t.recv)))
             .map(|r| r.len);
         let copies = self
             .processes
@@ -182,6 +185,79 @@ pub struct InetRec {
     pub backlog: u32,
     pub v6only: bool,
     pub addr: [u8; 16],
+}
+
+/// `tcp <id> <family> <local> <lport> <remote> <rport> <snd_una> <snd_nxt> <write_seq>
+/// <rcv_nxt> <snd_wl1> <snd_wnd> <max_window> <rcv_wnd> <rcv_wup> <mss> <snd_wscale>
+/// <rcv_wscale> <opts> <timestamp>`, then `tsend <gpa> <len>` runs (the bytes from
+/// `snd_una` to `write_seq`) and `trecv <gpa> <len>` runs (the bytes received and not
+/// read, up to `rcv_nxt`): an established TCP connection, made again with TCP repair.
+/// `id` (decimal) shares the `inet` ids' space: its holders are the `fd` records of kind
+/// `sock` with the path `inet:<id>`. Addresses are 32 hex digits (an IPv4 one in the first
+/// 4 bytes), ports decimal, the rest hex; `opts` bits: 1 timestamps, 2 SACK, 4 window
+/// scaling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpRec {
+    pub id: u32,
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u32,
+    pub local: [u8; 16],
+    pub local_port: u16,
+    pub remote: [u8; 16],
+    pub remote_port: u16,
+    /// `snd_una snd_nxt write_seq rcv_nxt snd_wl1 snd_wnd max_window rcv_wnd rcv_wup mss
+    /// snd_wscale rcv_wscale opts timestamp`, in record order.
+    pub words: [u32; 14],
+    pub send: Vec<PipeRun>,
+    pub recv: Vec<PipeRun>,
+}
+
+impl TcpRec {
+    pub fn snd_una(&self) -> u32 {
+        self.words[0]
+    }
+    pub fn snd_nxt(&self) -> u32 {
+        self.words[1]
+    }
+    pub fn write_seq(&self) -> u32 {
+        self.words[2]
+    }
+    pub fn rcv_nxt(&self) -> u32 {
+        self.words[3]
+    }
+    /// `snd_wl1 snd_wnd max_window rcv_wnd rcv_wup` (`struct tcp_repair_window`).
+    pub fn window(&self) -> [u32; 5] {
+        [
+            self.words[4],
+            self.words[5],
+            self.words[6],
+            self.words[7],
+            self.words[8],
+        ]
+    }
+    pub fn mss(&self) -> u32 {
+        self.words[9]
+    }
+    pub fn snd_wscale(&self) -> u32 {
+        self.words[10]
+    }
+    pub fn rcv_wscale(&self) -> u32 {
+        self.words[11]
+    }
+    pub fn opts(&self) -> u32 {
+        self.words[12]
+    }
+    pub fn timestamp(&self) -> u32 {
+        self.words[13]
+    }
+    /// Bytes of the send queue.
+    pub fn send_len(&self) -> u64 {
+        self.send.iter().map(|r| r.len).sum()
+    }
+    /// Bytes of the receive queue.
+    pub fn recv_len(&self) -> u64 {
+        self.recv.iter().map(|r| r.len).sum()
+    }
 }
 
 /// `unix <id> <peer> <type>`, then per queued message `umsg` and its `udata <gpa> <len>`
@@ -416,9 +492,22 @@ pub struct Vma {
     /// File offset in bytes.
     pub pgoff: u64,
     pub kind: VmaKind,
-    /// Present exactly for [`VmaKind::File`].
+    /// Present for [`VmaKind::File`]; for shared anonymous memory that several processes
+    /// share, `shm:<id>` (see [`Vma::shm_id`]).
     pub path: Option<Vec<u8>>,
     pub copies: Vec<Copy>,
+}
+
+impl Vma {
+    /// The shared memory object a shared anonymous area maps (`shm:<id>`, `id` the
+    /// kernel's inode number): areas with the same id, in any process, are one memory.
+    /// `pgoff` is then the offset in that object.
+    pub fn shm_id(&self) -> Option<u32> {
+        if self.kind != VmaKind::Anon || !self.shared {
+            return None;
+        }
+        decimal_id(self.path.as_deref()?.strip_prefix(b"shm:")?)
+    }
 }
 
 /// `copy <vaddr> <gpa> <len>`: put `len` bytes from old memory `gpa` at `vaddr`.

@@ -11,10 +11,10 @@ use std::collections::HashSet;
 
 use crate::{
     Copy, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, FileUpdate, InetRec, Manifest, Mm,
-    PipeRec, PipeRun, Process, SigRec, Thread, Tree, UnixListenRec, UnixRec, Vma, VmaKind, Zombie,
-    HEADER, MAX_ARG_STRLEN, MAX_AUXV, MAX_ERRORS, MAX_EXEC_COUNT, MAX_EXEC_STRINGS, MAX_FILE_SIZE,
-    MAX_LINE, MAX_PATH, MAX_PID, MAX_PIPES, MAX_PIPE_SIZE, MAX_THREADS, MAX_VMAS, PAGE, PROT_EXEC,
-    PROT_READ, PROT_WRITE,
+    PipeRec, PipeRun, Process, SigRec, TcpRec, Thread, Tree, UnixListenRec, UnixRec, Vma, VmaKind,
+    Zombie, HEADER, MAX_ARG_STRLEN, MAX_AUXV, MAX_ERRORS, MAX_EXEC_COUNT, MAX_EXEC_STRINGS,
+    MAX_FILE_SIZE, MAX_LINE, MAX_PATH, MAX_PID, MAX_PIPES, MAX_PIPE_SIZE, MAX_THREADS, MAX_VMAS,
+    PAGE, PROT_EXEC, PROT_READ, PROT_WRITE,
 };
 
 /// `SIGKILL` and `SIGSTOP` (x86-64 Linux): they cannot have an action.
@@ -200,6 +200,8 @@ pub struct Parsed {
     pub unixes: Vec<UnixRec>,
     /// The `ulisten` records, in order.
     pub ulistens: Vec<UnixListenRec>,
+    /// The `tcp` records, in order.
+    pub tcps: Vec<TcpRec>,
     /// The `zombie` records, in order.
     pub zombies: Vec<Zombie>,
     /// The `process` blocks, in order; a block with bad lines is an `Err`.
@@ -241,6 +243,7 @@ impl Parsed {
             unixes: self.unixes,
             ulistens: self.ulistens,
             zombies: self.zombies,
+            tcps: self.tcps,
             processes: self.processes.into_iter().filter_map(Result::ok).collect(),
             execs: self.execs.into_iter().filter_map(Result::ok).collect(),
         })
@@ -441,6 +444,8 @@ impl Parser {
             "unix" => self.unix(rest),
             "ulisten" => self.ulisten(rest),
             "zombie" => self.zombie(rest),
+            "tcp" => self.tcp(rest),
+            "tsend" | "trecv" => self.tcp_data(kind == "tsend", rest),
             "umsg" => self.umsg(rest),
             "udata" => self.udata(rest),
             "pdata" => self.pdata(rest),
@@ -550,6 +555,70 @@ impl Parser {
         Ok(())
     }
 
+    fn tcp(&mut self, rest: &str) -> Result<(), ErrorKind> {
+        if !matches!(self.state, State::Files) {
+            return Err(ErrorKind::AfterFirstProcess { record: "tcp" });
+        }
+        let (f, _) = fields(rest, 20, Tail::None)?;
+        let id = dec(f[0], "id")?;
+        let family = match f[1] {
+            "2" => 2,
+            "10" => 10,
+            other => return Err(bad("family", other)),
+        };
+        let port = |s: &str| u16::try_from(dec(s, "port")?).map_err(|_| out_of_range("port", s));
+        let mut words = [0u32; 14];
+        for (w, s) in words.iter_mut().zip(&f[6..]) {
+            *w = u32::try_from(hex(s, "tcp value")?).map_err(|_| out_of_range("tcp value", s))?;
+        }
+        if self.out.tcps.len() >= MAX_PIPES {
+            return Err(ErrorKind::TooMany {
+                what: "tcp connections",
+                limit: MAX_PIPES,
+            });
+        }
+        if self.out.inets.iter().any(|s| s.id == id) || self.out.tcps.iter().any(|t| t.id == id) {
+            return Err(ErrorKind::InetTwice { id });
+        }
+        self.out.tcps.push(TcpRec {
+            id,
+            family,
+            local: addr16(f[2])?,
+            local_port: port(f[3])?,
+            remote: addr16(f[4])?,
+            remote_port: port(f[5])?,
+            words,
+            send: Vec::new(),
+            recv: Vec::new(),
+        });
+        Ok(())
+    }
+
+    fn tcp_data(&mut self, send: bool, rest: &str) -> Result<(), ErrorKind> {
+        let record = if send { "tsend" } else { "trecv" };
+        if !matches!(self.state, State::Files) {
+            return Err(ErrorKind::AfterFirstProcess { record });
+        }
+        let (f, _) = fields(rest, 2, Tail::None)?;
+        let run = PipeRun {
+            gpa: hex(f[0], "gpa")?,
+            len: hex(f[1], "len")?,
+        };
+        let Some(t) = self.out.tcps.last_mut() else {
+            return Err(ErrorKind::OutsideProcess { record });
+        };
+        if run.len == 0 || run.gpa.checked_add(run.len).is_none() {
+            return Err(ErrorKind::Overflows { record });
+        }
+        let queue = if send { &mut t.send } else { &mut t.recv };
+        let total: u64 = queue.iter().map(|r| r.len).sum();
+        if total.saturating_add(run.len) > MAX_PIPE_SIZE {
+            return Err(ErrorKind::PipeDataBeyondSize);
+        }
+        queue.push(run);
+        Ok(())
+    }
+
     fn zombie(&mut self, rest: &str) -> Result<(), ErrorKind> {
         if !matches!(self.state, State::Files) {
             return Err(ErrorKind::AfterFirstProcess { record: "zombie" });
@@ -622,21 +691,14 @@ impl Parser {
             "1" => true,
             other => return Err(bad("v6only", other)),
         };
-        let hexaddr = f[6].as_bytes();
-        if hexaddr.len() != 32 || !hexaddr.iter().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad("addr", f[6]));
-        }
-        let mut addr = [0u8; 16];
-        for (i, a) in addr.iter_mut().enumerate() {
-            *a = u8::from_str_radix(&f[6][2 * i..2 * i + 2], 16).map_err(|_| bad("addr", f[6]))?;
-        }
+        let addr = addr16(f[6])?;
         if self.out.inets.len() >= MAX_PIPES {
             return Err(ErrorKind::TooMany {
                 what: "inet sockets",
                 limit: MAX_PIPES,
             });
         }
-        if self.out.inets.iter().any(|s| s.id == id) {
+        if self.out.inets.iter().any(|s| s.id == id) || self.out.tcps.iter().any(|t| t.id == id) {
             return Err(ErrorKind::InetTwice { id });
         }
         self.out.inets.push(InetRec {
@@ -998,6 +1060,10 @@ impl ProcBuilder {
         let path = match (kind, path) {
             (VmaKind::File, Some(p)) => Some(abs_path(p)?),
             (VmaKind::File, None) => return Err(ErrorKind::FileAreaNeedsPath),
+            (VmaKind::Anon, Some(p)) if shared && p.starts_with("shm:") => {
+                let id = dec(&p[4..], "shm id")?;
+                Some(format!("shm:{id}").into_bytes())
+            }
             (_, Some(_)) => return Err(ErrorKind::AreaHasNoPath { kind: kind.name() }),
             (_, None) => None,
         };
@@ -1486,6 +1552,19 @@ fn dec(s: &str, what: &'static str) -> Result<u32, ErrorKind> {
         return Err(bad(what, s));
     }
     s.parse().map_err(|_| bad(what, s))
+}
+
+/// 16 bytes as 32 hex digits.
+fn addr16(s: &str) -> Result<[u8; 16], ErrorKind> {
+    let b = s.as_bytes();
+    if b.len() != 32 || !b.iter().all(|c| c.is_ascii_hexdigit()) {
+        return Err(bad("addr", s));
+    }
+    let mut addr = [0u8; 16];
+    for (i, a) in addr.iter_mut().enumerate() {
+        *a = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad("addr", s))?;
+    }
+    Ok(addr)
 }
 
 /// `ppid pgid sid`: decimal, 0 to [`MAX_PID`] (0: none).

@@ -3,8 +3,8 @@
 use std::fmt::{self, Display, Formatter, Write as _};
 
 use crate::{
-    EpollRec, Exec, FdRec, FileRec, InetRec, Manifest, PipeRec, Process, SigRec, Thread, Tree,
-    UnixListenRec, UnixRec, Vma, EXEC_CHUNK, HEADER, PROT_EXEC, PROT_READ, PROT_WRITE,
+    EpollRec, Exec, FdRec, FileRec, InetRec, Manifest, PipeRec, Process, SigRec, TcpRec, Thread,
+    Tree, UnixListenRec, UnixRec, Vma, EXEC_CHUNK, HEADER, PROT_EXEC, PROT_READ, PROT_WRITE,
 };
 
 /// Writes `bytes` as a manifest path/name field: bytes outside printable ASCII and `%`
@@ -77,6 +77,9 @@ impl Display for Manifest {
         for s in &self.inets {
             write_inet(f, s)?;
         }
+        for t in &self.tcps {
+            write_tcp(f, t)?;
+        }
         for u in &self.unixes {
             write_unix(f, u)?;
         }
@@ -138,6 +141,29 @@ fn write_inet(f: &mut Formatter<'_>, s: &InetRec) -> fmt::Result {
         write!(f, "{b:02x}")?;
     }
     writeln!(f)
+}
+
+fn write_tcp(f: &mut Formatter<'_>, t: &TcpRec) -> fmt::Result {
+    write!(f, "tcp {} {} ", t.id, t.family)?;
+    for b in t.local {
+        write!(f, "{b:02x}")?;
+    }
+    write!(f, " {} ", t.local_port)?;
+    for b in t.remote {
+        write!(f, "{b:02x}")?;
+    }
+    write!(f, " {}", t.remote_port)?;
+    for w in t.words {
+        write!(f, " {w:x}")?;
+    }
+    writeln!(f)?;
+    for r in &t.send {
+        writeln!(f, "tsend {:x} {:x}", r.gpa, r.len)?;
+    }
+    for r in &t.recv {
+        writeln!(f, "trecv {:x} {:x}", r.gpa, r.len)?;
+    }
+    Ok(())
 }
 
 fn write_unix(f: &mut Formatter<'_>, u: &UnixRec) -> fmt::Result {

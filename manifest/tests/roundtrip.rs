@@ -5,7 +5,7 @@
 
 use owvmm_manifest::{
     parse, Copy, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, InetRec, Manifest, Mm, PipeRec,
-    PipeRun, Process, SigRec, Thread, Tree, UnixListenRec, UnixRec, Vma, VmaKind, Zombie,
+    PipeRun, Process, SigRec, TcpRec, Thread, Tree, UnixListenRec, UnixRec, Vma, VmaKind, Zombie,
     EXEC_CHUNK, MAX_FILE_SIZE, MAX_PID, MAX_PIPE_SIZE, PAGE,
 };
 
@@ -149,15 +149,21 @@ fn vmas(r: &mut Rng) -> Vec<Vma> {
                 p = first + n;
             }
         }
+        let shared = r.bool();
+        let path = match kind {
+            VmaKind::File => Some(r.path()),
+            VmaKind::Anon if shared && r.bool() => Some(format!("shm:{}", r.u32()).into_bytes()),
+            _ => None,
+        };
         out.push(Vma {
             start,
             end,
             prot: i32::try_from(r.below(8)).expect("prot"),
-            shared: r.bool(),
+            shared,
             growsdown: r.bool(),
             pgoff: r.below(1 << 40) * PAGE,
             kind,
-            path: (kind == VmaKind::File).then(|| r.path()),
+            path,
             copies,
         });
         at = end;
@@ -373,6 +379,29 @@ fn manifest(r: &mut Rng) -> Manifest {
                 addr: std::array::from_fn(|_| u8::try_from(r.below(256)).expect("byte")),
             })
             .collect(),
+        tcps: (0..u32::try_from(r.below(3)).expect("n"))
+            .map(|i| TcpRec {
+                id: 2_000_000 + i,
+                family: if r.bool() { 2 } else { 10 },
+                local: std::array::from_fn(|_| u8::try_from(r.below(256)).expect("byte")),
+                local_port: u16::try_from(r.below(65536)).expect("port"),
+                remote: std::array::from_fn(|_| u8::try_from(r.below(256)).expect("byte")),
+                remote_port: u16::try_from(r.below(65536)).expect("port"),
+                words: std::array::from_fn(|_| r.u32()),
+                send: (0..r.below(3))
+                    .map(|_| PipeRun {
+                        gpa: r.below(1 << 40),
+                        len: 1 + r.below(1 << 16),
+                    })
+                    .collect(),
+                recv: (0..r.below(3))
+                    .map(|_| PipeRun {
+                        gpa: r.below(1 << 40),
+                        len: 1 + r.below(1 << 16),
+                    })
+                    .collect(),
+            })
+            .collect(),
         zombies: (0..u32::try_from(r.below(3)).expect("n"))
             .map(|i| Zombie {
                 pid: 100 + i,
@@ -422,6 +451,10 @@ fn write_then_parse_gives_the_same_manifest() {
                 .iter()
                 .flat_map(|u| u.msgs.iter().flatten())
                 .map(|r| r.len)
+                .sum::<u64>()
+            + m.tcps
+                .iter()
+                .map(|t| t.send_len() + t.recv_len())
                 .sum::<u64>();
         assert_eq!(m.copy_bytes(), copies, "case {i}");
         escapes += text.matches('%').count();

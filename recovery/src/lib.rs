@@ -24,6 +24,7 @@ pub mod regs;
 pub mod sockets;
 pub mod symbols;
 pub mod tasks;
+pub mod tcp;
 
 pub use inspect::{inspect, Report};
 pub use paging::PhysRead;

@@ -317,6 +317,8 @@ struct Rendered {
     unixes: Vec<(u32, crate::sockets::UnixEnd)>,
     /// The listening Unix sockets it holds, by id.
     ulistens: Vec<(u32, crate::sockets::UnixListener)>,
+    /// The established TCP connections it holds, by id.
+    tcps: Vec<(u32, crate::tcp::TcpConn)>,
 }
 
 /// Collects the in-memory files, the pipes and the inet sockets a process needs.
@@ -327,6 +329,7 @@ struct Wanted(
     Vec<(u32, crate::sockets::InetSocket)>,
     Vec<(u32, crate::sockets::UnixEnd)>,
     Vec<(u32, crate::sockets::UnixListener)>,
+    Vec<(u32, crate::tcp::TcpConn)>,
 );
 
 impl Wanted {
@@ -375,9 +378,11 @@ fn classify_vma(k: &Kernel<'_>, v: &Vma) -> Result<(VmaKind, Option<InodeInfo>),
         .file
         .as_deref()
         .ok_or(ManifestError::VmaPathUnknown { vma: at })?;
+    // Shared anonymous memory, and memfd or SysV memory (shmem files on the kernel's
+    // internal mount, which no path reaches): one memory object, by its inode.
     if v.flags & VM_SHARED != 0
         && inode.s_magic == crate::process::TMPFS_MAGIC
-        && path == "/dev/zero (deleted)"
+        && (path == "/dev/zero (deleted)" || path.starts_with("[tmpfs:"))
     {
         return Ok((VmaKind::SharedAnon, Some(inode)));
     }
@@ -582,6 +587,15 @@ fn render_fds(
                     }
                     Err(_) => format!("reset:{}:inet socket", s.sock_type),
                 },
+                crate::sockets::Socket::Tcp(c) => match u32::try_from(inode.ino) {
+                    Ok(id) => {
+                        if !files.5.iter().any(|(i, _)| *i == id) {
+                            files.5.push((id, *c));
+                        }
+                        format!("inet:{id}")
+                    }
+                    Err(_) => "reset:1:tcp connection".to_owned(),
+                },
                 crate::sockets::Socket::Reset { sock_type, why } => {
                     notes.push(format!("pid {pid} fd {fd}: {why}: comes back reset"));
                     // What it was goes along, for a crash procedure's list of what was lost.
@@ -769,6 +783,12 @@ fn render_process(
             }
             path = Some(p.as_bytes().to_vec());
         }
+        // Shared anonymous memory is one object for every process that maps it.
+        if let (VmaKind::SharedAnon, Some(inode)) = (kind, inode.as_ref()) {
+            if let Ok(id) = u32::try_from(inode.ino) {
+                path = Some(format!("shm:{id}").into_bytes());
+            }
+        }
         let shared = v.flags & VM_SHARED != 0;
         let copies = match kind {
             VmaKind::Vdso | VmaKind::Vvar => Vec::new(),
@@ -798,7 +818,7 @@ fn render_process(
             prot: prot(v.flags),
             shared,
             growsdown: v.flags & VM_GROWSDOWN != 0,
-            pgoff: if kind == VmaKind::File {
+            pgoff: if kind == VmaKind::File || path.is_some() {
                 v.pgoff.wrapping_mul(4096)
             } else {
                 0
@@ -859,6 +879,7 @@ fn render_process(
         inets: files.2,
         unixes: files.3,
         ulistens: files.4,
+        tcps: files.5,
     })
 }
 
@@ -964,6 +985,7 @@ fn render_exec(
         inets: files.2,
         unixes: files.3,
         ulistens: files.4,
+        tcps: files.5,
     })
 }
 
@@ -1216,6 +1238,7 @@ pub fn build_manifest_excluding(
     let mut used_inets: Vec<(u32, crate::sockets::InetSocket)> = Vec::new();
     let mut used_unixes: Vec<(u32, crate::sockets::UnixEnd)> = Vec::new();
     let mut used_ulistens: Vec<(u32, crate::sockets::UnixListener)> = Vec::new();
+    let mut used_tcps: Vec<(u32, crate::tcp::TcpConn)> = Vec::new();
     let (mut processes, mut execs) = (Vec::new(), Vec::new());
     for (tgid, r) in rendered {
         let bad = r
@@ -1239,6 +1262,7 @@ pub fn build_manifest_excluding(
         used_inets.extend(r.inets.iter().cloned());
         used_unixes.extend(r.unixes.iter().cloned());
         used_ulistens.extend(r.ulistens.iter().cloned());
+        used_tcps.extend(r.tcps.iter().cloned());
         match r.entry {
             Entry::Process(p) => processes.push(p),
             Entry::Exec(e) => execs.push(e),
@@ -1337,9 +1361,47 @@ pub fn build_manifest_excluding(
             _ => None,
         })
         .collect();
+    let mut out_tcps: Vec<wire::TcpRec> = Vec::new();
+    for (id, c) in &used_tcps {
+        if out_tcps.iter().any(|r| r.id == *id) {
+            continue;
+        }
+        let runs = |v: &[(u64, u64)]| {
+            v.iter()
+                .map(|&(gpa, len)| wire::PipeRun { gpa, len })
+                .collect()
+        };
+        out_tcps.push(wire::TcpRec {
+            id: *id,
+            family: c.family,
+            local: c.local,
+            local_port: c.local_port,
+            remote: c.remote,
+            remote_port: c.remote_port,
+            words: [
+                c.snd_una,
+                c.snd_nxt,
+                c.write_seq,
+                c.rcv_nxt,
+                c.snd_wl1,
+                c.snd_wnd,
+                c.max_window,
+                c.rcv_wnd,
+                c.rcv_wup,
+                c.mss,
+                c.snd_wscale,
+                c.rcv_wscale,
+                c.opts,
+                c.timestamp,
+            ],
+            send: runs(&c.send),
+            recv: runs(&c.recv),
+        });
+    }
     let parents: BTreeSet<i32> = m.processes.iter().copied().collect();
     m.manifest = wire::Manifest {
         zombies: zombies_of(report, &parents),
+        tcps: out_tcps,
         files: out_files,
         pipes: out_pipes,
         inets: out_inets,

@@ -28,6 +28,31 @@ pub const MAX_CPUS: u32 = 8192;
 /// and which are safe to repeat (the same mapping, protection or answer again; an mmap
 /// without MAP_FIXED whose area the dead kernel had made leaves that area unused).
 pub const RESTARTED_SYSCALLS: [u64; 13] = [56, 57, 58, 435, 9, 10, 11, 12, 4, 5, 6, 262, 332];
+/// Blocking system calls that, caught sleeping, had taken or given nothing yet, so running
+/// them again is exact, and that a program without a signal handler never sees fail with
+/// EINTR (the kernel restarts them when no handler runs, and the crash ran none): read,
+/// readv, recvfrom and recvmsg without `MSG_WAITALL` (a read sleeps only when it has
+/// nothing), accept, accept4, wait4, waitid, pause, rt_sigsuspend, flock, msgrcv; write and
+/// sendto of at most `PIPE_BUF` bytes (a pipe write that small is atomic: it sleeps until
+/// there is room for all of it). Timed sleeps (nanosleep, poll, select, epoll_wait, futex)
+/// still return EINTR: run again they would wait their whole time again.
+pub const REPEATED_WHEN_SLEEPING: [u64; 14] =
+    [0, 19, 45, 47, 43, 288, 61, 247, 34, 130, 73, 70, 1, 44];
+/// `PIPE_BUF`.
+const PIPE_BUF: u64 = 4096;
+/// `MSG_WAITALL`.
+const MSG_WAITALL: u64 = 0x100;
+
+/// True when `nr`, caught sleeping with these arguments, is run again (see
+/// [`REPEATED_WHEN_SLEEPING`]).
+fn repeated_when_sleeping(nr: u64, regs: &PtRegs) -> bool {
+    match nr {
+        1 | 44 => regs.dx <= PIPE_BUF,
+        45 => regs.r10 & MSG_WAITALL == 0,
+        47 => regs.dx & MSG_WAITALL == 0,
+        _ => REPEATED_WHEN_SLEEPING.contains(&nr),
+    }
+}
 /// `execve` and `execveat`. Caught in progress with the program's own frame, the exec has
 /// not replaced the program yet (`recovery::exec` handles the one caught after its point of
 /// no return): it is run again, in the new world, from the intact old image. Caught after
@@ -246,6 +271,17 @@ pub fn final_user_regs(regs: &PtRegs, fs_base: u64, gs_base: u64) -> UserRegs {
             (nr, regs.ip.wrapping_sub(2))
         }
         SyscallState::RestartOnExit { nr, code } if code == -ERESTARTNOINTR => {
+            (nr, regs.ip.wrapping_sub(2))
+        }
+        SyscallState::InProgress { nr } if repeated_when_sleeping(nr, regs) => {
+            (nr, regs.ip.wrapping_sub(2))
+        }
+        // On its way out to restart: no handler will run (the pending signal is the dead
+        // kernel's), so it restarts as the kernel would without one.
+        SyscallState::RestartOnExit { nr, code }
+            if (code == -ERESTARTSYS || code == -ERESTARTNOHAND)
+                && repeated_when_sleeping(nr, regs) =>
+        {
             (nr, regs.ip.wrapping_sub(2))
         }
         s if s.interrupted() => (unsigned(-EINTR), regs.ip),
@@ -477,6 +513,23 @@ mod tests {
         (f.ip, f.cx, f.di) = (0x7f00_1234, 0, 0);
         let r = final_user_regs(&f, 0, 0);
         assert_eq!((r.rax, r.rip), (0, 0x7f00_1234));
+        // A read, accept or wait caught asleep had taken nothing: run again; so is a write
+        // of at most PIPE_BUF bytes, but not a bigger one (it may have written a part) nor
+        // a recv with MSG_WAITALL (it may have received a part).
+        for nr in [0, 43, 61, 247, 34] {
+            let r = final_user_regs(&frame(nr, -ENOSYS), 0, 0);
+            assert_eq!((r.rax, r.rip), (unsigned(nr), 0x40_0ffe), "nr {nr}");
+            let r = final_user_regs(&frame(nr, -ERESTARTSYS), 0, 0);
+            assert_eq!((r.rax, r.rip), (unsigned(nr), 0x40_0ffe), "nr {nr}");
+        }
+        let mut w = frame(1, -ENOSYS);
+        w.dx = 4096;
+        assert_eq!(final_user_regs(&w, 0, 0).rax, 1);
+        w.dx = 4097;
+        assert_eq!(final_user_regs(&w, 0, 0).rax, unsigned(-EINTR));
+        let mut rcv = frame(45, -ENOSYS);
+        rcv.r10 = 0x100;
+        assert_eq!(final_user_regs(&rcv, 0, 0).rax, unsigned(-EINTR));
         let r = final_user_regs(&frame(1, 2), 3, 4);
         assert_eq!(UserRegs::from_array(r.to_array()), r);
         assert_eq!(r.to_array()[21], 3);

@@ -2,7 +2,8 @@
 //!
 //! A socket is recreated exactly when it is an IPv4/IPv6 TCP socket listening, or a UDP
 //! socket bound to a port: its address, port, backlog and `IPV6_V6ONLY` are read from its
-//! `struct sock`. Any other socket (a TCP connection, a Unix socket, ...) comes back as a
+//! `struct sock`; an established TCP connection is read for TCP repair ([`crate::tcp`]).
+//! Any other socket (a connection being set up or closed, a Unix socket, ...) comes back as a
 //! stand-in whose peer is gone ([`Socket::Reset`]): the program sees end of file and `EPIPE`
 //! and drops it, as after a reset, and is never left out for holding it.
 //!
@@ -54,6 +55,8 @@ pub enum SocketError {
 pub enum Socket {
     /// An IPv4/IPv6 socket to make again: TCP listening, or UDP bound.
     Inet(InetSocket),
+    /// An established TCP connection, to repair.
+    Tcp(Box<crate::tcp::TcpConn>),
     /// Anything else: comes back as a socket whose peer is gone; `why` says what it was.
     Reset {
         /// `SOCK_STREAM`, `SOCK_DGRAM`, `SOCK_SEQPACKET`, ...
@@ -134,6 +137,22 @@ pub fn read_socket(k: &Kernel<'_>, file: u64) -> Result<Socket, SocketError> {
     let listening =
         inet && sock_type == SOCK_STREAM && protocol == IPPROTO_TCP && state == TCP_LISTEN;
     let bound_udp = inet && sock_type == SOCK_DGRAM && protocol == IPPROTO_UDP && port != 0;
+    if inet
+        && sock_type == SOCK_STREAM
+        && protocol == IPPROTO_TCP
+        && state == crate::tcp::TCP_ESTABLISHED
+    {
+        return Ok(match crate::tcp::read_tcp(k, sk, family) {
+            Ok(c) => Socket::Tcp(Box::new(c)),
+            Err(e) => Socket::Reset {
+                sock_type: ty,
+                why: format!(
+                    "{name} tcp connection, port {port}, not repairable ({})",
+                    crate::error_chain(&e)
+                ),
+            },
+        });
+    }
     if !listening && !bound_udp {
         let why = match (inet, sock_type) {
             (true, SOCK_STREAM) => format!("{name} tcp connection (state {state}), port {port}"),

@@ -20,9 +20,12 @@
  *                        was added since ("efd=ok"); prints the ticks and signals seen
  *   owtest family       a parent with two children: one that exited at once (a zombie
  *                        the parent does not reap yet) and one in its own process group
- *                        that waits for SIGUSR1. Every 0.5 s (n=) the parent prints its
+ *                        that waits for SIGUSR1, copying word 0 of a page they share
+ *                        (MAP_SHARED anonymous) to word 1 every 50 ms. Every 0.5 s (n=)
+ *                        the parent writes n to word 0 and, 0.5 s later, prints its
  *                        session and group, the child's group, whether the zombie is
- *                        still there (waitid WNOWAIT); at n=30 it signals the child and
+ *                        still there (waitid WNOWAIT), and whether the child copied
+ *                        back what it wrote (shared=yes); at n=30 it signals the child and
  *                        reaps both, printing their exit statuses, then "family done"
  *   owtest corrupt INIT_TASK TASKS PID MM MT_ROOT
  *                        (a hostile-kernel test, not an ordinary program) starts three
@@ -393,12 +396,23 @@ static int family(void) {
     pid_t z = fork();
     if (z == 0)
         _exit(7);
+    /* One shared page: the parent writes its count in word 0, the child copies it to
+     * word 1 every 50 ms; the parent checks it got back what it wrote. */
+    volatile long *shm = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                              -1, 0);
+    if (shm == MAP_FAILED) {
+        printf("family pid=%d mmap failed\n", getpid());
+        return 1;
+    }
     pid_t c = fork();
     if (c == 0) {
         signal(SIGUSR1, on_family_usr1);
         setpgid(0, 0);
-        for (;;)
-            pause();
+        for (;;) {
+            struct timespec ts = {0, 50 * 1000 * 1000};
+            shm[1] = shm[0];
+            nanosleep(&ts, NULL);
+        }
     }
     if (z < 0 || c < 0) {
         printf("family pid=%d fork failed\n", getpid());
@@ -407,14 +421,17 @@ static int family(void) {
     setpgid(c, c);
     for (int tick = 1; tick <= 30; tick++) {
         struct timespec ts = {0, 500 * 1000 * 1000};
+        shm[0] = tick;
         nanosleep(&ts, NULL);
+        int shared = shm[1] == tick;
         siginfo_t si;
         memset(&si, 0, sizeof si);
         int zr = waitid(P_PID, (id_t)z, &si, WEXITED | WNOHANG | WNOWAIT);
         int zombie = zr == 0 && si.si_pid == z;
-        printf("family pid=%d n=%d sid=%d pgid=%d child=%d child_pgid=%d zombie=%s\n",
+        printf("family pid=%d n=%d sid=%d pgid=%d child=%d child_pgid=%d zombie=%s "
+               "shared=%s\n",
                getpid(), tick, getsid(0), getpgid(0), c, getpgid(c),
-               zombie ? "yes" : (zr == 0 ? "gone" : strerror(errno)));
+               zombie ? "yes" : (zr == 0 ? "gone" : strerror(errno)), shared ? "yes" : "no");
     }
     kill(c, SIGUSR1);
     int st = 0;

@@ -1,6 +1,7 @@
 //! A parent and its children come back as a family across two kernel crashes
 //! (`owtest family`): the child the parent had not reaped yet is still a zombie, the living
-//! child is still the parent's child in its own process group, the parent keeps its
+//! child is still the parent's child in its own process group, the two still share their
+//! `MAP_SHARED` anonymous page (what one writes the other reads), the parent keeps its
 //! session and group, and after the crashes `waitpid` reaps both with their exit
 //! statuses (3 and 7) instead of failing with ECHILD.
 //!
@@ -38,12 +39,14 @@ fn waitpid_zombies_sessions_and_groups_survive_two_crashes() {
                 "round {round}: {p} not restored: {done}"
             );
         }
+        // The parent goes on first (parents are rebuilt before their children): wait for
+        // a tick after the child is back too, when the child copies the word again.
         let line = wait_program(
             &mut vm,
             from,
             "family",
             u32::try_from(pid).unwrap_or(0),
-            |l| num(l, "n") >= n_before + 2,
+            |l| num(l, "n") >= n_before + 2 && fields(l).get("shared") == Some(&"yes"),
         );
         let g = fields(&line);
         for key in ["sid", "pgid", "child", "child_pgid"] {
@@ -53,6 +56,11 @@ fn waitpid_zombies_sessions_and_groups_survive_two_crashes() {
                 "round {round}: {key} changed: {first} -> {line}\n{done}"
             );
         }
+        assert_eq!(
+            g.get("shared"),
+            Some(&"yes"),
+            "round {round}: parent and child no longer share their page: {line}\n{done}"
+        );
         assert_eq!(
             g.get("zombie"),
             Some(&"yes"),

@@ -75,7 +75,10 @@ fn sqlite3_keeps_an_open_transaction_on_its_disk_across_two_crashes() {
         });
     }
     wait_console_after(&mut vm, 0, Duration::from_secs(300), "the commit", |c| {
-        c.contains("sql check=").then_some(())
+        // A line of its own (the agent's "started" line quotes the script).
+        c.lines()
+            .any(|l| l.trim().starts_with("sql check="))
+            .then_some(())
     });
     let c = vm.console();
     let seen: Vec<u64> = c
@@ -91,6 +94,10 @@ fn sqlite3_keeps_an_open_transaction_on_its_disk_across_two_crashes() {
         tail(&c, 3000)
     );
     assert!(c.contains("sqlite exit=0"), "{}", tail(&c, 3000));
-    assert!(c.contains("sql check=ok"), "{}", tail(&c, 3000));
+    assert!(
+        c.lines().any(|l| l.trim() == "sql check=ok"),
+        "{}",
+        tail(&c, 3000)
+    );
     vm.stop();
 }

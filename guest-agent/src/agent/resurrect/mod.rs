@@ -10,6 +10,7 @@
 //!   through system calls injected with [`tracer`].
 //! - [`exec`] completes an exec the crash interrupted (`exec` blocks): `clone3(set_tid)`,
 //!   what an exec keeps, then `execve`.
+//! - [`tcp`] repairs established TCP connections (`tcp` records).
 //! - [`procedure`] calls the crash procedure a process registered, with what was lost.
 //! - [`tree`] decides who creates whom: a process whose parent comes back too is made by
 //!   its parent, in its session and process group; unreaped zombies come back as zombies.
@@ -20,6 +21,7 @@ pub mod manifest;
 pub mod pipes;
 pub mod procedure;
 pub mod restore;
+pub mod tcp;
 pub mod tracer;
 pub mod tree;
 
@@ -314,6 +316,18 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
             reason(&e)
         )));
     }
+    for (id, e) in pipes.make_tcps(&m.tcps, above, &mem) {
+        sink(Event::Err(format!(
+            "resurrect: tcp connection {id}: {} (it comes back reset)",
+            reason(&e)
+        )));
+    }
+    if !m.tcps.is_empty() {
+        crate::log!(
+            "resurrect: {} established tcp connections repaired",
+            m.tcps.len()
+        );
+    }
     for (id, e) in pipes.make_unixes(&m.unixes, above, &mem) {
         sink(Event::Err(format!(
             "resurrect: unix socket {id}: {}",
@@ -323,6 +337,13 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
     for (id, e) in pipes.make_ulistens(&m.ulistens, above) {
         sink(Event::Err(format!(
             "resurrect: unix listener {id}: {}",
+            reason(&e)
+        )));
+    }
+    let vmas = m.processes.iter().flatten().flat_map(|p| &p.vmas);
+    for (id, e) in pipes.make_shms(vmas) {
+        sink(Event::Err(format!(
+            "resurrect: shared memory {id}: {}",
             reason(&e)
         )));
     }
@@ -416,7 +437,7 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
                 tree::Kind::Process(p, prep) => (
                     p.pid,
                     match &created {
-                        Ok(()) => restore::finish(p, prep, by_parent),
+                        Ok(()) => restore::finish(p, prep, by_parent, &pipes),
                         Err(e) => Err(Error::Invalid(reason(e))),
                     },
                     p.exe.as_deref().map_or_else(|| text(&p.comm), text),

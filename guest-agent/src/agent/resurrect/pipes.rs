@@ -9,7 +9,7 @@
 use std::io;
 use std::os::fd::RawFd;
 
-use super::manifest::{FdRec, InetRec, PipeRec, UnixListenRec, UnixRec};
+use super::manifest::{FdRec, InetRec, PipeRec, TcpRec, UnixListenRec, UnixRec, Vma};
 use super::{Error, MemSource};
 
 /// Read and write end.
@@ -25,6 +25,10 @@ pub struct PipeTable {
     pipes: Vec<(u32, Ends)>,
     inets: Vec<(u32, RawFd)>,
     unixes: Vec<(u32, RawFd)>,
+    /// Shared anonymous memory objects: id, memfd, and the path a process opens it by.
+    shms: Vec<(u32, RawFd, Vec<u8>)>,
+    /// TCP connections that could not be repaired: their holders get a reset one.
+    unrepaired: Vec<u32>,
 }
 
 impl PipeTable {
@@ -107,6 +111,66 @@ impl PipeTable {
         failed
     }
 
+    /// Makes the established TCP connections of `tcps` again with TCP repair (above
+    /// `above`); each is found by its id like an inet socket.
+    pub fn make_tcps(
+        &mut self,
+        tcps: &[TcpRec],
+        above: RawFd,
+        mem: &MemSource,
+    ) -> Vec<(u32, Error)> {
+        let mut failed = Vec::new();
+        for t in tcps {
+            match super::tcp::make(t, above, mem) {
+                Ok(fd) => self.inets.push((t.id, fd)),
+                Err(e) => {
+                    self.unrepaired.push(t.id);
+                    failed.push((t.id, e));
+                }
+            }
+        }
+        failed
+    }
+
+    /// Makes one memory file (memfd) for each shared memory object the areas `vmas` map,
+    /// as long as the furthest area needs; processes map it by [`PipeTable::shm_path`], so
+    /// what one writes the others see, as before the crash.
+    pub fn make_shms<'a>(&mut self, vmas: impl Iterator<Item = &'a Vma>) -> Vec<(u32, Error)> {
+        let mut sizes: Vec<(u32, u64)> = Vec::new();
+        for v in vmas {
+            let Some(id) = v.shm_id() else { continue };
+            let end = v.pgoff.saturating_add(v.end - v.start);
+            match sizes.iter_mut().find(|(i, _)| *i == id) {
+                Some(s) => s.1 = s.1.max(end),
+                None => sizes.push((id, end)),
+            }
+        }
+        let mut failed = Vec::new();
+        for (id, size) in sizes {
+            match make_shm(size) {
+                Ok(fd) => {
+                    let path = format!("/proc/{}/fd/{fd}", std::process::id()).into_bytes();
+                    self.shms.push((id, fd, path));
+                }
+                Err(e) => failed.push((id, e)),
+            }
+        }
+        failed
+    }
+
+    /// True when `fd` is a TCP connection whose repair failed.
+    pub fn unrepaired(&self, fd: &FdRec) -> bool {
+        fd.inet_id().is_some_and(|id| self.unrepaired.contains(&id))
+    }
+
+    /// Where a process opens shared memory object `id`.
+    pub fn shm_path(&self, id: u32) -> Option<&[u8]> {
+        self.shms
+            .iter()
+            .find(|(i, _, _)| *i == id)
+            .map(|(_, _, p)| p.as_slice())
+    }
+
     /// The agent's descriptor that `fd` is a copy of: the end of its pipe (by its access
     /// mode), its inet socket or its Unix socket.
     pub fn source_for(&self, fd: &FdRec) -> Option<RawFd> {
@@ -134,6 +198,7 @@ impl PipeTable {
             .flat_map(|(_, e)| [e.read, e.write])
             .chain(self.inets.iter().map(|(_, s)| *s))
             .chain(self.unixes.iter().map(|(_, s)| *s))
+            .chain(self.shms.iter().map(|(_, s, _)| *s))
             .collect();
         v.sort_unstable();
         v
@@ -166,6 +231,26 @@ impl Drop for PipeTable {
             unsafe { libc::close(fd) };
         }
     }
+}
+
+/// A memfd of `size` bytes.
+fn make_shm(size: u64) -> Result<RawFd, Error> {
+    let name = c"owvmm-shared-memory";
+    // SAFETY: memfd_create reads the NUL-terminated name.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(Error::os("memfd_create", io::Error::last_os_error()));
+    }
+    let len = libc::off_t::try_from(size)
+        .map_err(|_| Error::Invalid(format!("shared memory of {size:#x} bytes")))?;
+    // SAFETY: ftruncate on the descriptor just made; closed on failure.
+    if unsafe { libc::ftruncate(fd, len) } != 0 {
+        let e = io::Error::last_os_error();
+        // SAFETY: closes our own descriptor.
+        unsafe { libc::close(fd) };
+        return Err(Error::os(format!("size shared memory to {size:#x}"), e));
+    }
+    Ok(fd)
 }
 
 /// The highest descriptor number any process of the manifest gets, plus one: where the

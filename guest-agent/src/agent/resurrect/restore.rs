@@ -120,6 +120,12 @@ impl Setup {
                 event_fd(&f.path)
             } else if f.is_epoll() {
                 Some(Made::Epoll)
+            } else if pipes.unrepaired(f) {
+                lost.push(procedure::reset_lost(
+                    f.fd,
+                    "tcp connection (its repair failed)",
+                ));
+                Some(Made::Reset(libc::SOCK_STREAM))
             } else if f.is_reset() {
                 // `reset:<type>` or `reset:<type>:<what it was>`.
                 let rest = String::from_utf8_lossy(f.path.strip_prefix(b"reset:").unwrap_or(b""));
@@ -752,7 +758,12 @@ pub(super) fn prepare(p: &Process, mem: &MemSource, pipes: &PipeTable) -> Result
 /// Builds the process `prep` planned, once its stub exists (made by the agent or, with
 /// `by_parent`, by its parent's stub: then it is traced from birth and first stops with
 /// the `SIGSTOP` of `CLONE_PTRACE`). Returns its number of threads.
-pub(super) fn finish(p: &Process, prep: &Prepared, by_parent: bool) -> Result<u32, Error> {
+pub(super) fn finish(
+    p: &Process,
+    prep: &Prepared,
+    by_parent: bool,
+    pipes: &PipeTable,
+) -> Result<u32, Error> {
     let pid = prep.pid;
     let mut guard = Guard {
         tids: vec![pid],
@@ -773,7 +784,7 @@ pub(super) fn finish(p: &Process, prep: &Prepared, by_parent: bool) -> Result<u3
         // Let it prepare itself; its own SIGSTOP ends that.
         leader.cont(0)?;
     }
-    let threads = build(p, pid, &prep.plan, prep.window, prep.own_vdso, &mut guard)?;
+    let threads = build(p, pid, prep, pipes, &mut guard)?;
     guard.armed = false;
     Ok(threads)
 }
@@ -807,11 +818,11 @@ fn wait_sigstop(leader: Tid) -> Result<(), Error> {
 fn build(
     p: &Process,
     pid: i32,
-    plan: &ChildPlan,
-    window: Option<(u64, usize, u64)>,
-    own_vdso: Option<(u64, u64)>,
+    prep: &Prepared,
+    pipes: &PipeTable,
     guard: &mut Guard,
 ) -> Result<u32, Error> {
+    let (plan, window, own_vdso) = (&prep.plan, prep.window, prep.own_vdso);
     let mut phases = Phases::new();
     let leader = Tid(pid);
     wait_sigstop(leader).map_err(|e| match e {
@@ -903,7 +914,7 @@ fn build(
     phases.mark("vdso");
     // The target's areas, writable while we fill them.
     let mut open_files: Vec<(&[u8], bool, u64)> = Vec::new();
-    let result = map_areas(p, &inj, leader, &base, data, &mut open_files);
+    let result = map_areas(p, pipes, &inj, leader, &base, data, &mut open_files);
     let closes: Vec<(i64, [u64; 6])> = open_files
         .iter()
         .map(|(_, _, fd)| (libc::SYS_close, [*fd, 0, 0, 0, 0, 0]))
@@ -1066,6 +1077,7 @@ fn fill_prot(v: &super::manifest::Vma) -> i32 {
 
 fn map_areas<'p>(
     p: &'p Process,
+    pipes: &'p PipeTable,
     inj: &Injector,
     t: Tid,
     base: &Regs,
@@ -1077,11 +1089,24 @@ fn map_areas<'p>(
         .iter()
         .filter(|v| v.kind.is_anon() || v.kind == VmaKind::File)
         .collect();
-    let writable_shared = |v: &super::manifest::Vma| v.shared && v.prot & libc::PROT_WRITE != 0;
+    // Shared memory is opened read-write: its pages are filled through the mapping.
+    let writable_shared = |v: &super::manifest::Vma| {
+        v.shared && (v.prot & libc::PROT_WRITE != 0 || v.shm_id().is_some())
+    };
+    // What an area maps: its file, or the agent's memfd of its shared memory object.
+    let source = |v: &'p super::manifest::Vma| -> Result<Option<&'p [u8]>, Error> {
+        match v.shm_id() {
+            Some(id) => pipes
+                .shm_path(id)
+                .map(Some)
+                .ok_or_else(|| Error::Invalid(format!("shared memory {id} was not made"))),
+            None => Ok(v.path.as_deref()),
+        }
+    };
     // The files, opened in one batch: paths first in the data area, then the table.
     let mut wanted: Vec<(&'p [u8], bool)> = Vec::new();
     for v in &areas {
-        if let Some(path) = v.path.as_deref() {
+        if let Some(path) = source(v)? {
             let key = (path, writable_shared(v));
             if !wanted.contains(&key) {
                 wanted.push(key);
@@ -1120,7 +1145,7 @@ fn map_areas<'p>(
         if v.growsdown {
             flags |= libc::MAP_GROWSDOWN;
         }
-        let (fd, off) = if let Some(path) = v.path.as_deref() {
+        let (fd, off) = if let Some(path) = source(v)? {
             let rw = writable_shared(v);
             let fd = open_files
                 .iter()
