@@ -48,6 +48,32 @@ pub enum SocketError {
     /// The interest list has more entries than we read, or a cycle.
     #[error("epoll interest list longer than {MAX_EPOLL_ITEMS} entries (or looped)")]
     TooManyItems,
+    /// A TCP queue's bytes do not add up to what its sequence numbers say.
+    #[error("{queue} queue holds {got} bytes, its sequence numbers say {want}")]
+    QueueLength {
+        /// `send` or `receive`.
+        queue: &'static str,
+        got: u64,
+        want: u64,
+    },
+    /// A TCP queue too long to read (or a loop in it).
+    #[error("{queue} queue: too many buffers or bytes, or a loop")]
+    QueueTooBig {
+        /// `send` or `receive`.
+        queue: &'static str,
+    },
+    /// A TCP buffer chains further buffers (`frag_list`).
+    #[error("a buffer of the {queue} queue has a fragment list")]
+    FragList {
+        /// `send` or `receive`.
+        queue: &'static str,
+    },
+    /// A TCP buffer's page fragment is not a `struct page`.
+    #[error("a fragment's page {page:#x} is not a struct page")]
+    BadPage {
+        /// The pointer.
+        page: u64,
+    },
 }
 
 /// What a socket is, for its recreation.
@@ -95,7 +121,7 @@ impl InetSocket {
     }
 }
 
-fn rd(what: &'static str, r: Result<u64, KernelError>) -> Result<u64, SocketError> {
+pub(crate) fn rd(what: &'static str, r: Result<u64, KernelError>) -> Result<u64, SocketError> {
     r.map_err(|source| SocketError::Read { what, source })
 }
 

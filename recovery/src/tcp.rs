@@ -8,8 +8,9 @@
 //! `ESTABLISHED` connections are read: no FIN has been sent or received, so every byte of
 //! the sequence space is data.
 
-use crate::kernel::{is_kernel_addr, Kernel, KernelError};
+use crate::kernel::{is_kernel_addr, Kernel};
 use crate::pages::PageArray;
+use crate::sockets::{rd, SocketError};
 
 /// `TCP_ESTABLISHED`.
 pub const TCP_ESTABLISHED: u64 = 1;
@@ -17,31 +18,6 @@ pub const TCP_ESTABLISHED: u64 = 1;
 const MAX_SKBS: usize = 1 << 16;
 /// Most bytes of one queue (the kernel's own limits are far lower).
 const MAX_QUEUE: u64 = 64 << 20;
-
-/// Why a connection cannot be repaired.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TcpError {
-    #[error("{what}")]
-    Read {
-        what: &'static str,
-        #[source]
-        source: KernelError,
-    },
-    #[error("{what} {addr:#x} is not a kernel address")]
-    BadPointer { what: &'static str, addr: u64 },
-    #[error("{queue} queue holds {got} bytes, its sequence numbers say {want}")]
-    QueueLength {
-        queue: &'static str,
-        got: u64,
-        want: u64,
-    },
-    #[error("{queue} queue: more than {MAX_SKBS} buffers or {MAX_QUEUE} bytes, or a loop")]
-    TooBig { queue: &'static str },
-    #[error("a buffer of the {queue} queue has a fragment list")]
-    FragList { queue: &'static str },
-    #[error("a fragment's page {page:#x} is not a struct page")]
-    BadPage { page: u64 },
-}
 
 /// One established connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,9 +52,8 @@ pub struct TcpConn {
     pub recv: Vec<(u64, u64)>,
 }
 
-fn rd(what: &'static str, r: Result<u64, KernelError>) -> Result<u64, TcpError> {
-    r.map_err(|source| TcpError::Read { what, source })
-}
+/// Why a connection cannot be repaired: a [`SocketError`].
+pub type TcpError = SocketError;
 
 fn u32_of(v: u64) -> u32 {
     u32::try_from(v & 0xffff_ffff).unwrap_or(0)
@@ -210,14 +185,14 @@ fn rb_in_order(k: &Kernel<'_>, root: u64, queue: &'static str) -> Result<Vec<u64
                 });
             }
             if stack.len() >= 64 {
-                return Err(TcpError::TooBig { queue });
+                return Err(TcpError::QueueTooBig { queue });
             }
             stack.push(at);
             at = rd("rb_left", k.read_u64(at.wrapping_add(left)))?;
         }
         let Some(n) = stack.pop() else { break };
         if out.len() >= MAX_SKBS {
-            return Err(TcpError::TooBig { queue });
+            return Err(TcpError::QueueTooBig { queue });
         }
         out.push(n);
         at = rd("rb_right", k.read_u64(n.wrapping_add(right)))?;
@@ -237,7 +212,7 @@ fn list(k: &Kernel<'_>, head: u64, queue: &'static str) -> Result<Vec<u64>, TcpE
             });
         }
         if out.len() >= MAX_SKBS {
-            return Err(TcpError::TooBig { queue });
+            return Err(TcpError::QueueTooBig { queue });
         }
         out.push(at);
         at = rd("skb next", k.read_field("sk_buff", "next", at))?;
@@ -360,7 +335,7 @@ impl SkbLayout {
         }
         let total_runs: u64 = runs.iter().map(|r| r.1).sum();
         if total_runs > MAX_QUEUE {
-            return Err(TcpError::TooBig { queue });
+            return Err(TcpError::QueueTooBig { queue });
         }
         Ok(kept)
     }
