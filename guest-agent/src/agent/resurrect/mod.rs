@@ -316,15 +316,17 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
             reason(&e)
         )));
     }
-    for (id, e) in pipes.make_tcps(&m.tcps, above, &mem) {
+    let unrepaired = pipes.make_tcps(&m.tcps, above, &mem);
+    for (id, e) in &unrepaired {
         sink(Event::Err(format!(
             "resurrect: tcp connection {id}: {} (it comes back reset)",
-            reason(&e)
+            reason(e)
         )));
     }
     if !m.tcps.is_empty() {
         crate::log!(
-            "resurrect: {} established tcp connections repaired",
+            "resurrect: {} of {} established tcp connections repaired",
+            m.tcps.len() - unrepaired.len(),
             m.tcps.len()
         );
     }

@@ -135,8 +135,9 @@ pub fn make(t: &TcpRec, above: RawFd, mem: &MemSource) -> Result<RawFd, Error> {
         return Err(Error::os("socket", io::Error::last_os_error()));
     }
     let on: libc::c_int = 1;
+    // Repair mode forces port reuse (the listener of the same port is bound already);
+    // SO_REUSEADDR after it would take that back.
     s.tcp(TCP_REPAIR, &on, "TCP_REPAIR")?;
-    s.set(libc::SOL_SOCKET, libc::SO_REUSEADDR, &on, "SO_REUSEADDR")?;
     // Room for both queues whatever the defaults (the agent is root).
     let room = libc::c_int::try_from(send.len().max(recv.len()).saturating_mul(2) + 65536)
         .unwrap_or(libc::c_int::MAX);
