@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #define MAX_LINE 4096
 #define MAX_CLIENTS 64
@@ -345,9 +346,17 @@ static int open_listener(void) {
         fprintf(stderr, "kvserver: --bind %s: not an IPv4 address\n", bind_addr);
         exit(2);
     }
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-        bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 16) != 0 ||
-        getsockname(fd, (struct sockaddr *)&sa, &sl) != 0) {
+    /* After a restart the old connections to the port may still be closing: retry a
+     * while, as servers do (nginx tries five times). */
+    int tries = 0, ok = 0;
+    if (fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0) {
+        while (!(ok = bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0) && errno == EADDRINUSE &&
+               ++tries < 50) {
+            struct timespec ts = {0, 200 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    if (!ok || listen(fd, 16) != 0 || getsockname(fd, (struct sockaddr *)&sa, &sl) != 0) {
         fprintf(stderr, "kvserver: cannot listen on %s:%d: %s\n", bind_addr, port, strerror(errno));
         exit(1);
     }

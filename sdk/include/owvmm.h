@@ -10,7 +10,8 @@
  *   OW_CONTINUE  go on where the program was (it deals with the lost descriptors);
  *   OW_RESTART   start the program afresh: the same PID, argv (/proc/self/cmdline),
  *                environment (/proc/self/environ, as at the program's start) and cwd,
- *                all signals unblocked, every fd >= 3 closed, execve("/proc/self/exe").
+ *                all signals unblocked, every fd >= 3 closed (sockets abortively, with
+ *                a reset, so their ports are free at once), execve("/proc/self/exe").
  *                Save what you want to keep before returning it.
  *
  *   static ow_decision on_crash(const struct ow_crash_info *info, void *arg) {...}
@@ -71,6 +72,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -217,6 +219,47 @@ static inline char **ow__strings(const char *path) {
     return v;
 }
 
+/* A getdents64 record. */
+struct ow__dirent64 {
+    uint64_t ino;
+    int64_t off;
+    unsigned short reclen;
+    unsigned char type;
+    char name[];
+};
+
+/* Makes every socket >= 3 close abortively (SO_LINGER 0: a reset rather than a FIN), so
+ * that the ports of the old connections are free at once for the new image. */
+static inline void ow__reset_sockets(void) {
+    char buf[4096];
+    long n, off;
+    int dfd = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return;
+    while ((n = syscall(SYS_getdents64, dfd, buf, sizeof buf)) > 0) {
+        for (off = 0; off < n;) {
+            const struct ow__dirent64 *d = (const struct ow__dirent64 *)(const void *)(buf + off);
+            const char *c = d->name;
+            int fd = 0, type;
+            socklen_t len = sizeof type;
+            off += d->reclen;
+            if (d->reclen == 0)
+                break;
+            if (*c < '0' || *c > '9')
+                continue;
+            for (; *c >= '0' && *c <= '9' && fd < (1 << 24); c++)
+                fd = fd * 10 + (*c - '0');
+            if (fd >= 3 && fd != dfd && getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0) {
+                struct linger lg;
+                lg.l_onoff = 1;
+                lg.l_linger = 0;
+                setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+            }
+        }
+    }
+    close(dfd);
+}
+
 /* OW_RESTART: returns only when the program cannot be restarted (and goes on). */
 static inline void ow__restart(void) {
     char **argv, **envp, num[12];
@@ -227,6 +270,7 @@ static inline void ow__restart(void) {
         ow__say("cannot restart, the program goes on", "");
         return;
     }
+    ow__reset_sockets();
     if (syscall(OW__SYS_CLOSE_RANGE, 3u, ~0u, 0) != 0) {
         unsigned long fd, max = 1u << 20;
         if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < max)

@@ -182,8 +182,9 @@ fn the_example_servers_procedure_continues_or_saves_and_restarts_over_two_crashe
         // The restarting one: saved, restarted (same pid), loaded its file back.
         let saved = "keys to /var/lib/kv/r, restarting";
         let loaded = format!("kvserver: loaded {} keys from /var/lib/kv/r", 4 + round);
+        let listening = format!("kvserver: listening on port {RESTART} ");
         wait_console_after(&mut vm, from, Duration::from_secs(120), &loaded, |c| {
-            (c.contains(saved) && c.contains(&loaded)).then_some(())
+            (c.contains(saved) && c.contains(&loaded) && c.contains(&listening)).then_some(())
         });
         let since = vm.console().get(from..).unwrap_or_default().to_owned();
         assert_eq!(

@@ -363,6 +363,78 @@ fn map(len: usize) -> *mut u8 {
 }
 
 /// [`Decision::Restart`]: returns only when the program cannot be restarted (it goes on).
+/// Makes every socket >= 3 close abortively (`SO_LINGER` 0: a reset rather than a FIN),
+/// so that the ports of the old connections are free at once for the new image. Raw
+/// calls on a stack buffer only (this runs in a signal handler).
+fn reset_sockets() {
+    let mut buf = [0u8; 4096];
+    // SAFETY: opens a directory of our own; the descriptor is closed below.
+    let dfd = unsafe {
+        libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if dfd < 0 {
+        return;
+    }
+    loop {
+        // SAFETY: getdents64 writes at most `buf.len()` bytes into `buf`.
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, dfd, buf.as_mut_ptr(), buf.len()) };
+        let Ok(n) = usize::try_from(n) else { break };
+        if n == 0 {
+            break;
+        }
+        let mut off = 0;
+        // A record: d_ino (8), d_off (8), d_reclen (2), d_type (1), d_name.
+        while off + 19 <= n {
+            let reclen = usize::from(u16::from_ne_bytes([buf[off + 16], buf[off + 17]]));
+            if reclen == 0 {
+                break;
+            }
+            let name = &buf[off + 19..(off + reclen).min(n)];
+            off += reclen;
+            let digits = name.iter().take_while(|b| b.is_ascii_digit());
+            let fd = digits.fold(0i64, |a, &b| (a * 10 + i64::from(b - b'0')).min(1 << 24));
+            let Ok(fd) = c_int::try_from(fd) else {
+                continue;
+            };
+            if fd < 3 || fd == dfd || !name.first().is_some_and(u8::is_ascii_digit) {
+                continue;
+            }
+            let mut ty: c_int = 0;
+            let mut len = libc::socklen_t::try_from(std::mem::size_of::<c_int>()).unwrap_or(4);
+            let lg = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            let lg_len =
+                libc::socklen_t::try_from(std::mem::size_of::<libc::linger>()).unwrap_or(8);
+            // SAFETY: getsockopt writes an int into `ty`; setsockopt reads `lg`.
+            unsafe {
+                if libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_TYPE,
+                    (&raw mut ty).cast(),
+                    &mut len,
+                ) == 0
+                {
+                    libc::setsockopt(
+                        fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&raw const lg).cast(),
+                        lg_len,
+                    );
+                }
+            }
+        }
+    }
+    // SAFETY: closes the directory opened above.
+    unsafe { libc::close(dfd) };
+}
+
 fn restart() {
     // SAFETY: a NULL-terminated array built by `strings`: its first entry is readable.
     let argv = strings(c"/proc/self/cmdline").filter(|a| unsafe { !(**a).is_null() });
@@ -371,6 +443,7 @@ fn restart() {
         say(&[b"owvmm: crash procedure: cannot restart, the program goes on"]);
         return;
     };
+    reset_sockets();
     // SAFETY: closes descriptors only; nothing of ours refers to them past this point.
     unsafe {
         if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) != 0 {

@@ -429,51 +429,67 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
     if zombies > 0 {
         crate::log!("resurrect: {zombies} zombies made again for their parents");
     }
+    // Every stub first: each takes copies of the agent's pipe ends and sockets when it is
+    // made, so the agent's own can go before any process runs again (a restarted server
+    // must be able to bind its port again: the agent's copy of the old listener would be
+    // in the way). Then every process, parents first, and the execs last (an exec's status
+    // pipe ends only when every stub has closed its copy, which it does as it prepares).
+    let mut order: Vec<(usize, Result<(), String>)> = Vec::new();
+    let mut execs = Vec::new();
     for root in forest.roots() {
-        let created = forest.create(root);
+        let created = forest.create(root).map_err(|e| reason(&e));
         for i in forest.finish_order(root) {
-            let t = Instant::now();
-            let node = &mut forest.nodes[i];
-            let by_parent = node.by_parent();
-            let (pid, done, command) = match &mut node.kind {
-                tree::Kind::Process(p, prep) => (
-                    p.pid,
-                    match &created {
-                        Ok(()) => restore::finish(p, prep, by_parent, &pipes),
-                        Err(e) => Err(Error::Invalid(reason(e))),
-                    },
-                    p.exe.as_deref().map_or_else(|| text(&p.comm), text),
-                ),
-                tree::Kind::Exec(e, prep) => (
-                    e.pid,
-                    match &created {
-                        Ok(()) => exec::finish(prep).map(|()| 1),
-                        Err(e) => Err(Error::Invalid(reason(e))),
-                    },
-                    text(&e.path),
-                ),
-                tree::Kind::Zombie(_) => continue,
-            };
-            match done {
-                Ok(threads) => {
-                    sum.restored += 1;
-                    sink(Event::Restored {
-                        pid,
-                        threads,
-                        ms: ms_since(t),
-                        command,
-                    });
-                }
-                Err(e) => {
-                    sum.failed += 1;
-                    sink(Event::NotRestored {
-                        pid,
-                        reason: reason(&e),
-                    });
-                }
+            if matches!(forest.nodes[i].kind, tree::Kind::Exec(..)) {
+                execs.push((i, created.clone()));
+            } else {
+                order.push((i, created.clone()));
             }
-            sink(Event::Progress);
         }
+    }
+    pipes.close_handed_out();
+    order.extend(execs);
+    for (i, created) in order {
+        let t = Instant::now();
+        let node = &mut forest.nodes[i];
+        let by_parent = node.by_parent();
+        let (pid, done, command) = match &mut node.kind {
+            tree::Kind::Process(p, prep) => (
+                p.pid,
+                match &created {
+                    Ok(()) => restore::finish(p, prep, by_parent, &pipes),
+                    Err(e) => Err(Error::Invalid(e.clone())),
+                },
+                p.exe.as_deref().map_or_else(|| text(&p.comm), text),
+            ),
+            tree::Kind::Exec(e, prep) => (
+                e.pid,
+                match &created {
+                    Ok(()) => exec::finish(prep).map(|()| 1),
+                    Err(e) => Err(Error::Invalid(e.clone())),
+                },
+                text(&e.path),
+            ),
+            tree::Kind::Zombie(_) => continue,
+        };
+        match done {
+            Ok(threads) => {
+                sum.restored += 1;
+                sink(Event::Restored {
+                    pid,
+                    threads,
+                    ms: ms_since(t),
+                    command,
+                });
+            }
+            Err(e) => {
+                sum.failed += 1;
+                sink(Event::NotRestored {
+                    pid,
+                    reason: reason(&e),
+                });
+            }
+        }
+        sink(Event::Progress);
     }
     sum.ms = ms_since(t0);
     sum

@@ -158,6 +158,19 @@ impl PipeTable {
         failed
     }
 
+    /// Closes the agent's pipe ends and sockets (once every process that takes them has
+    /// its copies); the shared memory files stay, processes open them while being built.
+    pub fn close_handed_out(&mut self) {
+        let shms: Vec<RawFd> = self.shms.iter().map(|(_, fd, _)| *fd).collect();
+        for fd in self.fds().into_iter().filter(|fd| !shms.contains(fd)) {
+            // SAFETY: closes a descriptor this table owns, once (the lists are emptied).
+            unsafe { libc::close(fd) };
+        }
+        self.pipes.clear();
+        self.inets.clear();
+        self.unixes.clear();
+    }
+
     /// True when `fd` is a TCP connection whose repair failed.
     pub fn unrepaired(&self, fd: &FdRec) -> bool {
         fd.inet_id().is_some_and(|id| self.unrepaired.contains(&id))
