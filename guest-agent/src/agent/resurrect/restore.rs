@@ -790,8 +790,8 @@ pub(super) fn finish(
 }
 
 /// Waits for a stub's `SIGSTOP`. Other signals that stop it on the way (the `SIGCHLD` of a
-/// zombie it made: a traced process queues even the signals it ignores) are dropped: they
-/// come from its making, not from its life before the crash.
+/// zombie or an exec child it made: a traced process queues even the signals it ignores)
+/// are put aside and sent again after the detach.
 fn wait_sigstop(leader: Tid) -> Result<(), Error> {
     for _ in 0..64 {
         let status = leader.wait()?;
@@ -799,7 +799,7 @@ fn wait_sigstop(leader: Tid) -> Result<(), Error> {
             return Ok(());
         }
         if libc::WIFSTOPPED(status) {
-            leader.cont(0)?;
+            leader.defer_signal(libc::WSTOPSIG(status))?;
             continue;
         }
         let why = match libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)) {

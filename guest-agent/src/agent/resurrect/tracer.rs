@@ -203,10 +203,36 @@ impl Tid {
             .map_err(|e| self.err("PTRACE_SYSCALL", e))
     }
 
+    /// Detaches, then sends again the signals that stopped the thread while it was being
+    /// rebuilt ([`Tid::wait_stop`] put them aside).
     pub fn detach(self) -> Result<(), Error> {
         ptrace(libc::PTRACE_DETACH, self.0, 0, 0)
             .map(drop)
-            .map_err(|e| self.err("PTRACE_DETACH", e))
+            .map_err(|e| self.err("PTRACE_DETACH", e))?;
+        for sig in take_deferred(self.0) {
+            // SAFETY: tgkill takes plain integers; the thread is ours (its group is its pid
+            // as read from /proc, or itself when that fails).
+            unsafe {
+                libc::syscall(libc::SYS_tgkill, tgid_of(self.0), self.0, sig);
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts aside a signal that stopped the thread on its way (a child of it exited while
+    /// the agent injected calls: `SIGCHLD`) and lets it go on; [`Tid::detach`] sends it
+    /// again.
+    pub fn defer_signal(self, sig: i32) -> Result<(), Error> {
+        self.put_aside(sig);
+        self.cont(0)
+    }
+
+    fn put_aside(self, sig: i32) {
+        if let Ok(mut d) = DEFERRED.lock() {
+            if d.len() < MAX_DEFERRED && !d.contains(&(self.0, sig)) {
+                d.push((self.0, sig));
+            }
+        }
     }
 
     /// `waitpid(tid, __WALL)`.
@@ -217,9 +243,30 @@ impl Tid {
     /// Waits for a stop by `sig` (or a `PTRACE_EVENT`/syscall stop whose `status >> 8` is
     /// `sig`); anything else is an error naming `what`.
     pub fn wait_stop(self, sig: i32, what: &str) -> Result<(), Error> {
-        let status = self.wait()?;
-        if libc::WIFSTOPPED(status) && (status >> 8) == sig {
-            return Ok(());
+        let mut status = self.wait()?;
+        for _ in 0..MAX_DEFERRED {
+            if libc::WIFSTOPPED(status) && (status >> 8) == sig {
+                return Ok(());
+            }
+            // Another signal's delivery stop (not an event or syscall stop): put aside.
+            let other = libc::WSTOPSIG(status);
+            if libc::WIFSTOPPED(status)
+                && status >> 16 == 0
+                && other != libc::SIGTRAP
+                && other & 0x80 == 0
+            {
+                // Resumed the way the caller resumed it: a wait for a syscall stop
+                // (PTRACE_SYSCALL) must not miss the stop at the syscall's exit.
+                self.put_aside(other);
+                if sig & 0x80 != 0 {
+                    self.cont_syscall()?;
+                } else {
+                    self.cont(0)?;
+                }
+                status = self.wait()?;
+                continue;
+            }
+            break;
         }
         let mut msg = format!(
             "thread {} {} during {what}",
@@ -233,6 +280,37 @@ impl Tid {
         }
         Err(Error::Invalid(msg))
     }
+}
+
+/// Most signals put aside at once.
+const MAX_DEFERRED: usize = 64;
+/// Signals put aside by [`Tid::defer_signal`]: (tid, signal).
+static DEFERRED: std::sync::Mutex<Vec<(i32, i32)>> = std::sync::Mutex::new(Vec::new());
+
+/// The signals put aside for `tid`, removed from the list.
+fn take_deferred(tid: i32) -> Vec<i32> {
+    let Ok(mut d) = DEFERRED.lock() else {
+        return Vec::new();
+    };
+    let mine = d
+        .iter()
+        .filter(|(t, _)| *t == tid)
+        .map(|(_, s)| *s)
+        .collect();
+    d.retain(|(t, _)| *t != tid);
+    mine
+}
+
+/// The thread group of `tid` (`Tgid:` of its status), or `tid` itself.
+fn tgid_of(tid: i32) -> i32 {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(tid)
 }
 
 /// `waitpid(tid, __WALL)`, retried on EINTR.
