@@ -1135,7 +1135,29 @@ pub fn build_manifest_excluding(
         };
         // The image, when the address space was read cleanly (an exec caught past its point
         // of no return does not restore it, and needs only its areas).
-        let mm_problem = report.mm_problems.get(&leader.mm).and_then(|p| p.first());
+        // A thread caught inside mmap, mprotect, munmap or brk holds the address space
+        // for writing: the tree and map_count may disagree by the area being changed.
+        // That call is run again (regs::RESTARTED_SYSCALLS), so the areas found stand.
+        let in_mm_call = threads.iter().any(|t| {
+            t.regs
+                .as_ref()
+                .and_then(|r| r.syscall())
+                .is_some_and(|nr| [9, 10, 11, 12].contains(&nr))
+        });
+        let mm_problem = report.mm_problems.get(&leader.mm).and_then(|p| {
+            p.iter()
+                .find(|p| !(in_mm_call && p.contains(crate::mm::MAP_COUNT_MISMATCH)))
+        });
+        if in_mm_call
+            && report
+                .mm_problems
+                .get(&leader.mm)
+                .is_some_and(|p| p.iter().any(|p| p.contains(crate::mm::MAP_COUNT_MISMATCH)))
+        {
+            m.notes.push(format!(
+                "pid {tgid}: caught changing its address space: the areas found are used"
+            ));
+        }
         let mut image = || match mm_problem {
             Some(p) => Err(ManifestError::MmProblem { problem: p.clone() }),
             None => render_process(kernel, leader, &threads, mm, proc_, &live, &mut m.notes),

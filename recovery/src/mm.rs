@@ -33,6 +33,9 @@ const MAX_AUXV_WORDS: u64 = 128;
 
 /// Most maple nodes visited per tree.
 pub const MAX_MAPLE_NODES: usize = 1 << 16;
+/// The words of the problem reported when the areas found and `map_count` disagree (a
+/// crash in the middle of an mmap, munmap, mprotect or brk, which the manifest tolerates).
+pub const MAP_COUNT_MISMATCH: &str = "VMAs but map_count is";
 /// Most VMAs returned per mm (`sysctl vm.max_map_count` defaults to 65530).
 pub const MAX_VMAS: usize = 1 << 18;
 /// Deepest maple tree accepted (real trees are far shallower).
@@ -807,7 +810,7 @@ pub fn read_mm(k: &Kernel<'_>, mm: u64) -> Partial<MmInfo> {
     let n = info.vmas.len();
     if u64::try_from(n).ok() != Some(u64::from(info.map_count)) {
         problems.push(format!(
-            "mm {mm:#x}: found {n} VMAs but map_count is {}",
+            "mm {mm:#x}: found {n} {MAP_COUNT_MISMATCH} {}",
             info.map_count
         ));
     }
