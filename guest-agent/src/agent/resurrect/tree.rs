@@ -142,23 +142,18 @@ impl<'m> Forest<'m> {
             .collect()
     }
 
-    /// The tree under `root` in the order the agent finishes it: every process parent
-    /// before its children, then the execs (each waits until every stub of the tree has
-    /// closed its copy of the exec's status pipe, which a process stub does when it
-    /// prepares itself). Zombies need no finishing and are left out.
+    /// The tree under `root`, every parent before its children (zombies, which need no
+    /// finishing, left out). The caller finishes the execs after every process.
     pub(super) fn finish_order(&self, root: usize) -> Vec<usize> {
         let mut order = Vec::new();
         let mut stack = vec![root];
         while let Some(i) = stack.pop() {
-            order.push(i);
+            if !matches!(self.nodes[i].kind, Kind::Zombie(_)) {
+                order.push(i);
+            }
             stack.extend(self.nodes[i].children.iter().rev());
         }
-        let (mut procs, execs): (Vec<usize>, Vec<usize>) = order
-            .into_iter()
-            .filter(|&i| !matches!(self.nodes[i].kind, Kind::Zombie(_)))
-            .partition(|&i| self.nodes[i].is_process());
-        procs.extend(execs);
-        procs
+        order
     }
 
     /// Creates the stub of the root `root`, which creates the rest of its tree. Returns
