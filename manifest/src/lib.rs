@@ -88,6 +88,10 @@ pub struct Manifest {
     pub ulistens: Vec<UnixListenRec>,
     /// The `tcp` records, in order (after the `inet` records).
     pub tcps: Vec<TcpRec>,
+    /// The `pty` records, in order (after the sockets).
+    pub ptys: Vec<PtyRec>,
+    /// The `tty` records, in order (after the `pty` records).
+    pub ttys: Vec<TtyRec>,
     /// The `zombie` records, in order (after the sockets, before the processes).
     pub zombies: Vec<Zombie>,
     /// The `process` blocks, in order.
@@ -107,6 +111,7 @@ impl Manifest {
             .flat_map(|p| &p.data)
             .chain(self.unixes.iter().flat_map(|u| u.msgs.iter().flatten()))
             .chain(self.tcps.iter().flat_map(|t| t.send.iter().chain(&t.recv)))
+            .chain(self.ptys.iter().flat_map(PtyRec::runs))
             .map(|r| r.len);
         let copies = self
             .processes
@@ -281,6 +286,73 @@ pub struct UnixListenRec {
     pub id: u32,
     pub sock_type: u32,
     pub backlog: u32,
+    pub path: Vec<u8>,
+}
+
+/// A terminal's settings (`struct termios2`): the flag words, the line discipline, the
+/// 19 control characters and the speeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Termios {
+    pub iflag: u32,
+    pub oflag: u32,
+    pub cflag: u32,
+    pub lflag: u32,
+    pub line: u8,
+    pub cc: [u8; 19],
+    pub ispeed: u32,
+    pub ospeed: u32,
+}
+
+/// A terminal's window size (`struct winsize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Winsize {
+    pub rows: u16,
+    pub cols: u16,
+    pub xpixel: u16,
+    pub ypixel: u16,
+}
+
+/// `pty <id> <index> <sid> <pgrp> <termios> <winsize>`, then its `ptyin`, `ptyout` and
+/// `ptytyped` runs: a pseudo-terminal pair (`/dev/pts/<index>`) made again before the
+/// processes, with the slave's settings. `termios` is `<iflag> <oflag> <cflag> <lflag>
+/// <line> <cc> <ispeed> <ospeed>` (hex; `cc` 38 hex digits), `winsize` `<rows> <cols>
+/// <xpixel> <ypixel>` (decimal). `sid` is the session whose controlling terminal it is
+/// and `pgrp` its foreground process group (0: none). Its holders are the `fd` records of
+/// kind `other` with the path `pty:<id>:m` (the master) or `pty:<id>:s` (the slave).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PtyRec {
+    /// Unique in the manifest.
+    pub id: u32,
+    /// The `/dev/pts` number it had.
+    pub index: u32,
+    pub sid: u32,
+    pub pgrp: u32,
+    pub termios: Termios,
+    pub winsize: Winsize,
+    /// `ptyin <gpa> <len>`: bytes the slave's readers had not read, as its line discipline
+    /// left them (edited, echoed, mapped).
+    pub input: Vec<PipeRun>,
+    /// `ptyout <gpa> <len>`: bytes the master's readers had not read (the programs' output).
+    pub output: Vec<PipeRun>,
+    /// `ptytyped <gpa> <len>`: bytes written to the master that the slave's line
+    /// discipline had not taken in yet (they are echoed and edited when they arrive).
+    pub typed: Vec<PipeRun>,
+}
+
+impl PtyRec {
+    /// Every run, input first.
+    pub fn runs(&self) -> impl Iterator<Item = &PipeRun> {
+        self.input.iter().chain(&self.output).chain(&self.typed)
+    }
+}
+
+/// `tty <termios> <winsize> <path>`: the settings of a terminal that is not a
+/// pseudo-terminal (the serial console), put back on the terminal at `path` before the
+/// processes that reopen it run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TtyRec {
+    pub termios: Termios,
+    pub winsize: Winsize,
     pub path: Vec<u8>,
 }
 
@@ -608,6 +680,27 @@ impl FdRec {
     /// A socket that comes back with its peer gone (kind `sock`, path `reset:<type>` or `reset:<type>:<what it was>`).
     pub fn is_reset(&self) -> bool {
         self.kind == FdKind::Sock && self.path.starts_with(b"reset:")
+    }
+
+    /// The `pty` an end of kind `other` refers to (`pty:<id>:m` or `pty:<id>:s`), and
+    /// whether it is the master.
+    pub fn pty_end(&self) -> Option<(u32, bool)> {
+        if self.kind != FdKind::Other {
+            return None;
+        }
+        let rest = self.path.strip_prefix(b"pty:")?;
+        let (id, end) = rest.split_at(rest.len().checked_sub(2)?);
+        let master = match end {
+            b":m" => true,
+            b":s" => false,
+            _ => return None,
+        };
+        Some((decimal_id(id)?, master))
+    }
+
+    /// The path of an end of pty `id`.
+    pub fn pty_path(id: u32, master: bool) -> Vec<u8> {
+        format!("pty:{id}:{}", if master { 'm' } else { 's' }).into_bytes()
     }
 
     /// An epoll descriptor (kind `other`, path `epoll`).

@@ -11,10 +11,10 @@ use std::collections::HashSet;
 
 use crate::{
     Copy, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, FileUpdate, InetRec, Manifest, Mm,
-    PipeRec, PipeRun, Process, SigRec, TcpRec, Thread, Tree, UnixListenRec, UnixRec, Vma, VmaKind,
-    Zombie, HEADER, MAX_ARG_STRLEN, MAX_AUXV, MAX_ERRORS, MAX_EXEC_COUNT, MAX_EXEC_STRINGS,
-    MAX_FILE_SIZE, MAX_LINE, MAX_PATH, MAX_PID, MAX_PIPES, MAX_PIPE_SIZE, MAX_THREADS, MAX_VMAS,
-    PAGE, PROT_EXEC, PROT_READ, PROT_WRITE,
+    PipeRec, PipeRun, Process, PtyRec, SigRec, TcpRec, Termios, Thread, Tree, TtyRec,
+    UnixListenRec, UnixRec, Vma, VmaKind, Winsize, Zombie, HEADER, MAX_ARG_STRLEN, MAX_AUXV,
+    MAX_ERRORS, MAX_EXEC_COUNT, MAX_EXEC_STRINGS, MAX_FILE_SIZE, MAX_LINE, MAX_PATH, MAX_PID,
+    MAX_PIPES, MAX_PIPE_SIZE, MAX_THREADS, MAX_VMAS, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE,
 };
 
 /// `SIGKILL` and `SIGSTOP` (x86-64 Linux): they cannot have an action.
@@ -202,6 +202,10 @@ pub struct Parsed {
     pub ulistens: Vec<UnixListenRec>,
     /// The `tcp` records, in order.
     pub tcps: Vec<TcpRec>,
+    /// The `pty` records, in order.
+    pub ptys: Vec<PtyRec>,
+    /// The `tty` records, in order.
+    pub ttys: Vec<TtyRec>,
     /// The `zombie` records, in order.
     pub zombies: Vec<Zombie>,
     /// The `process` blocks, in order; a block with bad lines is an `Err`.
@@ -244,6 +248,8 @@ impl Parsed {
             ulistens: self.ulistens,
             zombies: self.zombies,
             tcps: self.tcps,
+            ptys: self.ptys,
+            ttys: self.ttys,
             processes: self.processes.into_iter().filter_map(Result::ok).collect(),
             execs: self.execs.into_iter().filter_map(Result::ok).collect(),
         })
@@ -449,6 +455,11 @@ impl Parser {
             "umsg" => self.umsg(rest),
             "udata" => self.udata(rest),
             "pdata" => self.pdata(rest),
+            "pty" => self.pty(rest),
+            "tty" => self.tty(rest),
+            "ptyin" => self.pty_data("ptyin", rest),
+            "ptyout" => self.pty_data("ptyout", rest),
+            "ptytyped" => self.pty_data("ptytyped", rest),
             "process" | "exec" => {
                 let open = match &self.state {
                     State::Process(p) => Some(p.pid),
@@ -831,6 +842,83 @@ impl Parser {
             .last_mut()
             .ok_or(ErrorKind::WithoutUnix { record: "udata" })?;
         m.push(run);
+        Ok(())
+    }
+
+    fn pty(&mut self, rest: &str) -> Result<(), ErrorKind> {
+        if !matches!(self.state, State::Files) {
+            return Err(ErrorKind::AfterFirstProcess { record: "pty" });
+        }
+        let (f, _) = fields(rest, 16, Tail::None)?;
+        let id = dec(f[0], "id")?;
+        if self.out.ptys.len() >= MAX_PIPES {
+            return Err(ErrorKind::TooMany {
+                what: "ptys",
+                limit: MAX_PIPES,
+            });
+        }
+        if self.out.ptys.iter().any(|p| p.id == id) {
+            return Err(ErrorKind::Second { record: "pty" });
+        }
+        self.out.ptys.push(PtyRec {
+            id,
+            index: dec(f[1], "index")?,
+            sid: dec(f[2], "sid")?,
+            pgrp: dec(f[3], "pgrp")?,
+            termios: termios_fields(&f[4..12])?,
+            winsize: winsize_fields(&f[12..16])?,
+            ..PtyRec::default()
+        });
+        Ok(())
+    }
+
+    fn tty(&mut self, rest: &str) -> Result<(), ErrorKind> {
+        if !matches!(self.state, State::Files) {
+            return Err(ErrorKind::AfterFirstProcess { record: "tty" });
+        }
+        let (f, path) = fields(rest, 12, Tail::Required)?;
+        let path = unescape_max(path.unwrap_or(""), MAX_PATH)?;
+        if !path.starts_with(b"/") {
+            return Err(ErrorKind::MissingPath);
+        }
+        if self.out.ttys.len() >= MAX_PIPES {
+            return Err(ErrorKind::TooMany {
+                what: "ttys",
+                limit: MAX_PIPES,
+            });
+        }
+        self.out.ttys.push(TtyRec {
+            termios: termios_fields(&f[..8])?,
+            winsize: winsize_fields(&f[8..12])?,
+            path,
+        });
+        Ok(())
+    }
+
+    fn pty_data(&mut self, record: &'static str, rest: &str) -> Result<(), ErrorKind> {
+        if !matches!(self.state, State::Files) {
+            return Err(ErrorKind::AfterFirstProcess { record });
+        }
+        let (f, _) = fields(rest, 2, Tail::None)?;
+        let run = PipeRun {
+            gpa: hex(f[0], "gpa")?,
+            len: hex(f[1], "len")?,
+        };
+        let Some(p) = self.out.ptys.last_mut() else {
+            return Err(ErrorKind::OutsideProcess { record });
+        };
+        if run.len == 0 || run.gpa.checked_add(run.len).is_none() {
+            return Err(ErrorKind::Overflows { record });
+        }
+        let total: u64 = p.runs().map(|r| r.len).sum();
+        if total.saturating_add(run.len) > MAX_PIPE_SIZE {
+            return Err(ErrorKind::PipeDataBeyondSize);
+        }
+        match record {
+            "ptyin" => p.input.push(run),
+            "ptyout" => p.output.push(run),
+            _ => p.typed.push(run),
+        }
         Ok(())
     }
 
@@ -1478,6 +1566,42 @@ enum Tail {
 }
 
 /// Splits `rest` into exactly `n` non-empty space-separated fields, plus the tail.
+/// `<iflag> <oflag> <cflag> <lflag> <line> <cc> <ispeed> <ospeed>`, hex.
+fn termios_fields(f: &[&str]) -> Result<Termios, ErrorKind> {
+    let word = |s: &str, what| u32::try_from(hex(s, what)?).map_err(|_| out_of_range(what, s));
+    let line = u8::try_from(hex(f[4], "line")?).map_err(|_| out_of_range("line", f[4]))?;
+    let mut cc = [0u8; 19];
+    let digits = f[5].as_bytes();
+    if digits.len() != 38 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return Err(bad("cc", f[5]));
+    }
+    for (c, pair) in cc.iter_mut().zip(digits.chunks(2)) {
+        let s = std::str::from_utf8(pair).map_err(|_| bad("cc", f[5]))?;
+        *c = u8::from_str_radix(s, 16).map_err(|_| bad("cc", f[5]))?;
+    }
+    Ok(Termios {
+        iflag: word(f[0], "iflag")?,
+        oflag: word(f[1], "oflag")?,
+        cflag: word(f[2], "cflag")?,
+        lflag: word(f[3], "lflag")?,
+        line,
+        cc,
+        ispeed: word(f[6], "ispeed")?,
+        ospeed: word(f[7], "ospeed")?,
+    })
+}
+
+/// `<rows> <cols> <xpixel> <ypixel>`, decimal.
+fn winsize_fields(f: &[&str]) -> Result<Winsize, ErrorKind> {
+    let w = |s: &str, what| u16::try_from(dec(s, what)?).map_err(|_| out_of_range(what, s));
+    Ok(Winsize {
+        rows: w(f[0], "rows")?,
+        cols: w(f[1], "cols")?,
+        xpixel: w(f[2], "xpixel")?,
+        ypixel: w(f[3], "ypixel")?,
+    })
+}
+
 fn fields(rest: &str, n: usize, tail: Tail) -> Result<(Vec<&str>, Option<&str>), ErrorKind> {
     let mut out = Vec::with_capacity(n);
     let mut left = Some(rest);

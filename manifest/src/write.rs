@@ -3,8 +3,9 @@
 use std::fmt::{self, Display, Formatter, Write as _};
 
 use crate::{
-    EpollRec, Exec, FdRec, FileRec, InetRec, Manifest, PipeRec, Process, SigRec, TcpRec, Thread,
-    Tree, UnixListenRec, UnixRec, Vma, EXEC_CHUNK, HEADER, PROT_EXEC, PROT_READ, PROT_WRITE,
+    EpollRec, Exec, FdRec, FileRec, InetRec, Manifest, PipeRec, Process, PtyRec, SigRec, TcpRec,
+    Termios, Thread, Tree, UnixListenRec, UnixRec, Vma, Winsize, EXEC_CHUNK, HEADER, PROT_EXEC,
+    PROT_READ, PROT_WRITE,
 };
 
 /// Writes `bytes` as a manifest path/name field: bytes outside printable ASCII and `%`
@@ -85,6 +86,18 @@ impl Display for Manifest {
         }
         for l in &self.ulistens {
             write_ulisten(f, l)?;
+        }
+        for p in &self.ptys {
+            write_pty(f, p)?;
+        }
+        for t in &self.ttys {
+            writeln!(
+                f,
+                "tty {} {} {}",
+                TermiosWords(&t.termios),
+                WinsizeWords(&t.winsize),
+                Field(&t.path)
+            )?;
         }
         for z in &self.zombies {
             writeln!(
@@ -186,6 +199,57 @@ fn write_ulisten(f: &mut Formatter<'_>, l: &UnixListenRec) -> fmt::Result {
         l.backlog,
         Field(&l.path)
     )
+}
+
+/// `<iflag> <oflag> <cflag> <lflag> <line> <cc> <ispeed> <ospeed>`, hex.
+struct TermiosWords<'a>(&'a Termios);
+
+impl Display for TermiosWords<'_> {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        let t = self.0;
+        write!(
+            f,
+            "{:x} {:x} {:x} {:x} {:x} ",
+            t.iflag, t.oflag, t.cflag, t.lflag, t.line
+        )?;
+        for c in t.cc {
+            write!(f, "{c:02x}")?;
+        }
+        write!(f, " {:x} {:x}", t.ispeed, t.ospeed)
+    }
+}
+
+/// `<rows> <cols> <xpixel> <ypixel>`, decimal.
+struct WinsizeWords<'a>(&'a Winsize);
+
+impl Display for WinsizeWords<'_> {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        let w = self.0;
+        write!(f, "{} {} {} {}", w.rows, w.cols, w.xpixel, w.ypixel)
+    }
+}
+
+fn write_pty(f: &mut Formatter<'_>, p: &PtyRec) -> fmt::Result {
+    writeln!(
+        f,
+        "pty {} {} {} {} {} {}",
+        p.id,
+        p.index,
+        p.sid,
+        p.pgrp,
+        TermiosWords(&p.termios),
+        WinsizeWords(&p.winsize)
+    )?;
+    for (name, runs) in [
+        ("ptyin", &p.input),
+        ("ptyout", &p.output),
+        ("ptytyped", &p.typed),
+    ] {
+        for r in runs {
+            writeln!(f, "{name} {:x} {:x}", r.gpa, r.len)?;
+        }
+    }
+    Ok(())
 }
 
 fn write_tree(f: &mut Formatter<'_>, t: Option<&Tree>) -> fmt::Result {

@@ -5,8 +5,9 @@
 
 use owvmm_manifest::{
     parse, Copy, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, InetRec, Manifest, Mm, PipeRec,
-    PipeRun, Process, SigRec, TcpRec, Thread, Tree, UnixListenRec, UnixRec, Vma, VmaKind, Zombie,
-    EXEC_CHUNK, MAX_FILE_SIZE, MAX_PID, MAX_PIPE_SIZE, PAGE,
+    PipeRun, Process, PtyRec, SigRec, TcpRec, Termios, Thread, Tree, TtyRec, UnixListenRec,
+    UnixRec, Vma, VmaKind, Winsize, Zombie, EXEC_CHUNK, MAX_FILE_SIZE, MAX_PID, MAX_PIPE_SIZE,
+    PAGE,
 };
 
 /// xorshift64*.
@@ -333,6 +334,38 @@ fn process(r: &mut Rng) -> Process {
     }
 }
 
+fn termios(r: &mut Rng) -> Termios {
+    Termios {
+        iflag: r.u32(),
+        oflag: r.u32(),
+        cflag: r.u32(),
+        lflag: r.u32(),
+        line: u8::try_from(r.below(256)).expect("byte"),
+        cc: std::array::from_fn(|_| u8::try_from(r.below(256)).expect("byte")),
+        ispeed: r.u32(),
+        ospeed: r.u32(),
+    }
+}
+
+fn winsize(r: &mut Rng) -> Winsize {
+    let mut w = || u16::try_from(r.below(65536)).expect("u16");
+    Winsize {
+        rows: w(),
+        cols: w(),
+        xpixel: w(),
+        ypixel: w(),
+    }
+}
+
+fn runs(r: &mut Rng) -> Vec<PipeRun> {
+    (0..r.below(3))
+        .map(|_| PipeRun {
+            gpa: r.below(1 << 40),
+            len: 1 + r.below(1 << 12),
+        })
+        .collect()
+}
+
 fn manifest(r: &mut Rng) -> Manifest {
     Manifest {
         files: (0..r.below(4)).map(|_| file(r)).collect(),
@@ -402,6 +435,30 @@ fn manifest(r: &mut Rng) -> Manifest {
                     .collect(),
             })
             .collect(),
+        ptys: (0..u32::try_from(r.below(3)).expect("n"))
+            .map(|i| PtyRec {
+                id: i * 2 + 1,
+                index: u32::try_from(r.below(64)).expect("index"),
+                sid: u32::try_from(r.below(1000)).expect("sid"),
+                pgrp: u32::try_from(r.below(1000)).expect("pgrp"),
+                termios: termios(r),
+                winsize: winsize(r),
+                input: runs(r),
+                output: runs(r),
+                typed: runs(r),
+            })
+            .collect(),
+        ttys: (0..r.below(2))
+            .map(|_| TtyRec {
+                termios: termios(r),
+                winsize: winsize(r),
+                path: {
+                    let mut p = r.bytes(60);
+                    p.insert(0, b'/');
+                    p
+                },
+            })
+            .collect(),
         zombies: (0..u32::try_from(r.below(3)).expect("n"))
             .map(|i| Zombie {
                 pid: 100 + i,
@@ -455,6 +512,11 @@ fn write_then_parse_gives_the_same_manifest() {
             + m.tcps
                 .iter()
                 .map(|t| t.send_len() + t.recv_len())
+                .sum::<u64>()
+            + m.ptys
+                .iter()
+                .flat_map(PtyRec::runs)
+                .map(|r| r.len)
                 .sum::<u64>();
         assert_eq!(m.copy_bytes(), copies, "case {i}");
         escapes += text.matches('%').count();

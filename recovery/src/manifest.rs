@@ -1431,6 +1431,8 @@ pub fn build_manifest_excluding(
         ulistens: out_ulistens,
         processes,
         execs,
+        ptys: Vec::new(),
+        ttys: Vec::new(),
     };
     m.text = m.manifest.to_text();
     m.excluded.sort_by_key(|e| e.pid);
