@@ -25,6 +25,7 @@ pub mod sockets;
 pub mod symbols;
 pub mod tasks;
 pub mod tcp;
+pub mod ttys;
 
 pub use inspect::{inspect, Report};
 pub use paging::PhysRead;

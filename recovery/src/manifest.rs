@@ -220,6 +220,15 @@ pub enum ManifestError {
         #[source]
         source: crate::eventfds::EventFdError,
     },
+    /// A terminal could not be read.
+    #[error("fd {fd}: terminal")]
+    Tty {
+        /// The descriptor.
+        fd: u32,
+        /// Why.
+        #[source]
+        source: crate::ttys::TtyError,
+    },
     /// A pipe's content could not be read.
     #[error("pipe {id}")]
     PipeContent {
@@ -305,9 +314,15 @@ enum Entry {
     Exec(wire::Exec),
 }
 
-/// One process, and the files it needs.
+/// One process, and what it needs made before it.
 struct Rendered {
     entry: Entry,
+    wanted: Wanted,
+}
+
+/// Collects the in-memory files, pipes, sockets and terminals a process needs.
+#[derive(Default)]
+struct Wanted {
     files: Vec<FileRecord>,
     /// The inodes of the anonymous pipes it has ends of.
     pipes: Vec<InodeInfo>,
@@ -319,23 +334,16 @@ struct Rendered {
     ulistens: Vec<(u32, crate::sockets::UnixListener)>,
     /// The established TCP connections it holds, by id.
     tcps: Vec<(u32, crate::tcp::TcpConn)>,
+    /// The pseudo-terminals it has ends of, by id (the pts number).
+    ptys: Vec<(u32, crate::ttys::Pty)>,
+    /// The other terminals it holds (the console), by path.
+    ttys: Vec<wire::TtyRec>,
 }
-
-/// Collects the in-memory files, the pipes and the inet sockets a process needs.
-#[derive(Default)]
-struct Wanted(
-    Vec<FileRecord>,
-    Vec<InodeInfo>,
-    Vec<(u32, crate::sockets::InetSocket)>,
-    Vec<(u32, crate::sockets::UnixEnd)>,
-    Vec<(u32, crate::sockets::UnixListener)>,
-    Vec<(u32, crate::tcp::TcpConn)>,
-);
 
 impl Wanted {
     fn want(&mut self, path: &str, inode: InodeInfo, writable: bool) {
         if inode.kind() == FileKind::Reg && (inode.in_memory_fs() || writable) {
-            self.0.push(FileRecord {
+            self.files.push(FileRecord {
                 path: path.to_owned(),
                 inode,
                 overwrite: writable,
@@ -509,6 +517,13 @@ fn shared_anon_copies(
         .collect())
 }
 
+/// `(gpa, len)` runs as the manifest has them.
+fn runs(v: &[(u64, u64)]) -> Vec<wire::PipeRun> {
+    v.iter()
+        .map(|&(gpa, len)| wire::PipeRun { gpa, len })
+        .collect()
+}
+
 /// A pid or tid as the manifest has it.
 fn wire_pid(pid: i32) -> Result<u32, ManifestError> {
     u32::try_from(pid).map_err(|_| ManifestError::BadPid(pid))
@@ -539,8 +554,8 @@ fn render_fds(
             let id = u32::try_from(inode.ino).ok();
             let unix = match (id, crate::sockets::read_unix(k, f.file)) {
                 (Some(id), Ok(Some(end))) => {
-                    if !files.3.iter().any(|(i, _)| *i == id) {
-                        files.3.push((id, end));
+                    if !files.unixes.iter().any(|(i, _)| *i == id) {
+                        files.unixes.push((id, end));
                     }
                     Some(id)
                 }
@@ -552,8 +567,8 @@ fn render_fds(
                     None
                 }
                 (Some(id), Ok(None)) => crate::sockets::read_unix_listener(k, f.file).map(|l| {
-                    if !files.4.iter().any(|(i, _)| *i == id) {
-                        files.4.push((id, l));
+                    if !files.ulistens.iter().any(|(i, _)| *i == id) {
+                        files.ulistens.push((id, l));
                     }
                     id
                 }),
@@ -580,8 +595,8 @@ fn render_fds(
             let path = match sock {
                 crate::sockets::Socket::Inet(s) => match u32::try_from(inode.ino) {
                     Ok(id) => {
-                        if !files.2.iter().any(|(i, _)| *i == id) {
-                            files.2.push((id, s));
+                        if !files.inets.iter().any(|(i, _)| *i == id) {
+                            files.inets.push((id, s));
                         }
                         format!("inet:{id}")
                     }
@@ -589,8 +604,8 @@ fn render_fds(
                 },
                 crate::sockets::Socket::Tcp(c) => match u32::try_from(inode.ino) {
                     Ok(id) => {
-                        if !files.5.iter().any(|(i, _)| *i == id) {
-                            files.5.push((id, *c));
+                        if !files.tcps.iter().any(|(i, _)| *i == id) {
+                            files.tcps.push((id, *c));
                         }
                         format!("inet:{id}")
                     }
@@ -680,8 +695,8 @@ fn render_fds(
                 fd: f.fd,
                 kind: "pipe with a 64-bit inode number",
             })?;
-            if !files.1.iter().any(|p| p.addr == inode.addr) {
-                files.1.push(inode);
+            if !files.pipes.iter().any(|p| p.addr == inode.addr) {
+                files.pipes.push(inode);
             }
             fds.push(wire::FdRec {
                 fd,
@@ -691,6 +706,39 @@ fn render_fds(
                 path: wire::FdRec::pipe_path(id),
             });
             continue;
+        }
+        match crate::ttys::read_tty(k, f.file) {
+            None => {}
+            Some(Err(source)) => return Err(ManifestError::Tty { fd: f.fd, source }),
+            Some(Ok(crate::ttys::TtyFile::Pty { end, pty })) => {
+                // A pty end, whichever path opened it (`/dev/ptmx`, `/dev/pts/N`,
+                // `/dev/tty`): the pair is made again before the processes.
+                let id = pty.index;
+                if !files.ptys.iter().any(|(i, _)| *i == id) {
+                    notes.extend(pty.notes.iter().map(|n| format!("pid {pid}: {n}")));
+                    files.ptys.push((id, *pty));
+                }
+                fds.push(wire::FdRec {
+                    fd,
+                    flags,
+                    pos: 0,
+                    kind: wire::FdKind::Other,
+                    path: wire::FdRec::pty_path(id, end == crate::ttys::End::Master),
+                });
+                continue;
+            }
+            Some(Ok(crate::ttys::TtyFile::Other { termios, winsize })) => {
+                // The console: reopened by its path below, with its settings put back.
+                if let Some(path) = f.path.as_deref() {
+                    if !files.ttys.iter().any(|t| t.path == path.as_bytes()) {
+                        files.ttys.push(wire::TtyRec {
+                            termios,
+                            winsize,
+                            path: path.as_bytes().to_vec(),
+                        });
+                    }
+                }
+            }
         }
         if !matches!(kind, FileKind::Reg | FileKind::Chr | FileKind::Dir) {
             return Err(ManifestError::FdKind {
@@ -874,12 +922,7 @@ fn render_process(
     };
     Ok(Rendered {
         entry: Entry::Process(process),
-        files: files.0,
-        pipes: files.1,
-        inets: files.2,
-        unixes: files.3,
-        ulistens: files.4,
-        tcps: files.5,
+        wanted: files,
     })
 }
 
@@ -980,12 +1023,7 @@ fn render_exec(
     };
     Ok(Rendered {
         entry: Entry::Exec(exec),
-        files: files.0,
-        pipes: files.1,
-        inets: files.2,
-        unixes: files.3,
-        ulistens: files.4,
-        tcps: files.5,
+        wanted: files,
     })
 }
 
@@ -1185,7 +1223,7 @@ pub fn build_manifest_excluding(
     // Files: deduplicated by inode; a file whose content cannot be read excludes its users.
     let mut files: BTreeMap<u64, FileRecord> = BTreeMap::new();
     for (_, r) in &rendered {
-        for f in &r.files {
+        for f in &r.wanted.files {
             files
                 .entry(f.inode.addr)
                 .and_modify(|e| e.overwrite |= f.overwrite)
@@ -1247,7 +1285,7 @@ pub fn build_manifest_excluding(
     let mut pipes: BTreeMap<u64, (u64, Result<crate::pipes::PipeContent, ManifestError>)> =
         BTreeMap::new();
     for (_, r) in &rendered {
-        for p in &r.pipes {
+        for p in &r.wanted.pipes {
             pipes.entry(p.addr).or_insert_with(|| {
                 let c = crate::pipes::read_pipe(kernel, p.addr)
                     .map_err(|source| ManifestError::PipeContent { id: p.ino, source });
@@ -1261,14 +1299,18 @@ pub fn build_manifest_excluding(
     let mut used_unixes: Vec<(u32, crate::sockets::UnixEnd)> = Vec::new();
     let mut used_ulistens: Vec<(u32, crate::sockets::UnixListener)> = Vec::new();
     let mut used_tcps: Vec<(u32, crate::tcp::TcpConn)> = Vec::new();
+    let mut used_ptys: BTreeMap<u32, crate::ttys::Pty> = BTreeMap::new();
+    let mut used_ttys: Vec<wire::TtyRec> = Vec::new();
     let (mut processes, mut execs) = (Vec::new(), Vec::new());
     for (tgid, r) in rendered {
         let bad = r
+            .wanted
             .files
             .iter()
             .find_map(|f| contents.get(&f.inode.addr).and_then(|c| c.as_ref().err()))
             .or_else(|| {
-                r.pipes
+                r.wanted
+                    .pipes
                     .iter()
                     .find_map(|p| pipes.get(&p.addr).and_then(|c| c.1.as_ref().err()))
             });
@@ -1279,12 +1321,20 @@ pub fn build_manifest_excluding(
             });
             continue;
         }
-        used.extend(r.files.iter().map(|f| f.inode.addr));
-        used_pipes.extend(r.pipes.iter().map(|p| p.addr));
-        used_inets.extend(r.inets.iter().cloned());
-        used_unixes.extend(r.unixes.iter().cloned());
-        used_ulistens.extend(r.ulistens.iter().cloned());
-        used_tcps.extend(r.tcps.iter().cloned());
+        used.extend(r.wanted.files.iter().map(|f| f.inode.addr));
+        used_pipes.extend(r.wanted.pipes.iter().map(|p| p.addr));
+        used_inets.extend(r.wanted.inets.iter().cloned());
+        used_unixes.extend(r.wanted.unixes.iter().cloned());
+        used_ulistens.extend(r.wanted.ulistens.iter().cloned());
+        used_tcps.extend(r.wanted.tcps.iter().cloned());
+        for (id, p) in &r.wanted.ptys {
+            used_ptys.entry(*id).or_insert_with(|| p.clone());
+        }
+        for t in &r.wanted.ttys {
+            if !used_ttys.iter().any(|u| u.path == t.path) {
+                used_ttys.push(t.clone());
+            }
+        }
         match r.entry {
             Entry::Process(p) => processes.push(p),
             Entry::Exec(e) => execs.push(e),
@@ -1388,11 +1438,6 @@ pub fn build_manifest_excluding(
         if out_tcps.iter().any(|r| r.id == *id) {
             continue;
         }
-        let runs = |v: &[(u64, u64)]| {
-            v.iter()
-                .map(|&(gpa, len)| wire::PipeRun { gpa, len })
-                .collect()
-        };
         out_tcps.push(wire::TcpRec {
             id: *id,
             family: c.family,
@@ -1431,8 +1476,21 @@ pub fn build_manifest_excluding(
         ulistens: out_ulistens,
         processes,
         execs,
-        ptys: Vec::new(),
-        ttys: Vec::new(),
+        ptys: used_ptys
+            .into_iter()
+            .map(|(id, p)| wire::PtyRec {
+                id,
+                index: p.index,
+                sid: p.sid,
+                pgrp: p.pgrp,
+                termios: p.termios,
+                winsize: p.winsize,
+                input: runs(&p.input),
+                output: runs(&p.output),
+                typed: runs(&p.typed),
+            })
+            .collect(),
+        ttys: used_ttys,
     };
     m.text = m.manifest.to_text();
     m.excluded.sort_by_key(|e| e.pid);
