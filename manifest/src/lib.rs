@@ -346,11 +346,14 @@ impl PtyRec {
     }
 }
 
-/// `tty <termios> <winsize> <path>`: the settings of a terminal that is not a
-/// pseudo-terminal (the serial console), put back on the terminal at `path` before the
-/// processes that reopen it run.
+/// `tty <sid> <pgrp> <termios> <winsize> <path>`: a terminal that is not a
+/// pseudo-terminal (the serial console), whose holders reopen it by `path`: its settings
+/// are put back before they run, and the session `sid` (0: none) takes it again as its
+/// controlling terminal with `pgrp` in the foreground.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TtyRec {
+    pub sid: u32,
+    pub pgrp: u32,
     pub termios: Termios,
     pub winsize: Winsize,
     pub path: Vec<u8>,

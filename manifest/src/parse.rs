@@ -876,7 +876,7 @@ impl Parser {
         if !matches!(self.state, State::Files) {
             return Err(ErrorKind::AfterFirstProcess { record: "tty" });
         }
-        let (f, path) = fields(rest, 12, Tail::Required)?;
+        let (f, path) = fields(rest, 14, Tail::Required)?;
         let path = unescape_max(path.unwrap_or(""), MAX_PATH)?;
         if !path.starts_with(b"/") {
             return Err(ErrorKind::MissingPath);
@@ -888,8 +888,10 @@ impl Parser {
             });
         }
         self.out.ttys.push(TtyRec {
-            termios: termios_fields(&f[..8])?,
-            winsize: winsize_fields(&f[8..12])?,
+            sid: dec(f[0], "sid")?,
+            pgrp: dec(f[1], "pgrp")?,
+            termios: termios_fields(&f[2..10])?,
+            winsize: winsize_fields(&f[10..14])?,
             path,
         });
         Ok(())

@@ -93,7 +93,9 @@ impl Display for Manifest {
         for t in &self.ttys {
             writeln!(
                 f,
-                "tty {} {} {}",
+                "tty {} {} {} {} {}",
+                t.sid,
+                t.pgrp,
                 TermiosWords(&t.termios),
                 WinsizeWords(&t.winsize),
                 Field(&t.path)

@@ -450,6 +450,8 @@ fn manifest(r: &mut Rng) -> Manifest {
             .collect(),
         ttys: (0..r.below(2))
             .map(|_| TtyRec {
+                sid: r.u32(),
+                pgrp: r.u32(),
                 termios: termios(r),
                 winsize: winsize(r),
                 path: {

@@ -727,11 +727,18 @@ fn render_fds(
                 });
                 continue;
             }
-            Some(Ok(crate::ttys::TtyFile::Other { termios, winsize })) => {
+            Some(Ok(crate::ttys::TtyFile::Other {
+                termios,
+                winsize,
+                sid,
+                pgrp,
+            })) => {
                 // The console: reopened by its path below, with its settings put back.
                 if let Some(path) = f.path.as_deref() {
                     if !files.ttys.iter().any(|t| t.path == path.as_bytes()) {
                         files.ttys.push(wire::TtyRec {
+                            sid,
+                            pgrp,
                             termios,
                             winsize,
                             path: path.as_bytes().to_vec(),

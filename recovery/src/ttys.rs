@@ -139,12 +139,16 @@ pub enum TtyFile {
         /// The pair.
         pty: Box<Pty>,
     },
-    /// Another terminal, reopened by path: its settings.
+    /// Another terminal, reopened by path: its settings and its session.
     Other {
         /// `termios`.
         termios: wire::Termios,
         /// Window size.
         winsize: wire::Winsize,
+        /// The session it is the controlling terminal of (0: none).
+        sid: u32,
+        /// Its foreground process group (0: none).
+        pgrp: u32,
     },
 }
 
@@ -192,6 +196,8 @@ fn read_terminal(k: &Kernel<'_>, file: u64) -> Result<TtyFile, TtyError> {
         return Ok(TtyFile::Other {
             termios: termios(k, tty)?,
             winsize: winsize(k, tty)?,
+            sid: ctrl_pid(k, tty, "ctrl.session"),
+            pgrp: ctrl_pid(k, tty, "ctrl.pgrp"),
         });
     }
     let subtype = rd(
@@ -326,8 +332,10 @@ fn ctrl_pid(k: &Kernel<'_>, tty: u64, field: &str) -> u32 {
 
 fn termios(k: &Kernel<'_>, tty: u64) -> Result<wire::Termios, TtyError> {
     let base = tty.wrapping_add(rd("tty.termios", k.offset_of("tty_struct", "termios"))?);
-    let f =
-        |field: &'static str| rd(field, k.read_field("ktermios", field, base)).map(|v| v as u32);
+    let f = |field: &'static str| {
+        rd(field, k.read_field("ktermios", field, base))
+            .map(|v| u32::try_from(v & 0xffff_ffff).unwrap_or_default())
+    };
     let cc_off = rd("c_cc", k.offset_of("ktermios", "c_cc"))?;
     let mut cc = [0u8; 19];
     k.read_bytes(base.wrapping_add(cc_off), &mut cc)
@@ -340,7 +348,7 @@ fn termios(k: &Kernel<'_>, tty: u64) -> Result<wire::Termios, TtyError> {
         oflag: f("c_oflag")?,
         cflag: f("c_cflag")?,
         lflag: f("c_lflag")?,
-        line: f("c_line")? as u8,
+        line: u8::try_from(f("c_line")? & 0xff).unwrap_or_default(),
         cc,
         ispeed: f("c_ispeed")?,
         ospeed: f("c_ospeed")?,
@@ -349,7 +357,10 @@ fn termios(k: &Kernel<'_>, tty: u64) -> Result<wire::Termios, TtyError> {
 
 fn winsize(k: &Kernel<'_>, tty: u64) -> Result<wire::Winsize, TtyError> {
     let base = tty.wrapping_add(rd("tty.winsize", k.offset_of("tty_struct", "winsize"))?);
-    let f = |field: &'static str| rd(field, k.read_field("winsize", field, base)).map(|v| v as u16);
+    let f = |field: &'static str| {
+        rd(field, k.read_field("winsize", field, base))
+            .map(|v| u16::try_from(v & 0xffff).unwrap_or_default())
+    };
     Ok(wire::Winsize {
         rows: f("ws_row")?,
         cols: f("ws_col")?,

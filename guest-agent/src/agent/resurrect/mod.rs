@@ -6,6 +6,8 @@
 //!   `owvmm-manifest` crate).
 //! - [`files`] recreates the files of in-memory file systems (`file` records).
 //! - [`pipes`] makes the anonymous pipes again with their unread bytes (`pipe` records).
+//! - [`ptys`] makes the pseudo-terminals again with their settings and bytes in flight
+//!   (`pty` records) and puts the console's settings back (`tty` records).
 //! - [`restore`] recreates one process: `clone3(set_tid)`, then a ptrace-driven rebuild
 //!   through system calls injected with [`tracer`].
 //! - [`exec`] completes an exec the crash interrupted (`exec` blocks): `clone3(set_tid)`,
@@ -20,6 +22,7 @@ pub mod files;
 pub mod manifest;
 pub mod pipes;
 pub mod procedure;
+pub mod ptys;
 pub mod restore;
 pub mod tcp;
 pub mod tracer;
@@ -342,6 +345,23 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
             reason(&e)
         )));
     }
+    let (failed, notes) = pipes.make_ptys(&m.ptys, above, &mem);
+    for (id, e) in failed {
+        sink(Event::Err(format!("resurrect: pty {id}: {}", reason(&e))));
+    }
+    for n in notes {
+        crate::log!("resurrect: {n}");
+    }
+    if !m.ptys.is_empty() {
+        let bytes: u64 = m.ptys.iter().flat_map(|p| p.runs()).map(|r| r.len).sum();
+        crate::log!(
+            "resurrect: {} pseudo-terminals made again, {bytes} bytes in flight in them",
+            m.ptys.len()
+        );
+    }
+    for e in pipes.apply_ttys(&m.ttys, above) {
+        sink(Event::Err(format!("resurrect: {}", reason(&e))));
+    }
     let vmas = m.processes.iter().flatten().flat_map(|p| &p.vmas);
     for (id, e) in pipes.make_shms(vmas) {
         sink(Event::Err(format!(
@@ -421,6 +441,7 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
     }
     nodes.extend(tree::zombie_nodes(&m.zombies));
     let mut forest = tree::Forest::link(nodes);
+    forest.cttys = pipes.controlling_ttys(&m.ptys);
     let zombies = forest
         .nodes
         .iter()

@@ -9,7 +9,9 @@
 use std::io;
 use std::os::fd::RawFd;
 
-use super::manifest::{FdRec, InetRec, PipeRec, TcpRec, UnixListenRec, UnixRec, Vma};
+use super::manifest::{
+    FdRec, InetRec, PipeRec, PtyRec, TcpRec, TtyRec, UnixListenRec, UnixRec, Vma,
+};
 use super::{Error, MemSource};
 
 /// Read and write end.
@@ -29,6 +31,11 @@ pub struct PipeTable {
     shms: Vec<(u32, RawFd, Vec<u8>)>,
     /// TCP connections that could not be repaired: their holders get a reset one.
     unrepaired: Vec<u32>,
+    /// Pseudo-terminal pairs, by id.
+    ptys: Vec<(u32, super::ptys::PtyEnds)>,
+    /// Other terminals that were a session's controlling terminal: sid, foreground
+    /// group, the agent's descriptor.
+    consoles: Vec<(i32, i32, RawFd)>,
 }
 
 impl PipeTable {
@@ -132,6 +139,77 @@ impl PipeTable {
         failed
     }
 
+    /// Makes the pseudo-terminal pairs of `ptys` (above `above`); returns what failed and
+    /// notes on what is not exactly as it was.
+    pub fn make_ptys(
+        &mut self,
+        ptys: &[PtyRec],
+        above: RawFd,
+        mem: &MemSource,
+    ) -> (Vec<(u32, Error)>, Vec<String>) {
+        if !ptys.is_empty() {
+            raise_fd_limit(above, self.fds().len() + ptys.len());
+        }
+        let made = super::ptys::make_all(ptys, above, mem);
+        self.ptys = made.ends;
+        (made.failed, made.notes)
+    }
+
+    /// Puts the settings of each terminal of `ttys` back; keeps (above `above`) one
+    /// descriptor of each that was a session's controlling terminal, for that session's
+    /// leader to take it again.
+    pub fn apply_ttys(&mut self, ttys: &[TtyRec], above: RawFd) -> Vec<Error> {
+        let mut failed = Vec::new();
+        for t in ttys {
+            let fd = match super::ptys::apply_tty(t) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    failed.push(e);
+                    continue;
+                }
+            };
+            let sid = i32::try_from(t.sid).unwrap_or(0);
+            if sid > 0 && !self.consoles.iter().any(|c| c.0 == sid) {
+                match move_above(fd, above, || format!("terminal {}", super::text(&t.path))) {
+                    Ok(high) => {
+                        self.consoles
+                            .push((sid, i32::try_from(t.pgrp).unwrap_or(0), high));
+                    }
+                    Err(e) => failed.push(e),
+                }
+            }
+            // SAFETY: closes the descriptor apply_tty opened (a copy is kept if wanted).
+            unsafe { libc::close(fd) };
+        }
+        failed
+    }
+
+    /// The controlling terminals to take again: for each pty made whose session is
+    /// known, and each other terminal kept by [`PipeTable::apply_ttys`], the session id,
+    /// the agent's descriptor and the foreground process group.
+    pub fn controlling_ttys(&self, ptys: &[PtyRec]) -> Vec<super::tree::Ctty> {
+        let consoles = self
+            .consoles
+            .iter()
+            .map(|&(sid, pgrp, fd)| super::tree::Ctty {
+                sid,
+                slave: fd,
+                pgrp,
+            });
+        ptys.iter()
+            .filter(|p| p.sid != 0)
+            .filter_map(|p| {
+                let ends = self.ptys.iter().find(|(i, _)| *i == p.id)?.1;
+                Some(super::tree::Ctty {
+                    sid: i32::try_from(p.sid).ok()?,
+                    slave: ends.slave,
+                    pgrp: i32::try_from(p.pgrp).unwrap_or(0),
+                })
+            })
+            .chain(consoles)
+            .collect()
+    }
+
     /// Makes one memory file (memfd) for each shared memory object the areas `vmas` map,
     /// as long as the furthest area needs; processes map it by [`PipeTable::shm_path`], so
     /// what one writes the others see, as before the crash.
@@ -169,6 +247,8 @@ impl PipeTable {
         self.pipes.clear();
         self.inets.clear();
         self.unixes.clear();
+        self.ptys.clear();
+        self.consoles.clear();
     }
 
     /// True when `fd` is a TCP connection whose repair failed.
@@ -185,8 +265,12 @@ impl PipeTable {
     }
 
     /// The agent's descriptor that `fd` is a copy of: the end of its pipe (by its access
-    /// mode), its inet socket or its Unix socket.
+    /// mode), its inet socket, its Unix socket or its end of a pty.
     pub fn source_for(&self, fd: &FdRec) -> Option<RawFd> {
+        if let Some((id, master)) = fd.pty_end() {
+            let ends = self.ptys.iter().find(|(i, _)| *i == id)?.1;
+            return Some(if master { ends.master } else { ends.slave });
+        }
         if let Some(id) = fd.unix_id() {
             return self.unixes.iter().find(|(i, _)| *i == id).map(|(_, s)| *s);
         }
@@ -212,6 +296,8 @@ impl PipeTable {
             .chain(self.inets.iter().map(|(_, s)| *s))
             .chain(self.unixes.iter().map(|(_, s)| *s))
             .chain(self.shms.iter().map(|(_, s, _)| *s))
+            .chain(self.ptys.iter().flat_map(|(_, e)| [e.master, e.slave]))
+            .chain(self.consoles.iter().map(|c| c.2))
             .collect();
         v.sort_unstable();
         v
@@ -583,7 +669,11 @@ fn send_all(from: RawFd, to: RawFd, u: &UnixRec, mem: &MemSource) -> Result<(), 
 }
 
 /// A close-on-exec copy of `fd` at `above` or higher (`what` names it in the error).
-fn move_above(fd: RawFd, above: RawFd, what: impl Fn() -> String) -> Result<RawFd, Error> {
+pub(super) fn move_above(
+    fd: RawFd,
+    above: RawFd,
+    what: impl Fn() -> String,
+) -> Result<RawFd, Error> {
     // SAFETY: duplicates a descriptor the caller owns.
     let h = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) };
     if h < 0 {

@@ -116,7 +116,7 @@ impl Setup {
             let flags = i32::from_ne_bytes(f.flags.to_ne_bytes());
             // Made in the child: an eventfd, signalfd or timerfd, an epoll instance, or a
             // socket whose peer is gone.
-            let made = if f.kind == FdKind::Other && !f.is_epoll() {
+            let made = if f.kind == FdKind::Other && !f.is_epoll() && f.pty_end().is_none() {
                 event_fd(&f.path)
             } else if f.is_epoll() {
                 Some(Made::Epoll)
@@ -153,9 +153,7 @@ impl Setup {
             }
             let cannot = if f.kind == FdKind::Fifo && f.pipe_id().is_none() {
                 Some("named fifo")
-            } else if f.pipe_id().is_none()
-                && f.inet_id().is_none()
-                && f.unix_id().is_none()
+            } else if !made_by_agent(f)
                 && !matches!(f.kind, FdKind::Reg | FdKind::Chr | FdKind::Dir)
             {
                 Some(f.kind.name())
@@ -185,8 +183,9 @@ impl Setup {
                 });
                 continue;
             }
-            if f.pipe_id().is_some() || f.inet_id().is_some() || f.unix_id().is_some() {
-                // A pipe end or a socket the agent made: its descriptor is `dup3`ed.
+            if made_by_agent(f) {
+                // A pipe end, a socket or a pty end the agent made: its descriptor is
+                // `dup3`ed.
                 let src = pipes.source_for(f).ok_or_else(|| {
                     Error::Invalid(format!("fd {}: {} was not made", f.fd, text(&f.path)))
                 })?;
@@ -535,6 +534,12 @@ struct FdPlan {
 /// The eventfd, signalfd or timerfd an `other` fd's path describes
 /// (`eventfd:<count>:<semaphore>`, `signalfd:<mask>`,
 /// `timerfd:<clockid>:<absolute>:<value>:<interval>:<ticks>`; numbers hex but the clock).
+/// A pipe end, a socket or a pty end: made by the agent before any process, and taken
+/// by each holder as a copy of the agent's descriptor.
+fn made_by_agent(f: &FdRec) -> bool {
+    f.pipe_id().is_some() || f.inet_id().is_some() || f.unix_id().is_some() || f.pty_end().is_some()
+}
+
 fn event_fd(path: &[u8]) -> Option<Made> {
     let text = std::str::from_utf8(path).ok()?;
     let (kind, rest) = text.split_once(':')?;

@@ -6,8 +6,10 @@
 //! traces them from birth. `waitpid` in a parent then works across the crash, and a child
 //! that had exited and was not reaped (a zombie) comes back as a child that ends the same
 //! way. Sessions and process groups follow: a session leader makes its session again
-//! (`setsid`) before it makes its children, so they inherit it; a parent puts each child
-//! in its process group (`setpgid`, as a shell does) right after making it.
+//! (`setsid`) before it makes its children, so they inherit it, and takes its pty again as
+//! its controlling terminal (`TIOCSCTTY`, then `TIOCSPGRP` for the foreground group once
+//! its children are made); a parent puts each child in its process group (`setpgid`, as
+//! a shell does) right after making it.
 //!
 //! Only a `process` block can be a parent: a process caught inside an exec is made by its
 //! parent, but its own children are made by the agent. Anything the tree gets wrong (a
@@ -74,9 +76,22 @@ impl<'m> Node<'m> {
     }
 }
 
+/// A pty to take again as the controlling terminal of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ctty {
+    /// The session (its leader's pid).
+    pub(crate) sid: i32,
+    /// The agent's descriptor of its slave (every stub has a copy).
+    pub(crate) slave: libc::c_int,
+    /// Its foreground process group (0: the leader's own).
+    pub(crate) pgrp: i32,
+}
+
 /// Every process to create, linked into trees.
 pub(super) struct Forest<'m> {
     pub(super) nodes: Vec<Node<'m>>,
+    /// The controlling terminals the session leaders take.
+    pub(super) cttys: Vec<Ctty>,
 }
 
 /// The longest chain of parents followed (a manifest cannot hold a deeper real tree: pids
@@ -91,7 +106,10 @@ impl<'m> Forest<'m> {
             .iter()
             .map(|n| (n.pid, n.is_process(), n.tree))
             .collect();
-        let mut forest = Self { nodes };
+        let mut forest = Self {
+            nodes,
+            cttys: Vec::new(),
+        };
         for (n, p) in forest.nodes.iter_mut().zip(parents(&keys)) {
             n.parent = p;
         }
@@ -189,8 +207,13 @@ impl<'m> Forest<'m> {
             if node.parent.is_none() && node.is_process() {
                 trace_me();
             }
+            let leader = node.tree.is_some_and(|t| t.sid == node.pid.unsigned_abs());
             if node.makes_session() {
                 libc::setsid();
+                // Its terminal again, before its children are made: they inherit it.
+                for c in self.cttys.iter().filter(|c| leader && c.sid == node.pid) {
+                    libc::ioctl(c.slave, libc::TIOCSCTTY, 0);
+                }
             }
             for &c in &node.children {
                 let child = &self.nodes[c];
@@ -204,6 +227,13 @@ impl<'m> Forest<'m> {
                     if let Some(g) = child.group() {
                         libc::setpgid(child.pid, g);
                     }
+                }
+            }
+            // The foreground group, once the children that lead groups are in theirs
+            // (the leader is in the foreground now, so this raises no SIGTTOU).
+            for c in self.cttys.iter().filter(|c| leader && c.sid == node.pid) {
+                if c.pgrp > 0 && c.pgrp != node.pid {
+                    libc::ioctl(c.slave, libc::TIOCSPGRP, &raw const c.pgrp);
                 }
             }
             // A zombie's SIGCHLD must come before the stub stops for the agent (which
