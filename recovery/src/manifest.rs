@@ -732,9 +732,11 @@ fn render_fds(
                 winsize,
                 sid,
                 pgrp,
+                device,
             })) => {
-                // The console: reopened by its path below, with its settings put back.
-                if let Some(path) = f.path.as_deref() {
+                // The console: reopened by its path below, with its settings put back on
+                // the device itself (`/dev/tty` opens only as a controlling terminal).
+                if let Some(path) = device.as_deref().or(f.path.as_deref()) {
                     if !files.ttys.iter().any(|t| t.path == path.as_bytes()) {
                         files.ttys.push(wire::TtyRec {
                             sid,

@@ -34,7 +34,11 @@ pub const RESTARTED_SYSCALLS: [u64; 13] = [56, 57, 58, 435, 9, 10, 11, 12, 4, 5,
 /// readv, recvfrom and recvmsg without `MSG_WAITALL` (a read sleeps only when it has
 /// nothing), accept, accept4, wait4, waitid, pause, rt_sigsuspend, flock, msgrcv; write and
 /// sendto of at most `PIPE_BUF` bytes (a pipe write that small is atomic: it sleeps until
-/// there is room for all of it). Timed sleeps (nanosleep, poll, select, epoll_wait, futex)
+/// there is room for all of it). The waits for descriptors with no time limit (poll and
+/// epoll_wait with a negative timeout, ppoll, select, pselect6 and epoll_pwait2 without
+/// one) are run again too: the kernel restarts them when no handler runs, and a program
+/// that blocks its signals (util-linux's `script`, on a signalfd) takes EINTR from them
+/// as a fatal error. Timed sleeps (nanosleep, a poll or select with a time limit, futex)
 /// still return EINTR: run again they would wait their whole time again.
 pub const REPEATED_WHEN_SLEEPING: [u64; 14] =
     [0, 19, 45, 47, 43, 288, 61, 247, 34, 130, 73, 70, 1, 44];
@@ -50,6 +54,15 @@ fn repeated_when_sleeping(nr: u64, regs: &PtRegs) -> bool {
         1 | 44 => regs.dx <= PIPE_BUF,
         45 => regs.r10 & MSG_WAITALL == 0,
         47 => regs.dx & MSG_WAITALL == 0,
+        // poll(fds, n, int timeout); epoll_wait and epoll_pwait (epfd, events, n, int
+        // timeout): a negative timeout waits for ever.
+        7 => regs.dx & 0x8000_0000 != 0,
+        232 | 281 => regs.r10 & 0x8000_0000 != 0,
+        // ppoll(fds, n, tsp), select and pselect6 (n, r, w, x, timeout), epoll_pwait2(...,
+        // timeout): no time limit when the pointer is NULL.
+        271 => regs.dx == 0,
+        23 | 270 => regs.r8 == 0,
+        441 => regs.r10 == 0,
         _ => REPEATED_WHEN_SLEEPING.contains(&nr),
     }
 }
@@ -513,6 +526,33 @@ mod tests {
         (f.ip, f.cx, f.di) = (0x7f00_1234, 0, 0);
         let r = final_user_regs(&f, 0, 0);
         assert_eq!((r.rax, r.rip), (0, 0x7f00_1234));
+        // A wait for descriptors with no time limit is run again; one with a limit fails
+        // with EINTR (run again it would wait its whole time again).
+        for (nr, set) in [
+            (7, (|f: &mut PtRegs| f.dx = 0xffff_ffff) as fn(&mut PtRegs)),
+            (232, |f| f.r10 = u64::MAX),
+            (281, |f| f.r10 = 0xffff_ffff),
+            (271, |f| f.dx = 0),
+            (23, |f| f.r8 = 0),
+            (270, |f| f.r8 = 0),
+            (441, |f| f.r10 = 0),
+        ] {
+            let mut f = frame(nr, -ENOSYS);
+            (f.dx, f.r8, f.r10) = (100, 0x7ffe_1000, 100);
+            let timed = final_user_regs(&f, 0, 0);
+            assert_eq!(timed.rax, unsigned(-EINTR), "nr {nr} with a time limit");
+            set(&mut f);
+            let r = final_user_regs(&f, 0, 0);
+            assert_eq!(
+                (r.rax, r.rip),
+                (unsigned(nr), 0x40_0ffe),
+                "nr {nr} for ever"
+            );
+            let mut out = frame(nr, -ERESTARTNOHAND);
+            (out.dx, out.r8, out.r10) = (f.dx, f.r8, f.r10);
+            let r = final_user_regs(&out, 0, 0);
+            assert_eq!(r.rax, unsigned(nr), "nr {nr} on its way out to restart");
+        }
         // A read, accept or wait caught asleep had taken nothing: run again; so is a write
         // of at most PIPE_BUF bytes, but not a bigger one (it may have written a part) nor
         // a recv with MSG_WAITALL (it may have received a part).

@@ -149,6 +149,9 @@ pub enum TtyFile {
         sid: u32,
         /// Its foreground process group (0: none).
         pgrp: u32,
+        /// Its device path (`/dev/` and its name: `/dev/ttyS0`), whichever alias opened
+        /// it (`/dev/tty`, `/dev/console`); None when the name is not a plain one.
+        device: Option<String>,
     },
 }
 
@@ -198,6 +201,7 @@ fn read_terminal(k: &Kernel<'_>, file: u64) -> Result<TtyFile, TtyError> {
             winsize: winsize(k, tty)?,
             sid: ctrl_pid(k, tty, "ctrl.session"),
             pgrp: ctrl_pid(k, tty, "ctrl.pgrp"),
+            device: device_path(k, tty),
         });
     }
     let subtype = rd(
@@ -264,6 +268,17 @@ fn read_terminal(k: &Kernel<'_>, file: u64) -> Result<TtyFile, TtyError> {
         end,
         pty: Box::new(pty),
     })
+}
+
+/// `/dev/<tty.name>`, when the name is a plain device name.
+fn device_path(k: &Kernel<'_>, tty: u64) -> Option<String> {
+    let off = k.offset_of("tty_struct", "name").ok()?;
+    let name = k.read_cstr(tty.wrapping_add(off), 64).ok()?;
+    plain_device_name(&name).then(|| format!("/dev/{name}"))
+}
+
+fn plain_device_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// Keeps at most `budget` bytes of `runs`, noting what is dropped.
@@ -455,6 +470,15 @@ mod tests {
         let mut more = vec![(0x5000, 10)];
         clip(&mut more, &mut budget, "output", &mut notes);
         assert!(more.is_empty());
+    }
+
+    #[test]
+    fn device_names_are_plain_words() {
+        assert!(plain_device_name("ttyS0"));
+        assert!(plain_device_name("hvc0"));
+        assert!(!plain_device_name(""));
+        assert!(!plain_device_name("../x"));
+        assert!(!plain_device_name("pts/0"));
     }
 
     #[test]
