@@ -155,15 +155,18 @@ impl FileUpdate {
     }
 }
 
-/// `pipe <id> <size>` and its `pdata` runs: an anonymous pipe with the bytes it held,
-/// unread, in order. Its ends are the `fd` records of kind `fifo` with the path
-/// `pipe:<id>` (read or write end by their flags), in any process.
+/// `pipe <id> <size> [<mode> <path>]` and its `pdata` runs: an anonymous pipe, or with a
+/// path a named FIFO, with the bytes it held, unread, in order. Its ends are the `fd`
+/// records of kind `fifo` with the path `pipe:<id>` (read or write end by their flags), in
+/// any process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PipeRec {
     /// Unique in the manifest.
     pub id: u32,
     /// Its capacity in bytes (`F_SETPIPE_SZ`).
     pub size: u64,
+    /// A named FIFO: its permission bits (`i_mode & 0o7777`, hex) and absolute path.
+    pub named: Option<(u32, Vec<u8>)>,
     /// The unread bytes, in order: `pdata <gpa> <len>`.
     pub data: Vec<PipeRun>,
 }

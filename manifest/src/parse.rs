@@ -656,12 +656,27 @@ impl Parser {
         if !matches!(self.state, State::Files) {
             return Err(ErrorKind::AfterFirstProcess { record: "pipe" });
         }
-        let (f, _) = fields(rest, 2, Tail::None)?;
+        let (f, tail) = fields(rest, 2, Tail::Optional)?;
         let id = dec(f[0], "id")?;
         let size = hex(f[1], "size")?;
         if size == 0 || size > MAX_PIPE_SIZE {
             return Err(out_of_range("size", f[1]));
         }
+        let named = match tail {
+            None => None,
+            Some(t) => {
+                let (m, path) = fields(t, 1, Tail::Required)?;
+                let mode = u32::try_from(hex(m[0], "mode")?)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| out_of_range("mode", m[0]))?;
+                let path = unescape_max(path.unwrap_or(""), MAX_PATH)?;
+                if !path.starts_with(b"/") {
+                    return Err(ErrorKind::MissingPath);
+                }
+                Some((mode, path))
+            }
+        };
         if self.out.pipes.len() >= MAX_PIPES {
             return Err(ErrorKind::TooMany {
                 what: "pipes",
@@ -674,6 +689,7 @@ impl Parser {
         self.out.pipes.push(PipeRec {
             id,
             size,
+            named,
             data: Vec::new(),
         });
         Ok(())

@@ -134,7 +134,10 @@ fn write_file(f: &mut Formatter<'_>, file: &FileRec) -> fmt::Result {
 }
 
 fn write_pipe(f: &mut Formatter<'_>, p: &PipeRec) -> fmt::Result {
-    writeln!(f, "pipe {} {:x}", p.id, p.size)?;
+    match &p.named {
+        None => writeln!(f, "pipe {} {:x}", p.id, p.size)?,
+        Some((mode, path)) => writeln!(f, "pipe {} {:x} {mode:x} {}", p.id, p.size, Field(path))?,
+    }
     for r in &p.data {
         writeln!(f, "pdata {:x} {:x}", r.gpa, r.len)?;
     }

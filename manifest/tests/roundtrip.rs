@@ -125,7 +125,17 @@ fn pipe(r: &mut Rng, id: u32) -> PipeRec {
         });
         left -= len;
     }
-    PipeRec { id, size, data }
+    let named = (r.below(2) == 0).then(|| {
+        let mut p = r.bytes(40);
+        p.insert(0, b'/');
+        (u32::try_from(r.below(0o10000)).expect("mode"), p)
+    });
+    PipeRec {
+        id,
+        size,
+        named,
+        data,
+    }
 }
 
 fn vmas(r: &mut Rng) -> Vec<Vma> {

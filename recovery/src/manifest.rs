@@ -324,8 +324,10 @@ struct Rendered {
 #[derive(Default)]
 struct Wanted {
     files: Vec<FileRecord>,
-    /// The inodes of the anonymous pipes it has ends of.
+    /// The inodes of the pipes it has ends of (anonymous, and named FIFOs).
     pipes: Vec<InodeInfo>,
+    /// The named FIFOs among them: inode address and path.
+    fifo_paths: Vec<(u64, String)>,
     /// The inet sockets it holds, by id.
     inets: Vec<(u32, crate::sockets::InetSocket)>,
     /// The connected Unix sockets it holds, by id.
@@ -686,15 +688,28 @@ fn render_fds(
             });
             continue;
         }
-        if let Some(inode) = f
-            .inode
-            .filter(|i| i.kind() == FileKind::Fifo && i.s_magic == crate::pipes::PIPEFS_MAGIC)
-        {
-            // An end of an anonymous pipe: the pipe is named by its inode number.
+        if let Some(inode) = f.inode.filter(|i| i.kind() == FileKind::Fifo) {
+            // An end of a pipe, named by its inode number: an anonymous one, or a named
+            // FIFO, made again at its path.
             let id = u32::try_from(inode.ino).map_err(|_| ManifestError::FdKind {
                 fd: f.fd,
                 kind: "pipe with a 64-bit inode number",
             })?;
+            if inode.s_magic != crate::pipes::PIPEFS_MAGIC {
+                let path = f
+                    .path
+                    .as_deref()
+                    .ok_or(ManifestError::FdPathUnknown { fd: f.fd })?;
+                if deleted(path) || !path.starts_with('/') {
+                    return Err(ManifestError::FdNotReopenable {
+                        fd: f.fd,
+                        path: path.to_owned(),
+                    });
+                }
+                if !files.fifo_paths.iter().any(|(a, _)| *a == inode.addr) {
+                    files.fifo_paths.push((inode.addr, path.to_owned()));
+                }
+            }
             if !files.pipes.iter().any(|p| p.addr == inode.addr) {
                 files.pipes.push(inode);
             }
@@ -1302,6 +1317,15 @@ pub fn build_manifest_excluding(
             });
         }
     }
+    let named: BTreeMap<u64, (u32, String)> = rendered
+        .iter()
+        .flat_map(|(_, r)| {
+            r.wanted.fifo_paths.iter().filter_map(|(a, path)| {
+                let mode = r.wanted.pipes.iter().find(|p| p.addr == *a)?.mode & 0o7777;
+                Some((*a, (mode, path.clone())))
+            })
+        })
+        .collect();
     let mut used: BTreeSet<u64> = BTreeSet::new();
     let mut used_pipes: BTreeSet<u64> = BTreeSet::new();
     let mut used_inets: Vec<(u32, crate::sockets::InetSocket)> = Vec::new();
@@ -1427,12 +1451,15 @@ pub fn build_manifest_excluding(
             });
         }
     }
-    let out_pipes = used_pipes
+    let mut out_pipes: Vec<wire::PipeRec> = used_pipes
         .iter()
         .filter_map(|a| match pipes.get(a) {
             Some((ino, Ok(c))) => Some(wire::PipeRec {
                 id: u32::try_from(*ino).ok()?,
                 size: c.size,
+                named: named
+                    .get(a)
+                    .map(|(mode, path)| (*mode, path.as_bytes().to_vec())),
                 data: c
                     .data
                     .iter()
@@ -1442,6 +1469,19 @@ pub fn build_manifest_excluding(
             _ => None,
         })
         .collect();
+    // A named FIFO on a disk has that file system's inode number, which may be an
+    // anonymous pipe's too: the second of a pair cannot be named, and its users fail.
+    let mut ids = BTreeSet::new();
+    out_pipes.retain(|p| {
+        let first = ids.insert(p.id);
+        if !first {
+            m.notes.push(format!(
+                "pipe {}: two pipes have this inode number; the second is not made",
+                p.id
+            ));
+        }
+        first
+    });
     let mut out_tcps: Vec<wire::TcpRec> = Vec::new();
     for (id, c) in &used_tcps {
         if out_tcps.iter().any(|r| r.id == *id) {

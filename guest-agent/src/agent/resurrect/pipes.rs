@@ -383,13 +383,67 @@ fn raise_fd_limit(above: RawFd, n: usize) {
     }
 }
 
-fn make_one(p: &PipeRec, above: RawFd, mem: &MemSource) -> Result<Ends, Error> {
+/// A new anonymous pipe, non-blocking: read and write end.
+fn new_pipe() -> Result<[RawFd; 2], Error> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: pipe2 writes two descriptors into the array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
         return Err(Error::os("pipe2", io::Error::last_os_error()));
     }
-    let [r0, w0] = fds;
+    Ok(fds)
+}
+
+/// The named FIFO at `path` (made with `mode` when it is not there, its directories
+/// too), opened non-blocking as a read end and then a write end: two open files of it,
+/// as a pipe's two ends.
+fn open_fifo(id: u32, mode: u32, path: &[u8]) -> Result<[RawFd; 2], Error> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let p = super::path_of(path);
+    let what = |step: &str| format!("fifo {id} ({}): {step}", p.display());
+    match std::fs::symlink_metadata(&p) {
+        Ok(m) if m.file_type().is_fifo() => {}
+        Ok(_) => return Err(Error::Invalid(what("something else is at its path"))),
+        Err(_) => {
+            if let Some(dir) = p.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::os(what("make its directory"), e))?;
+            }
+            let c =
+                std::ffi::CString::new(path).map_err(|_| Error::Invalid(what("NUL in path")))?;
+            // SAFETY: mkfifo reads a NUL-terminated path.
+            if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+                return Err(Error::os(what("mkfifo"), io::Error::last_os_error()));
+            }
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & 0o7777))
+                .map_err(|e| Error::os(what("chmod"), e))?;
+        }
+    }
+    let c = std::ffi::CString::new(path).map_err(|_| Error::Invalid(what("NUL in path")))?;
+    let open = |flags: libc::c_int| {
+        // SAFETY: opens a NUL-terminated path.
+        let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if fd < 0 {
+            Err(Error::os(what("open"), io::Error::last_os_error()))
+        } else {
+            Ok(fd)
+        }
+    };
+    let r = open(libc::O_RDONLY)?;
+    match open(libc::O_WRONLY) {
+        Ok(w) => Ok([r, w]),
+        Err(e) => {
+            // SAFETY: closes the read end opened above.
+            unsafe { libc::close(r) };
+            Err(e)
+        }
+    }
+}
+
+fn make_one(p: &PipeRec, above: RawFd, mem: &MemSource) -> Result<Ends, Error> {
+    let [r0, w0] = match &p.named {
+        None => new_pipe()?,
+        Some((mode, path)) => open_fifo(p.id, *mode, path)?,
+    };
     let close = |fds: &[RawFd]| {
         for &fd in fds {
             // SAFETY: closes descriptors made here.
@@ -737,4 +791,52 @@ fn make_ulisten(l: &UnixListenRec, above: RawFd) -> Result<RawFd, Error> {
     // SAFETY: closes the original; `high` (if made) stays.
     unsafe { libc::close(fd) };
     high
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::resurrect::manifest::PipeRun;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+    /// A named FIFO is made at its path with its mode, holds its bytes, and its two ends
+    /// are the read and the write end of that FIFO.
+    #[test]
+    fn a_named_fifo_comes_back_at_its_path_with_its_bytes() {
+        let dir = std::env::temp_dir().join(format!("owvmm-fifo-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let memfile = dir.join("mem");
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(&memfile, b"12\n13\n").expect("memory");
+        let mem = MemSource::open(&memfile, 0, 6).expect("window");
+        let path = dir.join("sub/q");
+        let rec = PipeRec {
+            id: 9,
+            size: 65536,
+            named: Some((0o640, path.as_os_str().as_encoded_bytes().to_vec())),
+            data: vec![PipeRun { gpa: 0, len: 6 }],
+        };
+        let (t, failed) = PipeTable::make(std::slice::from_ref(&rec), 200, &mem);
+        assert!(failed.is_empty(), "{:?}", failed.first().map(|f| &f.1));
+        let meta = std::fs::symlink_metadata(&path).expect("the fifo is there");
+        assert!(meta.file_type().is_fifo());
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+        let ends = t.pipes[0].1;
+        assert!(ends.read >= 200 && ends.write >= 200);
+        let mut buf = [0u8; 16];
+        // SAFETY: reads into a local buffer from the read end this table owns.
+        let n = unsafe { libc::read(ends.read, buf.as_mut_ptr().cast(), buf.len()) };
+        assert_eq!(&buf[..usize::try_from(n).unwrap_or(0)], b"12\n13\n");
+        // A new opener of the path reaches the same FIFO: what it writes, the end reads.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"14\n"))
+            .expect("write through the path");
+        // SAFETY: as above.
+        let n = unsafe { libc::read(ends.read, buf.as_mut_ptr().cast(), buf.len()) };
+        assert_eq!(&buf[..usize::try_from(n).unwrap_or(0)], b"14\n");
+        drop(t);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
