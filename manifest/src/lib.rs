@@ -413,8 +413,25 @@ pub struct Process {
     pub sigs: Vec<SigRec>,
     /// Its place in the process tree (absent in manifests of older writers).
     pub tree: Option<Tree>,
+    /// Its umask, personality and resource limits (absent in manifests of older writers).
+    pub limits: Option<Limits>,
     /// The leader first.
     pub threads: Vec<Thread>,
+}
+
+/// `RLIM_NLIMITS` on Linux.
+pub const RLIMITS: usize = 16;
+
+/// `limits <umask> <personality> <cur0> <max0> ... <cur15> <max15>` (hex): a process's
+/// file-mode creation mask, its execution domain (`personality(2)`) and its resource
+/// limits (`RLIMIT_CPU` .. `RLIMIT_RTTIME`, `ffffffffffffffff` for unlimited), put back
+/// before it runs again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub umask: u32,
+    pub personality: u32,
+    /// `(rlim_cur, rlim_max)` by resource number.
+    pub rlimits: [(u64, u64); RLIMITS],
 }
 
 /// `tree <ppid> <pgid> <sid>`: a process's parent (its thread-group id), process group

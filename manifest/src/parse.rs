@@ -10,11 +10,12 @@
 use std::collections::HashSet;
 
 use crate::{
-    Copy, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, FileUpdate, InetRec, Manifest, Mm,
-    PipeRec, PipeRun, Process, PtyRec, SigRec, TcpRec, Termios, Thread, Tree, TtyRec,
+    Copy, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, FileUpdate, InetRec, Limits, Manifest,
+    Mm, PipeRec, PipeRun, Process, PtyRec, SigRec, TcpRec, Termios, Thread, Tree, TtyRec,
     UnixListenRec, UnixRec, Vma, VmaKind, Winsize, Zombie, HEADER, MAX_ARG_STRLEN, MAX_AUXV,
     MAX_ERRORS, MAX_EXEC_COUNT, MAX_EXEC_STRINGS, MAX_FILE_SIZE, MAX_LINE, MAX_PATH, MAX_PID,
     MAX_PIPES, MAX_PIPE_SIZE, MAX_THREADS, MAX_VMAS, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE,
+    RLIMITS,
 };
 
 /// `SIGKILL` and `SIGSTOP` (x86-64 Linux): they cannot have an action.
@@ -322,10 +323,11 @@ fn check_line(raw: &[u8]) -> Result<&str, ErrorKind> {
 }
 
 /// Records that belong inside a process block (besides `process` and `end`).
-const PROCESS_RECORDS: [&str; 16] = [
+const PROCESS_RECORDS: [&str; 17] = [
     "exe",
     "cwd",
     "tree",
+    "limits",
     "mm",
     "auxv",
     "vma",
@@ -379,6 +381,7 @@ struct ProcBuilder {
     exe: Option<Vec<u8>>,
     cwd: Option<Vec<u8>>,
     tree: Option<Tree>,
+    limits: Option<Limits>,
     mm: Option<Mm>,
     auxv: Option<Vec<u64>>,
     vmas: Vec<Vma>,
@@ -974,6 +977,7 @@ impl Parser {
             exe: None,
             cwd: None,
             tree: None,
+            limits: None,
             mm: None,
             auxv: None,
             vmas: Vec::new(),
@@ -1054,7 +1058,7 @@ fn push_error(errors: &mut Vec<ParseError>, more: &mut usize, line: usize, kind:
 impl ProcBuilder {
     fn record(&mut self, n: usize, kind: &str, rest: &str) -> Result<(), ErrorKind> {
         let process_level = [
-            "exe", "cwd", "tree", "mm", "auxv", "vma", "copy", "fd", "epoll", "sig",
+            "exe", "cwd", "tree", "limits", "mm", "auxv", "vma", "copy", "fd", "epoll", "sig",
         ];
         if let Some(record) = known(&process_level, kind) {
             if !self.threads.is_empty() {
@@ -1065,6 +1069,31 @@ impl ProcBuilder {
             "exe" => once_path(&mut self.exe, "exe", rest)?,
             "cwd" => once_path(&mut self.cwd, "cwd", rest)?,
             "tree" => once_tree(&mut self.tree, rest)?,
+            "limits" => {
+                let (f, _) = fields(rest, 2 + 2 * RLIMITS, Tail::None)?;
+                let word =
+                    |s: &str, what| u32::try_from(hex(s, what)?).map_err(|_| out_of_range(what, s));
+                let mut rlimits = [(0u64, 0u64); RLIMITS];
+                for (i, slot) in rlimits.iter_mut().enumerate() {
+                    let (cur, max) = (hex(f[2 + 2 * i], "rlimit")?, hex(f[3 + 2 * i], "rlimit")?);
+                    if cur > max {
+                        return Err(out_of_range("rlimit", f[2 + 2 * i]));
+                    }
+                    *slot = (cur, max);
+                }
+                let umask = word(f[0], "umask")?;
+                if umask > 0o777 {
+                    return Err(out_of_range("umask", f[0]));
+                }
+                let l = Limits {
+                    umask,
+                    personality: word(f[1], "personality")?,
+                    rlimits,
+                };
+                if self.limits.replace(l).is_some() {
+                    return Err(ErrorKind::Second { record: "limits" });
+                }
+            }
             "mm" => {
                 let (f, _) = fields(rest, 11, Tail::None)?;
                 let mut v = [0u64; 11];
@@ -1388,6 +1417,7 @@ impl ProcBuilder {
                 exe: self.exe,
                 cwd: self.cwd,
                 tree: self.tree,
+                limits: self.limits,
                 mm,
                 auxv,
                 vmas: self.vmas,

@@ -277,6 +277,13 @@ fn write_process(f: &mut Formatter<'_>, p: &Process) -> fmt::Result {
         writeln!(f, "cwd {}", Field(cwd))?;
     }
     write_tree(f, p.tree.as_ref())?;
+    if let Some(l) = &p.limits {
+        write!(f, "limits {:x} {:x}", l.umask, l.personality)?;
+        for (cur, max) in l.rlimits {
+            write!(f, " {cur:x} {max:x}")?;
+        }
+        writeln!(f)?;
+    }
     writeln!(f, "mm {}", Words(&p.mm.to_array()))?;
     writeln!(f, "auxv {}", Words(&p.auxv))?;
     for v in &p.vmas {

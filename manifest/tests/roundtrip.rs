@@ -340,6 +340,22 @@ fn process(r: &mut Rng) -> Process {
         epoll,
         sigs,
         tree: r.bool().then(|| tree(r)),
+        limits: r.bool().then(|| {
+            let mut rlimits = [(0, 0); owvmm_manifest::RLIMITS];
+            for l in &mut rlimits {
+                let max = if r.bool() {
+                    u64::MAX
+                } else {
+                    r.below(u64::MAX)
+                };
+                *l = (r.below(max), max);
+            }
+            owvmm_manifest::Limits {
+                umask: u32::try_from(r.below(0o1000)).expect("umask"),
+                personality: r.u32(),
+                rlimits,
+            }
+        }),
         threads,
     }
 }

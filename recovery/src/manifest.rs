@@ -309,7 +309,7 @@ impl FileRecord {
 /// What a process becomes in the manifest.
 enum Entry {
     /// A `process` block: its image.
-    Process(wire::Process),
+    Process(Box<wire::Process>),
     /// An `exec` block: an interrupted exec, done again.
     Exec(wire::Exec),
 }
@@ -941,11 +941,12 @@ fn render_process(
         fds,
         epoll,
         sigs,
+        limits: proc_.limits,
         tree: tree_of(leader),
         threads: out_threads,
     };
     Ok(Rendered {
-        entry: Entry::Process(process),
+        entry: Entry::Process(Box::new(process)),
         wanted: files,
     })
 }
@@ -1369,7 +1370,7 @@ pub fn build_manifest_excluding(
             }
         }
         match r.entry {
-            Entry::Process(p) => processes.push(p),
+            Entry::Process(p) => processes.push(*p),
             Entry::Exec(e) => execs.push(e),
         }
         m.processes.push(tgid);

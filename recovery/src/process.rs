@@ -172,6 +172,9 @@ pub struct ProcessInfo {
     pub root: Option<String>,
     /// `signal->shared_pending.signal`: signals pending for the whole process (reporting).
     pub shared_pending: u64,
+    /// `fs->umask`, `personality` and `signal->rlim[]` (None when any is unreadable: the
+    /// process then gets the crash kernel's defaults).
+    pub limits: Option<owvmm_manifest::Limits>,
 }
 
 /// Why a process's files, inodes or directories could not be read.
@@ -604,8 +607,36 @@ pub fn read_process(k: &Kernel<'_>, leader: &Task) -> Partial<ProcessInfo> {
         if let Ok(p) = k.read_field("signal_struct", "shared_pending.signal", signal) {
             out.value.shared_pending = p;
         }
+        out.value.limits = read_limits(k, leader, signal).ok();
     }
     out
+}
+
+/// The umask, personality and resource limits of the process led by `leader` (its
+/// `signal_struct` at `signal`).
+fn read_limits(
+    k: &Kernel<'_>,
+    leader: &Task,
+    signal: u64,
+) -> Result<owvmm_manifest::Limits, KernelError> {
+    if !is_kernel_addr(signal) || !is_kernel_addr(leader.fs) {
+        return Err(KernelError::NotKernel(signal));
+    }
+    let umask = k.read_field("fs_struct", "umask", leader.fs)? & 0o777;
+    let personality = k.read_field("task_struct", "personality", leader.addr)? & 0xffff_ffff;
+    let rlim = signal.wrapping_add(k.offset_of("signal_struct", "rlim")?);
+    let mut rlimits = [(0, 0); owvmm_manifest::RLIMITS];
+    for (i, slot) in (0u64..).zip(rlimits.iter_mut()) {
+        let cur = k.read_u64(rlim.wrapping_add(i * 16))?;
+        let max = k.read_u64(rlim.wrapping_add(i * 16 + 8))?;
+        // The kernel keeps cur <= max; a torn pair is made consistent.
+        *slot = (cur.min(max), max);
+    }
+    Ok(owvmm_manifest::Limits {
+        umask: u32::try_from(umask).unwrap_or(0o22),
+        personality: u32::try_from(personality).unwrap_or(0),
+        rlimits,
+    })
 }
 
 #[cfg(test)]

@@ -18,10 +18,13 @@ const PIPELINE: &str = "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); echo $i; do
     while read n; do echo \"piped n=$n\"; sleep 0.2; done";
 
 /// The same through a named FIFO in the in-memory root, which the crash kernel does not
-/// have: it comes back at its path.
+/// have: it comes back at its path. Its consumer runs with a umask and a descriptor limit
+/// of its own and prints them (from a subshell, which inherits them) with each number.
 const FIFO: &str = "mkdir -p /tmp; rm -f /tmp/q; mkfifo /tmp/q; \
     (i=0; while [ $i -lt 200000 ]; do i=$((i+1)); echo $i; done > /tmp/q) & \
-    while read n; do echo \"fifo n=$n\"; sleep 0.2; done < /tmp/q";
+    umask 027; ulimit -n 777; \
+    while read n; do echo \"fifo n=$n umask=$(umask) nofile=$(ulimit -n)\"; sleep 0.2; \
+    done < /tmp/q";
 
 /// The numbers a consumer printed (`prefix`: `piped` or `fifo`), in console order.
 fn numbers_of(console: &str, prefix: &str) -> Vec<u64> {
@@ -29,7 +32,7 @@ fn numbers_of(console: &str, prefix: &str) -> Vec<u64> {
     console
         .lines()
         .filter_map(|l| l.trim().strip_prefix(prefix.as_str()))
-        .filter_map(|n| n.trim().parse().ok())
+        .filter_map(|n| n.split_whitespace().next()?.parse().ok())
         .collect()
 }
 
@@ -101,5 +104,16 @@ fn a_pipeline_with_data_in_its_pipe_loses_and_repeats_nothing_over_two_crashes()
             tail(&vm.console(), 3000)
         );
     }
+    // The consumer's umask and descriptor limit came back with it, twice.
+    let c = vm.console();
+    let last = c
+        .lines()
+        .rev()
+        .find(|l| l.trim().starts_with("fifo n="))
+        .unwrap_or_default();
+    assert!(
+        last.contains("umask=0027 nofile=777"),
+        "the consumer's umask or limit changed: {last}"
+    );
     vm.stop();
 }

@@ -1016,6 +1016,22 @@ fn build(
         tid.set_sigmask(t.sigmask)?;
     }
 
+    // Its umask, personality and limits (the limits last, from outside: a lower
+    // RLIMIT_AS or RLIMIT_NOFILE must not fail the rebuild).
+    if let Some(l) = &p.limits {
+        call(
+            libc::SYS_umask,
+            [u64::from(l.umask), 0, 0, 0, 0, 0],
+            "umask",
+        )?;
+        call(
+            libc::SYS_personality,
+            [u64::from(l.personality), 0, 0, 0, 0, 0],
+            "personality",
+        )?;
+        set_rlimits(pid, &l.rlimits);
+    }
+
     // The leader: drop the window, then (without int3 from here on, so no SIGTRAP can
     // reset an ignored or blocked SIGTRAP action) the scratch area.
     let lt = &p.threads[0];
@@ -1435,6 +1451,25 @@ pub(super) unsafe fn child(plan: &ChildPlan) -> ! {
         };
         libc::sigaltstack(&ss, std::ptr::null_mut());
         stop()
+    }
+}
+
+/// Puts the resource limits `rlimits` (by resource number) on process `pid`; one the
+/// crash kernel refuses (a hard limit above `fs.nr_open`) is logged and left as it is.
+fn set_rlimits(pid: i32, rlimits: &[(u64, u64)]) {
+    for (res, &(cur, max)) in (0u32..).zip(rlimits) {
+        let want = libc::rlimit64 {
+            rlim_cur: cur,
+            rlim_max: max,
+        };
+        // SAFETY: prlimit64 reads the local struct; the old value is not asked for.
+        let r = unsafe { libc::prlimit64(pid, res, &raw const want, std::ptr::null_mut()) };
+        if r != 0 {
+            crate::log!(
+                "resurrect {pid}: resource limit {res} ({cur:#x}, {max:#x}) not set: {}",
+                io::Error::last_os_error()
+            );
+        }
     }
 }
 
