@@ -457,6 +457,272 @@ fn flip_buffers(k: &Kernel<'_>, tty: u64) -> Result<Vec<(u64, u64)>, TtyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::btf::build::Builder;
+    use crate::btf::Btf;
+    use crate::kernel::testmem::{dm, Mem};
+    use crate::symbols::SymbolTable;
+
+    const MAP: &str = "\
+ffffffff81000000 T _text
+ffffffff81100100 D phys_base
+ffffffff81101000 D init_top_pgt
+ffffffff81200000 D tty_fops
+ffffffff81200200 D n_tty_ops
+ffffffff81200400 D eventfd_fops
+ffffffff81400000 B _end
+";
+    const TTY_FOPS: u64 = 0xffff_ffff_8120_0000;
+    const N_TTY_OPS: u64 = 0xffff_ffff_8120_0200;
+
+    /// Test layouts (bit offsets) of the structures a terminal is read from.
+    fn btf() -> Btf {
+        let mut b = Builder::new();
+        let u8t = b.int("unsigned char", 1);
+        let u16t = b.int("short unsigned int", 2);
+        let u32t = b.int("unsigned int", 4);
+        let int = b.int("int", 4);
+        let short = b.int("short int", 2);
+        let ulong = b.int("long unsigned int", 8);
+        b.strukt(
+            "file",
+            16,
+            &[("f_op", ulong, 0), ("private_data", ulong, 64)],
+        );
+        b.strukt("tty_file_private", 8, &[("tty", ulong, 0)]);
+        b.strukt(
+            "tty_driver",
+            16,
+            &[
+                ("type", short, 0),
+                ("subtype", short, 16),
+                ("flags", ulong, 64),
+            ],
+        );
+        let cc = b.array(u8t, u32t, 19);
+        let ktermios = b.strukt(
+            "ktermios",
+            44,
+            &[
+                ("c_iflag", u32t, 0),
+                ("c_oflag", u32t, 32),
+                ("c_cflag", u32t, 64),
+                ("c_lflag", u32t, 96),
+                ("c_line", u8t, 128),
+                ("c_cc", cc, 136),
+                ("c_ispeed", u32t, 288),
+                ("c_ospeed", u32t, 320),
+            ],
+        );
+        let winsize = b.strukt(
+            "winsize",
+            8,
+            &[
+                ("ws_row", u16t, 0),
+                ("ws_col", u16t, 16),
+                ("ws_xpixel", u16t, 32),
+                ("ws_ypixel", u16t, 48),
+            ],
+        );
+        let ctrl = b.strukt("", 16, &[("pgrp", ulong, 0), ("session", ulong, 64)]);
+        let name = b.array(u8t, u32t, 64);
+        b.strukt(
+            "tty_struct",
+            256,
+            &[
+                ("driver", ulong, 0),
+                ("index", int, 64),
+                ("ldisc", ulong, 128),
+                ("termios", ktermios, 192),
+                ("winsize", winsize, 576),
+                ("ctrl", ctrl, 640),
+                ("link", ulong, 768),
+                ("disc_data", ulong, 832),
+                ("port", ulong, 896),
+                ("name", name, 960),
+            ],
+        );
+        b.strukt("tty_ldisc", 8, &[("ops", ulong, 0)]);
+        let rbuf = b.array(u8t, u32t, 4096);
+        b.strukt(
+            "n_tty_data",
+            16 + 4096,
+            &[
+                ("read_head", ulong, 0),
+                ("read_tail", ulong, 64),
+                ("read_buf", rbuf, 128),
+            ],
+        );
+        let bufhead = b.strukt("tty_bufhead", 8, &[("head", ulong, 0)]);
+        b.strukt("tty_port", 8, &[("buf", bufhead, 0)]);
+        let data = b.array(ulong, u32t, 0);
+        b.strukt(
+            "tty_buffer",
+            24,
+            &[
+                ("next", ulong, 0),
+                ("size", int, 64),
+                ("commit", int, 96),
+                ("read", int, 128),
+                ("data", data, 192),
+            ],
+        );
+        let upid = b.strukt("upid", 8, &[("nr", int, 0)]);
+        let numbers = b.array(upid, u32t, 1);
+        b.strukt("pid", 16, &[("numbers", numbers, 64)]);
+        Btf::parse(&b.finish()).expect("btf")
+    }
+
+    const FILE: u64 = 0x20_0000;
+    const PRIV: u64 = 0x20_0100;
+    const DRV_M: u64 = 0x20_0200;
+    const DRV_S: u64 = 0x20_0300;
+    const LDISC: u64 = 0x20_0400;
+    const PORT_M: u64 = 0x20_0500;
+    const PORT_S: u64 = 0x20_0600;
+    const SID: u64 = 0x20_0700;
+    const PGRP: u64 = 0x20_0800;
+    const MASTER: u64 = 0x20_1000;
+    const SLAVE: u64 = 0x20_2000;
+    const DATA_M: u64 = 0x20_4000;
+    const DATA_S: u64 = 0x20_8000;
+    const FLIP: u64 = 0x20_c000;
+    /// Where `read_buf` starts in `n_tty_data`.
+    const RBUF: u64 = 16;
+
+    fn put_tty(m: &mut Mem, at: u64, drv: u64, link: u64, data: u64, port: u64) {
+        m.put_u64(at, dm(drv));
+        m.put_u32(at + 8, 3); // /dev/pts/3
+        m.put_u64(at + 16, dm(LDISC));
+        m.put_u64(at + 96, dm(link));
+        m.put_u64(at + 104, dm(data));
+        m.put_u64(at + 112, dm(port));
+    }
+
+    /// A pty pair: the slave with termios and window size, 5 unread input bytes wrapping
+    /// around its ring, 3 typed bytes in its flip buffer; the master with 4 bytes of output.
+    fn pty_memory() -> Mem {
+        let mut m = Mem::new(0x30_0000);
+        m.put_u64(FILE, TTY_FOPS);
+        m.put_u64(FILE + 8, dm(PRIV));
+        m.put_u64(PRIV, dm(SLAVE));
+        for (drv, sub) in [(DRV_M, 1u16), (DRV_S, 2)] {
+            m.put(drv, &4u16.to_le_bytes());
+            m.put(drv + 2, &sub.to_le_bytes());
+            m.put_u64(drv + 8, TTY_DRIVER_DEVPTS_MEM);
+        }
+        m.put_u64(LDISC, N_TTY_OPS);
+        put_tty(&mut m, MASTER, DRV_M, SLAVE, DATA_M, PORT_M);
+        put_tty(&mut m, SLAVE, DRV_S, MASTER, DATA_S, PORT_S);
+        // The slave's settings.
+        m.put_u32(SLAVE + 24, 0x500);
+        m.put_u32(SLAVE + 24 + 12, 0x8a3b);
+        m.put(SLAVE + 24 + 17, &[3, 0x1c, 0x7f]);
+        m.put_u32(SLAVE + 24 + 36, 38400);
+        m.put(SLAVE + 72, &[24, 0, 80, 0]);
+        m.put_u64(SLAVE + 80, dm(PGRP));
+        m.put_u64(SLAVE + 88, dm(SID));
+        m.put_u32(SID + 8, 1005);
+        m.put_u32(PGRP + 8, 1007);
+        // Input: tail 4094, head 4099 (two bytes at the ring's end, three at its start).
+        m.put_u64(DATA_S, 4099);
+        m.put_u64(DATA_S + 8, 4094);
+        // Output: four bytes from 10.
+        m.put_u64(DATA_M, 14);
+        m.put_u64(DATA_M + 8, 10);
+        // Typed: a flip buffer of 32 bytes, 3 committed past the 2 read.
+        m.put_u64(PORT_S, dm(FLIP));
+        m.put_u32(FLIP + 8, 32);
+        m.put_u32(FLIP + 12, 5);
+        m.put_u32(FLIP + 16, 2);
+        m
+    }
+
+    fn read(m: &Mem) -> Option<Result<TtyFile, TtyError>> {
+        let syms = SymbolTable::parse_system_map(MAP).expect("map");
+        let btf = btf();
+        let k = Kernel::new(m, &syms, &btf).expect("kernel");
+        read_tty(&k, dm(FILE))
+    }
+
+    #[test]
+    fn a_pty_slave_is_read_with_its_pair_settings_and_bytes() {
+        let Some(Ok(TtyFile::Pty { end, pty })) = read(&pty_memory()) else {
+            panic!("not read as a pty: {:?}", read(&pty_memory()));
+        };
+        assert_eq!(end, End::Slave);
+        assert_eq!((pty.index, pty.sid, pty.pgrp), (3, 1005, 1007));
+        assert_eq!((pty.termios.iflag, pty.termios.lflag), (0x500, 0x8a3b));
+        assert_eq!(&pty.termios.cc[..3], &[3, 0x1c, 0x7f]);
+        assert_eq!(pty.termios.ispeed, 38400);
+        assert_eq!((pty.winsize.rows, pty.winsize.cols), (24, 80));
+        let s = DATA_S + RBUF;
+        assert_eq!(pty.input, vec![(s + 4094, 2), (s, 3)]);
+        assert_eq!(pty.output, vec![(DATA_M + RBUF + 10, 4)]);
+        assert_eq!(pty.typed, vec![(FLIP + 24 + 2, 3)]);
+        assert!(pty.notes.is_empty(), "{:?}", pty.notes);
+    }
+
+    #[test]
+    fn a_master_is_the_same_pair_from_the_other_end() {
+        let mut m = pty_memory();
+        m.put_u64(PRIV, dm(MASTER));
+        let Some(Ok(TtyFile::Pty { end, pty })) = read(&m) else {
+            panic!("not a pty");
+        };
+        assert_eq!((end, pty.index, pty.sid), (End::Master, 3, 1005));
+    }
+
+    #[test]
+    fn bad_rings_and_links_are_refused_or_dropped_with_a_note() {
+        // A ring claiming more than it holds: the input is dropped, the pty still made.
+        let mut m = pty_memory();
+        m.put_u64(DATA_S, 4094 + 5000);
+        let Some(Ok(TtyFile::Pty { pty, .. })) = read(&m) else {
+            panic!("not a pty");
+        };
+        assert!(pty.input.is_empty());
+        assert!(
+            pty.notes.iter().any(|n| n.contains("input")),
+            "{:?}",
+            pty.notes
+        );
+        // A flip buffer chain that loops is cut, with a note.
+        let mut m = pty_memory();
+        m.put_u64(FLIP, dm(FLIP));
+        let Some(Ok(TtyFile::Pty { pty, .. })) = read(&m) else {
+            panic!("not a pty");
+        };
+        assert!(pty.typed.is_empty(), "{:?}", pty.typed);
+        // The other end does not link back: refused.
+        let mut m = pty_memory();
+        m.put_u64(MASTER + 96, dm(MASTER));
+        assert!(matches!(read(&m), Some(Err(TtyError::BadLink { .. }))));
+        // Not a terminal at all.
+        let mut m = pty_memory();
+        m.put_u64(FILE, 0xffff_ffff_8120_0400);
+        assert!(read(&m).is_none());
+    }
+
+    #[test]
+    fn a_serial_console_is_read_by_its_settings_and_device_name() {
+        let mut m = pty_memory();
+        m.put(DRV_S, &3u16.to_le_bytes()); // TTY_DRIVER_TYPE_SERIAL
+        m.put(SLAVE + 120, b"ttyS0\0");
+        let Some(Ok(TtyFile::Other {
+            termios,
+            winsize,
+            sid,
+            device,
+            ..
+        })) = read(&m)
+        else {
+            panic!("not a console");
+        };
+        assert_eq!(termios.lflag, 0x8a3b);
+        assert_eq!(winsize.cols, 80);
+        assert_eq!(sid, 1005);
+        assert_eq!(device.as_deref(), Some("/dev/ttyS0"));
+    }
 
     #[test]
     fn clip_keeps_the_budget_and_says_so() {
