@@ -415,8 +415,36 @@ pub struct Process {
     pub tree: Option<Tree>,
     /// Its umask, personality and resource limits (absent in manifests of older writers).
     pub limits: Option<Limits>,
+    /// Signals queued and not delivered, in queue order.
+    pub pending: Vec<Pending>,
     /// The leader first.
     pub threads: Vec<Thread>,
+}
+
+/// Most `pending` records in a process (a process's queue is bounded by its
+/// `RLIMIT_SIGPENDING`; the standard signals add one each at most).
+pub const MAX_PENDING: usize = 4096;
+
+/// `pending <tid> <siginfo>`: a signal the dead kernel had queued and not delivered, for
+/// the whole process (`tid` 0) or for one of its threads, with its `siginfo` (the kernel's
+/// 48-byte `kernel_siginfo`, 96 hex digits: `si_signo`, `si_errno`, `si_code`, then the
+/// union), queued again before the process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    pub tid: u32,
+    pub info: [u8; 48],
+}
+
+impl Pending {
+    /// `si_signo`.
+    pub fn signo(&self) -> i32 {
+        i32::from_le_bytes([self.info[0], self.info[1], self.info[2], self.info[3]])
+    }
+
+    /// `si_code`.
+    pub fn code(&self) -> i32 {
+        i32::from_le_bytes([self.info[8], self.info[9], self.info[10], self.info[11]])
+    }
 }
 
 /// `RLIM_NLIMITS` on Linux.

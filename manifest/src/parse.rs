@@ -11,11 +11,11 @@ use std::collections::HashSet;
 
 use crate::{
     Copy, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, FileUpdate, InetRec, Limits, Manifest,
-    Mm, PipeRec, PipeRun, Process, PtyRec, SigRec, TcpRec, Termios, Thread, Tree, TtyRec,
+    Mm, Pending, PipeRec, PipeRun, Process, PtyRec, SigRec, TcpRec, Termios, Thread, Tree, TtyRec,
     UnixListenRec, UnixRec, Vma, VmaKind, Winsize, Zombie, HEADER, MAX_ARG_STRLEN, MAX_AUXV,
-    MAX_ERRORS, MAX_EXEC_COUNT, MAX_EXEC_STRINGS, MAX_FILE_SIZE, MAX_LINE, MAX_PATH, MAX_PID,
-    MAX_PIPES, MAX_PIPE_SIZE, MAX_THREADS, MAX_VMAS, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE,
-    RLIMITS,
+    MAX_ERRORS, MAX_EXEC_COUNT, MAX_EXEC_STRINGS, MAX_FILE_SIZE, MAX_LINE, MAX_PATH, MAX_PENDING,
+    MAX_PID, MAX_PIPES, MAX_PIPE_SIZE, MAX_THREADS, MAX_VMAS, PAGE, PROT_EXEC, PROT_READ,
+    PROT_WRITE, RLIMITS,
 };
 
 /// `SIGKILL` and `SIGSTOP` (x86-64 Linux): they cannot have an action.
@@ -323,7 +323,8 @@ fn check_line(raw: &[u8]) -> Result<&str, ErrorKind> {
 }
 
 /// Records that belong inside a process block (besides `process` and `end`).
-const PROCESS_RECORDS: [&str; 17] = [
+const PROCESS_RECORDS: [&str; 18] = [
+    "pending",
     "exe",
     "cwd",
     "tree",
@@ -382,6 +383,7 @@ struct ProcBuilder {
     cwd: Option<Vec<u8>>,
     tree: Option<Tree>,
     limits: Option<Limits>,
+    pending: Vec<Pending>,
     mm: Option<Mm>,
     auxv: Option<Vec<u64>>,
     vmas: Vec<Vma>,
@@ -978,6 +980,7 @@ impl Parser {
             cwd: None,
             tree: None,
             limits: None,
+            pending: Vec::new(),
             mm: None,
             auxv: None,
             vmas: Vec::new(),
@@ -1059,6 +1062,7 @@ impl ProcBuilder {
     fn record(&mut self, n: usize, kind: &str, rest: &str) -> Result<(), ErrorKind> {
         let process_level = [
             "exe", "cwd", "tree", "limits", "mm", "auxv", "vma", "copy", "fd", "epoll", "sig",
+            "pending",
         ];
         if let Some(record) = known(&process_level, kind) {
             if !self.threads.is_empty() {
@@ -1155,6 +1159,35 @@ impl ProcBuilder {
                 });
             }
             "sig" => self.sigs.push(sig_record(rest, &self.sigs)?),
+            "pending" => {
+                let (f, _) = fields(rest, 2, Tail::None)?;
+                let tid = dec(f[0], "tid")?;
+                if tid > MAX_PID {
+                    return Err(out_of_range("tid", f[0]));
+                }
+                let digits = f[1].as_bytes();
+                if digits.len() != 96 {
+                    return Err(bad("siginfo", f[1]));
+                }
+                let mut info = [0u8; 48];
+                for (byte, pair) in info.iter_mut().zip(digits.chunks_exact(2)) {
+                    match (lower_hex_digit(pair[0]), lower_hex_digit(pair[1])) {
+                        (Some(h), Some(l)) => *byte = (h << 4) | l,
+                        _ => return Err(bad("siginfo", f[1])),
+                    }
+                }
+                let q = Pending { tid, info };
+                if !(1..=64).contains(&q.signo()) {
+                    return Err(out_of_range("signo", f[1]));
+                }
+                if self.pending.len() >= MAX_PENDING {
+                    return Err(ErrorKind::TooMany {
+                        what: "pending signals",
+                        limit: MAX_PENDING,
+                    });
+                }
+                self.pending.push(q);
+            }
             "thread" => self.thread(n, rest)?,
             _ => {
                 if let Some(record) = known(&THREAD_RECORDS, kind) {
@@ -1418,6 +1451,7 @@ impl ProcBuilder {
                 cwd: self.cwd,
                 tree: self.tree,
                 limits: self.limits,
+                pending: self.pending,
                 mm,
                 auxv,
                 vmas: self.vmas,

@@ -298,6 +298,13 @@ fn write_process(f: &mut Formatter<'_>, p: &Process) -> fmt::Result {
     for s in &p.sigs {
         write_sig(f, s)?;
     }
+    for q in &p.pending {
+        write!(f, "pending {} ", q.tid)?;
+        for b in q.info {
+            write!(f, "{b:02x}")?;
+        }
+        writeln!(f)?;
+    }
     for t in &p.threads {
         write_thread(f, t)?;
     }

@@ -356,6 +356,20 @@ fn process(r: &mut Rng) -> Process {
                 rlimits,
             }
         }),
+        pending: (0..r.below(3))
+            .map(|_| {
+                let mut info = [0u8; 48];
+                for b in &mut info {
+                    *b = u8::try_from(r.below(256)).expect("byte");
+                }
+                let signo = 1 + u32::try_from(r.below(64)).expect("signo");
+                info[..4].copy_from_slice(&signo.to_le_bytes());
+                owvmm_manifest::Pending {
+                    tid: if r.bool() { 0 } else { pid },
+                    info,
+                }
+            })
+            .collect(),
         threads,
     }
 }

@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod mm;
 pub mod pages;
 pub mod paging;
+pub mod pending;
 pub mod pipes;
 pub mod process;
 pub mod regs;

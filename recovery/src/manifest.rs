@@ -918,6 +918,7 @@ fn render_process(
             rseq: t.rseq.map(|r| (r.addr, r.len, r.sig)),
         });
     }
+    let pending = pending_of(k, leader, threads, notes);
     let process = wire::Process {
         pid: wire_pid(leader.pid)?,
         comm: leader.comm.as_bytes().to_vec(),
@@ -941,6 +942,7 @@ fn render_process(
         fds,
         epoll,
         sigs,
+        pending,
         limits: proc_.limits,
         tree: tree_of(leader),
         threads: out_threads,
@@ -949,6 +951,46 @@ fn render_process(
         entry: Entry::Process(Box::new(process)),
         wanted: files,
     })
+}
+
+/// The signals queued for the process led by `leader` (tid 0) and for each of its
+/// `threads`; what cannot be read is a note (those signals are lost).
+fn pending_of(
+    k: &Kernel<'_>,
+    leader: &Task,
+    threads: &[&Task],
+    notes: &mut Vec<String>,
+) -> Vec<wire::Pending> {
+    let mut out = Vec::new();
+    let mut take = |tid: u32, at: Option<u64>, what: &str| {
+        let Some(at) = at else { return };
+        let got = crate::pending::read_pending(k, at, what);
+        notes.extend(
+            got.problems
+                .iter()
+                .map(|p| format!("pid {}: {p}", leader.tgid)),
+        );
+        out.extend(
+            got.value
+                .into_iter()
+                .map(|info| wire::Pending { tid, info }),
+        );
+    };
+    let shared = k
+        .read_field("task_struct", "signal", leader.addr)
+        .ok()
+        .zip(k.offset_of("signal_struct", "shared_pending").ok())
+        .map(|(s, o)| s.wrapping_add(o));
+    take(0, shared, "shared pending signals");
+    let own = k.offset_of("task_struct", "pending").ok();
+    for t in threads {
+        let Ok(tid) = u32::try_from(t.pid) else {
+            continue;
+        };
+        take(tid, own.map(|o| t.addr.wrapping_add(o)), "pending signals");
+    }
+    out.truncate(wire::MAX_PENDING);
+    out
 }
 
 /// `SIG_IGN` as a handler.

@@ -27,6 +27,11 @@
  *                        still there (waitid WNOWAIT), and whether the child copied
  *                        back what it wrote (shared=yes); at n=30 it signals the child and
  *                        reaps both, printing their exit statuses, then "family done"
+ *   owtest pending      blocks SIGUSR1 and SIGRTMIN, sends itself SIGUSR1 (kill) and
+ *                        SIGRTMIN twice (sigqueue, values 42 and 43), and prints every
+ *                        second (n=) whether they are pending; at n=60 it takes them
+ *                        (sigtimedwait) and prints what it got, in order ("got="), then
+ *                        "pending done"
  *   owtest corrupt INIT_TASK TASKS PID MM MT_ROOT
  *                        (a hostile-kernel test, not an ordinary program) starts three
  *                        children that sleep, then corrupts the running kernel's view of
@@ -446,6 +451,43 @@ static int family(void) {
     return 0;
 }
 
+static int pending(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR1);
+    sigaddset(&set, SIGRTMIN);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    union sigval v = {.sival_int = 42};
+    sigqueue(getpid(), SIGRTMIN, v);
+    v.sival_int = 43;
+    sigqueue(getpid(), SIGRTMIN, v);
+    kill(getpid(), SIGUSR1);
+    for (int n = 1; n <= 60; n++) {
+        sigset_t p;
+        sigpending(&p);
+        printf("pending pid=%d n=%d usr1=%s rtmin=%s\n", getpid(), n,
+               sigismember(&p, SIGUSR1) ? "yes" : "no", sigismember(&p, SIGRTMIN) ? "yes" : "no");
+        sleep_1s();
+    }
+    /* Lowest number first; a real-time signal once per sigqueue, with its value. */
+    char got[256] = "";
+    size_t used = 0;
+    for (int i = 0; i < 8 && used < sizeof got - 32; i++) {
+        struct timespec zero = {0, 0};
+        siginfo_t si;
+        int s = sigtimedwait(&set, &si, &zero);
+        if (s < 0)
+            break;
+        if (s == SIGRTMIN)
+            used += (size_t)snprintf(got + used, sizeof got - used, "rtmin:%d,", si.si_value.sival_int);
+        else
+            used += (size_t)snprintf(got + used, sizeof got - used, "%d,", s);
+    }
+    printf("pending pid=%d got=%s\n", getpid(), got);
+    printf("pending pid=%d done\n", getpid());
+    return 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc == 3 && strcmp(argv[1], "heap") == 0)
@@ -462,7 +504,10 @@ int main(int argc, char **argv) {
         return unixpair();
     if (argc == 2 && strcmp(argv[1], "family") == 0)
         return family();
+    if (argc == 2 && strcmp(argv[1], "pending") == 0)
+        return pending();
     fprintf(stderr,
-            "usage: owtest heap MIB | threads FILE | sleeper | events | unixpair | family\n");
+            "usage: owtest heap MIB | threads FILE | sleeper | events | unixpair | family | "
+            "pending\n");
     return 2;
 }

@@ -1081,6 +1081,7 @@ fn build(
             plan.setup.lost.len()
         );
     }
+    queue_pending(pid, &p.pending);
     leader.detach()?;
     phases.mark("thread state+detach");
     crate::log!("resurrect {pid}: {phases}");
@@ -1451,6 +1452,37 @@ pub(super) unsafe fn child(plan: &ChildPlan) -> ! {
         };
         libc::sigaltstack(&ss, std::ptr::null_mut());
         stop()
+    }
+}
+
+/// Queues again the signals the dead kernel had pending for process `pid` (tid 0: for
+/// the process), with their `siginfo` where the kernel lets another process set it (a
+/// negative `si_code` but `SI_TKILL`: `sigqueue`, `kill` from user space); those it made
+/// itself (`si_code` >= 0) are sent with `tgkill`/`kill`, their details lost.
+fn queue_pending(pid: i32, pending: &[super::manifest::Pending]) {
+    const SI_TKILL: i32 = -6;
+    for q in pending {
+        let sig = q.signo();
+        let mut info = [0u8; 128];
+        info[..q.info.len()].copy_from_slice(&q.info);
+        let tid = i32::try_from(q.tid).unwrap_or(0);
+        let with_info = q.code() < 0 && q.code() != SI_TKILL;
+        // SAFETY: the calls take plain integers and, with info, a 128-byte siginfo buffer
+        // that lives across the call.
+        let r = unsafe {
+            match (tid, with_info) {
+                (0, true) => libc::syscall(libc::SYS_rt_sigqueueinfo, pid, sig, info.as_ptr()),
+                (0, false) => libc::syscall(libc::SYS_kill, pid, sig),
+                (t, true) => libc::syscall(libc::SYS_rt_tgsigqueueinfo, pid, t, sig, info.as_ptr()),
+                (t, false) => libc::syscall(libc::SYS_tgkill, pid, t, sig),
+            }
+        };
+        if r != 0 {
+            crate::log!(
+                "resurrect {pid}: pending signal {sig} (thread {tid}) not queued again: {}",
+                io::Error::last_os_error()
+            );
+        }
     }
 }
 
