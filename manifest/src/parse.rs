@@ -610,16 +610,21 @@ impl Parser {
         Ok(())
     }
 
-    fn tcp_data(&mut self, send: bool, rest: &str) -> Result<(), ErrorKind> {
-        let record = if send { "tsend" } else { "trecv" };
+    /// `<record> <gpa> <len>` among the records before the first process: the run.
+    fn run_record(&self, record: &'static str, rest: &str) -> Result<PipeRun, ErrorKind> {
         if !matches!(self.state, State::Files) {
             return Err(ErrorKind::AfterFirstProcess { record });
         }
         let (f, _) = fields(rest, 2, Tail::None)?;
-        let run = PipeRun {
+        Ok(PipeRun {
             gpa: hex(f[0], "gpa")?,
             len: hex(f[1], "len")?,
-        };
+        })
+    }
+
+    fn tcp_data(&mut self, send: bool, rest: &str) -> Result<(), ErrorKind> {
+        let record = if send { "tsend" } else { "trecv" };
+        let run = self.run_record(record, rest)?;
         let Some(t) = self.out.tcps.last_mut() else {
             return Err(ErrorKind::OutsideProcess { record });
         };
@@ -835,14 +840,7 @@ impl Parser {
     }
 
     fn udata(&mut self, rest: &str) -> Result<(), ErrorKind> {
-        if !matches!(self.state, State::Files) {
-            return Err(ErrorKind::AfterFirstProcess { record: "udata" });
-        }
-        let (f, _) = fields(rest, 2, Tail::None)?;
-        let run = PipeRun {
-            gpa: hex(f[0], "gpa")?,
-            len: hex(f[1], "len")?,
-        };
+        let run = self.run_record("udata", rest)?;
         if run.len == 0 {
             return Err(ErrorKind::EmptyPdata);
         }
@@ -919,14 +917,7 @@ impl Parser {
     }
 
     fn pty_data(&mut self, record: &'static str, rest: &str) -> Result<(), ErrorKind> {
-        if !matches!(self.state, State::Files) {
-            return Err(ErrorKind::AfterFirstProcess { record });
-        }
-        let (f, _) = fields(rest, 2, Tail::None)?;
-        let run = PipeRun {
-            gpa: hex(f[0], "gpa")?,
-            len: hex(f[1], "len")?,
-        };
+        let run = self.run_record(record, rest)?;
         let Some(p) = self.out.ptys.last_mut() else {
             return Err(ErrorKind::OutsideProcess { record });
         };
@@ -946,14 +937,7 @@ impl Parser {
     }
 
     fn pdata(&mut self, rest: &str) -> Result<(), ErrorKind> {
-        if !matches!(self.state, State::Files) {
-            return Err(ErrorKind::AfterFirstProcess { record: "pdata" });
-        }
-        let (f, _) = fields(rest, 2, Tail::None)?;
-        let run = PipeRun {
-            gpa: hex(f[0], "gpa")?,
-            len: hex(f[1], "len")?,
-        };
+        let run = self.run_record("pdata", rest)?;
         let Some(pipe) = self.out.pipes.last_mut() else {
             return Err(ErrorKind::PdataWithoutPipe);
         };
