@@ -423,6 +423,7 @@ fn thread_state(
     t: &Task,
     live: Option<&CpuUserState>,
     syscall_entry: Option<u64>,
+    moved: Option<u64>,
     notes: &mut Vec<String>,
 ) -> Result<(UserRegs, FxSave), ManifestError> {
     let mem_fpu = t.fpu.ok_or(ManifestError::NoFpu { tid: t.pid });
@@ -480,7 +481,7 @@ fn thread_state(
                     mem_fpu?
                 }
             };
-            Ok((final_user_regs(&pt, t.fsbase, t.gsbase), fpu))
+            Ok((final_user_regs(&pt, t.fsbase, t.gsbase, moved), fpu))
         }
     }
 }
@@ -906,7 +907,22 @@ fn render_process(
     let syscall_entry = k.symbol("entry_SYSCALL_64").ok();
     let mut out_threads = Vec::with_capacity(threads.len());
     for t in threads {
-        let (regs, fpu) = thread_state(t, live.get(&t.addr).copied(), syscall_entry, notes)?;
+        let c = live.get(&t.addr).copied();
+        let moved = match c {
+            Some(c) if c.cpl3 => None,
+            _ => crate::transfer::transfer(k, t, mm.pgd_phys),
+        };
+        if let Some(m) = moved.filter(|m| m.moved > 0) {
+            notes.push(format!(
+                "thread {}: {} caught after {} of {} bytes: returns {}",
+                t.pid,
+                if m.write { "write" } else { "read" },
+                m.moved,
+                m.len,
+                m.moved
+            ));
+        }
+        let (regs, fpu) = thread_state(t, c, syscall_entry, moved.map(|m| m.moved), notes)?;
         out_threads.push(wire::Thread {
             tid: wire_pid(t.pid)?,
             comm: t.comm.as_bytes().to_vec(),
@@ -1756,7 +1772,7 @@ mod tests {
             ..PtRegs::default()
         });
         let mut notes = Vec::new();
-        let (r, _) = thread_state(&t, None, Some(ENTRY), &mut notes).expect("state");
+        let (r, _) = thread_state(&t, None, Some(ENTRY), None, &mut notes).expect("state");
         assert_eq!(
             (r.rip, r.rax, r.eflags, r.orig_rax),
             (0x40_1000, 35, 0x246, u64::MAX)
@@ -1776,10 +1792,10 @@ mod tests {
             },
             fxsave: FxSave::init(),
         };
-        let (r, _) = thread_state(&t, Some(&c), Some(ENTRY), &mut notes).expect("state");
+        let (r, _) = thread_state(&t, Some(&c), Some(ENTRY), None, &mut notes).expect("state");
         assert_eq!((r.rip, r.rax, r.eflags), (0x40_2000, 230, 0x202));
         // Without the symbol, such a frame is refused rather than resumed in the kernel.
-        assert!(thread_state(&t, None, None, &mut notes).is_err());
+        assert!(thread_state(&t, None, None, None, &mut notes).is_err());
     }
 
     #[test]
@@ -1788,7 +1804,7 @@ mod tests {
         let mut t = task(5, 5, 0);
         t.regs = None;
         assert!(matches!(
-            thread_state(&t, None, None, &mut notes),
+            thread_state(&t, None, None, None, &mut notes),
             Err(ManifestError::NoUserRegs { tid: 5 })
         ));
         let mut t = task(6, 6, 0);
@@ -1796,13 +1812,13 @@ mod tests {
             r.cs = 0x23;
         }
         assert!(matches!(
-            thread_state(&t, None, None, &mut notes),
+            thread_state(&t, None, None, None, &mut notes),
             Err(ManifestError::Not64BitFrame { tid: 6, cs: 0x23 })
         ));
         // The FPU is not live on a CPU and was not read from memory either.
         let mut t = task(7, 7, 0);
         t.fpu = None;
-        let e = thread_state(&t, None, None, &mut notes).expect_err("no FPU");
+        let e = thread_state(&t, None, None, None, &mut notes).expect_err("no FPU");
         assert_eq!(e, ManifestError::NoFpu { tid: 7 });
         assert_eq!(error_chain(&e), "thread 7: FPU state unreadable");
         // A wrapped cause is printed once, after the context.

@@ -312,6 +312,41 @@ impl fmt::Debug for FxSave {
 }
 
 impl Task {
+    /// A user task at `addr` with nothing else known, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(addr: u64, pid: i32) -> Task {
+        Task {
+            addr,
+            pid,
+            tgid: pid,
+            comm: String::new(),
+            state: 1,
+            exit_state: 0,
+            flags: 0,
+            on_cpu: false,
+            cpu: None,
+            mm: 1,
+            stack: 0,
+            regs_addr: 0,
+            regs: None,
+            fsbase: 0,
+            gsbase: 0,
+            thread_flags: 0,
+            clear_child_tid: 0,
+            robust_list: 0,
+            rseq: None,
+            blocked: 0,
+            pending: 0,
+            saved_sigmask: 0,
+            restore_sigmask: false,
+            files: 0,
+            fs: 0,
+            sighand: 0,
+            family: None,
+            fpu: None,
+        }
+    }
+
     /// A kernel thread: `PF_KTHREAD`, or no `mm`.
     pub fn is_kernel_thread(&self) -> bool {
         self.flags & PF_KTHREAD != 0 || self.mm == 0

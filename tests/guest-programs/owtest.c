@@ -32,6 +32,13 @@
  *                        second (n=) whether they are pending; at n=60 it takes them
  *                        (sigtimedwait) and prints what it got, in order ("got="), then
  *                        "pending done"
+ *   owtest bigwrite     a child writes a byte stream (each 8-byte word its own index) into
+ *                        a pipe in 256 KiB writes, resuming a write cut short where it
+ *                        stopped (and printing "short=" each time) and retrying one that
+ *                        failed with EINTR whole; the parent reads 4 KiB every 100 ms,
+ *                        checks every byte is the next one of the stream, and prints every
+ *                        second (n=) how much it read and whether all was right ("ok=yes";
+ *                        a byte written twice or lost makes it "ok=no" for good)
  *   owtest corrupt INIT_TASK TASKS PID MM MT_ROOT
  *                        (a hostile-kernel test, not an ordinary program) starts three
  *                        children that sleep, then corrupts the running kernel's view of
@@ -488,6 +495,84 @@ static int pending(void) {
     return 0;
 }
 
+/* Byte `p` of the bigwrite stream: the little-endian bytes of word p / 8, whose value is
+ * its index. */
+static unsigned char stream_byte(uint64_t p) {
+    return (unsigned char)((p / 8) >> (8 * (p % 8)));
+}
+
+static int bigwrite(void) {
+    int fds[2];
+    if (pipe(fds) != 0) {
+        printf("bigwrite pid=%d pipe failed: %s\n", getpid(), strerror(errno));
+        return 1;
+    }
+    pid_t w = fork();
+    if (w < 0) {
+        printf("bigwrite pid=%d fork failed: %s\n", getpid(), strerror(errno));
+        return 1;
+    }
+    if (w == 0) {
+        close(fds[0]);
+        enum { CHUNK = 256 * 1024 };
+        static unsigned char buf[CHUNK];
+        uint64_t pos = 0;
+        long shorts = 0;
+        for (;;) {
+            for (uint64_t i = 0; i < CHUNK; i++)
+                buf[i] = stream_byte(pos + i);
+            size_t done = 0;
+            while (done < CHUNK) {
+                ssize_t n = write(fds[1], buf + done, CHUNK - done);
+                if (n < 0 && errno == EINTR) {
+                    printf("bigwrite pid=%d eintr at=%llu\n", getpid(),
+                           (unsigned long long)(pos + done));
+                    continue;
+                }
+                if (n <= 0) {
+                    printf("bigwrite pid=%d write failed: %s\n", getpid(), strerror(errno));
+                    _exit(1);
+                }
+                done += (size_t)n;
+                if (done < CHUNK) {
+                    shorts++;
+                    printf("bigwrite pid=%d short=%ld wrote=%zd at=%llu\n", getpid(), shorts, n,
+                           (unsigned long long)(pos + done));
+                }
+            }
+            pos += CHUNK;
+        }
+    }
+    close(fds[1]);
+    unsigned char buf[4096];
+    uint64_t pos = 0;
+    int ok = 1;
+    for (int n = 1;; n++) {
+        for (int r = 0; r < 10; r++) {
+            struct timespec ts = {0, 100 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+            ssize_t got = read(fds[0], buf, sizeof buf);
+            if (got < 0 && errno == EINTR)
+                continue;
+            if (got <= 0) {
+                printf("bigwrite pid=%d read failed: %s\n", getpid(),
+                       got == 0 ? "end of file" : strerror(errno));
+                return 1;
+            }
+            for (ssize_t i = 0; i < got; i++) {
+                if (ok && buf[i] != stream_byte(pos + (uint64_t)i)) {
+                    ok = 0;
+                    printf("bigwrite pid=%d bad byte at=%llu\n", getpid(),
+                           (unsigned long long)(pos + (uint64_t)i));
+                }
+            }
+            pos += (uint64_t)got;
+        }
+        printf("bigwrite pid=%d n=%d writer=%d read=%llu ok=%s\n", getpid(), n, w,
+               (unsigned long long)pos, ok ? "yes" : "no");
+    }
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc == 3 && strcmp(argv[1], "heap") == 0)
@@ -506,8 +591,10 @@ int main(int argc, char **argv) {
         return family();
     if (argc == 2 && strcmp(argv[1], "pending") == 0)
         return pending();
+    if (argc == 2 && strcmp(argv[1], "bigwrite") == 0)
+        return bigwrite();
     fprintf(stderr,
             "usage: owtest heap MIB | threads FILE | sleeper | events | unixpair | family | "
-            "pending\n");
+            "pending | bigwrite\n");
     return 2;
 }
