@@ -10,12 +10,12 @@
 use std::collections::HashSet;
 
 use crate::{
-    Copy, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, FileUpdate, InetRec, Limits, Manifest,
-    Mm, Pending, PipeRec, PipeRun, Process, PtyRec, SigRec, TcpRec, Termios, Thread, Tree, TtyRec,
-    UnixListenRec, UnixRec, Vma, VmaKind, Winsize, Zombie, HEADER, MAX_ARG_STRLEN, MAX_AUXV,
-    MAX_ERRORS, MAX_EXEC_COUNT, MAX_EXEC_STRINGS, MAX_FILE_SIZE, MAX_LINE, MAX_PATH, MAX_PENDING,
-    MAX_PID, MAX_PIPES, MAX_PIPE_SIZE, MAX_THREADS, MAX_VMAS, PAGE, PROT_EXEC, PROT_READ,
-    PROT_WRITE, RLIMITS,
+    Copy, Creds, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, FileUpdate, InetRec, Limits,
+    Manifest, Mm, Pending, PipeRec, PipeRun, Process, PtyRec, SigRec, TcpRec, Termios, Thread,
+    Tree, TtyRec, UnixListenRec, UnixRec, Vma, VmaKind, Winsize, Zombie, HEADER, MAX_ARG_STRLEN,
+    MAX_AUXV, MAX_ERRORS, MAX_EXEC_COUNT, MAX_EXEC_STRINGS, MAX_FILE_SIZE, MAX_GROUPS, MAX_LINE,
+    MAX_PATH, MAX_PENDING, MAX_PID, MAX_PIPES, MAX_PIPE_SIZE, MAX_THREADS, MAX_VMAS, PAGE,
+    PROT_EXEC, PROT_READ, PROT_WRITE, RLIMITS,
 };
 
 /// `SIGKILL` and `SIGSTOP` (x86-64 Linux): they cannot have an action.
@@ -323,8 +323,9 @@ fn check_line(raw: &[u8]) -> Result<&str, ErrorKind> {
 }
 
 /// Records that belong inside a process block (besides `process` and `end`).
-const PROCESS_RECORDS: [&str; 18] = [
+const PROCESS_RECORDS: [&str; 19] = [
     "pending",
+    "cred",
     "exe",
     "cwd",
     "tree",
@@ -383,6 +384,7 @@ struct ProcBuilder {
     cwd: Option<Vec<u8>>,
     tree: Option<Tree>,
     limits: Option<Limits>,
+    creds: Option<Creds>,
     pending: Vec<Pending>,
     mm: Option<Mm>,
     auxv: Option<Vec<u64>>,
@@ -964,6 +966,7 @@ impl Parser {
             cwd: None,
             tree: None,
             limits: None,
+            creds: None,
             pending: Vec::new(),
             mm: None,
             auxv: None,
@@ -1046,7 +1049,7 @@ impl ProcBuilder {
     fn record(&mut self, n: usize, kind: &str, rest: &str) -> Result<(), ErrorKind> {
         let process_level = [
             "exe", "cwd", "tree", "limits", "mm", "auxv", "vma", "copy", "fd", "epoll", "sig",
-            "pending",
+            "pending", "cred",
         ];
         if let Some(record) = known(&process_level, kind) {
             if !self.threads.is_empty() {
@@ -1080,6 +1083,12 @@ impl ProcBuilder {
                 };
                 if self.limits.replace(l).is_some() {
                     return Err(ErrorKind::Second { record: "limits" });
+                }
+            }
+            "cred" => {
+                let c = creds_fields(rest)?;
+                if self.creds.replace(c).is_some() {
+                    return Err(ErrorKind::Second { record: "cred" });
                 }
             }
             "mm" => {
@@ -1435,6 +1444,7 @@ impl ProcBuilder {
                 cwd: self.cwd,
                 tree: self.tree,
                 limits: self.limits,
+                creds: self.creds,
                 pending: self.pending,
                 mm,
                 auxv,
@@ -1774,6 +1784,36 @@ fn tree_fields(f: &[&str]) -> Result<Tree, ErrorKind> {
 }
 
 /// A `tree` record, at most once per block.
+/// The fields of a `cred` record.
+fn creds_fields(rest: &str) -> Result<Creds, ErrorKind> {
+    let (f, _) = fields(rest, 16, Tail::None)?;
+    let word = |s: &str, what| u32::try_from(hex(s, what)?).map_err(|_| out_of_range(what, s));
+    let mut c = Creds::default();
+    for (i, slot) in c.uids.iter_mut().enumerate() {
+        *slot = word(f[i], "uid")?;
+    }
+    for (i, slot) in c.gids.iter_mut().enumerate() {
+        *slot = word(f[4 + i], "gid")?;
+    }
+    c.securebits = word(f[8], "securebits")?;
+    for (i, slot) in c.caps.iter_mut().enumerate() {
+        *slot = hex(f[9 + i], "capabilities")?;
+    }
+    c.dumpable = word(f[14], "dumpable")?;
+    if c.dumpable > 2 {
+        return Err(out_of_range("dumpable", f[14]));
+    }
+    if f[15] != "-" {
+        for g in f[15].split(',') {
+            if c.groups.len() == MAX_GROUPS {
+                return Err(out_of_range("groups", f[15]));
+            }
+            c.groups.push(word(g, "group")?);
+        }
+    }
+    Ok(c)
+}
+
 fn once_tree(slot: &mut Option<Tree>, rest: &str) -> Result<(), ErrorKind> {
     let (f, _) = fields(rest, 3, Tail::None)?;
     let t = tree_fields(&f)?;

@@ -268,6 +268,24 @@ fn write_epoll(f: &mut Formatter<'_>, e: &EpollRec) -> fmt::Result {
     writeln!(f, "epoll {} {} {:x} {:x}", e.epfd, e.fd, e.events, e.data)
 }
 
+fn write_creds(f: &mut Formatter<'_>, c: &crate::Creds) -> fmt::Result {
+    write!(f, "cred")?;
+    for v in c.uids.iter().chain(&c.gids).chain([&c.securebits]) {
+        write!(f, " {v:x}")?;
+    }
+    for v in c.caps {
+        write!(f, " {v:x}")?;
+    }
+    write!(f, " {:x} ", c.dumpable)?;
+    if c.groups.is_empty() {
+        write!(f, "-")?;
+    }
+    for (i, g) in c.groups.iter().enumerate() {
+        write!(f, "{}{g:x}", if i == 0 { "" } else { "," })?;
+    }
+    writeln!(f)
+}
+
 fn write_process(f: &mut Formatter<'_>, p: &Process) -> fmt::Result {
     writeln!(f, "process {}{}", p.pid, Tail(&p.comm))?;
     if let Some(exe) = &p.exe {
@@ -283,6 +301,9 @@ fn write_process(f: &mut Formatter<'_>, p: &Process) -> fmt::Result {
             write!(f, " {cur:x} {max:x}")?;
         }
         writeln!(f)?;
+    }
+    if let Some(c) = &p.creds {
+        write_creds(f, c)?;
     }
     writeln!(f, "mm {}", Words(&p.mm.to_array()))?;
     writeln!(f, "auxv {}", Words(&p.auxv))?;

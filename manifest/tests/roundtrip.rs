@@ -356,6 +356,20 @@ fn process(r: &mut Rng) -> Process {
                 rlimits,
             }
         }),
+        creds: r.bool().then(|| owvmm_manifest::Creds {
+            uids: [r.u32(), r.u32(), r.u32(), r.u32()],
+            gids: [r.u32(), r.u32(), r.u32(), r.u32()],
+            securebits: r.u32(),
+            caps: [
+                r.below(u64::MAX),
+                r.below(1 << 41),
+                0,
+                u64::MAX,
+                r.below(u64::MAX),
+            ],
+            dumpable: u32::try_from(r.below(3)).expect("dumpable"),
+            groups: (0..r.below(5)).map(|_| r.u32()).collect(),
+        }),
         pending: (0..r.below(3))
             .map(|_| {
                 let mut info = [0u8; 48];

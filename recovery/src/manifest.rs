@@ -80,6 +80,9 @@ pub enum ManifestError {
     /// `saved_auxv` could not be read.
     #[error("saved auxv unreadable")]
     NoAuxv,
+    /// The credentials could not be read (restored as root it would gain privilege).
+    #[error("credentials unreadable")]
+    NoCreds,
     /// A special mapping other than the vDSO and vvar.
     #[error("vma {vma:#x}: special mapping {}", .name.as_deref().unwrap_or("without a file"))]
     SpecialMapping {
@@ -960,6 +963,7 @@ fn render_process(
         sigs,
         pending,
         limits: proc_.limits,
+        creds: Some(proc_.creds.clone().ok_or(ManifestError::NoCreds)?),
         tree: tree_of(leader),
         threads: out_threads,
     };
@@ -1870,6 +1874,14 @@ mod tests {
                     restorer: 0x40_3000,
                     mask: 0,
                 }],
+                creds: Some(owvmm_manifest::Creds {
+                    uids: [1000, 1000, 1000, 1000],
+                    gids: [100, 100, 100, 100],
+                    caps: [0, 0, 0, (1 << 41) - 1, 0],
+                    dumpable: 1,
+                    groups: vec![5, 6],
+                    ..Default::default()
+                }),
                 ..ProcessInfo::default()
             })
         };
@@ -1904,6 +1916,11 @@ mod tests {
         let man = build_manifest(&k, &r, &cpus);
         println!("{}", man.text);
         assert_eq!(man.processes, [5]);
+        assert!(
+            man.text
+                .contains("\ncred 3e8 3e8 3e8 3e8 64 64 64 64 0 0 0 0 1ffffffffff 0 1 5,6\n"),
+            "the credentials"
+        );
         let reasons: Vec<(i32, &str)> = man
             .excluded
             .iter()
@@ -2106,6 +2123,7 @@ mod tests {
                 9,
                 Partial::ok(ProcessInfo {
                     tgid: 9,
+                    creds: Some(owvmm_manifest::Creds::default()),
                     files: files.value[..2].to_vec(),
                     cwd: Some("/tmp".to_owned()),
                     sigactions: vec![

@@ -39,6 +39,11 @@
  *                        checks every byte is the next one of the stream, and prints every
  *                        second (n=) how much it read and whether all was right ("ok=yes";
  *                        a byte written twice or lost makes it "ok=no" for good)
+ *   owtest creds        drops from root to uids 1000,1001,1002, gids 100,101,102, groups
+ *                        5,27, keeping CAP_KILL and CAP_NET_BIND_SERVICE (the latter also
+ *                        inheritable and ambient), CAP_SYS_MODULE out of its bounding set;
+ *                        prints every second (n=) its ids, groups, capability sets and
+ *                        dumpable flag as the kernel reports them
  *   owtest corrupt INIT_TASK TASKS PID MM MT_ROOT
  *                        (a hostile-kernel test, not an ordinary program) starts three
  *                        children that sleep, then corrupts the running kernel's view of
@@ -60,6 +65,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <grp.h>
+#include <linux/capability.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -573,6 +582,69 @@ static int bigwrite(void) {
     }
 }
 
+/* The value after `key` in /proc/self/status, tabs made commas, into out. */
+static void status_field(const char *key, char *out, size_t n) {
+    snprintf(out, n, "?");
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f)
+        return;
+    char line[512];
+    size_t k = strlen(key);
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, key, k) != 0)
+            continue;
+        char *v = line + k;
+        while (*v == '\t' || *v == ' ')
+            v++;
+        size_t j = 0;
+        for (; *v && *v != '\n' && j + 1 < n; v++)
+            out[j++] = (*v == '\t' || *v == ' ') ? ',' : *v;
+        while (j > 0 && out[j - 1] == ',')
+            j--;
+        out[j] = 0;
+        if (j == 0)
+            snprintf(out, n, "-");
+        break;
+    }
+    fclose(f);
+}
+
+static int creds(void) {
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+    gid_t groups[] = {5, 27};
+    const unsigned keep = (1u << CAP_KILL) | (1u << CAP_NET_BIND_SERVICE);
+    memset(data, 0, sizeof data);
+    data[0].effective = data[0].permitted = keep;
+    data[0].inheritable = 1u << CAP_NET_BIND_SERVICE;
+    if (prctl(PR_CAPBSET_DROP, CAP_SYS_MODULE, 0, 0, 0) != 0 || setgroups(2, groups) != 0 ||
+        setresgid(100, 101, 102) != 0 || prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 ||
+        setresuid(1000, 1001, 1002) != 0 || syscall(SYS_capset, &hdr, data) != 0 ||
+        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_NET_BIND_SERVICE, 0, 0) != 0 ||
+        prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) != 0) {
+        printf("creds pid=%d setup failed: %s\n", getpid(), strerror(errno));
+        return 1;
+    }
+    prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
+    for (int n = 1;; n++) {
+        char uid[64], gid[64], grp[128], inh[32], prm[32], eff[32], bnd[32], amb[32];
+        status_field("Uid:", uid, sizeof uid);
+        status_field("Gid:", gid, sizeof gid);
+        status_field("Groups:", grp, sizeof grp);
+        status_field("CapInh:", inh, sizeof inh);
+        status_field("CapPrm:", prm, sizeof prm);
+        status_field("CapEff:", eff, sizeof eff);
+        status_field("CapBnd:", bnd, sizeof bnd);
+        status_field("CapAmb:", amb, sizeof amb);
+        printf("creds pid=%d n=%d uid=%s gid=%s groups=%s inh=%s prm=%s eff=%s bnd=%s amb=%s "
+               "dumpable=%d\n",
+               getpid(), n, uid, gid, grp, inh, prm, eff, bnd, amb,
+               prctl(PR_GET_DUMPABLE, 0, 0, 0, 0));
+        struct timespec ts = {1, 0};
+        nanosleep(&ts, NULL);
+    }
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc == 3 && strcmp(argv[1], "heap") == 0)
@@ -593,8 +665,10 @@ int main(int argc, char **argv) {
         return pending();
     if (argc == 2 && strcmp(argv[1], "bigwrite") == 0)
         return bigwrite();
+    if (argc == 2 && strcmp(argv[1], "creds") == 0)
+        return creds();
     fprintf(stderr,
             "usage: owtest heap MIB | threads FILE | sleeper | events | unixpair | family | "
-            "pending | bigwrite\n");
+            "pending | bigwrite | creds\n");
     return 2;
 }

@@ -17,6 +17,7 @@
 //! - [`tree`] decides who creates whom: a process whose parent comes back too is made by
 //!   its parent, in its session and process group; unreaped zombies come back as zombies.
 
+pub mod creds;
 pub mod exec;
 pub mod files;
 pub mod manifest;

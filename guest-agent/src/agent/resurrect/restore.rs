@@ -18,7 +18,8 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
-use super::manifest::{EpollRec, FdKind, FdRec, Process, SigRec, VmaKind, PAGE};
+use super::creds;
+use super::manifest::{Creds, EpollRec, FdKind, FdRec, Process, SigRec, VmaKind, PAGE};
 use super::pipes::PipeTable;
 use super::procedure::{self, Lost};
 use super::tracer::{self, reg, Injector, Regs, Tid};
@@ -961,6 +962,20 @@ fn build(
     }
 
     phases.mark("threads");
+    // Credentials: only when they differ from the stub's (the agent's copy).
+    let creds = match &p.creds {
+        Some(want) => {
+            let have = creds::current(pid)
+                .ok_or_else(|| Error::Invalid("the stub's credentials unreadable".to_owned()))?;
+            let same = want.securebits == 0
+                && Creds {
+                    dumpable: want.dumpable,
+                    ..have.clone()
+                } == *want;
+            (!same).then_some((want, have))
+        }
+        None => None,
+    };
     // Per-thread kernel state.
     for ((tid, tbase), t) in threads.iter().zip(&p.threads) {
         let call = |nr: i64, args: [u64; 6], what: &str| inj.call(*tid, tbase, nr, args, what);
@@ -991,6 +1006,16 @@ fn build(
             [pr_set_name, data, 0, 0, 0, 0],
             "PR_SET_NAME",
         )?;
+        if let Some((want, have)) = &creds {
+            creds::apply(&inj, *tid, tbase, data, want, have)?;
+        }
+    }
+    if let Some(want) = p
+        .creds
+        .as_ref()
+        .filter(|w| creds.is_some() || w.dumpable == 0)
+    {
+        creds::set_dumpable(&inj, leader, &base, want)?;
     }
 
     // A crash procedure's block, in a fresh mapping of its own.
