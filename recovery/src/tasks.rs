@@ -474,6 +474,11 @@ struct ExtraLayout {
     missing: Vec<String>,
 }
 
+/// Where a `struct pid` holds its number in the initial namespace (`numbers[0].nr`).
+pub(crate) fn pid_nr_offset(k: &Kernel<'_>) -> Result<u64, KernelError> {
+    Ok(k.offset_of("pid", "numbers")? + k.offset_of("upid", "nr")?)
+}
+
 #[derive(Debug)]
 struct FamilyLayout {
     real_parent: u64,
@@ -493,7 +498,7 @@ impl FamilyLayout {
             exit_code: t("exit_code")?,
             signal: t("signal")?,
             pids: k.offset_of("signal_struct", "pids")?,
-            nr: k.offset_of("pid", "numbers")? + k.offset_of("upid", "nr")?,
+            nr: pid_nr_offset(k)?,
         })
     }
 }
