@@ -845,6 +845,10 @@ pub struct Exec {
     pub sigmask: u64,
     /// Its place in the process tree.
     pub tree: Option<Tree>,
+    /// Its umask and resource limits (the personality is the exec's to set).
+    pub limits: Option<Limits>,
+    /// Its credentials as the exec had made them.
+    pub creds: Option<Creds>,
 }
 
 /// A process left out of a manifest, and why (not part of the text: the VMM reports it).

@@ -345,8 +345,8 @@ const PROCESS_RECORDS: [&str; 19] = [
     "robust-list",
 ];
 /// Records of an `exec` block (besides `exec` and `end`).
-const EXEC_RECORDS: [&str; 9] = [
-    "path", "cwd", "tree", "arg", "env", "more", "fd", "sig", "sigmask",
+const EXEC_RECORDS: [&str; 11] = [
+    "path", "cwd", "tree", "limits", "cred", "arg", "env", "more", "fd", "sig", "sigmask",
 ];
 /// Records of a thread.
 const THREAD_RECORDS: [&str; 6] = [
@@ -403,6 +403,8 @@ struct ExecBuilder {
     path: Option<Vec<u8>>,
     cwd: Option<Vec<u8>>,
     tree: Option<Tree>,
+    limits: Option<Limits>,
+    creds: Option<Creds>,
     argv: Vec<Vec<u8>>,
     envp: Vec<Vec<u8>>,
     /// Which list `more` continues: `Some(false)` argv, `Some(true)` envp.
@@ -989,6 +991,8 @@ impl Parser {
             path: None,
             cwd: None,
             tree: None,
+            limits: None,
+            creds: None,
             argv: Vec::new(),
             envp: Vec::new(),
             open: None,
@@ -1061,26 +1065,7 @@ impl ProcBuilder {
             "cwd" => once_path(&mut self.cwd, "cwd", rest)?,
             "tree" => once_tree(&mut self.tree, rest)?,
             "limits" => {
-                let (f, _) = fields(rest, 2 + 2 * RLIMITS, Tail::None)?;
-                let word =
-                    |s: &str, what| u32::try_from(hex(s, what)?).map_err(|_| out_of_range(what, s));
-                let mut rlimits = [(0u64, 0u64); RLIMITS];
-                for (i, slot) in rlimits.iter_mut().enumerate() {
-                    let (cur, max) = (hex(f[2 + 2 * i], "rlimit")?, hex(f[3 + 2 * i], "rlimit")?);
-                    if cur > max {
-                        return Err(out_of_range("rlimit", f[2 + 2 * i]));
-                    }
-                    *slot = (cur, max);
-                }
-                let umask = word(f[0], "umask")?;
-                if umask > 0o777 {
-                    return Err(out_of_range("umask", f[0]));
-                }
-                let l = Limits {
-                    umask,
-                    personality: word(f[1], "personality")?,
-                    rlimits,
-                };
+                let l = limits_fields(rest)?;
                 if self.limits.replace(l).is_some() {
                     return Err(ErrorKind::Second { record: "limits" });
                 }
@@ -1470,6 +1455,16 @@ impl ExecBuilder {
             "path" => once_path(&mut self.path, "path", rest)?,
             "cwd" => once_path(&mut self.cwd, "cwd", rest)?,
             "tree" => once_tree(&mut self.tree, rest)?,
+            "limits" => {
+                if self.limits.replace(limits_fields(rest)?).is_some() {
+                    return Err(ErrorKind::Second { record: "limits" });
+                }
+            }
+            "cred" => {
+                if self.creds.replace(creds_fields(rest)?).is_some() {
+                    return Err(ErrorKind::Second { record: "cred" });
+                }
+            }
             "arg" | "env" => {
                 let env = kind == "env";
                 if !env && !self.envp.is_empty() {
@@ -1554,6 +1549,8 @@ impl ExecBuilder {
                 sigs: self.sigs,
                 sigmask: self.sigmask.unwrap_or(0),
                 tree: self.tree,
+                limits: self.limits,
+                creds: self.creds,
             }),
             path => {
                 if path.is_none() {
@@ -1784,6 +1781,29 @@ fn tree_fields(f: &[&str]) -> Result<Tree, ErrorKind> {
 }
 
 /// A `tree` record, at most once per block.
+/// The fields of a `limits` record.
+fn limits_fields(rest: &str) -> Result<Limits, ErrorKind> {
+    let (f, _) = fields(rest, 2 + 2 * RLIMITS, Tail::None)?;
+    let word = |s: &str, what| u32::try_from(hex(s, what)?).map_err(|_| out_of_range(what, s));
+    let mut rlimits = [(0u64, 0u64); RLIMITS];
+    for (i, slot) in rlimits.iter_mut().enumerate() {
+        let (cur, max) = (hex(f[2 + 2 * i], "rlimit")?, hex(f[3 + 2 * i], "rlimit")?);
+        if cur > max {
+            return Err(out_of_range("rlimit", f[2 + 2 * i]));
+        }
+        *slot = (cur, max);
+    }
+    let umask = word(f[0], "umask")?;
+    if umask > 0o777 {
+        return Err(out_of_range("umask", f[0]));
+    }
+    Ok(Limits {
+        umask,
+        personality: word(f[1], "personality")?,
+        rlimits,
+    })
+}
+
 /// The fields of a `cred` record.
 fn creds_fields(rest: &str) -> Result<Creds, ErrorKind> {
     let (f, _) = fields(rest, 16, Tail::None)?;

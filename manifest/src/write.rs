@@ -268,6 +268,14 @@ fn write_epoll(f: &mut Formatter<'_>, e: &EpollRec) -> fmt::Result {
     writeln!(f, "epoll {} {} {:x} {:x}", e.epfd, e.fd, e.events, e.data)
 }
 
+fn write_limits(f: &mut Formatter<'_>, l: &crate::Limits) -> fmt::Result {
+    write!(f, "limits {:x} {:x}", l.umask, l.personality)?;
+    for (cur, max) in l.rlimits {
+        write!(f, " {cur:x} {max:x}")?;
+    }
+    writeln!(f)
+}
+
 fn write_creds(f: &mut Formatter<'_>, c: &crate::Creds) -> fmt::Result {
     write!(f, "cred")?;
     for v in c.uids.iter().chain(&c.gids).chain([&c.securebits]) {
@@ -296,11 +304,7 @@ fn write_process(f: &mut Formatter<'_>, p: &Process) -> fmt::Result {
     }
     write_tree(f, p.tree.as_ref())?;
     if let Some(l) = &p.limits {
-        write!(f, "limits {:x} {:x}", l.umask, l.personality)?;
-        for (cur, max) in l.rlimits {
-            write!(f, " {cur:x} {max:x}")?;
-        }
-        writeln!(f)?;
+        write_limits(f, l)?;
     }
     if let Some(c) = &p.creds {
         write_creds(f, c)?;
@@ -339,6 +343,12 @@ fn write_exec(f: &mut Formatter<'_>, e: &Exec) -> fmt::Result {
         writeln!(f, "cwd {}", Field(cwd))?;
     }
     write_tree(f, e.tree.as_ref())?;
+    if let Some(l) = &e.limits {
+        write_limits(f, l)?;
+    }
+    if let Some(c) = &e.creds {
+        write_creds(f, c)?;
+    }
     for (record, strings) in [("arg", &e.argv), ("env", &e.envp)] {
         for s in strings {
             // Long strings go in pieces: the first on `arg`/`env`, the rest on `more`.

@@ -270,6 +270,42 @@ fn exec(r: &mut Rng) -> Exec {
         sigs: sigs(r),
         sigmask: r.word(),
         tree: r.bool().then(|| tree(r)),
+        limits: r.bool().then(|| limits(r)),
+        creds: r.bool().then(|| creds(r)),
+    }
+}
+
+fn limits(r: &mut Rng) -> owvmm_manifest::Limits {
+    let mut rlimits = [(0, 0); owvmm_manifest::RLIMITS];
+    for l in &mut rlimits {
+        let max = if r.bool() {
+            u64::MAX
+        } else {
+            r.below(u64::MAX)
+        };
+        *l = (r.below(max), max);
+    }
+    owvmm_manifest::Limits {
+        umask: u32::try_from(r.below(0o1000)).expect("umask"),
+        personality: r.u32(),
+        rlimits,
+    }
+}
+
+fn creds(r: &mut Rng) -> owvmm_manifest::Creds {
+    owvmm_manifest::Creds {
+        uids: [r.u32(), r.u32(), r.u32(), r.u32()],
+        gids: [r.u32(), r.u32(), r.u32(), r.u32()],
+        securebits: r.u32(),
+        caps: [
+            r.below(u64::MAX),
+            r.below(1 << 41),
+            0,
+            u64::MAX,
+            r.below(u64::MAX),
+        ],
+        dumpable: u32::try_from(r.below(3)).expect("dumpable"),
+        groups: (0..r.below(5)).map(|_| r.u32()).collect(),
     }
 }
 
@@ -340,36 +376,8 @@ fn process(r: &mut Rng) -> Process {
         epoll,
         sigs,
         tree: r.bool().then(|| tree(r)),
-        limits: r.bool().then(|| {
-            let mut rlimits = [(0, 0); owvmm_manifest::RLIMITS];
-            for l in &mut rlimits {
-                let max = if r.bool() {
-                    u64::MAX
-                } else {
-                    r.below(u64::MAX)
-                };
-                *l = (r.below(max), max);
-            }
-            owvmm_manifest::Limits {
-                umask: u32::try_from(r.below(0o1000)).expect("umask"),
-                personality: r.u32(),
-                rlimits,
-            }
-        }),
-        creds: r.bool().then(|| owvmm_manifest::Creds {
-            uids: [r.u32(), r.u32(), r.u32(), r.u32()],
-            gids: [r.u32(), r.u32(), r.u32(), r.u32()],
-            securebits: r.u32(),
-            caps: [
-                r.below(u64::MAX),
-                r.below(1 << 41),
-                0,
-                u64::MAX,
-                r.below(u64::MAX),
-            ],
-            dumpable: u32::try_from(r.below(3)).expect("dumpable"),
-            groups: (0..r.below(5)).map(|_| r.u32()).collect(),
-        }),
+        limits: r.bool().then(|| limits(r)),
+        creds: r.bool().then(|| creds(r)),
         pending: (0..r.below(3))
             .map(|_| {
                 let mut info = [0u8; 48];

@@ -1107,6 +1107,8 @@ fn render_exec(
         sigs,
         sigmask: leader.effective_sigmask(),
         tree: tree_of(leader),
+        limits: proc_.limits,
+        creds: Some(proc_.creds.clone().ok_or(ManifestError::NoCreds)?),
     };
     Ok(Rendered {
         entry: Entry::Exec(exec),

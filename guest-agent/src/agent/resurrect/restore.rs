@@ -65,6 +65,8 @@ const STEP_EPOLL: u64 = 10;
 const STEP_SIGACTION: u64 = 6;
 pub(super) const STEP_SIGMASK: u64 = 7;
 pub(super) const STEP_EXEC: u64 = 8;
+/// The credentials of an exec block (index: which of [`super::creds::steps`]).
+pub(super) const STEP_CREDS: u64 = 11;
 /// Exit codes of a child that could not even record an error.
 pub(super) const EXIT_TRACEME: i32 = 120;
 const EXIT_SCRATCH: i32 = 121;
@@ -466,6 +468,7 @@ impl Setup {
             STEP_SIGACTION => format!("rt_sigaction({})", self.sigs.get(i).map_or(0, |s| s.0)),
             STEP_SIGMASK => "rt_sigprocmask".to_owned(),
             STEP_EXEC => "execve".to_owned(),
+            STEP_CREDS => format!("credentials (step {i})"),
             other => format!("step {other}"),
         };
         Error::Child {
