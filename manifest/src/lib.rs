@@ -849,6 +849,8 @@ pub struct Exec {
     pub limits: Option<Limits>,
     /// Its credentials as the exec had made them.
     pub creds: Option<Creds>,
+    /// Signals queued and not delivered (they survive an exec), in queue order.
+    pub pending: Vec<Pending>,
 }
 
 /// A process left out of a manifest, and why (not part of the text: the VMM reports it).

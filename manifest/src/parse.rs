@@ -345,8 +345,9 @@ const PROCESS_RECORDS: [&str; 19] = [
     "robust-list",
 ];
 /// Records of an `exec` block (besides `exec` and `end`).
-const EXEC_RECORDS: [&str; 11] = [
-    "path", "cwd", "tree", "limits", "cred", "arg", "env", "more", "fd", "sig", "sigmask",
+const EXEC_RECORDS: [&str; 12] = [
+    "path", "cwd", "tree", "limits", "cred", "pending", "arg", "env", "more", "fd", "sig",
+    "sigmask",
 ];
 /// Records of a thread.
 const THREAD_RECORDS: [&str; 6] = [
@@ -405,6 +406,7 @@ struct ExecBuilder {
     tree: Option<Tree>,
     limits: Option<Limits>,
     creds: Option<Creds>,
+    pending: Vec<Pending>,
     argv: Vec<Vec<u8>>,
     envp: Vec<Vec<u8>>,
     /// Which list `more` continues: `Some(false)` argv, `Some(true)` envp.
@@ -993,6 +995,7 @@ impl Parser {
             tree: None,
             limits: None,
             creds: None,
+            pending: Vec::new(),
             argv: Vec::new(),
             envp: Vec::new(),
             open: None,
@@ -1137,35 +1140,7 @@ impl ProcBuilder {
                 });
             }
             "sig" => self.sigs.push(sig_record(rest, &self.sigs)?),
-            "pending" => {
-                let (f, _) = fields(rest, 2, Tail::None)?;
-                let tid = dec(f[0], "tid")?;
-                if tid > MAX_PID {
-                    return Err(out_of_range("tid", f[0]));
-                }
-                let digits = f[1].as_bytes();
-                if digits.len() != 96 {
-                    return Err(bad("siginfo", f[1]));
-                }
-                let mut info = [0u8; 48];
-                for (byte, pair) in info.iter_mut().zip(digits.chunks_exact(2)) {
-                    match (lower_hex_digit(pair[0]), lower_hex_digit(pair[1])) {
-                        (Some(h), Some(l)) => *byte = (h << 4) | l,
-                        _ => return Err(bad("siginfo", f[1])),
-                    }
-                }
-                let q = Pending { tid, info };
-                if !(1..=64).contains(&q.signo()) {
-                    return Err(out_of_range("signo", f[1]));
-                }
-                if self.pending.len() >= MAX_PENDING {
-                    return Err(ErrorKind::TooMany {
-                        what: "pending signals",
-                        limit: MAX_PENDING,
-                    });
-                }
-                self.pending.push(q);
-            }
+            "pending" => push_pending(&mut self.pending, rest)?,
             "thread" => self.thread(n, rest)?,
             _ => {
                 if let Some(record) = known(&THREAD_RECORDS, kind) {
@@ -1465,6 +1440,7 @@ impl ExecBuilder {
                     return Err(ErrorKind::Second { record: "cred" });
                 }
             }
+            "pending" => push_pending(&mut self.pending, rest)?,
             "arg" | "env" => {
                 let env = kind == "env";
                 if !env && !self.envp.is_empty() {
@@ -1551,6 +1527,7 @@ impl ExecBuilder {
                 tree: self.tree,
                 limits: self.limits,
                 creds: self.creds,
+                pending: self.pending,
             }),
             path => {
                 if path.is_none() {
@@ -1781,6 +1758,38 @@ fn tree_fields(f: &[&str]) -> Result<Tree, ErrorKind> {
 }
 
 /// A `tree` record, at most once per block.
+/// Parses a `pending` record onto `pending` (bounded by [`MAX_PENDING`]).
+fn push_pending(pending: &mut Vec<Pending>, rest: &str) -> Result<(), ErrorKind> {
+    let (f, _) = fields(rest, 2, Tail::None)?;
+    let tid = dec(f[0], "tid")?;
+    if tid > MAX_PID {
+        return Err(out_of_range("tid", f[0]));
+    }
+    let digits = f[1].as_bytes();
+    if digits.len() != 96 {
+        return Err(bad("siginfo", f[1]));
+    }
+    let mut info = [0u8; 48];
+    for (byte, pair) in info.iter_mut().zip(digits.chunks_exact(2)) {
+        match (lower_hex_digit(pair[0]), lower_hex_digit(pair[1])) {
+            (Some(h), Some(l)) => *byte = (h << 4) | l,
+            _ => return Err(bad("siginfo", f[1])),
+        }
+    }
+    let q = Pending { tid, info };
+    if !(1..=64).contains(&q.signo()) {
+        return Err(out_of_range("signo", f[1]));
+    }
+    if pending.len() >= MAX_PENDING {
+        return Err(ErrorKind::TooMany {
+            what: "pending signals",
+            limit: MAX_PENDING,
+        });
+    }
+    pending.push(q);
+    Ok(())
+}
+
 /// The fields of a `limits` record.
 fn limits_fields(rest: &str) -> Result<Limits, ErrorKind> {
     let (f, _) = fields(rest, 2 + 2 * RLIMITS, Tail::None)?;

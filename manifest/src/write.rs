@@ -268,6 +268,17 @@ fn write_epoll(f: &mut Formatter<'_>, e: &EpollRec) -> fmt::Result {
     writeln!(f, "epoll {} {} {:x} {:x}", e.epfd, e.fd, e.events, e.data)
 }
 
+fn write_pending(f: &mut Formatter<'_>, pending: &[crate::Pending]) -> fmt::Result {
+    for q in pending {
+        write!(f, "pending {} ", q.tid)?;
+        for b in q.info {
+            write!(f, "{b:02x}")?;
+        }
+        writeln!(f)?;
+    }
+    Ok(())
+}
+
 fn write_limits(f: &mut Formatter<'_>, l: &crate::Limits) -> fmt::Result {
     write!(f, "limits {:x} {:x}", l.umask, l.personality)?;
     for (cur, max) in l.rlimits {
@@ -323,13 +334,7 @@ fn write_process(f: &mut Formatter<'_>, p: &Process) -> fmt::Result {
     for s in &p.sigs {
         write_sig(f, s)?;
     }
-    for q in &p.pending {
-        write!(f, "pending {} ", q.tid)?;
-        for b in q.info {
-            write!(f, "{b:02x}")?;
-        }
-        writeln!(f)?;
-    }
+    write_pending(f, &p.pending)?;
     for t in &p.threads {
         write_thread(f, t)?;
     }
@@ -349,6 +354,7 @@ fn write_exec(f: &mut Formatter<'_>, e: &Exec) -> fmt::Result {
     if let Some(c) = &e.creds {
         write_creds(f, c)?;
     }
+    write_pending(f, &e.pending)?;
     for (record, strings) in [("arg", &e.argv), ("env", &e.envp)] {
         for s in strings {
             // Long strings go in pieces: the first on `arg`/`env`, the rest on `more`.

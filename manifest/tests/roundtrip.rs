@@ -259,8 +259,9 @@ fn strings(r: &mut Rng) -> Vec<Vec<u8>> {
 }
 
 fn exec(r: &mut Rng) -> Exec {
+    let pid = u32::try_from(1 + r.below(u64::from(MAX_PID))).expect("pid");
     Exec {
-        pid: u32::try_from(1 + r.below(u64::from(MAX_PID))).expect("pid"),
+        pid,
         comm: r.bytes(16),
         path: r.path(),
         cwd: r.bool().then(|| r.path()),
@@ -272,7 +273,25 @@ fn exec(r: &mut Rng) -> Exec {
         tree: r.bool().then(|| tree(r)),
         limits: r.bool().then(|| limits(r)),
         creds: r.bool().then(|| creds(r)),
+        pending: pending(r, pid),
     }
+}
+
+fn pending(r: &mut Rng, pid: u32) -> Vec<owvmm_manifest::Pending> {
+    (0..r.below(3))
+        .map(|_| {
+            let mut info = [0u8; 48];
+            for b in &mut info {
+                *b = u8::try_from(r.below(256)).expect("byte");
+            }
+            let signo = 1 + u32::try_from(r.below(64)).expect("signo");
+            info[..4].copy_from_slice(&signo.to_le_bytes());
+            owvmm_manifest::Pending {
+                tid: if r.bool() { 0 } else { pid },
+                info,
+            }
+        })
+        .collect()
 }
 
 fn limits(r: &mut Rng) -> owvmm_manifest::Limits {
@@ -378,20 +397,7 @@ fn process(r: &mut Rng) -> Process {
         tree: r.bool().then(|| tree(r)),
         limits: r.bool().then(|| limits(r)),
         creds: r.bool().then(|| creds(r)),
-        pending: (0..r.below(3))
-            .map(|_| {
-                let mut info = [0u8; 48];
-                for b in &mut info {
-                    *b = u8::try_from(r.below(256)).expect("byte");
-                }
-                let signo = 1 + u32::try_from(r.below(64)).expect("signo");
-                info[..4].copy_from_slice(&signo.to_le_bytes());
-                owvmm_manifest::Pending {
-                    tid: if r.bool() { 0 } else { pid },
-                    info,
-                }
-            })
-            .collect(),
+        pending: pending(r, pid),
         threads,
     }
 }

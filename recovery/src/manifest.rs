@@ -314,7 +314,7 @@ enum Entry {
     /// A `process` block: its image.
     Process(Box<wire::Process>),
     /// An `exec` block: an interrupted exec, done again.
-    Exec(wire::Exec),
+    Exec(Box<wire::Exec>),
 }
 
 /// One process, and what it needs made before it.
@@ -1089,6 +1089,7 @@ fn render_exec(
     leader: &Task,
     proc_: &ProcessInfo,
     args: ExecArgs,
+    notes: &mut Vec<String>,
 ) -> Result<Rendered, ManifestError> {
     let mut files = Wanted::default();
     want_exe(k, &args.path, args.file, &mut files)?;
@@ -1109,9 +1110,10 @@ fn render_exec(
         tree: tree_of(leader),
         limits: proc_.limits,
         creds: Some(proc_.creds.clone().ok_or(ManifestError::NoCreds)?),
+        pending: pending_of(k, leader, &[leader], notes),
     };
     Ok(Rendered {
-        entry: Entry::Exec(exec),
+        entry: Entry::Exec(Box::new(exec)),
         wanted: files,
     })
 }
@@ -1295,7 +1297,7 @@ pub fn build_manifest_excluding(
                 Ok(_) if threads.len() > 1 => Err(ManifestError::ExecThreads {
                     threads: threads.len(),
                 }),
-                Ok(args) => render_exec(kernel, leader, proc_, args),
+                Ok(args) => render_exec(kernel, leader, proc_, args, &mut m.notes),
                 // No new program's mm: the old image is intact and the exec runs again.
                 Err(_) if can_restart(leader, mm) => image(),
                 Err(source) => Err(ManifestError::ExecArgs { source }),
@@ -1435,7 +1437,7 @@ pub fn build_manifest_excluding(
         }
         match r.entry {
             Entry::Process(p) => processes.push(*p),
-            Entry::Exec(e) => execs.push(e),
+            Entry::Exec(e) => execs.push(*e),
         }
         m.processes.push(tgid);
     }
@@ -2174,7 +2176,7 @@ mod tests {
         assert_eq!(e.sigmask, 1 << 12);
         assert_eq!(wire::parse(man.text.as_bytes()), Ok(man.manifest.clone()));
         assert!(man.text.contains(
-            "\nexec 9 p9\npath /busybox\ncwd /tmp\ntree 1 9 9\narg sleep\narg 1\nenv PATH=/bin\nfd 0 2 123 chr /console\nsig 13 1 0 0 0\nsigmask 1000\nend\n"
+            "\nexec 9 p9\npath /busybox\ncwd /tmp\ntree 1 9 9\ncred 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 -\narg sleep\narg 1\nenv PATH=/bin\nfd 0 2 123 chr /console\nsig 13 1 0 0 0\nsigmask 1000\nend\n"
         ));
         // The executable lives in memory: it is recreated first.
         assert!(

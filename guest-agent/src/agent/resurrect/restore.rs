@@ -1487,7 +1487,7 @@ pub(super) unsafe fn child(plan: &ChildPlan) -> ! {
 /// the process), with their `siginfo` where the kernel lets another process set it (a
 /// negative `si_code` but `SI_TKILL`: `sigqueue`, `kill` from user space); those it made
 /// itself (`si_code` >= 0) are sent with `tgkill`/`kill`, their details lost.
-fn queue_pending(pid: i32, pending: &[super::manifest::Pending]) {
+pub(super) fn queue_pending(pid: i32, pending: &[super::manifest::Pending]) {
     const SI_TKILL: i32 = -6;
     for q in pending {
         let sig = q.signo();
