@@ -128,6 +128,26 @@ pub fn read_eventfd(k: &Kernel<'_>, file: u64) -> Option<Result<EventFd, EventFd
     })())
 }
 
+/// The dead kernel's `CLOCK_MONOTONIC` time in nanoseconds, from `jiffies_64` and
+/// `tick_nsec` (good to a tick: the timekeeper's own base, `tk_core`, is no more recent,
+/// being updated on the same tick, and its clocksource cycles cannot be read back). None
+/// when they are unreadable or `tick_nsec` is not that of a HZ from 100 to 1000.
+pub fn monotonic_now(k: &Kernel<'_>) -> Option<u64> {
+    let tick_ns = k
+        .symbol("tick_nsec")
+        .ok()
+        .and_then(|a| k.read_u64(a).ok())?;
+    if !(1_000_000..=10_000_000).contains(&tick_ns) {
+        return None;
+    }
+    let hz = 1_000_000_000 / tick_ns;
+    let j = k
+        .symbol("jiffies_64")
+        .ok()
+        .and_then(|a| k.read_u64(a).ok())?;
+    Some(j.wrapping_sub(initial_jiffies(hz)).saturating_mul(tick_ns))
+}
+
 fn read_timer(k: &Kernel<'_>, ctx: u64) -> Result<EventFd, EventFdError> {
     let f = |what: &'static str, p: &'static str| rd(what, k.read_field("timerfd_ctx", p, ctx));
     let clockid = u32::try_from(f("timerfd clockid", "clockid")? & 0xffff_ffff).unwrap_or(1);
@@ -166,22 +186,7 @@ fn read_timer(k: &Kernel<'_>, ctx: u64) -> Result<EventFd, EventFdError> {
         }
         _ => {}
     }
-    // The dead kernel's monotonic time, from jiffies (good to a tick).
-    let now = (|| -> Option<u64> {
-        let tick_ns = k
-            .symbol("tick_nsec")
-            .ok()
-            .and_then(|a| k.read_u64(a).ok())?;
-        if !(1_000_000..=10_000_000).contains(&tick_ns) {
-            return None;
-        }
-        let hz = 1_000_000_000 / tick_ns;
-        let j = k
-            .symbol("jiffies_64")
-            .ok()
-            .and_then(|a| k.read_u64(a).ok())?;
-        Some(j.wrapping_sub(initial_jiffies(hz)).saturating_mul(tick_ns))
-    })();
+    let now = monotonic_now(k);
     let remaining_ns = match (armed, now) {
         (true, Some(now)) => expires.saturating_sub(now).max(1),
         (true, None) => interval_ns.max(1),
