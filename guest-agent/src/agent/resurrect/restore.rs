@@ -1536,20 +1536,6 @@ fn set_timers(p: &Process, inj: &Injector, t: Tid, base: &Regs, data: u64) {
     let run = |nr: i64, args: [u64; 6], what: &str| -> Result<u64, Error> {
         inj.call(t, base, nr, args, what)
     };
-    for it in &p.itimers {
-        let r = inj
-            .write(val_at, &timer_value(it.value_ns, it.interval_ns, true))
-            .and_then(|()| {
-                run(
-                    libc::SYS_setitimer,
-                    [u64::from(it.which), val_at, 0, 0, 0, 0],
-                    "setitimer",
-                )
-            });
-        if let Err(e) = r {
-            crate::log!("resurrect {pid}: itimer {} not restored: {e}", it.which);
-        }
-    }
     let mut budget = MAX_TIMER_CREATES;
     // The id the kernel gives next, once known.
     let mut next: Option<u32> = None;
@@ -1638,6 +1624,21 @@ fn set_timers(p: &Process, inj: &Injector, t: Tid, base: &Regs, data: u64) {
                     break;
                 }
             }
+        }
+    }
+    // The interval timers last: the fewer signals stop the injected calls, the better.
+    for it in &p.itimers {
+        let r = inj
+            .write(val_at, &timer_value(it.value_ns, it.interval_ns, true))
+            .and_then(|()| {
+                run(
+                    libc::SYS_setitimer,
+                    [u64::from(it.which), val_at, 0, 0, 0, 0],
+                    "setitimer",
+                )
+            });
+        if let Err(e) = r {
+            crate::log!("resurrect {pid}: itimer {} not restored: {e}", it.which);
         }
     }
 }
