@@ -476,8 +476,9 @@ pub const SIGEV_SIGNAL: u32 = 0;
 pub const SIGEV_NONE: u32 = 1;
 pub const SIGEV_THREAD: u32 = 2;
 pub const SIGEV_THREAD_ID: u32 = 4;
-/// The clocks a `ptimer` may have: `CLOCK_REALTIME`, `CLOCK_MONOTONIC`, `CLOCK_BOOTTIME`.
-pub const PTIMER_CLOCKS: [u32; 3] = [0, 1, 7];
+/// The clocks a `ptimer` may have: `CLOCK_REALTIME`, `CLOCK_MONOTONIC`,
+/// `CLOCK_PROCESS_CPUTIME_ID` (the process's own), `CLOCK_BOOTTIME`.
+pub const PTIMER_CLOCKS: [u32; 4] = [0, 1, 2, 7];
 
 /// `ptimer <id> <clock> <notify> <signo> <tid> <abs> <value> <value_ns> <interval_ns>`:
 /// a POSIX timer of the process, made again with the same id. `id`, `clock`, `notify`,

@@ -620,7 +620,7 @@ fn interval_and_posix_timers() {
         "itimer 0 0 0",
         "itimer 0 1",
         "ptimer 2147483648 1 0 34 0 0 0 1 0",
-        "ptimer 1 2 0 34 0 0 0 1 0",
+        "ptimer 1 3 0 34 0 0 0 1 0",
         "ptimer 1 1 3 34 0 0 0 1 0",
         "ptimer 1 1 0 0 0 0 0 1 0",
         "ptimer 1 1 0 65 0 0 0 1 0",

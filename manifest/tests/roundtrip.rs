@@ -391,7 +391,7 @@ fn process(r: &mut Rng) -> Process {
                     let notify = [0, 1, 2, 4, 5, 6][usize::try_from(r.below(6)).expect("small")];
                     owvmm_manifest::Ptimer {
                         id,
-                        clock: [0, 1, 7][usize::try_from(r.below(3)).expect("small")],
+                        clock: [0, 1, 2, 7][usize::try_from(r.below(4)).expect("small")],
                         notify,
                         signo: 1 + u32::try_from(r.below(64)).expect("signo"),
                         tid: if notify & 4 != 0 { pid } else { 0 },

@@ -14,8 +14,10 @@
 //!   preallocated `sigq`, the thread of a `SIGEV_THREAD_ID` timer, the interval and the
 //!   expiry of its hrtimer. Only `CLOCK_REALTIME` (kept as an absolute time: the crash
 //!   kernel's wall clock is the same), `CLOCK_MONOTONIC` and `CLOCK_BOOTTIME` (the guest
-//!   never suspends: boot time is monotonic time) timers are kept; the others (CPU-time
-//!   and alarm clocks) are left out with a problem.
+//!   never suspends: boot time is monotonic time) timers are kept, and those on the
+//!   process's own CPU clock (`CLOCK_PROCESS_CPUTIME_ID`, its expiry compared with
+//!   `cputimer.cputime_atomic.sum_exec_runtime`); the others (thread CPU clocks, other
+//!   processes' clocks, alarm clocks) are left out with a problem.
 //!
 //! Relative times are measured from the dead kernel's last monotonic time (the caller's
 //! `mono_now`, from `jiffies_64`: good to a tick) and count from when the process runs
@@ -37,6 +39,11 @@ const CPU_ITIMER: u64 = 16;
 const ITIMER_REAL: u32 = 0;
 const ITIMER_VIRTUAL: u32 = 1;
 const ITIMER_PROF: u32 = 2;
+/// `PROCESS_CLOCK` (`make_process_cpuclock(0, CPUCLOCK_SCHED)`): what a timer on
+/// `CLOCK_PROCESS_CPUTIME_ID` keeps as its clock.
+const PROCESS_CLOCK: i32 = -6;
+/// `CLOCK_PROCESS_CPUTIME_ID`.
+const CLOCK_PROCESS_CPUTIME_ID: u32 = 2;
 /// Offset of `si_value` in a timer's `kernel_siginfo` (`_sifields._timer._sigval`).
 const SI_VALUE: u64 = 24;
 
@@ -72,8 +79,11 @@ pub enum TimerError {
         addr: u64,
     },
     /// A clock whose timers are not restored.
-    #[error("clock {0} is not restored (only CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_BOOTTIME)")]
+    #[error("clock {0} is not restored (only CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_BOOTTIME and the process's CPU clock)")]
     Clock(i32),
+    /// A CPU timer, and the process's CPU time is not known.
+    #[error("a CPU timer, and the process's CPU time is unknown")]
+    CpuTimeUnknown,
     /// A notification the kernel would not have accepted.
     #[error("bad notification {notify} (signal {signo}, thread {tid})")]
     Notify {
@@ -168,6 +178,7 @@ pub fn read_timers(k: &Kernel<'_>, signal: u64, mono_now: Option<u64>) -> Partia
             .push("POSIX timers: signal_struct.posix_timers unknown".to_owned());
         return out;
     };
+    let cpu_now = process_cpu_time(k, signal);
     let nodes = walk_list(
         k,
         signal.wrapping_add(head),
@@ -178,7 +189,7 @@ pub fn read_timers(k: &Kernel<'_>, signal: u64, mono_now: Option<u64>) -> Partia
     for node in nodes.value {
         let timer = node.wrapping_sub(entry_off);
         let id = k.read_field("k_itimer", "it_id", timer).map(int);
-        match (id, posix_timer(k, timer, mono_now)) {
+        match (id, posix_timer(k, timer, mono_now, cpu_now)) {
             (Ok(id), Ok(t)) if u32::try_from(id).is_ok_and(|i| i == t.id) => {
                 if out.value.ptimers.iter().any(|p| p.id == t.id) {
                     out.problems
@@ -204,6 +215,18 @@ pub fn read_timers(k: &Kernel<'_>, signal: u64, mono_now: Option<u64>) -> Partia
         out.value.next_id = (next != 0).then_some(next);
     }
     out
+}
+
+/// The process's total run time (`sum_exec_runtime`), as its CPU timers see it: kept in
+/// `cputimer` while `posix_cputimers.timers_active`.
+fn process_cpu_time(k: &Kernel<'_>, signal: u64) -> Option<u64> {
+    let f = |path| k.read_field("signal_struct", path, signal).ok();
+    if f("posix_cputimers.timers_active")? == 0 {
+        return None;
+    }
+    Some(ktime(f(
+        "cputimer.cputime_atomic.sum_exec_runtime.counter",
+    )?))
 }
 
 /// `ITIMER_REAL`, when armed.
@@ -281,14 +304,20 @@ fn posix_timer(
     k: &Kernel<'_>,
     timer: u64,
     mono_now: Option<u64>,
+    cpu_now: Option<u64>,
 ) -> Result<wire::Ptimer, TimerError> {
     let f = |what, path| rd(what, k.read_field("k_itimer", path, timer));
     let id = u32::try_from(int(f("it_id", "it_id")?)).unwrap_or(u32::MAX);
     let clock = int(f("it_clock", "it_clock")?);
-    let clock = u32::try_from(clock)
-        .ok()
-        .filter(|c| wire::PTIMER_CLOCKS.contains(c))
-        .ok_or(TimerError::Clock(clock))?;
+    // The calling process's CPU clock is kept as PROCESS_CLOCK.
+    let clock = if clock == PROCESS_CLOCK {
+        CLOCK_PROCESS_CPUTIME_ID
+    } else {
+        u32::try_from(clock)
+            .ok()
+            .filter(|c| wire::PTIMER_CLOCKS.contains(c) && *c != CLOCK_PROCESS_CPUTIME_ID)
+            .ok_or(TimerError::Clock(clock))?
+    };
     let notify = u32::try_from(int(f("it_sigev_notify", "it_sigev_notify")?)).unwrap_or(u32::MAX);
     let interval_ns = ktime(f("it_interval", "it_interval")?);
     let sigq = f("sigq", "sigq")?;
@@ -339,6 +368,30 @@ fn posix_timer(
         || tid > wire::MAX_PID
     {
         return Err(TimerError::Notify { notify, signo, tid });
+    }
+    if clock == CLOCK_PROCESS_CPUTIME_ID {
+        // A CPU timer: its expiry an absolute CPU time (0: disarmed), compared with the
+        // process's total run time.
+        let cpu_now = cpu_now.ok_or(TimerError::CpuTimeUnknown)?;
+        let expires = ktime(f("cpu timer expiry", "it.cpu.node.expires")?);
+        let value_ns = if expires != 0 {
+            left(expires, cpu_now, interval_ns)
+        } else if interval_ns > 0 && queued {
+            interval_ns
+        } else {
+            0
+        };
+        return Ok(wire::Ptimer {
+            id,
+            clock,
+            notify,
+            signo,
+            tid,
+            absolute: false,
+            value,
+            value_ns,
+            interval_ns,
+        });
     }
     let state = f("hrtimer state", "it.real.timer.state")?;
     let expires = ktime(f("hrtimer expiry", "it.real.timer.node.expires")?);
@@ -449,7 +502,8 @@ mod tests {
             ],
         );
         let real = b.strukt("", 64, &[("timer", hr, 0)]);
-        let itu = b.strukt("", 64, &[("real", real, 0)]);
+        let cput = b.strukt("cpu_timer", 48, &[("node", tqn, 0)]);
+        let itu = b.composite(5, "", 64, &[("real", real, 0, 0), ("cpu", cput, 0, 0)]);
         b.strukt(
             "k_itimer",
             0x100,
@@ -533,6 +587,7 @@ mod tests {
         m.put_u64(SIG + S_IT, 10 * S);
         m.put_u64(SIG + S_CPUT, 3 * S);
         m.put_u64(SIG + S_CPUT + 8, 4 * S);
+        m.put_u64(SIG + S_CPUT + 16, 2 * S);
         m.put_u32(SIG + S_ACTIVE, 1);
         // Timers 3 (monotonic, an hour), 0 (realtime, absolute), 1 (process CPU clock),
         // listed newest first as the kernel does.
@@ -567,18 +622,26 @@ mod tests {
             ]
         );
         let ids: Vec<u32> = got.value.ptimers.iter().map(|t| t.id).collect();
-        assert_eq!(ids, [0, 3], "sorted; the CPU-clock timer left out");
-        assert_eq!(got.problems.len(), 1, "{:?}", got.problems);
+        assert_eq!(ids, [0, 1, 3], "sorted");
+        assert!(got.problems.is_empty(), "{:?}", got.problems);
+        let cpu = got.value.ptimers[1];
+        assert_eq!((cpu.clock, cpu.value_ns, cpu.absolute), (2, 3 * S, false));
+        // A thread's CPU clock is not restored.
+        let mut m = m;
+        m.put_u32(T3 + K_CLOCK, (-2i32).cast_unsigned());
+        let k2 = Kernel::new(&m, &syms, &btf).expect("kernel");
+        let other = read_timers(&k2, dm(SIG), Some(NOW));
+        assert_eq!(other.value.ptimers.len(), 2);
         assert!(
-            got.problems[0].contains("POSIX timer 1"),
+            other.problems[0].contains("POSIX timer 1"),
             "{:?}",
-            got.problems
+            other.problems
         );
         let rt = got.value.ptimers[0];
         assert!(rt.absolute);
         assert_eq!(rt.value_ns, 0x17e1_f1c5_a4b0_c000);
         assert_eq!((rt.notify, rt.tid, rt.signo, rt.value), (4, 77, 14, 7));
-        let mono = got.value.ptimers[1];
+        let mono = got.value.ptimers[2];
         assert_eq!(
             mono,
             wire::Ptimer {
