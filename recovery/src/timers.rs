@@ -20,8 +20,9 @@
 //!   processes' clocks, alarm clocks) are left out with a problem.
 //!
 //! Relative times are measured from the dead kernel's last monotonic time (the caller's
-//! `mono_now`, from `jiffies_64`: good to a tick) and count from when the process runs
-//! again: the time the crash and the resurrection took is not counted.
+//! `mono_now`: [`crate::eventfds::monotonic_now`], the timekeeper's last update) and count
+//! from when the process runs again: the time the crash and the resurrection took is not
+//! counted.
 
 use crate::kernel::{is_kernel_addr, Kernel, KernelError};
 use crate::list::walk_list;
