@@ -419,6 +419,12 @@ pub struct Process {
     pub pending: Vec<Pending>,
     /// Its credentials (absent in manifests of older writers).
     pub creds: Option<Creds>,
+    /// Its armed interval timers (`setitimer`), at most one of each kind.
+    pub itimers: Vec<Itimer>,
+    /// Its POSIX timers (`timer_create`), by increasing id.
+    pub ptimers: Vec<Ptimer>,
+    /// The id its next `timer_create` would have tried (`ptimer-next`; absent: not known).
+    pub ptimer_next: Option<u32>,
     /// The leader first.
     pub threads: Vec<Thread>,
 }
@@ -470,6 +476,53 @@ impl Pending {
     pub fn code(&self) -> i32 {
         i32::from_le_bytes([self.info[8], self.info[9], self.info[10], self.info[11]])
     }
+}
+
+/// `ITIMER_REAL`, `ITIMER_VIRTUAL`, `ITIMER_PROF`: the kinds of [`Itimer`].
+pub const ITIMER_KINDS: u32 = 3;
+
+/// `itimer <which> <value_ns> <interval_ns>`: an armed interval timer of the process
+/// (`which`: 0 `ITIMER_REAL`, 1 `ITIMER_VIRTUAL`, 2 `ITIMER_PROF`, decimal), its time
+/// left (nanoseconds of wall or CPU time from when the process runs again, not 0) and
+/// its interval (0: one-shot), hex.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Itimer {
+    pub which: u32,
+    pub value_ns: u64,
+    pub interval_ns: u64,
+}
+
+/// Most `ptimer` records in a process (the agent scans this many ids at most too).
+pub const MAX_PTIMERS: usize = 4096;
+/// Highest POSIX timer id (the kernel keeps them positive `int`s).
+pub const MAX_PTIMER_ID: u32 = 0x7fff_ffff;
+/// `SIGEV_SIGNAL`, `SIGEV_NONE`, `SIGEV_THREAD` and the `SIGEV_THREAD_ID` flag.
+pub const SIGEV_SIGNAL: u32 = 0;
+pub const SIGEV_NONE: u32 = 1;
+pub const SIGEV_THREAD: u32 = 2;
+pub const SIGEV_THREAD_ID: u32 = 4;
+/// The clocks a `ptimer` may have: `CLOCK_REALTIME`, `CLOCK_MONOTONIC`,
+/// `CLOCK_PROCESS_CPUTIME_ID` (the process's own), `CLOCK_BOOTTIME`.
+pub const PTIMER_CLOCKS: [u32; 4] = [0, 1, 2, 7];
+
+/// `ptimer <id> <clock> <notify> <signo> <tid> <abs> <value> <value_ns> <interval_ns>`:
+/// a POSIX timer of the process, made again with the same id. `id`, `clock`, `notify`,
+/// `signo` and `tid` decimal (`tid`: the thread a `SIGEV_THREAD_ID` timer signals, else
+/// 0), `abs` 0 or 1, the rest hex: `value` is the `sigev_value` its signals carry,
+/// `value_ns` when it fires next (0: disarmed; with `abs` 1 an absolute `CLOCK_REALTIME`
+/// time, else nanoseconds from when the process runs again), `interval_ns` its period
+/// (0: one-shot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ptimer {
+    pub id: u32,
+    pub clock: u32,
+    pub notify: u32,
+    pub signo: u32,
+    pub tid: u32,
+    pub absolute: bool,
+    pub value: u64,
+    pub value_ns: u64,
+    pub interval_ns: u64,
 }
 
 /// `RLIM_NLIMITS` on Linux.

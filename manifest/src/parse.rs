@@ -10,12 +10,13 @@
 use std::collections::HashSet;
 
 use crate::{
-    Copy, Creds, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, FileUpdate, InetRec, Limits,
-    Manifest, Mm, Pending, PipeRec, PipeRun, Process, PtyRec, SigRec, TcpRec, Termios, Thread,
-    Tree, TtyRec, UnixListenRec, UnixRec, Vma, VmaKind, Winsize, Zombie, HEADER, MAX_ARG_STRLEN,
-    MAX_AUXV, MAX_ERRORS, MAX_EXEC_COUNT, MAX_EXEC_STRINGS, MAX_FILE_SIZE, MAX_GROUPS, MAX_LINE,
-    MAX_PATH, MAX_PENDING, MAX_PID, MAX_PIPES, MAX_PIPE_SIZE, MAX_THREADS, MAX_VMAS, PAGE,
-    PROT_EXEC, PROT_READ, PROT_WRITE, RLIMITS,
+    Copy, Creds, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, FileUpdate, InetRec, Itimer,
+    Limits, Manifest, Mm, Pending, PipeRec, PipeRun, Process, Ptimer, PtyRec, SigRec, TcpRec,
+    Termios, Thread, Tree, TtyRec, UnixListenRec, UnixRec, Vma, VmaKind, Winsize, Zombie, HEADER,
+    ITIMER_KINDS, MAX_ARG_STRLEN, MAX_AUXV, MAX_ERRORS, MAX_EXEC_COUNT, MAX_EXEC_STRINGS,
+    MAX_FILE_SIZE, MAX_GROUPS, MAX_LINE, MAX_PATH, MAX_PENDING, MAX_PID, MAX_PIPES, MAX_PIPE_SIZE,
+    MAX_PTIMERS, MAX_PTIMER_ID, MAX_THREADS, MAX_VMAS, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE,
+    PTIMER_CLOCKS, RLIMITS, SIGEV_NONE, SIGEV_THREAD_ID,
 };
 
 /// `SIGKILL` and `SIGSTOP` (x86-64 Linux): they cannot have an action.
@@ -95,6 +96,8 @@ pub enum ErrorKind {
     EmptyPdata,
     #[error("pipe data beyond its size")]
     PipeDataBeyondSize,
+    #[error("ptimer {id} is not above the previous one")]
+    PtimerOrder { id: u32 },
     #[error("pipe {id} listed twice")]
     PipeTwice { id: u32 },
     #[error("unix {id} listed twice")]
@@ -323,9 +326,12 @@ fn check_line(raw: &[u8]) -> Result<&str, ErrorKind> {
 }
 
 /// Records that belong inside a process block (besides `process` and `end`).
-const PROCESS_RECORDS: [&str; 19] = [
+const PROCESS_RECORDS: [&str; 22] = [
     "pending",
     "cred",
+    "itimer",
+    "ptimer",
+    "ptimer-next",
     "exe",
     "cwd",
     "tree",
@@ -387,6 +393,9 @@ struct ProcBuilder {
     limits: Option<Limits>,
     creds: Option<Creds>,
     pending: Vec<Pending>,
+    itimers: Vec<Itimer>,
+    ptimers: Vec<Ptimer>,
+    ptimer_next: Option<u32>,
     mm: Option<Mm>,
     auxv: Option<Vec<u64>>,
     vmas: Vec<Vma>,
@@ -972,6 +981,9 @@ impl Parser {
             limits: None,
             creds: None,
             pending: Vec::new(),
+            itimers: Vec::new(),
+            ptimers: Vec::new(),
+            ptimer_next: None,
             mm: None,
             auxv: None,
             vmas: Vec::new(),
@@ -1055,8 +1067,22 @@ fn push_error(errors: &mut Vec<ParseError>, more: &mut usize, line: usize, kind:
 impl ProcBuilder {
     fn record(&mut self, n: usize, kind: &str, rest: &str) -> Result<(), ErrorKind> {
         let process_level = [
-            "exe", "cwd", "tree", "limits", "mm", "auxv", "vma", "copy", "fd", "epoll", "sig",
-            "pending", "cred",
+            "exe",
+            "cwd",
+            "tree",
+            "limits",
+            "mm",
+            "auxv",
+            "vma",
+            "copy",
+            "fd",
+            "epoll",
+            "sig",
+            "pending",
+            "itimer",
+            "ptimer",
+            "ptimer-next",
+            "cred",
         ];
         if let Some(record) = known(&process_level, kind) {
             if !self.threads.is_empty() {
@@ -1141,6 +1167,51 @@ impl ProcBuilder {
             }
             "sig" => self.sigs.push(sig_record(rest, &self.sigs)?),
             "pending" => push_pending(&mut self.pending, rest)?,
+            "itimer" => {
+                let (f, _) = fields(rest, 3, Tail::None)?;
+                let which = dec(f[0], "which")?;
+                if which >= ITIMER_KINDS {
+                    return Err(out_of_range("which", f[0]));
+                }
+                let value_ns = hex(f[1], "itimer value")?;
+                if value_ns == 0 {
+                    return Err(out_of_range("itimer value", f[1]));
+                }
+                let interval_ns = hex(f[2], "itimer interval")?;
+                if self.itimers.iter().any(|t| t.which == which) {
+                    return Err(ErrorKind::Second { record: "itimer" });
+                }
+                self.itimers.push(Itimer {
+                    which,
+                    value_ns,
+                    interval_ns,
+                });
+            }
+            "ptimer" => {
+                let t = ptimer_record(rest)?;
+                if self.ptimers.last().is_some_and(|p| p.id >= t.id) {
+                    return Err(ErrorKind::PtimerOrder { id: t.id });
+                }
+                if self.ptimers.len() >= MAX_PTIMERS {
+                    return Err(ErrorKind::TooMany {
+                        what: "ptimer records",
+                        limit: MAX_PTIMERS,
+                    });
+                }
+                self.ptimers.push(t);
+            }
+            "ptimer-next" => {
+                let (f, _) = fields(rest, 1, Tail::None)?;
+                let next = dec(f[0], "ptimer id")?;
+                if next > MAX_PTIMER_ID {
+                    return Err(out_of_range("ptimer id", f[0]));
+                }
+                if self.ptimer_next.replace(next).is_some() {
+                    return Err(ErrorKind::Second {
+                        record: "ptimer-next",
+                    });
+                }
+            }
             "thread" => self.thread(n, rest)?,
             _ => {
                 if let Some(record) = known(&THREAD_RECORDS, kind) {
@@ -1406,6 +1477,9 @@ impl ProcBuilder {
                 limits: self.limits,
                 creds: self.creds,
                 pending: self.pending,
+                itimers: self.itimers,
+                ptimers: self.ptimers,
+                ptimer_next: self.ptimer_next,
                 mm,
                 auxv,
                 vmas: self.vmas,
@@ -1739,6 +1813,52 @@ fn addr16(s: &str) -> Result<[u8; 16], ErrorKind> {
         *a = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad("addr", s))?;
     }
     Ok(addr)
+}
+
+/// `ptimer <id> <clock> <notify> <signo> <tid> <abs> <value> <value_ns> <interval_ns>`.
+fn ptimer_record(rest: &str) -> Result<Ptimer, ErrorKind> {
+    let (f, _) = fields(rest, 9, Tail::None)?;
+    let id = dec(f[0], "ptimer id")?;
+    if id > MAX_PTIMER_ID {
+        return Err(out_of_range("ptimer id", f[0]));
+    }
+    let clock = dec(f[1], "clock")?;
+    if !PTIMER_CLOCKS.contains(&clock) {
+        return Err(out_of_range("clock", f[1]));
+    }
+    let notify = dec(f[2], "notify")?;
+    // SIGEV_SIGNAL, SIGEV_NONE, SIGEV_THREAD, each with or without SIGEV_THREAD_ID.
+    if notify & !SIGEV_THREAD_ID > 2 {
+        return Err(out_of_range("notify", f[2]));
+    }
+    let signo = dec(f[3], "signo")?;
+    // A SIGEV_NONE timer sends nothing: its number is not checked by the kernel either.
+    let signo_ok =
+        (1..=64).contains(&signo) || (notify & !SIGEV_THREAD_ID == SIGEV_NONE && signo == 0);
+    if !signo_ok {
+        return Err(out_of_range("signo", f[3]));
+    }
+    let tid = dec(f[4], "tid")?;
+    let wants_tid = notify & SIGEV_THREAD_ID != 0;
+    if tid > MAX_PID || wants_tid != (tid != 0) {
+        return Err(out_of_range("tid", f[4]));
+    }
+    let absolute = match f[5] {
+        "0" => false,
+        "1" => true,
+        other => return Err(bad("abs", other)),
+    };
+    Ok(Ptimer {
+        id,
+        clock,
+        notify,
+        signo,
+        tid,
+        absolute,
+        value: hex(f[6], "sigev value")?,
+        value_ns: hex(f[7], "ptimer value")?,
+        interval_ns: hex(f[8], "ptimer interval")?,
+    })
 }
 
 /// `ppid pgid sid`: decimal, 0 to [`MAX_PID`] (0: none).

@@ -335,6 +335,27 @@ fn write_process(f: &mut Formatter<'_>, p: &Process) -> fmt::Result {
         write_sig(f, s)?;
     }
     write_pending(f, &p.pending)?;
+    for t in &p.itimers {
+        writeln!(f, "itimer {} {:x} {:x}", t.which, t.value_ns, t.interval_ns)?;
+    }
+    for t in &p.ptimers {
+        writeln!(
+            f,
+            "ptimer {} {} {} {} {} {} {:x} {:x} {:x}",
+            t.id,
+            t.clock,
+            t.notify,
+            t.signo,
+            t.tid,
+            u8::from(t.absolute),
+            t.value,
+            t.value_ns,
+            t.interval_ns
+        )?;
+    }
+    if let Some(next) = p.ptimer_next {
+        writeln!(f, "ptimer-next {next}")?;
+    }
     for t in &p.threads {
         write_thread(f, t)?;
     }

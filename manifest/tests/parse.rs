@@ -587,3 +587,67 @@ fn inet_sockets_and_epoll_interest_lists() {
     )
     .contains("twice"));
 }
+
+#[test]
+fn interval_and_posix_timers() {
+    let timers = "itimer 0 3b9aca00 3b9aca00\n\
+                  itimer 2 10 0\n\
+                  ptimer 0 1 0 34 0 0 2a 3b9aca00 0\n\
+                  ptimer 3 0 4 14 43 1 0 17e1f1c5a4b0c000 5f5e100\n\
+                  ptimer 5 7 1 0 0 0 0 0 0\n\
+                  ptimer-next 6\n\
+                  thread 42";
+    let m = parse(good().replacen("thread 42", timers, 1).as_bytes()).expect("timers parse");
+    let p = &m.processes[0];
+    assert_eq!(p.itimers.len(), 2);
+    assert_eq!(p.itimers[0].value_ns, 1_000_000_000);
+    assert_eq!(p.itimers[1].which, 2);
+    assert_eq!(p.ptimers.len(), 3);
+    assert_eq!(p.ptimers[0].value, 42);
+    assert_eq!(p.ptimers[0].signo, 34);
+    assert!(p.ptimers[1].absolute);
+    assert_eq!(p.ptimers[1].tid, 43);
+    assert_eq!(p.ptimers[1].interval_ns, 100_000_000);
+    assert_eq!(p.ptimer_next, Some(6));
+    assert_eq!(
+        parse(m.to_text().as_bytes()).expect("again"),
+        m,
+        "round trip"
+    );
+    // Each bad line fails the process, never the parser.
+    for bad in [
+        "itimer 3 1 0",
+        "itimer 0 0 0",
+        "itimer 0 1",
+        "ptimer 2147483648 1 0 34 0 0 0 1 0",
+        "ptimer 1 3 0 34 0 0 0 1 0",
+        "ptimer 1 1 3 34 0 0 0 1 0",
+        "ptimer 1 1 0 0 0 0 0 1 0",
+        "ptimer 1 1 0 65 0 0 0 1 0",
+        "ptimer 1 1 4 34 0 0 0 1 0",
+        "ptimer 1 1 0 34 43 0 0 1 0",
+        "ptimer 1 1 0 34 0 2 0 1 0",
+        "ptimer 1 1 0 34 0 0 0 1 0 9",
+        "ptimer-next x",
+        "ptimer-next 2147483648",
+    ] {
+        let m = with_line("thread 42", &format!("{bad}\nthread 42"));
+        assert!(!process_errors(&m).is_empty(), "{bad} accepted");
+        assert!(m.errors.is_empty(), "{bad}: {:?}", m.errors);
+    }
+    for twice in [
+        "itimer 0 1 0\nitimer 0 2 0",
+        "ptimer 4 1 0 34 0 0 0 1 0\nptimer 4 1 0 34 0 0 0 1 0",
+        "ptimer 4 1 0 34 0 0 0 1 0\nptimer 3 1 0 34 0 0 0 1 0",
+        "ptimer-next 1\nptimer-next 1",
+    ] {
+        let m = with_line("thread 42", &format!("{twice}\nthread 42"));
+        assert_eq!(process_errors(&m).len(), 1, "{twice}");
+    }
+    // After the first thread they are misplaced.
+    let m = with_line("thread 43", "ptimer 1 1 0 34 0 0 0 1 0\nthread 43");
+    assert!(matches!(
+        process_errors(&m)[0].kind,
+        ErrorKind::AfterFirstThread { record: "ptimer" }
+    ));
+}

@@ -398,6 +398,42 @@ fn process(r: &mut Rng) -> Process {
         limits: r.bool().then(|| limits(r)),
         creds: r.bool().then(|| creds(r)),
         pending: pending(r, pid),
+        itimers: {
+            let mut out = Vec::new();
+            for which in 0..3u32 {
+                if r.bool() {
+                    out.push(owvmm_manifest::Itimer {
+                        which,
+                        value_ns: 1 + r.below(u64::MAX - 1),
+                        interval_ns: if r.bool() { 0 } else { r.below(u64::MAX) },
+                    });
+                }
+            }
+            out
+        },
+        ptimers: {
+            let mut id = 0u32;
+            (0..r.below(4))
+                .map(|_| {
+                    id += 1 + u32::try_from(r.below(1000)).expect("small");
+                    let notify = [0, 1, 2, 4, 5, 6][usize::try_from(r.below(6)).expect("small")];
+                    owvmm_manifest::Ptimer {
+                        id,
+                        clock: [0, 1, 2, 7][usize::try_from(r.below(4)).expect("small")],
+                        notify,
+                        signo: 1 + u32::try_from(r.below(64)).expect("signo"),
+                        tid: if notify & 4 != 0 { pid } else { 0 },
+                        absolute: r.bool(),
+                        value: r.below(u64::MAX),
+                        value_ns: r.below(u64::MAX),
+                        interval_ns: r.below(u64::MAX),
+                    }
+                })
+                .collect()
+        },
+        ptimer_next: r
+            .bool()
+            .then(|| u32::try_from(r.below(0x8000_0000)).expect("id")),
         threads,
     }
 }

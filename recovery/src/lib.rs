@@ -26,6 +26,7 @@ pub mod sockets;
 pub mod symbols;
 pub mod tasks;
 pub mod tcp;
+pub mod timers;
 pub mod transfer;
 pub mod ttys;
 

@@ -938,6 +938,7 @@ fn render_process(
         });
     }
     let pending = pending_of(k, leader, threads, notes);
+    let timers = timers_of(k, leader, threads, notes);
     let process = wire::Process {
         pid: wire_pid(leader.pid)?,
         comm: leader.comm.as_bytes().to_vec(),
@@ -962,6 +963,9 @@ fn render_process(
         epoll,
         sigs,
         pending,
+        itimers: timers.itimers,
+        ptimers: timers.ptimers,
+        ptimer_next: timers.next_id,
         limits: proc_.limits,
         creds: Some(proc_.creds.clone().ok_or(ManifestError::NoCreds)?),
         tree: tree_of(leader),
@@ -1011,6 +1015,39 @@ fn pending_of(
     }
     out.truncate(wire::MAX_PENDING);
     out
+}
+
+/// The interval and POSIX timers of the process led by `leader`; what cannot be read is a
+/// note (those timers are lost; a `SIGEV_THREAD_ID` timer whose thread is not one of
+/// `threads` too).
+fn timers_of(
+    k: &Kernel<'_>,
+    leader: &Task,
+    threads: &[&Task],
+    notes: &mut Vec<String>,
+) -> crate::timers::Timers {
+    let Ok(signal) = k.read_field("task_struct", "signal", leader.addr) else {
+        notes.push(format!("pid {}: timers: signal unreadable", leader.tgid));
+        return crate::timers::Timers::default();
+    };
+    let now = crate::eventfds::monotonic_now(k);
+    let mut got = crate::timers::read_timers(k, signal, now);
+    got.value.ptimers.retain(|t| {
+        let ok = t.tid == 0 || threads.iter().any(|th| u32::try_from(th.pid) == Ok(t.tid));
+        if !ok {
+            got.problems.push(format!(
+                "POSIX timer {} not restored: its thread {} is not restored",
+                t.id, t.tid
+            ));
+        }
+        ok
+    });
+    notes.extend(
+        got.problems
+            .iter()
+            .map(|p| format!("pid {}: {p}", leader.tgid)),
+    );
+    got.value
 }
 
 /// `SIG_IGN` as a handler.

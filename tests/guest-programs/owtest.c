@@ -44,6 +44,14 @@
  *                        inheritable and ambient), CAP_SYS_MODULE out of its bounding set;
  *                        prints every second (n=) its ids, groups, capability sets and
  *                        dumpable flag as the kernel reports them
+ *   owtest timers       an ITIMER_REAL of 1 s (period 1 s) counting SIGALRMs, a
+ *                        CLOCK_MONOTONIC POSIX timer of 0.5 s (period 0.5 s) sending
+ *                        SIGRTMIN with the value 42 (counted, the value checked), and a
+ *                        CLOCK_BOOTTIME one set to fire in 3600 s (SIGRTMIN+1). Every
+ *                        second (n=) it prints the counts, the two POSIX timers' ids, the
+ *                        fast one's timer_getoverrun, the time left of the ITIMER_REAL
+ *                        and of the long timer in ms (left=; timer_gettime) and whether
+ *                        every call on the ids worked (ok=yes)
  *   owtest corrupt INIT_TASK TASKS PID MM MT_ROOT
  *                        (a hostile-kernel test, not an ordinary program) starts three
  *                        children that sleep, then corrupts the running kernel's view of
@@ -73,6 +81,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/signalfd.h>
 #include <sys/timerfd.h>
 #include <sys/wait.h>
@@ -645,6 +654,74 @@ static int creds(void) {
     }
 }
 
+static volatile sig_atomic_t alarms, rt_fast, rt_slow, rt_bad_value;
+
+static void on_alarm(int s) {
+    (void)s;
+    alarms++;
+}
+
+static void on_timer(int s, siginfo_t *si, void *u) {
+    (void)u;
+    if (s == SIGRTMIN) {
+        rt_fast++;
+        if (si->si_value.sival_int != 42)
+            rt_bad_value++;
+    } else {
+        rt_slow++;
+    }
+}
+
+static int timers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_alarm;
+    sigaction(SIGALRM, &sa, NULL);
+    sa.sa_sigaction = on_timer;
+    sa.sa_flags = SA_SIGINFO;
+    sigaction(SIGRTMIN, &sa, NULL);
+    sigaction(SIGRTMIN + 1, &sa, NULL);
+    struct itimerval it = {{1, 0}, {1, 0}};
+    if (setitimer(ITIMER_REAL, &it, NULL) != 0) {
+        printf("timers pid=%d setitimer: %s\n", getpid(), strerror(errno));
+        return 1;
+    }
+    timer_t fast, slow;
+    struct sigevent ev;
+    memset(&ev, 0, sizeof ev);
+    ev.sigev_notify = SIGEV_SIGNAL;
+    ev.sigev_signo = SIGRTMIN;
+    ev.sigev_value.sival_int = 42;
+    struct itimerspec half = {{0, 500000000}, {0, 500000000}};
+    struct itimerspec hour = {{0, 0}, {3600, 0}};
+    if (timer_create(CLOCK_MONOTONIC, &ev, &fast) != 0 || timer_settime(fast, 0, &half, NULL) != 0) {
+        printf("timers pid=%d fast timer: %s\n", getpid(), strerror(errno));
+        return 1;
+    }
+    ev.sigev_signo = SIGRTMIN + 1;
+    ev.sigev_value.sival_int = 43;
+    if (timer_create(CLOCK_BOOTTIME, &ev, &slow) != 0 || timer_settime(slow, 0, &hour, NULL) != 0) {
+        printf("timers pid=%d slow timer: %s\n", getpid(), strerror(errno));
+        return 1;
+    }
+    for (long n = 1;; n++) {
+        struct itimerspec f, l;
+        struct itimerval r;
+        int ok = timer_gettime(fast, &f) == 0 && timer_gettime(slow, &l) == 0 &&
+                 getitimer(ITIMER_REAL, &r) == 0 && f.it_interval.tv_nsec == 500000000 &&
+                 r.it_interval.tv_sec == 1;
+        int over = timer_getoverrun(fast);
+        printf("timers pid=%d n=%ld alarms=%d rt=%d slowrt=%d value=%s fast=%ld slow=%ld "
+               "overrun=%d real=%ld left=%ld ok=%s\n",
+               getpid(), n, (int)alarms, (int)rt_fast, (int)rt_slow, rt_bad_value ? "bad" : "ok",
+               (long)(intptr_t)fast, (long)(intptr_t)slow, over,
+               (long)r.it_value.tv_sec * 1000 + r.it_value.tv_usec / 1000,
+               (long)l.it_value.tv_sec * 1000 + l.it_value.tv_nsec / 1000000,
+               ok && over >= 0 ? "yes" : "no");
+        sleep_1s();
+    }
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc == 3 && strcmp(argv[1], "heap") == 0)
@@ -667,8 +744,10 @@ int main(int argc, char **argv) {
         return bigwrite();
     if (argc == 2 && strcmp(argv[1], "creds") == 0)
         return creds();
+    if (argc == 2 && strcmp(argv[1], "timers") == 0)
+        return timers();
     fprintf(stderr,
             "usage: owtest heap MIB | threads FILE | sleeper | events | unixpair | family | "
-            "pending | bigwrite | creds\n");
+            "pending | bigwrite | creds | timers\n");
     return 2;
 }

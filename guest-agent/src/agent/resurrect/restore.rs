@@ -1044,6 +1044,10 @@ fn build(
         tid.set_sigmask(t.sigmask)?;
     }
 
+    // Its timers, late (they run from here on), before the limits (a low
+    // RLIMIT_SIGPENDING must not refuse a POSIX timer's preallocated signal).
+    set_timers(p, &inj, leader, &base, data);
+
     // Its umask, personality and limits (the limits last, from outside: a lower
     // RLIMIT_AS or RLIMIT_NOFILE must not fail the rebuild).
     if let Some(l) = &p.limits {
@@ -1514,6 +1518,159 @@ pub(super) fn queue_pending(pid: i32, pending: &[super::manifest::Pending]) {
     }
 }
 
+/// Most `timer_create` calls made for one process (each id below the wanted ones costs
+/// one, as the kernel gives ids in increasing order).
+const MAX_TIMER_CREATES: usize = super::manifest::MAX_PTIMERS;
+/// `SIGEV_NONE`, `TIMER_ABSTIME`.
+const SIGEV_NONE: u32 = 1;
+const TIMER_ABSTIME: u64 = 1;
+
+/// A `struct sigevent` (64 bytes on x86-64): value, signo, notify, then the thread id.
+fn sigevent(value: u64, signo: u32, notify: u32, tid: u32) -> [u8; 64] {
+    let mut ev = [0u8; 64];
+    ev[..8].copy_from_slice(&value.to_ne_bytes());
+    ev[8..12].copy_from_slice(&signo.to_ne_bytes());
+    ev[12..16].copy_from_slice(&notify.to_ne_bytes());
+    ev[16..20].copy_from_slice(&tid.to_ne_bytes());
+    ev
+}
+
+/// `struct itimerspec` / `struct itimerval` bytes: the interval, then the value (seconds,
+/// then nanoseconds or, with `micro`, microseconds, a value never rounded to 0).
+fn timer_value(value_ns: u64, interval_ns: u64, micro: bool) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, ns) in [interval_ns, value_ns].into_iter().enumerate() {
+        let (sec, mut frac) = (ns / 1_000_000_000, ns % 1_000_000_000);
+        if micro {
+            frac /= 1000;
+            if i == 1 && sec == 0 && frac == 0 && ns > 0 {
+                frac = 1;
+            }
+        }
+        out[i * 16..i * 16 + 8].copy_from_slice(&sec.min(i64::MAX as u64).to_ne_bytes());
+        out[i * 16 + 8..i * 16 + 16].copy_from_slice(&frac.to_ne_bytes());
+    }
+    out
+}
+
+/// Arms the interval timers and makes the POSIX timers of `p` again in its stopped leader
+/// `t`, each with its old id: the kernel hands ids out in increasing order, so timers are
+/// made (and the unwanted ones deleted) until the id comes up, at most
+/// [`MAX_TIMER_CREATES`] in all; then the next id is brought where it was. What cannot be
+/// done is logged, never fatal (the process then lacks that timer).
+fn set_timers(p: &Process, inj: &Injector, t: Tid, base: &Regs, data: u64) {
+    let pid = t.0;
+    let (slot, ev_at, val_at) = (data, data + 16, data + 96);
+    let run = |nr: i64, args: [u64; 6], what: &str| -> Result<u64, Error> {
+        inj.call(t, base, nr, args, what)
+    };
+    let mut budget = MAX_TIMER_CREATES;
+    // The id the kernel gives next, once known.
+    let mut next: Option<u32> = None;
+    // Makes one timer; its id.
+    let create = |clock: u32, ev: &[u8; 64]| -> Result<u32, Error> {
+        inj.write(ev_at, ev)?;
+        inj.write(slot, &[0u8; 4])?;
+        run(
+            libc::SYS_timer_create,
+            [u64::from(clock), ev_at, slot, 0, 0, 0],
+            "timer_create",
+        )?;
+        let mut id = [0u8; 4];
+        inj.read(slot, &mut id)?;
+        Ok(u32::from_ne_bytes(id))
+    };
+    let delete = |id: u32| {
+        if let Err(e) = run(
+            libc::SYS_timer_delete,
+            [u64::from(id), 0, 0, 0, 0, 0],
+            "timer_delete",
+        ) {
+            crate::log!("resurrect {pid}: filler timer {id} not deleted: {e}");
+        }
+    };
+    'timers: for pt in &p.ptimers {
+        let ev = sigevent(pt.value, pt.signo, pt.notify, pt.tid);
+        loop {
+            if next.is_some_and(|n| n > pt.id) {
+                crate::log!(
+                    "resurrect {pid}: POSIX timer {} not restored: the ids are past it",
+                    pt.id
+                );
+                continue 'timers;
+            }
+            if budget == 0 {
+                crate::log!(
+                    "resurrect {pid}: POSIX timer {} not restored: more than {MAX_TIMER_CREATES} ids to go through",
+                    pt.id
+                );
+                continue 'timers;
+            }
+            budget -= 1;
+            let id = match create(pt.clock, &ev) {
+                Ok(id) => id,
+                Err(e) => {
+                    crate::log!("resurrect {pid}: POSIX timer {} not restored: {e}", pt.id);
+                    continue 'timers;
+                }
+            };
+            next = Some(id.wrapping_add(1));
+            if id != pt.id {
+                delete(id);
+                continue;
+            }
+            if pt.value_ns > 0 {
+                let flags = if pt.absolute { TIMER_ABSTIME } else { 0 };
+                let r = inj
+                    .write(val_at, &timer_value(pt.value_ns, pt.interval_ns, false))
+                    .and_then(|()| {
+                        run(
+                            libc::SYS_timer_settime,
+                            [u64::from(id), flags, val_at, 0, 0, 0],
+                            "timer_settime",
+                        )
+                    });
+                if let Err(e) = r {
+                    crate::log!("resurrect {pid}: POSIX timer {id} made but not armed: {e}");
+                }
+            }
+            continue 'timers;
+        }
+    }
+    // The next id where it was (ids already past it stay past it).
+    if let Some(want) = p.ptimer_next {
+        let none = sigevent(0, 0, SIGEV_NONE, 0);
+        while budget > 0 && next.is_none_or(|n| n < want) {
+            budget -= 1;
+            match create(libc::CLOCK_MONOTONIC.unsigned_abs(), &none) {
+                Ok(id) => {
+                    next = Some(id.wrapping_add(1));
+                    delete(id);
+                }
+                Err(e) => {
+                    crate::log!("resurrect {pid}: next POSIX timer id not restored: {e}");
+                    break;
+                }
+            }
+        }
+    }
+    // The interval timers last: the fewer signals stop the injected calls, the better.
+    for it in &p.itimers {
+        let r = inj
+            .write(val_at, &timer_value(it.value_ns, it.interval_ns, true))
+            .and_then(|()| {
+                run(
+                    libc::SYS_setitimer,
+                    [u64::from(it.which), val_at, 0, 0, 0, 0],
+                    "setitimer",
+                )
+            });
+        if let Err(e) = r {
+            crate::log!("resurrect {pid}: itimer {} not restored: {e}", it.which);
+        }
+    }
+}
+
 /// Puts the resource limits `rlimits` (by resource number) on process `pid`; one the
 /// crash kernel refuses (a hard limit above `fs.nr_open`) is logged and left as it is.
 fn set_rlimits(pid: i32, rlimits: &[(u64, u64)]) {
@@ -1596,6 +1753,32 @@ pub fn clusters_of(runs: impl Iterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timer_structs_are_laid_out_as_the_kernel_reads_them() {
+        let ev = sigevent(0x2a, 34, 4, 77);
+        assert_eq!(std::mem::size_of::<libc::sigevent>(), ev.len());
+        assert_eq!(std::mem::offset_of!(libc::sigevent, sigev_value), 0);
+        assert_eq!(std::mem::offset_of!(libc::sigevent, sigev_signo), 8);
+        assert_eq!(std::mem::offset_of!(libc::sigevent, sigev_notify), 12);
+        assert_eq!(&ev[..8], &0x2au64.to_ne_bytes());
+        assert_eq!(&ev[8..16], &[34, 0, 0, 0, 4, 0, 0, 0]);
+        // The thread id is the first word of the union after them.
+        assert_eq!(&ev[16..20], &77u32.to_ne_bytes());
+        assert_eq!(std::mem::size_of::<libc::itimerspec>(), 32);
+        assert_eq!(std::mem::size_of::<libc::itimerval>(), 32);
+        let v = timer_value(3_600_000_000_123, 1_000_000_000, false);
+        assert_eq!(&v[..8], &1u64.to_ne_bytes());
+        assert_eq!(&v[8..16], &0u64.to_ne_bytes());
+        assert_eq!(&v[16..24], &3600u64.to_ne_bytes());
+        assert_eq!(&v[24..], &123u64.to_ne_bytes());
+        // setitimer's microseconds: a value under one is one, never 0 (disarmed).
+        let v = timer_value(999, 0, true);
+        assert_eq!(&v[16..24], &0u64.to_ne_bytes());
+        assert_eq!(&v[24..], &1u64.to_ne_bytes());
+        let v = timer_value(1_500_000_000, 0, true);
+        assert_eq!(&v[24..], &500_000u64.to_ne_bytes());
+    }
 
     #[test]
     fn clusters_merge_close_runs_only() {
