@@ -88,3 +88,40 @@ impl Drop for Netns {
             .output();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read as _;
+
+    /// Needs root and iproute2: `cargo test -p owvmm-benches -- --ignored netns`.
+    #[test]
+    #[ignore = "needs root (ip netns)"]
+    fn netns_connections_are_made_inside() {
+        let home = std::fs::read_link("/proc/thread-self/ns/net").expect("own namespace");
+        let ns = Netns::new("-test", "owt0", "169.254.81.1/24").expect("netns");
+        // Connections to the namespace's own address go through its loopback.
+        run_ok("ip", &["-n", ns.name(), "link", "set", "lo", "up"]).expect("lo up");
+        let mut srv = ns
+            .cmd("busybox")
+            .args(["nc", "-l", "-p", "7077", "-e", "echo", "hi"])
+            .spawn()
+            .expect("nc");
+        let addr: SocketAddr = "169.254.81.1:7077".parse().expect("addr");
+        let mut got = String::new();
+        for _ in 0..50 {
+            if let Ok(mut s) = ns.connect(addr, Duration::from_millis(200)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = s.read_to_string(&mut got);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = srv.kill();
+        let _ = srv.wait();
+        assert_eq!(got.trim(), "hi");
+        // Back in the bench's own namespace.
+        let now = std::fs::read_link("/proc/thread-self/ns/net").expect("own namespace");
+        assert_eq!(home, now);
+    }
+}

@@ -205,7 +205,7 @@ impl Guest {
                     _ => {}
                 }
             }
-            if let Some(ns) = ns.filter(|_| agent_ready_s.is_some()) {
+            if let Some(ns) = ns {
                 if probed.elapsed() >= PROBE_EVERY {
                     probed = Instant::now();
                     match w.serve(ns, false) {

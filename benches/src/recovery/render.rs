@@ -205,7 +205,7 @@ pub fn section(h: &Header, results: &[SizeResult], o: &Opts) -> String {
     md.push_str(
         "- **Reboot + restart** (the peer, same run, same machine): a cold boot of the same guest with the same program, from spawning \
          `owvmm run` to the program's first line (`count=1`, `n=1`) or a server's first request served (`PING` / `version` from a fresh \
-         connection, every 100 ms once the agent is ready); what the program held is lost there (its count and heap, the pipeline's \
+         connection, asked every 100 ms from the spawn on); what the program held is lost there (its count and heap, the pipeline's \
          numbering, the servers' keys: the bench counts them on the rebooted server). The cold boots of the guests that were then \
          crashed count, and more are run until there are as many as crashes.\n",
     );
