@@ -92,7 +92,7 @@ fn headline(r: &SizeResult) -> (Option<f64>, Option<f64>) {
 fn state_after_crash(r: &SizeResult) -> String {
     let Some(c) = r.crashes.iter().find(|c| c.ok()) else {
         return match r.crashes.iter().find_map(|c| c.state_after.as_ref()) {
-            Some(st) => format!("**not kept**: {}", st.text()),
+            Some(st) => format!("not kept: {}", st.text()),
             None => "-".into(),
         };
     };
@@ -116,9 +116,23 @@ fn state_after_reboot(r: &SizeResult) -> String {
         return "-".into();
     };
     match (&b.state, r.workload) {
-        (Some(st), _) => format!("**lost**: {} of {}", st.text(), st.expected),
-        (None, Workload::Pipeline) => format!("**lost**: numbering starts again (n={})", b.count),
-        (None, _) => format!("**lost**: count={}, a new heap", b.count),
+        (Some(st), _) if st.kept() => format!("kept?: {}", st.text()),
+        (Some(st), _) => {
+            let refill = r
+                .fills
+                .iter()
+                .find_map(|f| f.as_ref().ok())
+                .map_or_else(String::new, |(s, _)| {
+                    format!(" (filling it took {s:.1} s in this run)")
+                });
+            format!(
+                "lost: {} of {} keys{refill}",
+                st.keys.map_or_else(|| "?".to_string(), |k| k.to_string()),
+                st.expected
+            )
+        }
+        (None, Workload::Pipeline) => format!("lost: numbering starts again (n={})", b.count),
+        (None, _) => format!("lost: count={}, a new heap", b.count),
     }
 }
 
@@ -250,7 +264,7 @@ pub fn section(h: &Header, results: &[SizeResult], o: &Opts) -> String {
             num(reboot, 1),
             ratio.map_or_else(|| "-".into(), |x| format!("**{x:.1}x**")),
             cell(&state_after_crash(r)),
-            cell(&state_after_reboot(r)),
+            cell(&state_after_reboot(r)).replacen("lost:", "**lost**:", 1),
             format!(
                 "{} → {}",
                 med(c, |x| mib_f(x.rss_before_mib), 0),
@@ -326,7 +340,7 @@ fn size_detail(md: &mut String, r: &SizeResult, failures: &mut Vec<String>) {
         "crash kernel start (ms)",
         "resurrect, VMM / agent (ms)",
         "total (ms)",
-        "prints again (s)",
+        "back (s)",
         "restored / failed",
         "RSS (MiB)",
         "notes",
@@ -679,7 +693,7 @@ mod tests {
         o.workloads = vec![Workload::Redis { mib: 64 }];
         let md = section(&header(), &[server_result()], &o);
         assert!(md.contains("| redis 64 MiB of keys | 256 | 1/1 |"), "{md}");
-        assert!(md.contains("| 40.00 | 60.0 | **1.5x** | kept: 16777 keys, 32/32 values right, same pid | **lost**: 0 keys, 0/32 values right of 16777 |"), "{md}");
+        assert!(md.contains("| 40.00 | 60.0 | **1.5x** | kept: 16777 keys, 32/32 values right, same pid | **lost**: 0 of 16777 keys (filling it took 35.0 s in this run) |"), "{md}");
         assert!(
             md.contains("16777 keys, 32/32 values right → 16777 keys, 32/32 values right"),
             "{md}"
