@@ -99,8 +99,14 @@ fn state_after_crash(r: &SizeResult) -> String {
     match (&c.state_after, &c.line_after) {
         (Some(st), _) => format!("kept: {}, same pid", st.text()),
         (None, Some(h)) if r.workload == Workload::Pipeline => format!(
-            "kept: n={} → n={}, no line missing, same pid",
-            c.count_before, h.count
+            "kept: n={} → n={}{}, no line missing, same pid",
+            c.count_before,
+            h.count,
+            if h.count == c.count_before + workload::PIPE_EVERY {
+                " (the next one)"
+            } else {
+                " (not the next printed one: a console line was lost)"
+            }
         ),
         (None, Some(h)) => format!(
             "kept: count {} → {}, sum=ok, same pid",
