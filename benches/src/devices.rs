@@ -19,7 +19,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::error::{chain, io, BenchError, Result};
-use crate::proc::{tail, Guard};
+use crate::net::Netns;
+use crate::proc::{run_ok, tail, Guard};
 use crate::report::{median, num, Table};
 
 /// The namespace's host side and the guest.
@@ -67,58 +68,6 @@ struct DevRun {
     get_rps: Option<f64>,
 }
 
-/// A network namespace with the tap, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Result<Netns> {
-        let name = format!("owvmm-bench{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let ns = Netns(name);
-        let n = ns.0.as_str();
-        for args in [
-            vec!["netns", "add", n],
-            vec!["-n", n, "tuntap", "add", "dev", TAP, "mode", "tap"],
-            vec!["-n", n, "addr", "add", HOST_CIDR, "dev", TAP],
-            vec!["-n", n, "link", "set", TAP, "up"],
-        ] {
-            run_ok("ip", &args)?;
-        }
-        Ok(ns)
-    }
-
-    fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0, program]);
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-fn run_ok(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| BenchError::Spawn {
-            program: program.into(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(BenchError::Command {
-            command: format!("{program} {}", args.join(" ")),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// The MB/s of a `LABEL: bytes=N t0=UPTIME t1=UPTIME` line (the guest's /proc/uptime
 /// around the dd: Debian's busybox dd prints no rate).
 pub fn dd_rate(console: &str, label: &str) -> Option<f64> {
@@ -148,16 +97,19 @@ pub fn csv_rps(csv: &str, test: &str) -> Option<f64> {
 }
 
 /// The image the guests boot: kernel, agent-only initramfs, root image.
-struct Image {
+pub struct Image {
     vmlinux: PathBuf,
     agent_initrd: PathBuf,
     full_initrd: PathBuf,
     root: PathBuf,
 }
 
-fn build_image(owvmm: &Path) -> Result<Image> {
-    eprintln!("bench: building the root image (owvmm image build --with redis-server)");
-    let out = crate::proc::output(owvmm, &["image", "build", "--with", "redis-server"])?;
+/// `owvmm image build --with PACKAGES`: builds (or finds cached) the root image of these
+/// Debian packages, and the kernel and initramfs beside it. Run it outside a network
+/// namespace: the build needs Debian's mirror.
+pub fn build_image(owvmm: &Path, packages: &str) -> Result<Image> {
+    eprintln!("bench: building the root image (owvmm image build --with {packages})");
+    let out = crate::proc::output(owvmm, &["image", "build", "--with", packages])?;
     let field = |k: &str| {
         out.lines()
             .find_map(|l| l.strip_prefix(k).map(|v| PathBuf::from(v.trim())))
@@ -438,7 +390,7 @@ pub fn run(o: &Opts, cmdline: String) -> Result<bool> {
             )));
         }
     }
-    let img = build_image(&o.owvmm)?;
+    let img = build_image(&o.owvmm, "redis-server")?;
     let work = std::env::temp_dir().join(format!("owvmm-bench-dev-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(io("cannot create scratch directory", &work))?;
     let qemu_initrd = qemu_initrd(&img.agent_initrd, &work)?;
@@ -446,7 +398,7 @@ pub fn run(o: &Opts, cmdline: String) -> Result<bool> {
         o,
         img,
         cmdline,
-        ns: Netns::new()?,
+        ns: Netns::new("", TAP, HOST_CIDR)?,
         work: work.clone(),
         qemu_initrd,
     };

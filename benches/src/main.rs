@@ -6,6 +6,7 @@ mod ctl;
 mod devices;
 mod error;
 mod guest;
+mod net;
 mod proc;
 mod recovery;
 mod report;
@@ -24,8 +25,9 @@ use runs::{Boot, Restore, Setup, Snapshot};
 pub const USAGE: &str = "\
 usage: owvmm-bench [--runs N] [--mem MIB] [--out FILE] [--timeout-secs S]
                    [--owvmm PATH] [--qemu PATH]
-       owvmm-bench --recovery [--sizes MIB,MIB,...] [--runs N] [--out FILE]
-                   [--timeout-secs S] [--recovery-timeout-secs S] [--owvmm PATH]
+       owvmm-bench --recovery [--workloads LIST | --sizes MIB,MIB,...] [--runs N]
+                   [--out FILE] [--json FILE] [--timeout-secs S]
+                   [--recovery-timeout-secs S] [--owvmm PATH]
        owvmm-bench --devices [--runs N] [--out FILE] [--timeout-secs S]
                    [--owvmm PATH] [--qemu PATH]
 
@@ -36,13 +38,26 @@ usage: owvmm-bench [--runs N] [--mem MIB] [--out FILE] [--timeout-secs S]
   --owvmm PATH       owvmm binary (default $OWVMM_BIN, else target/release/owvmm)
   --qemu PATH        QEMU binary (default qemu-system-x86_64)
 
-  --recovery         instead: the recovery benchmark (a program with a heap of each
-                     size survives guest kernel crashes; against reboot + restart)
-  --sizes LIST       heap sizes in MiB for --recovery (default 16,64,256)
+  --recovery         instead: the recovery benchmark (programs survive guest kernel
+                     crashes; against reboot + restart of the same program)
+  --workloads LIST   what --recovery runs, comma-separated, in this order:
+                       heap:MIB       owtest heap MIB (console lines, checksummed heap)
+                       redis:MIB      Debian's redis-server (--with redis-server) with
+                                      MIB MiB of 4000-byte values (DEBUG POPULATE)
+                       memcached:MIB  Debian's memcached (--with memcached), MIB MiB of
+                                      4000-byte values set from the host over TCP
+                       pipeline       producer | busybox awk | consumer on the console
+                     e.g. heap:16,redis:64,redis:256,memcached:64,pipeline. The servers
+                     get a tap in a network namespace of the bench's own (169.254.80.0/24);
+                     needs root, iproute2, redis-tools and Debian's package lists
+  --sizes LIST       shorthand for heap workloads: --sizes 16,64 is
+                     --workloads heap:16,heap:64 (the default is 16,64,256)
+  --json FILE        with --recovery: also write the figures as JSON
+                     ({\"recovery\": [one entry per workload]})
   --recovery-timeout-secs S
                      limit from a crash request until the program prints again
                      (default 300)
-  With --recovery, --runs is the number of crashes (and cold boots) per size, and --out
+  With --recovery, --runs is the number of crashes (and cold boots) per workload, and --out
   defaults to benches/results/recovery.md; with that default the section is also put into
   benches/results/latest.md (replacing an earlier one) when that file exists.
 
@@ -72,6 +87,8 @@ struct Args {
     recovery: bool,
     devices: bool,
     sizes: Vec<u64>,
+    workloads: Option<Vec<recovery::workload::Workload>>,
+    json: Option<PathBuf>,
     recovery_timeout: Duration,
     mem_given: bool,
     out_given: bool,
@@ -90,6 +107,8 @@ fn parse_args() -> Result<Args> {
         recovery: false,
         devices: false,
         sizes: recovery::DEFAULT_SIZES.to_vec(),
+        workloads: None,
+        json: None,
         recovery_timeout: Duration::from_secs(300),
         mem_given: false,
         out_given: false,
@@ -145,6 +164,13 @@ fn parse_args() -> Result<Args> {
                 }
                 a.sizes_given = true;
             }
+            "--workloads" => {
+                a.workloads = Some(
+                    recovery::workload::Workload::parse_list(&value)
+                        .map_err(|e| BenchError::Usage(format!("--workloads: {e}")))?,
+                );
+            }
+            "--json" => a.json = Some(PathBuf::from(value)),
             "--recovery-timeout-secs" => {
                 a.recovery_timeout = Duration::from_secs(number(&value)?);
             }
@@ -163,8 +189,15 @@ fn parse_args() -> Result<Args> {
             "--recovery and --devices are two benchmarks: run one at a time".into(),
         ));
     }
-    if !a.recovery && a.sizes_given {
-        return Err(BenchError::Usage("--sizes needs --recovery".into()));
+    if !a.recovery && (a.sizes_given || a.workloads.is_some() || a.json.is_some()) {
+        return Err(BenchError::Usage(
+            "--sizes, --workloads and --json need --recovery".into(),
+        ));
+    }
+    if a.sizes_given && a.workloads.is_some() {
+        return Err(BenchError::Usage(
+            "--sizes and --workloads: give the heap sizes in --workloads (heap:16,...)".into(),
+        ));
     }
     Ok(a)
 }
@@ -223,8 +256,30 @@ fn run() -> Result<bool> {
     let root = root();
     if args.recovery {
         let default_out = root.join("benches/results/recovery.md");
+        let how = match &args.workloads {
+            Some(w) => format!(
+                "--workloads {}",
+                w.iter().map(|w| w.spec()).collect::<Vec<_>>().join(",")
+            ),
+            None => format!(
+                "--sizes {}",
+                args.sizes
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        };
+        let workloads = args.workloads.unwrap_or_else(|| {
+            args.sizes
+                .iter()
+                .map(|&mib| recovery::workload::Workload::Heap { mib })
+                .collect()
+        });
         return recovery::run(&recovery::Opts {
-            sizes: args.sizes,
+            workloads,
+            how,
+            json: args.json,
             runs: args.runs,
             out: if args.out_given {
                 args.out

@@ -153,6 +153,26 @@ pub fn tail(path: &Path, n: usize) -> String {
     s
 }
 
+/// Runs a short command to completion and returns its stdout; fails with its stderr.
+pub fn run_ok(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| BenchError::Spawn {
+            program: program.into(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(BenchError::Command {
+            command: format!("{program} {}", args.join(" ")),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Runs a short command to completion and returns its stdout (stderr goes to ours).
 pub fn output(program: &Path, args: &[&str]) -> Result<String> {
     let out = Command::new(program)

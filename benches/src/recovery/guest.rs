@@ -1,14 +1,14 @@
-//! One owvmm guest running the heap program: cold boot until the program prints, crash
-//! and recovery with every event recorded, stop.
+//! One owvmm guest running a workload: cold boot until the program prints (or serves its
+//! first request), crash and recovery with every event recorded, stop.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::console::{is_malloc_failure, parse_heap, Console, HeapLine};
+use super::console::{is_malloc_failure, Console, HeapLine};
+use super::workload::{Answer, StateCheck, Workload};
 use crate::ctl::{self, Conn};
 use crate::error::{BenchError, Result};
 use crate::proc::{tail, Guard};
@@ -21,6 +21,8 @@ const NOT_RESTORED_GRACE: Duration = Duration::from_secs(10);
 /// How long the program may take for its next line after it came back (before the next
 /// crash in the same guest).
 const SETTLE: Duration = Duration::from_secs(120);
+/// How often a network workload is asked whether it serves again.
+const PROBE_EVERY: Duration = Duration::from_millis(100);
 
 /// What every guest of the recovery benchmark shares.
 pub struct Env {
@@ -28,35 +30,16 @@ pub struct Env {
     pub owvmm: PathBuf,
     /// The static heap program on the host.
     pub program: PathBuf,
+    /// The static pipeline program on the host.
+    pub pipe_program: PathBuf,
+    /// The network namespace with the tap (when a workload needs it).
+    pub ns: Option<crate::net::Netns>,
     /// Logs, sockets.
     pub work: PathBuf,
     /// Limit for a cold boot until the program prints.
     pub boot_timeout: Duration,
     /// Limit from the crash request until the program prints again.
     pub recovery_timeout: Duration,
-}
-
-/// Where the program is put in the guest.
-pub const GUEST_PROGRAM: &str = "/opt/owtest/owtest-static";
-
-/// The `owvmm run` arguments of a guest with `mem` MiB running the heap program with
-/// `mib` MiB (the control socket is added by [`Guest::boot`]).
-pub fn run_args(env: &Env, mem: u64, mib: u64) -> Vec<OsString> {
-    let mut add = OsString::from(env.program.as_os_str());
-    add.push(":");
-    add.push(GUEST_PROGRAM);
-    vec![
-        "--mem".into(),
-        mem.to_string().into(),
-        "--vcpus".into(),
-        "1".into(),
-        "--add".into(),
-        add,
-        "--exec".into(),
-        format!("{GUEST_PROGRAM} heap {mib}").into(),
-        "--on-crash".into(),
-        "microreboot".into(),
-    ]
 }
 
 /// A cold boot until the program's first line.
@@ -72,6 +55,8 @@ pub struct BootTime {
     pub count: u64,
     /// The guest was then crashed (it is the guest of the recovery runs), or only booted.
     pub crashed_later: bool,
+    /// What the fresh program holds (a server's keys after the reboot).
+    pub state: Option<StateCheck>,
 }
 
 /// One crash and recovery.
@@ -121,12 +106,19 @@ pub struct CrashRun {
     pub copy_bytes: Option<u64>,
     /// What else happened (not-restored reasons, standby waits, ...).
     pub notes: Vec<String>,
+    /// A server's state before the crash, and after it came back.
+    pub state_before: Option<StateCheck>,
+    /// After.
+    pub state_after: Option<StateCheck>,
+    /// What the first request after the crash was answered.
+    pub served: Option<String>,
     /// Why the measurement failed; `None` when the program came back intact.
     pub failure: Option<String>,
 }
 
 impl CrashRun {
-    /// The program came back with the same pid, a higher count and an intact heap.
+    /// The program came back with the same pid, a higher count and an intact heap (a
+    /// server: the same pid, all its keys, the sampled values right).
     pub fn ok(&self) -> bool {
         self.failure.is_none() && self.again_s.is_some()
     }
@@ -136,9 +128,10 @@ fn ms(v: &Value, key: &str) -> Option<f64> {
     v[key].as_f64()
 }
 
-/// A running `owvmm run` with the heap program.
+/// A running `owvmm run` with a workload.
 pub struct Guest {
     guard: Guard,
+    workload: Workload,
     tag: String,
     sock: PathBuf,
     stderr: PathBuf,
@@ -147,6 +140,8 @@ pub struct Guest {
     ev: Option<Conn>,
     /// The program's last line.
     pub last: Option<HeapLine>,
+    /// A server's state after it was filled.
+    pub state: Option<StateCheck>,
 }
 
 /// What one look at the guest found.
@@ -157,22 +152,27 @@ struct Step {
 }
 
 impl Guest {
-    /// Cold-boots a guest with `mem` MiB running the heap program with `mib` MiB and waits
-    /// for the program's first line.
-    pub fn boot(env: &Env, tag: &str, mem: u64, mib: u64) -> Result<(Guest, BootTime)> {
+    /// Cold-boots a guest running `w` and waits for the program's first line (a server:
+    /// its first request served, on a fresh connection).
+    pub fn boot(env: &Env, tag: &str, w: Workload) -> Result<(Guest, BootTime)> {
         let sock = env.work.join(format!("{tag}.sock"));
         let stderr = env.work.join(format!("{tag}.stderr"));
         let console_path = env.work.join(format!("{tag}.console"));
         let _ = std::fs::remove_file(&sock);
-        let mut cmd = Command::new(&env.owvmm);
+        let ns = net(env, w)?;
+        let mut cmd = match ns {
+            Some(ns) => ns.cmd(&env.owvmm.display().to_string()),
+            None => Command::new(&env.owvmm),
+        };
         cmd.arg("run")
-            .args(run_args(env, mem, mib))
+            .args(w.run_args(env))
             .arg("--api-sock")
             .arg(&sock);
         let t0 = Instant::now();
         let guard = Guard::spawn_tree(cmd, "owvmm", &console_path, &stderr)?;
         let mut g = Guest {
             guard,
+            workload: w,
             tag: tag.to_string(),
             sock,
             stderr,
@@ -180,11 +180,18 @@ impl Guest {
             console_path,
             ev: None,
             last: None,
+            state: None,
         };
         let deadline = t0 + env.boot_timeout;
         g.subscribe(deadline, env.boot_timeout)?;
-        let what = format!("{tag}: waiting for the heap program's first line");
+        let what = if ns.is_some() {
+            format!("{tag}: waiting for the server's first answer")
+        } else {
+            format!("{tag}: waiting for the program's first line")
+        };
         let mut agent_ready_s = None;
+        let mut probed = Instant::now();
+        let mut last_answer = String::new();
         loop {
             let step = g.step(&what, deadline, env.boot_timeout)?;
             for (e, at) in &step.events {
@@ -198,17 +205,45 @@ impl Guest {
                     _ => {}
                 }
             }
+            if let Some(ns) = ns {
+                if probed.elapsed() >= PROBE_EVERY {
+                    probed = Instant::now();
+                    match w.serve(ns, false) {
+                        Answer::Served(_) => {
+                            let first_line_s = t0.elapsed().as_secs_f64();
+                            // Not timed: what the fresh server holds, and its pid.
+                            let state = w.check(ns).map_err(|e| {
+                                g.failed(&what, format!("after the first answer: {e}"))
+                            })?;
+                            let boot = BootTime {
+                                first_line_s,
+                                agent_ready_s,
+                                pid: state.pid.unwrap_or(0),
+                                count: 1,
+                                crashed_later: false,
+                                state: Some(state),
+                            };
+                            return Ok((g, boot));
+                        }
+                        Answer::NotYet(why) | Answer::Wrong(why) => last_answer = why,
+                    }
+                }
+                if Instant::now() + PROBE_EVERY > deadline {
+                    return Err(g.failed(&what, format!("no answer: {last_answer}")));
+                }
+            }
             for (l, at) in &step.lines {
                 if is_malloc_failure(l) {
                     return Err(g.failed(&what, format!("the program says: {l}")));
                 }
-                if let Some(h) = parse_heap(l) {
+                if let Some(h) = w.parse_line(l) {
                     let boot = BootTime {
                         first_line_s: at.duration_since(t0).as_secs_f64(),
                         agent_ready_s,
                         pid: h.pid,
                         count: h.count,
                         crashed_later: false,
+                        state: None,
                     };
                     if !h.sum_ok {
                         return Err(g.failed(&what, format!("checksum broken at start: {l}")));
@@ -273,7 +308,8 @@ impl Guest {
         }
         let now = Instant::now();
         s.lines = self.console.poll()?.into_iter().map(|l| (l, now)).collect();
-        if let Some(h) = s.lines.iter().rev().find_map(|(l, _)| parse_heap(l)) {
+        let w = self.workload;
+        if let Some(h) = s.lines.iter().rev().find_map(|(l, _)| w.parse_line(l)) {
             self.last = Some(h);
         }
         if let Some((e, _)) = s
@@ -310,11 +346,12 @@ impl Guest {
     /// Waits until the program prints a line with a count above `above`.
     pub fn wait_count_above(&mut self, above: u64, limit: Duration) -> Result<HeapLine> {
         let deadline = Instant::now() + limit;
-        let what = format!("{}: waiting for a heap line with count > {above}", self.tag);
+        let what = format!("{}: waiting for a line with count > {above}", self.tag);
+        let w = self.workload;
         loop {
             let step = self.step(&what, deadline, limit)?;
             for (l, _) in &step.lines {
-                if let Some(h) = parse_heap(l).filter(|h| h.count > above) {
+                if let Some(h) = w.parse_line(l).filter(|h| h.count > above) {
                     if !h.sum_ok {
                         return Err(self.failed(&what, format!("checksum broken: {l}")));
                     }
@@ -329,16 +366,35 @@ impl Guest {
     /// the program, intact).
     pub fn crash(&mut self, env: &Env) -> (CrashRun, bool) {
         let mut r = CrashRun::default();
-        let Some(before) = self.last.clone() else {
-            r.failure = Some("the program had not printed before the crash".into());
-            return (r, false);
+        let w = self.workload;
+        let ns = match net(env, w) {
+            Ok(ns) => ns,
+            Err(e) => {
+                r.failure = Some(crate::error::chain(&e));
+                return (r, false);
+            }
         };
-        r.pid = before.pid;
-        r.count_before = before.count;
+        if ns.is_some() {
+            let Some(st) = self.state.clone() else {
+                r.failure = Some("the server was not filled before the crash".into());
+                return (r, false);
+            };
+            r.pid = st.pid.unwrap_or(0);
+            r.state_before = Some(st);
+        } else {
+            let Some(before) = self.last.clone() else {
+                r.failure = Some("the program had not printed before the crash".into());
+                return (r, false);
+            };
+            r.pid = before.pid;
+            r.count_before = before.count;
+        }
+        let mut probed = Instant::now();
+        let mut last_answer = String::new();
         // Lines already written belong to the old kernel.
         match self.console.poll() {
             Ok(lines) => {
-                if let Some(h) = lines.iter().rev().find_map(|l| parse_heap(l)) {
+                if let Some(h) = lines.iter().rev().find_map(|l| w.parse_line(l)) {
                     r.count_before = r.count_before.max(h.count);
                 }
             }
@@ -462,7 +518,7 @@ impl Guest {
                     // Everything in the console file now was written by the dead kernel.
                     match self.console.poll() {
                         Ok(lines) => {
-                            if let Some(h) = lines.iter().rev().find_map(|l| parse_heap(l)) {
+                            if let Some(h) = lines.iter().rev().find_map(|l| w.parse_line(l)) {
                                 r.count_before = r.count_before.max(h.count);
                             }
                         }
@@ -472,7 +528,7 @@ impl Guest {
             }
             if !was_frozen {
                 for (l, _) in &step.lines {
-                    if let Some(h) = parse_heap(l) {
+                    if let Some(h) = w.parse_line(l) {
                         r.count_before = r.count_before.max(h.count);
                     }
                 }
@@ -480,7 +536,7 @@ impl Guest {
                 if let Some((h, at)) = step
                     .lines
                     .iter()
-                    .find_map(|(l, at)| parse_heap(l).map(|h| (h, *at)))
+                    .find_map(|(l, at)| w.parse_line(l).map(|h| (h, *at)))
                 {
                     r.again_s = Some(at.duration_since(t_crash).as_secs_f64());
                     if h.pid != r.pid {
@@ -502,12 +558,52 @@ impl Guest {
                     r.line_after = Some(h);
                 }
             }
+            // A server counts as back when a fresh connection gets the stored value (asked
+            // only once the dead kernel is frozen: before, the old one may still answer).
+            if let Some(ns) = ns.filter(|_| frozen && r.again_s.is_none()) {
+                if probed.elapsed() >= PROBE_EVERY {
+                    probed = Instant::now();
+                    match w.serve(ns, true) {
+                        Answer::Served(what) => {
+                            r.again_s = Some(t_crash.elapsed().as_secs_f64());
+                            r.served = Some(what);
+                            // Not timed: all the keys, a sample of values, the pid.
+                            match w.check(ns) {
+                                Ok(st) => {
+                                    if !st.kept() {
+                                        r.failure = Some(format!(
+                                            "the server's state was not kept: {} of {}",
+                                            st.text(),
+                                            st.expected
+                                        ));
+                                    } else if st.pid != Some(r.pid) {
+                                        r.failure = Some(format!(
+                                            "another server process answered (pid {:?}, was {})",
+                                            st.pid, r.pid
+                                        ));
+                                    }
+                                    r.state_after = Some(st);
+                                }
+                                Err(e) => {
+                                    r.failure =
+                                        Some(format!("checking the keys after the crash: {e}"));
+                                }
+                            }
+                        }
+                        Answer::Wrong(why) => {
+                            r.again_s = Some(t_crash.elapsed().as_secs_f64());
+                            r.failure = Some(format!("served, wrongly: {why}"));
+                        }
+                        Answer::NotYet(why) => last_answer = why,
+                    }
+                }
+            }
             if let Some(t) = terminal {
                 r.failure.get_or_insert(t);
                 return (r, false);
             }
             if let Some(done) = done_at {
-                if r.line_after.is_some() {
+                if r.again_s.is_some() {
                     let usable = r.ok();
                     return (r, usable);
                 }
@@ -525,11 +621,14 @@ impl Guest {
                 }
             }
             if Instant::now() > deadline {
+                if !last_answer.is_empty() {
+                    r.notes.push(format!("last probe: {last_answer}"));
+                }
                 r.failure = Some(format!(
                     "timed out after {} s ({}){}",
                     env.recovery_timeout.as_secs(),
                     if done_at.is_some() {
-                        "recovery-done came, the program did not print again"
+                        "recovery-done came, the program was not back"
                     } else if r.kernel_start_ms.is_some() {
                         "the crash kernel runs, no recovery-done"
                     } else if frozen {
@@ -546,9 +645,31 @@ impl Guest {
         }
     }
 
+    /// Fills the server with its keys (not timed as part of anything) and records its
+    /// state; fails unless every key is there.
+    pub fn fill(&mut self, env: &Env, limit: Duration) -> Result<(f64, StateCheck)> {
+        let w = self.workload;
+        let what = format!("{}: filling the server", self.tag);
+        let Some(ns) = net(env, w)? else {
+            return Err(self.failed(&what, "not a network workload".into()));
+        };
+        let t0 = Instant::now();
+        w.fill(ns, limit).map_err(|e| self.failed(&what, e))?;
+        let secs = t0.elapsed().as_secs_f64();
+        let st = w.check(ns).map_err(|e| self.failed(&what, e))?;
+        if !st.kept() {
+            return Err(self.failed(&what, format!("after the fill: {}", st.text())));
+        }
+        self.state = Some(st.clone());
+        Ok((secs, st))
+    }
+
     /// After a good recovery: waits for one more line, so that the program runs steadily
-    /// before the next crash.
+    /// before the next crash (a server: nothing to wait for).
     pub fn settle(&mut self) -> Result<()> {
+        if self.workload.networked() {
+            return Ok(());
+        }
         let above = self.last.as_ref().map_or(0, |h| h.count);
         self.wait_count_above(above, SETTLE).map(|_| ())
     }
@@ -564,4 +685,14 @@ impl Guest {
         self.guard.finish(Duration::from_secs(20));
         let _ = std::fs::remove_file(&self.sock);
     }
+}
+
+/// The namespace a networked workload needs.
+fn net(env: &Env, w: Workload) -> Result<Option<&crate::net::Netns>> {
+    if !w.networked() {
+        return Ok(None);
+    }
+    env.ns.as_ref().map(Some).ok_or_else(|| {
+        BenchError::Missing(format!("{}: no network namespace was set up", w.spec()))
+    })
 }

@@ -1,10 +1,13 @@
 //! `owvmm-bench --recovery`: how long a program is gone when the guest kernel crashes under
-//! owvmm (`--on-crash microreboot`), against rebooting the guest and restarting the program.
+//! owvmm (`--on-crash microreboot`), against rebooting the guest and restarting the program,
+//! for each workload (the heap program, redis-server, memcached, a shell pipeline).
 //! See benches/README.md.
 
 mod console;
 mod guest;
+mod kv;
 mod render;
+pub mod workload;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,14 +16,18 @@ use std::time::{Duration, Instant};
 use crate::error::{chain, io, BenchError, Result};
 use crate::proc::{self, tail, Guard};
 use guest::{BootTime, CrashRun, Env, Guest};
+use workload::{StateCheck, Workload};
 
-/// The heap sizes measured when `--sizes` is not given, MiB.
-pub const DEFAULT_SIZES: [u64; 3] = [16, 64, 256];
+pub use workload::DEFAULT_SIZES;
 
 /// What `--recovery` was asked to do.
 pub struct Opts {
-    /// Heap sizes, MiB.
-    pub sizes: Vec<u64>,
+    /// The workloads, in order.
+    pub workloads: Vec<Workload>,
+    /// How they were given (`--sizes 16,64` or `--workloads ...`), for the report.
+    pub how: String,
+    /// Also write the results as JSON here.
+    pub json: Option<PathBuf>,
     /// Crashes (and reboots) per size.
     pub runs: usize,
     /// The section as its own Markdown file.
@@ -35,17 +42,6 @@ pub struct Opts {
     pub owvmm: PathBuf,
 }
 
-/// Guest memory for a heap of `mib` MiB: the heap plus ~100 MiB for the kernel, the
-/// initramfs and the agent, rounded up to a power of two (at least 256).
-pub fn mem_for(mib: u64) -> u64 {
-    let need = mib.saturating_add(100);
-    let mut m = 256u64;
-    while m < need {
-        m = m.saturating_mul(2);
-    }
-    m
-}
-
 /// The crash kernel's standby of one shape (`owvmm standby`).
 #[derive(Debug, Clone)]
 pub struct StandbyInfo {
@@ -57,10 +53,10 @@ pub struct StandbyInfo {
     pub prepared: bool,
 }
 
-/// Everything measured for one heap size.
+/// Everything measured for one workload.
 pub struct SizeResult {
-    /// Heap, MiB.
-    pub mib: u64,
+    /// The workload.
+    pub workload: Workload,
     /// Guest memory, MiB.
     pub mem: u64,
     /// The standby.
@@ -69,6 +65,8 @@ pub struct SizeResult {
     pub crashes: Vec<CrashRun>,
     /// Cold boots until the program's first line (the peer).
     pub boots: Vec<std::result::Result<BootTime, String>>,
+    /// Filling a server: seconds and the state then (one per guest filled).
+    pub fills: Vec<std::result::Result<(f64, StateCheck), String>>,
 }
 
 /// Facts for the report's header.
@@ -99,7 +97,39 @@ pub fn run(o: &Opts) -> Result<bool> {
     }
     let work = std::env::temp_dir().join(format!("owvmm-bench-recovery-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(io("cannot create scratch directory", &work))?;
-    let program = build_program(&work)?;
+    let program = build_static(
+        &crate::root().join("tests/guest-programs/owtest.c"),
+        &work.join("owtest-static"),
+    )?;
+    let pipe_program = build_static(
+        &crate::root().join("benches/guest/pipe.c"),
+        &work.join("pipe-static"),
+    )?;
+    // The root images of the servers' packages, built (or found) before the network
+    // namespace exists: the build needs Debian's mirror.
+    let mut packages: Vec<&str> = o.workloads.iter().filter_map(|w| w.package()).collect();
+    packages.dedup();
+    for p in &packages {
+        crate::devices::build_image(&o.owvmm, p)?;
+    }
+    let ns = if o.workloads.iter().any(|w| w.networked()) {
+        for p in ["ip", "redis-cli"] {
+            if proc::first_line("which", &[p]).is_none() {
+                return Err(BenchError::Missing(format!("{p} not found")));
+            }
+        }
+        let ns = crate::net::Netns::new("-rec", workload::TAP, workload::HOST_CIDR)?;
+        eprintln!(
+            "bench: network namespace {} (tap {}, host {}, guest {})",
+            ns.name(),
+            workload::TAP,
+            workload::HOST_CIDR,
+            workload::GUEST_IP
+        );
+        Some(ns)
+    } else {
+        None
+    };
 
     let (kdir, initrd) = proc::image_paths(&o.owvmm)?;
     let (kdir, initrd) = (kdir.as_str(), initrd.as_str());
@@ -131,15 +161,18 @@ pub fn run(o: &Opts) -> Result<bool> {
     let env = Env {
         owvmm: o.owvmm.clone(),
         program,
+        pipe_program,
+        ns,
         work: work.clone(),
         boot_timeout: o.boot_timeout,
         recovery_timeout: o.recovery_timeout,
     };
     let results: Vec<SizeResult> = o
-        .sizes
+        .workloads
         .iter()
-        .map(|&mib| measure_size(&env, mib, o.runs))
+        .map(|&w| measure_size(&env, w, o.runs))
         .collect();
+    drop(env);
 
     let section = render::section(&header, &results, o);
     let doc = format!("# owvmm benchmarks: recovery\n\n{section}");
@@ -149,6 +182,11 @@ pub fn run(o: &Opts) -> Result<bool> {
     std::fs::write(&o.out, &doc).map_err(io("cannot write the report", &o.out))?;
     println!("{doc}");
     eprintln!("bench: recovery report written to {}", o.out.display());
+    if let Some(j) = &o.json {
+        let text = render::json(&results, o.runs);
+        std::fs::write(j, text).map_err(io("cannot write the JSON", j))?;
+        eprintln!("bench: recovery figures written to {}", j.display());
+    }
     if let Some(main) = o.splice_into.as_ref().filter(|p| p.exists()) {
         let old = std::fs::read_to_string(main).map_err(io("cannot read the report", main))?;
         std::fs::write(main, render::splice(&old, &section))
@@ -162,6 +200,7 @@ pub fn run(o: &Opts) -> Result<bool> {
             r.crashes.iter().filter(|c| !c.ok()).count()
                 + r.boots.iter().filter(|b| b.is_err()).count()
                 + usize::from(r.standby.is_err())
+                + r.fills.iter().filter(|f| f.is_err()).count()
         })
         .sum::<usize>();
     if failed == 0 {
@@ -176,15 +215,14 @@ pub fn run(o: &Opts) -> Result<bool> {
     }
 }
 
-/// Builds `tests/guest-programs/owtest.c` statically into `work`.
-fn build_program(work: &Path) -> Result<PathBuf> {
-    let src = crate::root().join("tests/guest-programs/owtest.c");
-    let out = work.join("owtest-static");
+/// Builds a C program statically (`cc -O2 -static`).
+fn build_static(src: &Path, out: &Path) -> Result<PathBuf> {
+    let out = out.to_path_buf();
     eprintln!("bench: building {} (static)", src.display());
     let o = Command::new("cc")
         .args(["-O2", "-static", "-o"])
         .arg(&out)
-        .arg(&src)
+        .arg(src)
         .arg("-lpthread")
         .output()
         .map_err(|source| BenchError::Spawn {
@@ -263,9 +301,11 @@ fn failed_run(why: String) -> CrashRun {
 
 /// The standby, `runs` crashes (in as few guests as possible: a guest is crashed again as
 /// long as its program came back intact), and cold boots until there are `runs` of them.
-fn measure_size(env: &Env, mib: u64, runs: usize) -> SizeResult {
-    let mem = mem_for(mib);
-    eprintln!("bench: recovery, {mib} MiB heap in a {mem} MiB guest");
+/// A server is filled once per guest, after its first answer (the peer's time).
+fn measure_size(env: &Env, w: Workload, runs: usize) -> SizeResult {
+    let mem = w.mem();
+    let name = w.label();
+    eprintln!("bench: recovery, {name} in a {mem} MiB guest");
     let standby = prepare_standby(env, mem).map_err(|e| chain(&e));
     match &standby {
         Ok(s) => eprintln!(
@@ -282,36 +322,52 @@ fn measure_size(env: &Env, mib: u64, runs: usize) -> SizeResult {
     }
     let limit = env.boot_timeout.as_secs();
     let mut res = SizeResult {
-        mib,
+        workload: w,
         mem,
         standby,
         crashes: Vec::new(),
         boots: Vec::new(),
+        fills: Vec::new(),
     };
     let mut current: Option<Guest> = None;
     for i in 1..=runs {
-        let label = format!("{mib} MiB crash {i}/{runs}");
+        let label = format!("{name}: crash {i}/{runs}");
         let mut g = match current.take() {
             Some(g) => g,
             None => {
                 let n = res.boots.len() + 1;
-                let tag = format!("heap{mib}-boot{n}");
+                let tag = format!("{}-boot{n}", w.tag());
                 eprintln!(
-                    "bench: {mib} MiB: cold boot {n} (guest for the crashes, limit {limit} s) ..."
+                    "bench: {name}: cold boot {n} (guest for the crashes, limit {limit} s) ..."
                 );
-                match Guest::boot(env, &tag, mem, mib) {
+                match Guest::boot(env, &tag, w) {
                     Ok((mut g, mut b)) => {
                         eprintln!(
-                            "bench: {mib} MiB: cold boot {n} ... program's first line after {:.1} s (pid {})",
+                            "bench: {name}: cold boot {n} ... first line / answer after {:.1} s (pid {})",
                             b.first_line_s, b.pid
                         );
                         b.crashed_later = true;
                         res.boots.push(Ok(b));
-                        match g.wait_count_above(1, env.boot_timeout) {
-                            Ok(_) => g,
+                        let ready = if w.networked() {
+                            eprintln!(
+                                "bench: {name}: filling the server with {} keys ...",
+                                w.keys()
+                            );
+                            g.fill(env, env.boot_timeout).map(|(secs, st)| {
+                                eprintln!("bench: {name}: filled in {secs:.1} s: {}", st.text());
+                                res.fills.push(Ok((secs, st)));
+                            })
+                        } else {
+                            g.wait_count_above(1, env.boot_timeout).map(drop)
+                        };
+                        match ready {
+                            Ok(()) => g,
                             Err(e) => {
                                 let msg = chain(&e);
                                 eprintln!("bench: {label} failed: {msg}");
+                                if w.networked() {
+                                    res.fills.push(Err(msg.clone()));
+                                }
                                 res.crashes
                                     .push(failed_run(format!("before the crash: {msg}")));
                                 g.stop();
@@ -321,7 +377,7 @@ fn measure_size(env: &Env, mib: u64, runs: usize) -> SizeResult {
                     }
                     Err(e) => {
                         let msg = chain(&e);
-                        eprintln!("bench: {mib} MiB: cold boot {n} failed: {msg}");
+                        eprintln!("bench: {name}: cold boot {n} failed: {msg}");
                         res.boots.push(Err(msg.clone()));
                         res.crashes
                             .push(failed_run(format!("the guest did not come up: {msg}")));
@@ -331,8 +387,7 @@ fn measure_size(env: &Env, mib: u64, runs: usize) -> SizeResult {
             }
         };
         eprintln!(
-            "bench: {label}: crashing the guest kernel (program at count {}, limit {} s) ...",
-            g.last.as_ref().map_or(0, |h| h.count),
+            "bench: {label}: crashing the guest kernel (limit {} s) ...",
             env.recovery_timeout.as_secs()
         );
         let (run, mut usable) = g.crash(env);
@@ -362,12 +417,12 @@ fn measure_size(env: &Env, mib: u64, runs: usize) -> SizeResult {
     }
     while res.boots.len() < runs {
         let n = res.boots.len() + 1;
-        let tag = format!("heap{mib}-boot{n}");
-        eprintln!("bench: {mib} MiB: cold boot {n} (reboot + restart, limit {limit} s) ...");
-        match Guest::boot(env, &tag, mem, mib) {
+        let tag = format!("{}-boot{n}", w.tag());
+        eprintln!("bench: {name}: cold boot {n} (reboot + restart, limit {limit} s) ...");
+        match Guest::boot(env, &tag, w) {
             Ok((g, b)) => {
                 eprintln!(
-                    "bench: {mib} MiB: cold boot {n} ... program's first line after {:.1} s",
+                    "bench: {name}: cold boot {n} ... first line / answer after {:.1} s",
                     b.first_line_s
                 );
                 res.boots.push(Ok(b));
@@ -375,7 +430,7 @@ fn measure_size(env: &Env, mib: u64, runs: usize) -> SizeResult {
             }
             Err(e) => {
                 let msg = chain(&e);
-                eprintln!("bench: {mib} MiB: cold boot {n} failed: {msg}");
+                eprintln!("bench: {name}: cold boot {n} failed: {msg}");
                 res.boots.push(Err(msg));
             }
         }
@@ -395,6 +450,11 @@ fn report_progress(label: &str, r: &CrashRun) {
         f(r.total_ms)
     );
     match (&r.failure, r.again_s, &r.line_after) {
+        (None, Some(s), None) => eprintln!(
+            "bench: {label} ... served again after {s:.2} s (pid {} as before, {}); {parts}",
+            r.pid,
+            r.state_after.as_ref().map_or_else(String::new, StateCheck::text)
+        ),
         (None, Some(s), Some(h)) => eprintln!(
             "bench: {label} ... program printed again after {s:.2} s (pid {} as before, count {} -> {}, sum=ok); {parts}",
             h.pid, r.count_before, h.count
