@@ -96,6 +96,17 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
+    match parse_args_from(std::env::args().skip(1))? {
+        Some(a) => Ok(a),
+        None => {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+    }
+}
+
+/// The arguments; `None` for `--help`.
+fn parse_args_from(args: impl Iterator<Item = String>) -> Result<Option<Args>> {
     let mut a = Args {
         runs: 3,
         mem: 128,
@@ -114,11 +125,10 @@ fn parse_args() -> Result<Args> {
         out_given: false,
         sizes_given: false,
     };
-    let mut it = std::env::args().skip(1);
+    let mut it = args;
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
-            println!("{USAGE}");
-            std::process::exit(0);
+            return Ok(None);
         }
         if flag == "--recovery" {
             a.recovery = true;
@@ -199,7 +209,7 @@ fn parse_args() -> Result<Args> {
             "--sizes and --workloads: give the heap sizes in --workloads (heap:16,...)".into(),
         ));
     }
-    Ok(a)
+    Ok(Some(a))
 }
 
 /// Facts about the machine and the inputs, for the report's header.
@@ -771,4 +781,58 @@ fn render(s: &Setup, ctx: &Context, r: &Results, runs: usize) -> String {
     let _ = writeln!(md, "## What the default config does to shorten boot\n");
     md.push_str(&guest::boot_config_summary(&root()));
     md.trim_end().to_string() + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use recovery::workload::Workload;
+
+    fn parse(line: &str) -> Result<Option<Args>> {
+        parse_args_from(line.split_whitespace().map(String::from))
+    }
+
+    #[test]
+    fn recovery_workloads_and_sizes() {
+        let a = parse("--recovery --workloads heap:16,redis:64,pipeline --runs 1 --json /tmp/j")
+            .expect("parses")
+            .expect("not help");
+        assert!(a.recovery);
+        assert_eq!(a.runs, 1);
+        assert_eq!(
+            a.workloads,
+            Some(vec![
+                Workload::Heap { mib: 16 },
+                Workload::Redis { mib: 64 },
+                Workload::Pipeline
+            ])
+        );
+        assert_eq!(a.json, Some(PathBuf::from("/tmp/j")));
+        let a = parse("--recovery --sizes=16,64")
+            .expect("parses")
+            .expect("not help");
+        assert_eq!(a.sizes, vec![16, 64]);
+        assert_eq!(a.workloads, None);
+        assert!(parse("--help").expect("parses").is_none());
+    }
+
+    #[test]
+    fn refused_combinations() {
+        for bad in [
+            "--workloads heap:16",
+            "--json x.json",
+            "--sizes 16",
+            "--recovery --sizes 16 --workloads heap:16",
+            "--recovery --workloads redis",
+            "--recovery --workloads",
+            "--recovery --mem 256",
+            "--recovery --devices",
+            "--bogus 1",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(BenchError::Usage(_))),
+                "{bad} was accepted"
+            );
+        }
+    }
 }

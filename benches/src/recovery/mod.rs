@@ -108,6 +108,7 @@ pub fn run(o: &Opts) -> Result<bool> {
     // The root images of the servers' packages, built (or found) before the network
     // namespace exists: the build needs Debian's mirror.
     let mut packages: Vec<&str> = o.workloads.iter().filter_map(|w| w.package()).collect();
+    packages.sort_unstable();
     packages.dedup();
     for p in &packages {
         crate::devices::build_image(&o.owvmm, p)?;
