@@ -417,6 +417,8 @@ pub struct Process {
     pub limits: Option<Limits>,
     /// Signals queued and not delivered, in queue order.
     pub pending: Vec<Pending>,
+    /// Its credentials (absent in manifests of older writers).
+    pub creds: Option<Creds>,
     /// Its armed interval timers (`setitimer`), at most one of each kind.
     pub itimers: Vec<Itimer>,
     /// Its POSIX timers (`timer_create`), by increasing id.
@@ -425,6 +427,29 @@ pub struct Process {
     pub ptimer_next: Option<u32>,
     /// The leader first.
     pub threads: Vec<Thread>,
+}
+
+/// Most supplementary groups in a `cred` record (the line must stay under [`MAX_LINE`]).
+pub const MAX_GROUPS: usize = 1024;
+
+/// `cred <ruid> <euid> <suid> <fsuid> <rgid> <egid> <sgid> <fsgid> <securebits>
+/// <inheritable> <permitted> <effective> <bounding> <ambient> <dumpable> <groups>` (hex;
+/// `groups` comma-separated, `-` for none): a process's user and group ids, capability
+/// sets, securebits and supplementary groups (`task->real_cred` of its leader), and its
+/// mm's dumpable flag, which a change of ids resets. Put on every thread after the
+/// rebuild, the privileged steps first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Creds {
+    /// Real, effective, saved and filesystem user ids.
+    pub uids: [u32; 4],
+    /// Real, effective, saved and filesystem group ids.
+    pub gids: [u32; 4],
+    pub securebits: u32,
+    /// Inheritable, permitted, effective, bounding and ambient capability sets.
+    pub caps: [u64; 5],
+    /// `SUID_DUMP_DISABLE` 0, `SUID_DUMP_USER` 1, `SUID_DUMP_ROOT` 2.
+    pub dumpable: u32,
+    pub groups: Vec<u32>,
 }
 
 /// Most `pending` records in a process (a process's queue is bounded by its
@@ -873,6 +898,12 @@ pub struct Exec {
     pub sigmask: u64,
     /// Its place in the process tree.
     pub tree: Option<Tree>,
+    /// Its umask and resource limits (the personality is the exec's to set).
+    pub limits: Option<Limits>,
+    /// Its credentials as the exec had made them.
+    pub creds: Option<Creds>,
+    /// Signals queued and not delivered (they survive an exec), in queue order.
+    pub pending: Vec<Pending>,
 }
 
 /// A process left out of a manifest, and why (not part of the text: the VMM reports it).

@@ -10,13 +10,13 @@
 use std::collections::HashSet;
 
 use crate::{
-    Copy, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, FileUpdate, InetRec, Itimer, Limits,
-    Manifest, Mm, Pending, PipeRec, PipeRun, Process, Ptimer, PtyRec, SigRec, TcpRec, Termios,
-    Thread, Tree, TtyRec, UnixListenRec, UnixRec, Vma, VmaKind, Winsize, Zombie, HEADER,
+    Copy, Creds, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, FileUpdate, InetRec, Itimer,
+    Limits, Manifest, Mm, Pending, PipeRec, PipeRun, Process, Ptimer, PtyRec, SigRec, TcpRec,
+    Termios, Thread, Tree, TtyRec, UnixListenRec, UnixRec, Vma, VmaKind, Winsize, Zombie, HEADER,
     ITIMER_KINDS, MAX_ARG_STRLEN, MAX_AUXV, MAX_ERRORS, MAX_EXEC_COUNT, MAX_EXEC_STRINGS,
-    MAX_FILE_SIZE, MAX_LINE, MAX_PATH, MAX_PENDING, MAX_PID, MAX_PIPES, MAX_PIPE_SIZE, MAX_PTIMERS,
-    MAX_PTIMER_ID, MAX_THREADS, MAX_VMAS, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE, PTIMER_CLOCKS,
-    RLIMITS, SIGEV_NONE, SIGEV_THREAD_ID,
+    MAX_FILE_SIZE, MAX_GROUPS, MAX_LINE, MAX_PATH, MAX_PENDING, MAX_PID, MAX_PIPES, MAX_PIPE_SIZE,
+    MAX_PTIMERS, MAX_PTIMER_ID, MAX_THREADS, MAX_VMAS, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE,
+    PTIMER_CLOCKS, RLIMITS, SIGEV_NONE, SIGEV_THREAD_ID,
 };
 
 /// `SIGKILL` and `SIGSTOP` (x86-64 Linux): they cannot have an action.
@@ -326,8 +326,9 @@ fn check_line(raw: &[u8]) -> Result<&str, ErrorKind> {
 }
 
 /// Records that belong inside a process block (besides `process` and `end`).
-const PROCESS_RECORDS: [&str; 21] = [
+const PROCESS_RECORDS: [&str; 22] = [
     "pending",
+    "cred",
     "itimer",
     "ptimer",
     "ptimer-next",
@@ -350,8 +351,9 @@ const PROCESS_RECORDS: [&str; 21] = [
     "robust-list",
 ];
 /// Records of an `exec` block (besides `exec` and `end`).
-const EXEC_RECORDS: [&str; 9] = [
-    "path", "cwd", "tree", "arg", "env", "more", "fd", "sig", "sigmask",
+const EXEC_RECORDS: [&str; 12] = [
+    "path", "cwd", "tree", "limits", "cred", "pending", "arg", "env", "more", "fd", "sig",
+    "sigmask",
 ];
 /// Records of a thread.
 const THREAD_RECORDS: [&str; 6] = [
@@ -389,6 +391,7 @@ struct ProcBuilder {
     cwd: Option<Vec<u8>>,
     tree: Option<Tree>,
     limits: Option<Limits>,
+    creds: Option<Creds>,
     pending: Vec<Pending>,
     itimers: Vec<Itimer>,
     ptimers: Vec<Ptimer>,
@@ -410,6 +413,9 @@ struct ExecBuilder {
     path: Option<Vec<u8>>,
     cwd: Option<Vec<u8>>,
     tree: Option<Tree>,
+    limits: Option<Limits>,
+    creds: Option<Creds>,
+    pending: Vec<Pending>,
     argv: Vec<Vec<u8>>,
     envp: Vec<Vec<u8>>,
     /// Which list `more` continues: `Some(false)` argv, `Some(true)` envp.
@@ -973,6 +979,7 @@ impl Parser {
             cwd: None,
             tree: None,
             limits: None,
+            creds: None,
             pending: Vec::new(),
             itimers: Vec::new(),
             ptimers: Vec::new(),
@@ -998,6 +1005,9 @@ impl Parser {
             path: None,
             cwd: None,
             tree: None,
+            limits: None,
+            creds: None,
+            pending: Vec::new(),
             argv: Vec::new(),
             envp: Vec::new(),
             open: None,
@@ -1069,6 +1079,7 @@ impl ProcBuilder {
             "epoll",
             "sig",
             "pending",
+            "cred",
             "itimer",
             "ptimer",
             "ptimer-next",
@@ -1083,28 +1094,15 @@ impl ProcBuilder {
             "cwd" => once_path(&mut self.cwd, "cwd", rest)?,
             "tree" => once_tree(&mut self.tree, rest)?,
             "limits" => {
-                let (f, _) = fields(rest, 2 + 2 * RLIMITS, Tail::None)?;
-                let word =
-                    |s: &str, what| u32::try_from(hex(s, what)?).map_err(|_| out_of_range(what, s));
-                let mut rlimits = [(0u64, 0u64); RLIMITS];
-                for (i, slot) in rlimits.iter_mut().enumerate() {
-                    let (cur, max) = (hex(f[2 + 2 * i], "rlimit")?, hex(f[3 + 2 * i], "rlimit")?);
-                    if cur > max {
-                        return Err(out_of_range("rlimit", f[2 + 2 * i]));
-                    }
-                    *slot = (cur, max);
-                }
-                let umask = word(f[0], "umask")?;
-                if umask > 0o777 {
-                    return Err(out_of_range("umask", f[0]));
-                }
-                let l = Limits {
-                    umask,
-                    personality: word(f[1], "personality")?,
-                    rlimits,
-                };
+                let l = limits_fields(rest)?;
                 if self.limits.replace(l).is_some() {
                     return Err(ErrorKind::Second { record: "limits" });
+                }
+            }
+            "cred" => {
+                let c = creds_fields(rest)?;
+                if self.creds.replace(c).is_some() {
+                    return Err(ErrorKind::Second { record: "cred" });
                 }
             }
             "mm" => {
@@ -1168,35 +1166,7 @@ impl ProcBuilder {
                 });
             }
             "sig" => self.sigs.push(sig_record(rest, &self.sigs)?),
-            "pending" => {
-                let (f, _) = fields(rest, 2, Tail::None)?;
-                let tid = dec(f[0], "tid")?;
-                if tid > MAX_PID {
-                    return Err(out_of_range("tid", f[0]));
-                }
-                let digits = f[1].as_bytes();
-                if digits.len() != 96 {
-                    return Err(bad("siginfo", f[1]));
-                }
-                let mut info = [0u8; 48];
-                for (byte, pair) in info.iter_mut().zip(digits.chunks_exact(2)) {
-                    match (lower_hex_digit(pair[0]), lower_hex_digit(pair[1])) {
-                        (Some(h), Some(l)) => *byte = (h << 4) | l,
-                        _ => return Err(bad("siginfo", f[1])),
-                    }
-                }
-                let q = Pending { tid, info };
-                if !(1..=64).contains(&q.signo()) {
-                    return Err(out_of_range("signo", f[1]));
-                }
-                if self.pending.len() >= MAX_PENDING {
-                    return Err(ErrorKind::TooMany {
-                        what: "pending signals",
-                        limit: MAX_PENDING,
-                    });
-                }
-                self.pending.push(q);
-            }
+            "pending" => push_pending(&mut self.pending, rest)?,
             "itimer" => {
                 let (f, _) = fields(rest, 3, Tail::None)?;
                 let which = dec(f[0], "which")?;
@@ -1505,6 +1475,7 @@ impl ProcBuilder {
                 cwd: self.cwd,
                 tree: self.tree,
                 limits: self.limits,
+                creds: self.creds,
                 pending: self.pending,
                 itimers: self.itimers,
                 ptimers: self.ptimers,
@@ -1533,6 +1504,17 @@ impl ExecBuilder {
             "path" => once_path(&mut self.path, "path", rest)?,
             "cwd" => once_path(&mut self.cwd, "cwd", rest)?,
             "tree" => once_tree(&mut self.tree, rest)?,
+            "limits" => {
+                if self.limits.replace(limits_fields(rest)?).is_some() {
+                    return Err(ErrorKind::Second { record: "limits" });
+                }
+            }
+            "cred" => {
+                if self.creds.replace(creds_fields(rest)?).is_some() {
+                    return Err(ErrorKind::Second { record: "cred" });
+                }
+            }
+            "pending" => push_pending(&mut self.pending, rest)?,
             "arg" | "env" => {
                 let env = kind == "env";
                 if !env && !self.envp.is_empty() {
@@ -1617,6 +1599,9 @@ impl ExecBuilder {
                 sigs: self.sigs,
                 sigmask: self.sigmask.unwrap_or(0),
                 tree: self.tree,
+                limits: self.limits,
+                creds: self.creds,
+                pending: self.pending,
             }),
             path => {
                 if path.is_none() {
@@ -1893,6 +1878,91 @@ fn tree_fields(f: &[&str]) -> Result<Tree, ErrorKind> {
 }
 
 /// A `tree` record, at most once per block.
+/// Parses a `pending` record onto `pending` (bounded by [`MAX_PENDING`]).
+fn push_pending(pending: &mut Vec<Pending>, rest: &str) -> Result<(), ErrorKind> {
+    let (f, _) = fields(rest, 2, Tail::None)?;
+    let tid = dec(f[0], "tid")?;
+    if tid > MAX_PID {
+        return Err(out_of_range("tid", f[0]));
+    }
+    let digits = f[1].as_bytes();
+    if digits.len() != 96 {
+        return Err(bad("siginfo", f[1]));
+    }
+    let mut info = [0u8; 48];
+    for (byte, pair) in info.iter_mut().zip(digits.chunks_exact(2)) {
+        match (lower_hex_digit(pair[0]), lower_hex_digit(pair[1])) {
+            (Some(h), Some(l)) => *byte = (h << 4) | l,
+            _ => return Err(bad("siginfo", f[1])),
+        }
+    }
+    let q = Pending { tid, info };
+    if !(1..=64).contains(&q.signo()) {
+        return Err(out_of_range("signo", f[1]));
+    }
+    if pending.len() >= MAX_PENDING {
+        return Err(ErrorKind::TooMany {
+            what: "pending signals",
+            limit: MAX_PENDING,
+        });
+    }
+    pending.push(q);
+    Ok(())
+}
+
+/// The fields of a `limits` record.
+fn limits_fields(rest: &str) -> Result<Limits, ErrorKind> {
+    let (f, _) = fields(rest, 2 + 2 * RLIMITS, Tail::None)?;
+    let word = |s: &str, what| u32::try_from(hex(s, what)?).map_err(|_| out_of_range(what, s));
+    let mut rlimits = [(0u64, 0u64); RLIMITS];
+    for (i, slot) in rlimits.iter_mut().enumerate() {
+        let (cur, max) = (hex(f[2 + 2 * i], "rlimit")?, hex(f[3 + 2 * i], "rlimit")?);
+        if cur > max {
+            return Err(out_of_range("rlimit", f[2 + 2 * i]));
+        }
+        *slot = (cur, max);
+    }
+    let umask = word(f[0], "umask")?;
+    if umask > 0o777 {
+        return Err(out_of_range("umask", f[0]));
+    }
+    Ok(Limits {
+        umask,
+        personality: word(f[1], "personality")?,
+        rlimits,
+    })
+}
+
+/// The fields of a `cred` record.
+fn creds_fields(rest: &str) -> Result<Creds, ErrorKind> {
+    let (f, _) = fields(rest, 16, Tail::None)?;
+    let word = |s: &str, what| u32::try_from(hex(s, what)?).map_err(|_| out_of_range(what, s));
+    let mut c = Creds::default();
+    for (i, slot) in c.uids.iter_mut().enumerate() {
+        *slot = word(f[i], "uid")?;
+    }
+    for (i, slot) in c.gids.iter_mut().enumerate() {
+        *slot = word(f[4 + i], "gid")?;
+    }
+    c.securebits = word(f[8], "securebits")?;
+    for (i, slot) in c.caps.iter_mut().enumerate() {
+        *slot = hex(f[9 + i], "capabilities")?;
+    }
+    c.dumpable = word(f[14], "dumpable")?;
+    if c.dumpable > 2 {
+        return Err(out_of_range("dumpable", f[14]));
+    }
+    if f[15] != "-" {
+        for g in f[15].split(',') {
+            if c.groups.len() == MAX_GROUPS {
+                return Err(out_of_range("groups", f[15]));
+            }
+            c.groups.push(word(g, "group")?);
+        }
+    }
+    Ok(c)
+}
+
 fn once_tree(slot: &mut Option<Tree>, rest: &str) -> Result<(), ErrorKind> {
     let (f, _) = fields(rest, 3, Tail::None)?;
     let t = tree_fields(&f)?;

@@ -268,6 +268,43 @@ fn write_epoll(f: &mut Formatter<'_>, e: &EpollRec) -> fmt::Result {
     writeln!(f, "epoll {} {} {:x} {:x}", e.epfd, e.fd, e.events, e.data)
 }
 
+fn write_pending(f: &mut Formatter<'_>, pending: &[crate::Pending]) -> fmt::Result {
+    for q in pending {
+        write!(f, "pending {} ", q.tid)?;
+        for b in q.info {
+            write!(f, "{b:02x}")?;
+        }
+        writeln!(f)?;
+    }
+    Ok(())
+}
+
+fn write_limits(f: &mut Formatter<'_>, l: &crate::Limits) -> fmt::Result {
+    write!(f, "limits {:x} {:x}", l.umask, l.personality)?;
+    for (cur, max) in l.rlimits {
+        write!(f, " {cur:x} {max:x}")?;
+    }
+    writeln!(f)
+}
+
+fn write_creds(f: &mut Formatter<'_>, c: &crate::Creds) -> fmt::Result {
+    write!(f, "cred")?;
+    for v in c.uids.iter().chain(&c.gids).chain([&c.securebits]) {
+        write!(f, " {v:x}")?;
+    }
+    for v in c.caps {
+        write!(f, " {v:x}")?;
+    }
+    write!(f, " {:x} ", c.dumpable)?;
+    if c.groups.is_empty() {
+        write!(f, "-")?;
+    }
+    for (i, g) in c.groups.iter().enumerate() {
+        write!(f, "{}{g:x}", if i == 0 { "" } else { "," })?;
+    }
+    writeln!(f)
+}
+
 fn write_process(f: &mut Formatter<'_>, p: &Process) -> fmt::Result {
     writeln!(f, "process {}{}", p.pid, Tail(&p.comm))?;
     if let Some(exe) = &p.exe {
@@ -278,11 +315,10 @@ fn write_process(f: &mut Formatter<'_>, p: &Process) -> fmt::Result {
     }
     write_tree(f, p.tree.as_ref())?;
     if let Some(l) = &p.limits {
-        write!(f, "limits {:x} {:x}", l.umask, l.personality)?;
-        for (cur, max) in l.rlimits {
-            write!(f, " {cur:x} {max:x}")?;
-        }
-        writeln!(f)?;
+        write_limits(f, l)?;
+    }
+    if let Some(c) = &p.creds {
+        write_creds(f, c)?;
     }
     writeln!(f, "mm {}", Words(&p.mm.to_array()))?;
     writeln!(f, "auxv {}", Words(&p.auxv))?;
@@ -298,13 +334,7 @@ fn write_process(f: &mut Formatter<'_>, p: &Process) -> fmt::Result {
     for s in &p.sigs {
         write_sig(f, s)?;
     }
-    for q in &p.pending {
-        write!(f, "pending {} ", q.tid)?;
-        for b in q.info {
-            write!(f, "{b:02x}")?;
-        }
-        writeln!(f)?;
-    }
+    write_pending(f, &p.pending)?;
     for t in &p.itimers {
         writeln!(f, "itimer {} {:x} {:x}", t.which, t.value_ns, t.interval_ns)?;
     }
@@ -339,6 +369,13 @@ fn write_exec(f: &mut Formatter<'_>, e: &Exec) -> fmt::Result {
         writeln!(f, "cwd {}", Field(cwd))?;
     }
     write_tree(f, e.tree.as_ref())?;
+    if let Some(l) = &e.limits {
+        write_limits(f, l)?;
+    }
+    if let Some(c) = &e.creds {
+        write_creds(f, c)?;
+    }
+    write_pending(f, &e.pending)?;
     for (record, strings) in [("arg", &e.argv), ("env", &e.envp)] {
         for s in strings {
             // Long strings go in pieces: the first on `arg`/`env`, the rest on `more`.

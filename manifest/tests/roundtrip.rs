@@ -259,8 +259,9 @@ fn strings(r: &mut Rng) -> Vec<Vec<u8>> {
 }
 
 fn exec(r: &mut Rng) -> Exec {
+    let pid = u32::try_from(1 + r.below(u64::from(MAX_PID))).expect("pid");
     Exec {
-        pid: u32::try_from(1 + r.below(u64::from(MAX_PID))).expect("pid"),
+        pid,
         comm: r.bytes(16),
         path: r.path(),
         cwd: r.bool().then(|| r.path()),
@@ -270,6 +271,60 @@ fn exec(r: &mut Rng) -> Exec {
         sigs: sigs(r),
         sigmask: r.word(),
         tree: r.bool().then(|| tree(r)),
+        limits: r.bool().then(|| limits(r)),
+        creds: r.bool().then(|| creds(r)),
+        pending: pending(r, pid),
+    }
+}
+
+fn pending(r: &mut Rng, pid: u32) -> Vec<owvmm_manifest::Pending> {
+    (0..r.below(3))
+        .map(|_| {
+            let mut info = [0u8; 48];
+            for b in &mut info {
+                *b = u8::try_from(r.below(256)).expect("byte");
+            }
+            let signo = 1 + u32::try_from(r.below(64)).expect("signo");
+            info[..4].copy_from_slice(&signo.to_le_bytes());
+            owvmm_manifest::Pending {
+                tid: if r.bool() { 0 } else { pid },
+                info,
+            }
+        })
+        .collect()
+}
+
+fn limits(r: &mut Rng) -> owvmm_manifest::Limits {
+    let mut rlimits = [(0, 0); owvmm_manifest::RLIMITS];
+    for l in &mut rlimits {
+        let max = if r.bool() {
+            u64::MAX
+        } else {
+            r.below(u64::MAX)
+        };
+        *l = (r.below(max), max);
+    }
+    owvmm_manifest::Limits {
+        umask: u32::try_from(r.below(0o1000)).expect("umask"),
+        personality: r.u32(),
+        rlimits,
+    }
+}
+
+fn creds(r: &mut Rng) -> owvmm_manifest::Creds {
+    owvmm_manifest::Creds {
+        uids: [r.u32(), r.u32(), r.u32(), r.u32()],
+        gids: [r.u32(), r.u32(), r.u32(), r.u32()],
+        securebits: r.u32(),
+        caps: [
+            r.below(u64::MAX),
+            r.below(1 << 41),
+            0,
+            u64::MAX,
+            r.below(u64::MAX),
+        ],
+        dumpable: u32::try_from(r.below(3)).expect("dumpable"),
+        groups: (0..r.below(5)).map(|_| r.u32()).collect(),
     }
 }
 
@@ -340,36 +395,9 @@ fn process(r: &mut Rng) -> Process {
         epoll,
         sigs,
         tree: r.bool().then(|| tree(r)),
-        limits: r.bool().then(|| {
-            let mut rlimits = [(0, 0); owvmm_manifest::RLIMITS];
-            for l in &mut rlimits {
-                let max = if r.bool() {
-                    u64::MAX
-                } else {
-                    r.below(u64::MAX)
-                };
-                *l = (r.below(max), max);
-            }
-            owvmm_manifest::Limits {
-                umask: u32::try_from(r.below(0o1000)).expect("umask"),
-                personality: r.u32(),
-                rlimits,
-            }
-        }),
-        pending: (0..r.below(3))
-            .map(|_| {
-                let mut info = [0u8; 48];
-                for b in &mut info {
-                    *b = u8::try_from(r.below(256)).expect("byte");
-                }
-                let signo = 1 + u32::try_from(r.below(64)).expect("signo");
-                info[..4].copy_from_slice(&signo.to_le_bytes());
-                owvmm_manifest::Pending {
-                    tid: if r.bool() { 0 } else { pid },
-                    info,
-                }
-            })
-            .collect(),
+        limits: r.bool().then(|| limits(r)),
+        creds: r.bool().then(|| creds(r)),
+        pending: pending(r, pid),
         itimers: {
             let mut out = Vec::new();
             for which in 0..3u32 {

@@ -27,6 +27,7 @@ pub mod symbols;
 pub mod tasks;
 pub mod tcp;
 pub mod timers;
+pub mod transfer;
 pub mod ttys;
 
 pub use inspect::{inspect, Report};

@@ -80,6 +80,9 @@ pub enum ManifestError {
     /// `saved_auxv` could not be read.
     #[error("saved auxv unreadable")]
     NoAuxv,
+    /// The credentials could not be read (restored as root it would gain privilege).
+    #[error("credentials unreadable")]
+    NoCreds,
     /// A special mapping other than the vDSO and vvar.
     #[error("vma {vma:#x}: special mapping {}", .name.as_deref().unwrap_or("without a file"))]
     SpecialMapping {
@@ -311,7 +314,7 @@ enum Entry {
     /// A `process` block: its image.
     Process(Box<wire::Process>),
     /// An `exec` block: an interrupted exec, done again.
-    Exec(wire::Exec),
+    Exec(Box<wire::Exec>),
 }
 
 /// One process, and what it needs made before it.
@@ -423,6 +426,7 @@ fn thread_state(
     t: &Task,
     live: Option<&CpuUserState>,
     syscall_entry: Option<u64>,
+    moved: Option<u64>,
     notes: &mut Vec<String>,
 ) -> Result<(UserRegs, FxSave), ManifestError> {
     let mem_fpu = t.fpu.ok_or(ManifestError::NoFpu { tid: t.pid });
@@ -480,7 +484,7 @@ fn thread_state(
                     mem_fpu?
                 }
             };
-            Ok((final_user_regs(&pt, t.fsbase, t.gsbase), fpu))
+            Ok((final_user_regs(&pt, t.fsbase, t.gsbase, moved), fpu))
         }
     }
 }
@@ -906,7 +910,22 @@ fn render_process(
     let syscall_entry = k.symbol("entry_SYSCALL_64").ok();
     let mut out_threads = Vec::with_capacity(threads.len());
     for t in threads {
-        let (regs, fpu) = thread_state(t, live.get(&t.addr).copied(), syscall_entry, notes)?;
+        let c = live.get(&t.addr).copied();
+        let moved = match c {
+            Some(c) if c.cpl3 => None,
+            _ => crate::transfer::transfer(k, t, mm.pgd_phys),
+        };
+        if let Some(m) = moved.filter(|m| m.moved > 0) {
+            notes.push(format!(
+                "thread {}: {} caught after {} of {} bytes: returns {}",
+                t.pid,
+                if m.write { "write" } else { "read" },
+                m.moved,
+                m.len,
+                m.moved
+            ));
+        }
+        let (regs, fpu) = thread_state(t, c, syscall_entry, moved.map(|m| m.moved), notes)?;
         out_threads.push(wire::Thread {
             tid: wire_pid(t.pid)?,
             comm: t.comm.as_bytes().to_vec(),
@@ -948,6 +967,7 @@ fn render_process(
         ptimers: timers.ptimers,
         ptimer_next: timers.next_id,
         limits: proc_.limits,
+        creds: Some(proc_.creds.clone().ok_or(ManifestError::NoCreds)?),
         tree: tree_of(leader),
         threads: out_threads,
     };
@@ -1106,6 +1126,7 @@ fn render_exec(
     leader: &Task,
     proc_: &ProcessInfo,
     args: ExecArgs,
+    notes: &mut Vec<String>,
 ) -> Result<Rendered, ManifestError> {
     let mut files = Wanted::default();
     want_exe(k, &args.path, args.file, &mut files)?;
@@ -1124,9 +1145,12 @@ fn render_exec(
         sigs,
         sigmask: leader.effective_sigmask(),
         tree: tree_of(leader),
+        limits: proc_.limits,
+        creds: Some(proc_.creds.clone().ok_or(ManifestError::NoCreds)?),
+        pending: pending_of(k, leader, &[leader], notes),
     };
     Ok(Rendered {
-        entry: Entry::Exec(exec),
+        entry: Entry::Exec(Box::new(exec)),
         wanted: files,
     })
 }
@@ -1310,7 +1334,7 @@ pub fn build_manifest_excluding(
                 Ok(_) if threads.len() > 1 => Err(ManifestError::ExecThreads {
                     threads: threads.len(),
                 }),
-                Ok(args) => render_exec(kernel, leader, proc_, args),
+                Ok(args) => render_exec(kernel, leader, proc_, args, &mut m.notes),
                 // No new program's mm: the old image is intact and the exec runs again.
                 Err(_) if can_restart(leader, mm) => image(),
                 Err(source) => Err(ManifestError::ExecArgs { source }),
@@ -1450,7 +1474,7 @@ pub fn build_manifest_excluding(
         }
         match r.entry {
             Entry::Process(p) => processes.push(*p),
-            Entry::Exec(e) => execs.push(e),
+            Entry::Exec(e) => execs.push(*e),
         }
         m.processes.push(tgid);
     }
@@ -1793,7 +1817,7 @@ mod tests {
             ..PtRegs::default()
         });
         let mut notes = Vec::new();
-        let (r, _) = thread_state(&t, None, Some(ENTRY), &mut notes).expect("state");
+        let (r, _) = thread_state(&t, None, Some(ENTRY), None, &mut notes).expect("state");
         assert_eq!(
             (r.rip, r.rax, r.eflags, r.orig_rax),
             (0x40_1000, 35, 0x246, u64::MAX)
@@ -1813,10 +1837,10 @@ mod tests {
             },
             fxsave: FxSave::init(),
         };
-        let (r, _) = thread_state(&t, Some(&c), Some(ENTRY), &mut notes).expect("state");
+        let (r, _) = thread_state(&t, Some(&c), Some(ENTRY), None, &mut notes).expect("state");
         assert_eq!((r.rip, r.rax, r.eflags), (0x40_2000, 230, 0x202));
         // Without the symbol, such a frame is refused rather than resumed in the kernel.
-        assert!(thread_state(&t, None, None, &mut notes).is_err());
+        assert!(thread_state(&t, None, None, None, &mut notes).is_err());
     }
 
     #[test]
@@ -1825,7 +1849,7 @@ mod tests {
         let mut t = task(5, 5, 0);
         t.regs = None;
         assert!(matches!(
-            thread_state(&t, None, None, &mut notes),
+            thread_state(&t, None, None, None, &mut notes),
             Err(ManifestError::NoUserRegs { tid: 5 })
         ));
         let mut t = task(6, 6, 0);
@@ -1833,13 +1857,13 @@ mod tests {
             r.cs = 0x23;
         }
         assert!(matches!(
-            thread_state(&t, None, None, &mut notes),
+            thread_state(&t, None, None, None, &mut notes),
             Err(ManifestError::Not64BitFrame { tid: 6, cs: 0x23 })
         ));
         // The FPU is not live on a CPU and was not read from memory either.
         let mut t = task(7, 7, 0);
         t.fpu = None;
-        let e = thread_state(&t, None, None, &mut notes).expect_err("no FPU");
+        let e = thread_state(&t, None, None, None, &mut notes).expect_err("no FPU");
         assert_eq!(e, ManifestError::NoFpu { tid: 7 });
         assert_eq!(error_chain(&e), "thread 7: FPU state unreadable");
         // A wrapped cause is printed once, after the context.
@@ -1891,6 +1915,14 @@ mod tests {
                     restorer: 0x40_3000,
                     mask: 0,
                 }],
+                creds: Some(owvmm_manifest::Creds {
+                    uids: [1000, 1000, 1000, 1000],
+                    gids: [100, 100, 100, 100],
+                    caps: [0, 0, 0, (1 << 41) - 1, 0],
+                    dumpable: 1,
+                    groups: vec![5, 6],
+                    ..Default::default()
+                }),
                 ..ProcessInfo::default()
             })
         };
@@ -1925,6 +1957,11 @@ mod tests {
         let man = build_manifest(&k, &r, &cpus);
         println!("{}", man.text);
         assert_eq!(man.processes, [5]);
+        assert!(
+            man.text
+                .contains("\ncred 3e8 3e8 3e8 3e8 64 64 64 64 0 0 0 0 1ffffffffff 0 1 5,6\n"),
+            "the credentials"
+        );
         let reasons: Vec<(i32, &str)> = man
             .excluded
             .iter()
@@ -2127,6 +2164,7 @@ mod tests {
                 9,
                 Partial::ok(ProcessInfo {
                     tgid: 9,
+                    creds: Some(owvmm_manifest::Creds::default()),
                     files: files.value[..2].to_vec(),
                     cwd: Some("/tmp".to_owned()),
                     sigactions: vec![
@@ -2175,7 +2213,7 @@ mod tests {
         assert_eq!(e.sigmask, 1 << 12);
         assert_eq!(wire::parse(man.text.as_bytes()), Ok(man.manifest.clone()));
         assert!(man.text.contains(
-            "\nexec 9 p9\npath /busybox\ncwd /tmp\ntree 1 9 9\narg sleep\narg 1\nenv PATH=/bin\nfd 0 2 123 chr /console\nsig 13 1 0 0 0\nsigmask 1000\nend\n"
+            "\nexec 9 p9\npath /busybox\ncwd /tmp\ntree 1 9 9\ncred 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 -\narg sleep\narg 1\nenv PATH=/bin\nfd 0 2 123 chr /console\nsig 13 1 0 0 0\nsigmask 1000\nend\n"
         ));
         // The executable lives in memory: it is recreated first.
         assert!(

@@ -175,6 +175,9 @@ pub struct ProcessInfo {
     /// `fs->umask`, `personality` and `signal->rlim[]` (None when any is unreadable: the
     /// process then gets the crash kernel's defaults).
     pub limits: Option<owvmm_manifest::Limits>,
+    /// The leader's credentials and its mm's dumpable flag (None when unreadable: the
+    /// process is then not restored, never with more privilege than it had).
+    pub creds: Option<owvmm_manifest::Creds>,
 }
 
 /// Why a process's files, inodes or directories could not be read.
@@ -183,6 +186,9 @@ pub enum ProcessError {
     /// A kernel read without more to say than the read itself.
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    /// A `group_info` holds more groups than any kernel allows.
+    #[error("{0} supplementary groups")]
+    Groups(u64),
     /// An inode pointer is not a kernel pointer.
     #[error("bad inode pointer {0:#x}")]
     BadInode(u64),
@@ -609,7 +615,94 @@ pub fn read_process(k: &Kernel<'_>, leader: &Task) -> Partial<ProcessInfo> {
         }
         out.value.limits = read_limits(k, leader, signal).ok();
     }
+    match read_creds(k, leader) {
+        Ok((c, cut)) => {
+            if cut {
+                out.problems.push(format!(
+                    "credentials: more than {} supplementary groups: the first kept",
+                    owvmm_manifest::MAX_GROUPS
+                ));
+            }
+            out.value.creds = Some(c);
+        }
+        Err(e) => out.problems.push(format!(
+            "credentials unreadable: {}",
+            crate::error_chain(&e)
+        )),
+    }
     out
+}
+
+/// `NGROUPS_MAX`: the most supplementary groups a kernel holds.
+const NGROUPS_MAX: u64 = 65536;
+
+/// The credentials of `leader` (`real_cred`: ids, capability sets, securebits, groups)
+/// and its mm's dumpable flag. True with them when the groups were cut to
+/// [`owvmm_manifest::MAX_GROUPS`].
+fn read_creds(
+    k: &Kernel<'_>,
+    leader: &Task,
+) -> Result<(owvmm_manifest::Creds, bool), ProcessError> {
+    let cred = k.read_field("task_struct", "real_cred", leader.addr)?;
+    if !is_kernel_addr(cred) {
+        return Err(KernelError::NotKernel(cred).into());
+    }
+    let id = |f: &str| -> Result<u32, KernelError> {
+        Ok(u32::try_from(k.read_field("cred", f, cred)? & 0xffff_ffff).unwrap_or(u32::MAX))
+    };
+    let mut c = owvmm_manifest::Creds::default();
+    for (slot, f) in c
+        .uids
+        .iter_mut()
+        .zip(["uid.val", "euid.val", "suid.val", "fsuid.val"])
+    {
+        *slot = id(f)?;
+    }
+    for (slot, f) in c
+        .gids
+        .iter_mut()
+        .zip(["gid.val", "egid.val", "sgid.val", "fsgid.val"])
+    {
+        *slot = id(f)?;
+    }
+    c.securebits = id("securebits")?;
+    let sets = [
+        "cap_inheritable",
+        "cap_permitted",
+        "cap_effective",
+        "cap_bset",
+        "cap_ambient",
+    ];
+    for (slot, f) in c.caps.iter_mut().zip(sets) {
+        // kernel_cap_t: two u32 words (6.1) or one u64 (6.3 on): the same 8 bytes.
+        *slot = k.read_u64(cred.wrapping_add(k.offset_of("cred", f)?))?;
+    }
+    let mut cut = false;
+    let gi = k.read_field("cred", "group_info", cred)?;
+    if gi != 0 {
+        if !is_kernel_addr(gi) {
+            return Err(KernelError::NotKernel(gi).into());
+        }
+        let n = k.read_field("group_info", "ngroups", gi)? & 0xffff_ffff;
+        if n > NGROUPS_MAX {
+            return Err(ProcessError::Groups(n));
+        }
+        let keep = n.min(owvmm_manifest::MAX_GROUPS as u64);
+        cut = keep < n;
+        let at = gi.wrapping_add(k.offset_of("group_info", "gid")?);
+        let mut raw = vec![0u8; usize::try_from(keep * 4).unwrap_or(0)];
+        k.read_bytes(at, &mut raw)?;
+        c.groups = raw
+            .chunks_exact(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect();
+    }
+    // MMF_DUMPABLE_MASK: the two low bits of mm->flags.
+    c.dumpable = match k.read_field("mm_struct", "flags", leader.mm) {
+        Ok(f) => u32::try_from(f & 3).unwrap_or(1),
+        Err(_) => 1,
+    };
+    Ok((c, cut))
 }
 
 /// The umask, personality and resource limits of the process led by `leader` (its
@@ -647,6 +740,74 @@ pub(crate) mod tests {
     use crate::kernel::testmem::{dm, Mem};
     use crate::list::tests::MAP;
     use crate::symbols::SymbolTable;
+
+    #[test]
+    fn reads_ids_capabilities_groups_and_dumpable() {
+        let mut b = Builder::new();
+        let u32t = b.int("unsigned int", 4);
+        let ulong = b.int("long unsigned int", 8);
+        let kid = b.strukt("kuid_t", 4, &[("val", u32t, 0)]);
+        let cap = b.strukt("kernel_cap_t", 8, &[("cap", ulong, 0)]);
+        let ids = [
+            "uid", "gid", "suid", "sgid", "euid", "egid", "fsuid", "fsgid",
+        ];
+        let mut members: Vec<(&str, u32, u32)> = (0u32..)
+            .zip(ids)
+            .map(|(i, n)| (n, kid, 32 + 32 * i))
+            .collect();
+        members.push(("securebits", u32t, 288));
+        let sets = [
+            "cap_inheritable",
+            "cap_permitted",
+            "cap_effective",
+            "cap_bset",
+            "cap_ambient",
+        ];
+        members.extend((0u32..).zip(sets).map(|(i, n)| (n, cap, 320 + 64 * i)));
+        members.push(("group_info", ulong, 640));
+        b.strukt("cred", 96, &members);
+        b.strukt("group_info", 8, &[("ngroups", u32t, 32), ("gid", u32t, 64)]);
+        b.strukt("task_struct", 16, &[("real_cred", ulong, 0)]);
+        b.strukt("mm_struct", 8, &[("flags", ulong, 0)]);
+        let btf = Btf::parse(&b.finish()).expect("btf");
+        const TASK: u64 = 0x10_0000;
+        const CRED: u64 = 0x10_1000;
+        const GI: u64 = 0x10_2000;
+        const MM: u64 = 0x10_3000;
+        let mut m = Mem::new(0x20_0000);
+        m.put_u64(TASK, dm(CRED));
+        for (i, v) in (0u64..).zip([1000u32, 100, 1002, 102, 1001, 101, 1003, 103]) {
+            m.put_u32(CRED + 4 + 4 * i, v);
+        }
+        m.put_u32(CRED + 36, 0x10);
+        for (i, v) in (0u64..).zip([0x400u64, 0x420, 0x420, 0x1ff_fffe_ffff, 0x400]) {
+            m.put_u64(CRED + 40 + 8 * i, v);
+        }
+        m.put_u64(CRED + 80, dm(GI));
+        m.put_u32(GI + 4, 2);
+        m.put_u32(GI + 8, 5);
+        m.put_u32(GI + 12, 27);
+        m.put_u64(MM, 0x2_0000_0001);
+        let syms = SymbolTable::parse_system_map(MAP).expect("map");
+        let k = Kernel::new(&m, &syms, &btf).expect("kernel");
+        let mut t = Task::for_tests(dm(TASK), 7);
+        t.mm = dm(MM);
+        let (c, cut) = read_creds(&k, &t).expect("creds");
+        assert!(!cut);
+        assert_eq!(c.uids, [1000, 1001, 1002, 1003]);
+        assert_eq!(c.gids, [100, 101, 102, 103]);
+        assert_eq!(c.securebits, 0x10);
+        assert_eq!(c.caps, [0x400, 0x420, 0x420, 0x1ff_fffe_ffff, 0x400]);
+        assert_eq!(c.groups, [5, 27]);
+        assert_eq!(c.dumpable, 1);
+        // An absurd group count or a wild cred pointer is refused, never read on.
+        m.put_u32(GI + 4, 1 << 20);
+        let k = Kernel::new(&m, &syms, &btf).expect("kernel");
+        assert!(read_creds(&k, &t).is_err());
+        m.put_u64(TASK, 0x1234);
+        let k = Kernel::new(&m, &syms, &btf).expect("kernel");
+        assert!(read_creds(&k, &t).is_err());
+    }
 
     /// Types for files, inodes, signal actions, fs_struct and the page cache.
     pub(crate) fn btf() -> Btf {

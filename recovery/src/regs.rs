@@ -267,8 +267,19 @@ pub fn exec_frame_intact(regs: &PtRegs) -> bool {
 /// The registers a thread resumes with, from its saved frame: an in-progress or restarting
 /// system call returns `-EINTR` (rip unchanged); `orig_rax` is -1; segments as in
 /// [`UserRegs::normalized`]; `fs_base`/`gs_base` as given (the task's saved bases).
-pub fn final_user_regs(regs: &PtRegs, fs_base: u64, gs_base: u64) -> UserRegs {
+/// `moved`: what a read or write in progress had moved ([`crate::transfer`]), when known:
+/// it returns that count (what the kernel returns when a signal cuts a transfer short),
+/// or runs again when that is nothing.
+pub fn final_user_regs(regs: &PtRegs, fs_base: u64, gs_base: u64, moved: Option<u64>) -> UserRegs {
     let (rax, rip) = match classify_syscall(regs) {
+        SyscallState::InProgress { nr }
+            if crate::transfer::TRANSFER_SYSCALLS.contains(&nr) && moved.is_some() =>
+        {
+            match moved {
+                Some(n) if n > 0 => (n, regs.ip),
+                _ => (nr, regs.ip.wrapping_sub(2)),
+            }
+        }
         // `syscall` left the return address in both `cx` and `ip`; `start_thread` sets `ip`
         // to the new program's entry and `ELF_PLAT_INIT` clears `cx`.
         SyscallState::InProgress { nr } if EXEC_SYSCALLS.contains(&nr) => {
@@ -482,7 +493,7 @@ mod tests {
             (0, 17, 17),
             (-1, 99, 99),
         ] {
-            let r = final_user_regs(&frame(orig, ax), 0x1111, 0x2222);
+            let r = final_user_regs(&frame(orig, ax), 0x1111, 0x2222, None);
             assert_eq!(r.rax, want, "orig {orig} ax {ax}");
             assert_eq!(r.rip, 0x40_1000);
             assert_eq!(r.orig_rax, u64::MAX);
@@ -508,13 +519,13 @@ mod tests {
             (12, -ENOSYS),
             (262, -ENOSYS),
         ] {
-            let r = final_user_regs(&frame(orig, ax), 0, 0);
+            let r = final_user_regs(&frame(orig, ax), 0, 0, None);
             assert_eq!((r.rax, r.rip), (unsigned(orig), 0x40_0ffe), "orig {orig}");
         }
         // execve/execveat in progress with the caller's frame: run again (not EINTR, which
         // a shell's child would report and exit on), arguments as saved.
         for nr in [59, 322] {
-            let r = final_user_regs(&frame(nr, -ENOSYS), 0, 0);
+            let r = final_user_regs(&frame(nr, -ENOSYS), 0, 0, None);
             assert_eq!(
                 (r.rax, r.rip, r.rdi),
                 (unsigned(nr), 0x40_0ffe, 3),
@@ -524,7 +535,7 @@ mod tests {
         // ... and once start_thread put the new program's entry in the frame: it succeeded.
         let mut f = frame(59, -ENOSYS);
         (f.ip, f.cx, f.di) = (0x7f00_1234, 0, 0);
-        let r = final_user_regs(&f, 0, 0);
+        let r = final_user_regs(&f, 0, 0, None);
         assert_eq!((r.rax, r.rip), (0, 0x7f00_1234));
         // A wait for descriptors with no time limit is run again; one with a limit fails
         // with EINTR (run again it would wait its whole time again).
@@ -539,10 +550,10 @@ mod tests {
         ] {
             let mut f = frame(nr, -ENOSYS);
             (f.dx, f.r8, f.r10) = (100, 0x7ffe_1000, 100);
-            let timed = final_user_regs(&f, 0, 0);
+            let timed = final_user_regs(&f, 0, 0, None);
             assert_eq!(timed.rax, unsigned(-EINTR), "nr {nr} with a time limit");
             set(&mut f);
-            let r = final_user_regs(&f, 0, 0);
+            let r = final_user_regs(&f, 0, 0, None);
             assert_eq!(
                 (r.rax, r.rip),
                 (unsigned(nr), 0x40_0ffe),
@@ -550,27 +561,44 @@ mod tests {
             );
             let mut out = frame(nr, -ERESTARTNOHAND);
             (out.dx, out.r8, out.r10) = (f.dx, f.r8, f.r10);
-            let r = final_user_regs(&out, 0, 0);
+            let r = final_user_regs(&out, 0, 0, None);
             assert_eq!(r.rax, unsigned(nr), "nr {nr} on its way out to restart");
         }
         // A read, accept or wait caught asleep had taken nothing: run again; so is a write
         // of at most PIPE_BUF bytes, but not a bigger one (it may have written a part) nor
         // a recv with MSG_WAITALL (it may have received a part).
         for nr in [0, 43, 61, 247, 34] {
-            let r = final_user_regs(&frame(nr, -ENOSYS), 0, 0);
+            let r = final_user_regs(&frame(nr, -ENOSYS), 0, 0, None);
             assert_eq!((r.rax, r.rip), (unsigned(nr), 0x40_0ffe), "nr {nr}");
-            let r = final_user_regs(&frame(nr, -ERESTARTSYS), 0, 0);
+            let r = final_user_regs(&frame(nr, -ERESTARTSYS), 0, 0, None);
             assert_eq!((r.rax, r.rip), (unsigned(nr), 0x40_0ffe), "nr {nr}");
         }
         let mut w = frame(1, -ENOSYS);
         w.dx = 4096;
-        assert_eq!(final_user_regs(&w, 0, 0).rax, 1);
+        assert_eq!(final_user_regs(&w, 0, 0, None).rax, 1);
         w.dx = 4097;
-        assert_eq!(final_user_regs(&w, 0, 0).rax, unsigned(-EINTR));
+        assert_eq!(final_user_regs(&w, 0, 0, None).rax, unsigned(-EINTR));
         let mut rcv = frame(45, -ENOSYS);
         rcv.r10 = 0x100;
-        assert_eq!(final_user_regs(&rcv, 0, 0).rax, unsigned(-EINTR));
-        let r = final_user_regs(&frame(1, 2), 3, 4);
+        assert_eq!(final_user_regs(&rcv, 0, 0, None).rax, unsigned(-EINTR));
+        // A write or read whose progress is known returns what it moved, or runs again
+        // when that is nothing; another call ignores it.
+        let mut w = frame(1, -ENOSYS);
+        w.dx = 1 << 20;
+        assert_eq!(
+            (
+                final_user_regs(&w, 0, 0, Some(65536)).rax,
+                final_user_regs(&w, 0, 0, Some(65536)).rip
+            ),
+            (65536, 0x40_1000)
+        );
+        assert_eq!(final_user_regs(&w, 0, 0, Some(0)).rax, 1);
+        assert_eq!(final_user_regs(&w, 0, 0, Some(0)).rip, 0x40_0ffe);
+        assert_eq!(
+            final_user_regs(&frame(35, -ENOSYS), 0, 0, Some(9)).rax,
+            unsigned(-EINTR)
+        );
+        let r = final_user_regs(&frame(1, 2), 3, 4, None);
         assert_eq!(UserRegs::from_array(r.to_array()), r);
         assert_eq!(r.to_array()[21], 3);
     }

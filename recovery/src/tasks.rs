@@ -312,6 +312,41 @@ impl fmt::Debug for FxSave {
 }
 
 impl Task {
+    /// A user task at `addr` with nothing else known, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(addr: u64, pid: i32) -> Task {
+        Task {
+            addr,
+            pid,
+            tgid: pid,
+            comm: String::new(),
+            state: 1,
+            exit_state: 0,
+            flags: 0,
+            on_cpu: false,
+            cpu: None,
+            mm: 1,
+            stack: 0,
+            regs_addr: 0,
+            regs: None,
+            fsbase: 0,
+            gsbase: 0,
+            thread_flags: 0,
+            clear_child_tid: 0,
+            robust_list: 0,
+            rseq: None,
+            blocked: 0,
+            pending: 0,
+            saved_sigmask: 0,
+            restore_sigmask: false,
+            files: 0,
+            fs: 0,
+            sighand: 0,
+            family: None,
+            fpu: None,
+        }
+    }
+
     /// A kernel thread: `PF_KTHREAD`, or no `mm`.
     pub fn is_kernel_thread(&self) -> bool {
         self.flags & PF_KTHREAD != 0 || self.mm == 0
@@ -439,6 +474,11 @@ struct ExtraLayout {
     missing: Vec<String>,
 }
 
+/// Where a `struct pid` holds its number in the initial namespace (`numbers[0].nr`).
+pub(crate) fn pid_nr_offset(k: &Kernel<'_>) -> Result<u64, KernelError> {
+    Ok(k.offset_of("pid", "numbers")? + k.offset_of("upid", "nr")?)
+}
+
 #[derive(Debug)]
 struct FamilyLayout {
     real_parent: u64,
@@ -458,7 +498,7 @@ impl FamilyLayout {
             exit_code: t("exit_code")?,
             signal: t("signal")?,
             pids: k.offset_of("signal_struct", "pids")?,
-            nr: k.offset_of("pid", "numbers")? + k.offset_of("upid", "nr")?,
+            nr: pid_nr_offset(k)?,
         })
     }
 }

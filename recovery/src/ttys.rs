@@ -338,10 +338,7 @@ fn ctrl_pid(k: &Kernel<'_>, tty: u64, field: &str) -> u32 {
     if !is_kernel_addr(pid) {
         return 0;
     }
-    let nr = k
-        .offset_of("pid", "numbers")
-        .and_then(|n| Ok(n + k.offset_of("upid", "nr")?))
-        .and_then(|o| k.read_u32(pid.wrapping_add(o)));
+    let nr = crate::tasks::pid_nr_offset(k).and_then(|o| k.read_u32(pid.wrapping_add(o)));
     nr.unwrap_or(0)
 }
 

@@ -32,6 +32,18 @@
  *                        second (n=) whether they are pending; at n=60 it takes them
  *                        (sigtimedwait) and prints what it got, in order ("got="), then
  *                        "pending done"
+ *   owtest bigwrite     a child writes a byte stream (each 8-byte word its own index) into
+ *                        a pipe in 256 KiB writes, resuming a write cut short where it
+ *                        stopped (and printing "short=" each time) and retrying one that
+ *                        failed with EINTR whole; the parent reads 4 KiB every 100 ms,
+ *                        checks every byte is the next one of the stream, and prints every
+ *                        second (n=) how much it read and whether all was right ("ok=yes";
+ *                        a byte written twice or lost makes it "ok=no" for good)
+ *   owtest creds        drops from root to uids 1000,1001,1002, gids 100,101,102, groups
+ *                        5,27, keeping CAP_KILL and CAP_NET_BIND_SERVICE (the latter also
+ *                        inheritable and ambient), CAP_SYS_MODULE out of its bounding set;
+ *                        prints every second (n=) its ids, groups, capability sets and
+ *                        dumpable flag as the kernel reports them
  *   owtest timers       an ITIMER_REAL of 1 s (period 1 s) counting SIGALRMs, a
  *                        CLOCK_MONOTONIC POSIX timer of 0.5 s (period 0.5 s) sending
  *                        SIGRTMIN with the value 42 (counted, the value checked), and a
@@ -61,6 +73,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <grp.h>
+#include <linux/capability.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -497,6 +513,147 @@ static int pending(void) {
     return 0;
 }
 
+/* Byte `p` of the bigwrite stream: the little-endian bytes of word p / 8, whose value is
+ * its index. */
+static unsigned char stream_byte(uint64_t p) {
+    return (unsigned char)((p / 8) >> (8 * (p % 8)));
+}
+
+static int bigwrite(void) {
+    int fds[2];
+    if (pipe(fds) != 0) {
+        printf("bigwrite pid=%d pipe failed: %s\n", getpid(), strerror(errno));
+        return 1;
+    }
+    pid_t w = fork();
+    if (w < 0) {
+        printf("bigwrite pid=%d fork failed: %s\n", getpid(), strerror(errno));
+        return 1;
+    }
+    if (w == 0) {
+        close(fds[0]);
+        enum { CHUNK = 256 * 1024 };
+        static unsigned char buf[CHUNK];
+        uint64_t pos = 0;
+        long shorts = 0;
+        for (;;) {
+            for (uint64_t i = 0; i < CHUNK; i++)
+                buf[i] = stream_byte(pos + i);
+            size_t done = 0;
+            while (done < CHUNK) {
+                ssize_t n = write(fds[1], buf + done, CHUNK - done);
+                if (n < 0 && errno == EINTR) {
+                    printf("bigwrite pid=%d eintr at=%llu\n", getpid(),
+                           (unsigned long long)(pos + done));
+                    continue;
+                }
+                if (n <= 0) {
+                    printf("bigwrite pid=%d write failed: %s\n", getpid(), strerror(errno));
+                    _exit(1);
+                }
+                done += (size_t)n;
+                if (done < CHUNK) {
+                    shorts++;
+                    printf("bigwrite pid=%d short=%ld wrote=%zd at=%llu\n", getpid(), shorts, n,
+                           (unsigned long long)(pos + done));
+                }
+            }
+            pos += CHUNK;
+        }
+    }
+    close(fds[1]);
+    unsigned char buf[4096];
+    uint64_t pos = 0;
+    int ok = 1;
+    for (int n = 1;; n++) {
+        for (int r = 0; r < 10; r++) {
+            struct timespec ts = {0, 100 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+            ssize_t got = read(fds[0], buf, sizeof buf);
+            if (got < 0 && errno == EINTR)
+                continue;
+            if (got <= 0) {
+                printf("bigwrite pid=%d read failed: %s\n", getpid(),
+                       got == 0 ? "end of file" : strerror(errno));
+                return 1;
+            }
+            for (ssize_t i = 0; i < got; i++) {
+                if (ok && buf[i] != stream_byte(pos + (uint64_t)i)) {
+                    ok = 0;
+                    printf("bigwrite pid=%d bad byte at=%llu\n", getpid(),
+                           (unsigned long long)(pos + (uint64_t)i));
+                }
+            }
+            pos += (uint64_t)got;
+        }
+        printf("bigwrite pid=%d n=%d writer=%d read=%llu ok=%s\n", getpid(), n, w,
+               (unsigned long long)pos, ok ? "yes" : "no");
+    }
+}
+
+/* The value after `key` in /proc/self/status, tabs made commas, into out. */
+static void status_field(const char *key, char *out, size_t n) {
+    snprintf(out, n, "?");
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f)
+        return;
+    char line[512];
+    size_t k = strlen(key);
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, key, k) != 0)
+            continue;
+        char *v = line + k;
+        while (*v == '\t' || *v == ' ')
+            v++;
+        size_t j = 0;
+        for (; *v && *v != '\n' && j + 1 < n; v++)
+            out[j++] = (*v == '\t' || *v == ' ') ? ',' : *v;
+        while (j > 0 && out[j - 1] == ',')
+            j--;
+        out[j] = 0;
+        if (j == 0)
+            snprintf(out, n, "-");
+        break;
+    }
+    fclose(f);
+}
+
+static int creds(void) {
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+    gid_t groups[] = {5, 27};
+    const unsigned keep = (1u << CAP_KILL) | (1u << CAP_NET_BIND_SERVICE);
+    memset(data, 0, sizeof data);
+    data[0].effective = data[0].permitted = keep;
+    data[0].inheritable = 1u << CAP_NET_BIND_SERVICE;
+    if (prctl(PR_CAPBSET_DROP, CAP_SYS_MODULE, 0, 0, 0) != 0 || setgroups(2, groups) != 0 ||
+        setresgid(100, 101, 102) != 0 || prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 ||
+        setresuid(1000, 1001, 1002) != 0 || syscall(SYS_capset, &hdr, data) != 0 ||
+        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_NET_BIND_SERVICE, 0, 0) != 0 ||
+        prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) != 0) {
+        printf("creds pid=%d setup failed: %s\n", getpid(), strerror(errno));
+        return 1;
+    }
+    prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
+    for (int n = 1;; n++) {
+        char uid[64], gid[64], grp[128], inh[32], prm[32], eff[32], bnd[32], amb[32];
+        status_field("Uid:", uid, sizeof uid);
+        status_field("Gid:", gid, sizeof gid);
+        status_field("Groups:", grp, sizeof grp);
+        status_field("CapInh:", inh, sizeof inh);
+        status_field("CapPrm:", prm, sizeof prm);
+        status_field("CapEff:", eff, sizeof eff);
+        status_field("CapBnd:", bnd, sizeof bnd);
+        status_field("CapAmb:", amb, sizeof amb);
+        printf("creds pid=%d n=%d uid=%s gid=%s groups=%s inh=%s prm=%s eff=%s bnd=%s amb=%s "
+               "dumpable=%d\n",
+               getpid(), n, uid, gid, grp, inh, prm, eff, bnd, amb,
+               prctl(PR_GET_DUMPABLE, 0, 0, 0, 0));
+        struct timespec ts = {1, 0};
+        nanosleep(&ts, NULL);
+    }
+}
+
 static volatile sig_atomic_t alarms, rt_fast, rt_slow, rt_bad_value;
 
 static void on_alarm(int s) {
@@ -583,10 +740,14 @@ int main(int argc, char **argv) {
         return family();
     if (argc == 2 && strcmp(argv[1], "pending") == 0)
         return pending();
+    if (argc == 2 && strcmp(argv[1], "bigwrite") == 0)
+        return bigwrite();
+    if (argc == 2 && strcmp(argv[1], "creds") == 0)
+        return creds();
     if (argc == 2 && strcmp(argv[1], "timers") == 0)
         return timers();
     fprintf(stderr,
             "usage: owtest heap MIB | threads FILE | sleeper | events | unixpair | family | "
-            "pending | timers\n");
+            "pending | bigwrite | creds | timers\n");
     return 2;
 }

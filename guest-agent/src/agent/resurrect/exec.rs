@@ -10,9 +10,10 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::RawFd;
 
+use super::creds::{self, Step};
 use super::manifest::Exec;
 use super::pipes::PipeTable;
-use super::restore::{Setup, STEP_EXEC, STEP_SIGMASK};
+use super::restore::{Setup, STEP_CREDS, STEP_EXEC, STEP_SIGMASK};
 use super::{text, Error};
 
 /// Exit code of a child whose exec failed (the reason went through the pipe).
@@ -28,6 +29,11 @@ pub(super) struct ExecPlan {
     /// Owns what `argv` and `envp` point to.
     _strings: Vec<CString>,
     sigmask: u64,
+    /// `umask` and the resource limits as `struct rlimit64` pairs, by resource number.
+    limits: Option<(u32, Vec<[u64; 2]>)>,
+    /// The calls that give it its credentials, and the bytes they read (their pointers
+    /// point into these).
+    creds: Option<(Vec<Step>, Box<[u8]>)>,
     /// The pipe's write end, and the number it moves to (above every fd of the target).
     status: RawFd,
     status_at: RawFd,
@@ -101,6 +107,28 @@ pub(super) fn prepare(e: &Exec, pipes: &PipeTable) -> Result<Prepared, Error> {
     let mut keep = setup.keep().to_vec();
     keep.push(status_at);
     keep.sort_unstable();
+    let limits = e
+        .limits
+        .as_ref()
+        .map(|l| (l.umask, l.rlimits.iter().map(|&(c, m)| [c, m]).collect()));
+    // Only when they differ from ours (the child starts as our copy).
+    let cred_steps = match &e.creds {
+        Some(want) => {
+            let have = creds::current(std::process::id().try_into().unwrap_or(0))
+                .ok_or_else(|| Error::Invalid("the agent's credentials unreadable".into()))?;
+            let same = want.securebits == 0
+                && super::manifest::Creds {
+                    dumpable: want.dumpable,
+                    ..have.clone()
+                } == *want;
+            (!same).then(|| {
+                let bytes: Box<[u8]> = creds::steps(want, &have, 0).1.into();
+                let at = bytes.as_ptr() as u64;
+                (creds::steps(want, &have, at).0, bytes)
+            })
+        }
+        None => None,
+    };
     let plan = ExecPlan {
         setup,
         path: c_string("path", &e.path)?,
@@ -108,6 +136,8 @@ pub(super) fn prepare(e: &Exec, pipes: &PipeTable) -> Result<Prepared, Error> {
         envp,
         _strings: strings,
         sigmask: e.sigmask,
+        limits,
+        creds: cred_steps,
         status: wr,
         status_at,
         keep,
@@ -215,6 +245,26 @@ pub(super) unsafe fn child(plan: &ExecPlan) -> ! {
         ) != 0
         {
             fail(STEP_SIGMASK, 0);
+        }
+        if let Some((umask, rlimits)) = &plan.limits {
+            libc::syscall(libc::SYS_umask, *umask);
+            // A limit the kernel refuses stays at its default (the exec would meet it).
+            for (res, lim) in rlimits.iter().enumerate() {
+                libc::syscall(
+                    libc::SYS_prlimit64,
+                    0,
+                    res,
+                    lim.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                );
+            }
+        }
+        if let Some((steps, _)) = &plan.creds {
+            for (i, (nr, a, _)) in steps.iter().enumerate() {
+                if libc::syscall(*nr, a[0], a[1], a[2], a[3], a[4], a[5]) < 0 {
+                    fail(STEP_CREDS, i);
+                }
+            }
         }
         libc::execve(plan.path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
         fail(STEP_EXEC, 0)

@@ -17,6 +17,7 @@
 //! - [`tree`] decides who creates whom: a process whose parent comes back too is made by
 //!   its parent, in its session and process group; unreaped zombies come back as zombies.
 
+pub mod creds;
 pub mod exec;
 pub mod files;
 pub mod manifest;
@@ -485,7 +486,10 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
             tree::Kind::Exec(e, prep) => (
                 e.pid,
                 match &created {
-                    Ok(()) => exec::finish(prep).map(|()| 1),
+                    Ok(()) => exec::finish(prep).map(|()| {
+                        restore::queue_pending(i32::try_from(e.pid).unwrap_or(0), &e.pending);
+                        1
+                    }),
                     Err(e) => Err(Error::Invalid(e.clone())),
                 },
                 text(&e.path),

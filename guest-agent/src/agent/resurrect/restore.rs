@@ -18,7 +18,8 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
-use super::manifest::{EpollRec, FdKind, FdRec, Process, SigRec, VmaKind, PAGE};
+use super::creds;
+use super::manifest::{Creds, EpollRec, FdKind, FdRec, Process, SigRec, VmaKind, PAGE};
 use super::pipes::PipeTable;
 use super::procedure::{self, Lost};
 use super::tracer::{self, reg, Injector, Regs, Tid};
@@ -64,6 +65,8 @@ const STEP_EPOLL: u64 = 10;
 const STEP_SIGACTION: u64 = 6;
 pub(super) const STEP_SIGMASK: u64 = 7;
 pub(super) const STEP_EXEC: u64 = 8;
+/// The credentials of an exec block (index: which of [`super::creds::steps`]).
+pub(super) const STEP_CREDS: u64 = 11;
 /// Exit codes of a child that could not even record an error.
 pub(super) const EXIT_TRACEME: i32 = 120;
 const EXIT_SCRATCH: i32 = 121;
@@ -465,6 +468,7 @@ impl Setup {
             STEP_SIGACTION => format!("rt_sigaction({})", self.sigs.get(i).map_or(0, |s| s.0)),
             STEP_SIGMASK => "rt_sigprocmask".to_owned(),
             STEP_EXEC => "execve".to_owned(),
+            STEP_CREDS => format!("credentials (step {i})"),
             other => format!("step {other}"),
         };
         Error::Child {
@@ -961,6 +965,20 @@ fn build(
     }
 
     phases.mark("threads");
+    // Credentials: only when they differ from the stub's (the agent's copy).
+    let creds = match &p.creds {
+        Some(want) => {
+            let have = creds::current(pid)
+                .ok_or_else(|| Error::Invalid("the stub's credentials unreadable".to_owned()))?;
+            let same = want.securebits == 0
+                && Creds {
+                    dumpable: want.dumpable,
+                    ..have.clone()
+                } == *want;
+            (!same).then_some((want, have))
+        }
+        None => None,
+    };
     // Per-thread kernel state.
     for ((tid, tbase), t) in threads.iter().zip(&p.threads) {
         let call = |nr: i64, args: [u64; 6], what: &str| inj.call(*tid, tbase, nr, args, what);
@@ -991,6 +1009,16 @@ fn build(
             [pr_set_name, data, 0, 0, 0, 0],
             "PR_SET_NAME",
         )?;
+        if let Some((want, have)) = &creds {
+            creds::apply(&inj, *tid, tbase, data, want, have)?;
+        }
+    }
+    if let Some(want) = p
+        .creds
+        .as_ref()
+        .filter(|w| creds.is_some() || w.dumpable == 0)
+    {
+        creds::set_dumpable(&inj, leader, &base, want)?;
     }
 
     // A crash procedure's block, in a fresh mapping of its own.
@@ -1463,7 +1491,7 @@ pub(super) unsafe fn child(plan: &ChildPlan) -> ! {
 /// the process), with their `siginfo` where the kernel lets another process set it (a
 /// negative `si_code` but `SI_TKILL`: `sigqueue`, `kill` from user space); those it made
 /// itself (`si_code` >= 0) are sent with `tgkill`/`kill`, their details lost.
-fn queue_pending(pid: i32, pending: &[super::manifest::Pending]) {
+pub(super) fn queue_pending(pid: i32, pending: &[super::manifest::Pending]) {
     const SI_TKILL: i32 = -6;
     for q in pending {
         let sig = q.signo();
