@@ -80,6 +80,8 @@ pub struct Manifest {
     pub files: Vec<FileRec>,
     /// The `pipe` records, in order (after the files, before the processes).
     pub pipes: Vec<PipeRec>,
+    /// The `shm` records: memory files (memfd) held by a descriptor, with their contents.
+    pub shms: Vec<ShmRec>,
     /// The `inet` records, in order (after the pipes, before the processes).
     pub inets: Vec<InetRec>,
     /// The `unix` records, in order (after the inet sockets, before the processes).
@@ -177,6 +179,32 @@ impl PipeRec {
         self.data.iter().map(|r| r.len).fold(0, u64::saturating_add)
     }
 }
+
+/// `shm <id> <size>`: a memory file (a memfd, or another file of the kernel's internal
+/// shmem mount) that a process holds by a descriptor, made again before the processes
+/// with this size and filled from the old memory: `sdata <offset> <gpa> <len>` (hex), the
+/// pages it had, at their offsets (holes read as zeros). Its holders are the `fd` records
+/// of kind `other` with the path `shm:<id>`; areas that map it have the same path, so it
+/// is the same object for both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShmRec {
+    /// Its inode number (the id of `shm:<id>` paths).
+    pub id: u32,
+    /// `i_size`.
+    pub size: u64,
+    pub data: Vec<ShmRun>,
+}
+
+/// Bytes of a memory file at `offset`, in old guest memory at `gpa`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShmRun {
+    pub offset: u64,
+    pub gpa: u64,
+    pub len: u64,
+}
+
+/// Largest memory file (`shm` size) accepted.
+pub const MAX_SHM_SIZE: u64 = 1 << 40;
 
 /// `inet <id> <family> <type> <port> <backlog> <v6only> <addr>`: an IPv4/IPv6 socket made
 /// again before the processes: TCP (`type` 1) bound and listening with `backlog`, or UDP

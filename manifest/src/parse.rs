@@ -11,12 +11,12 @@ use std::collections::HashSet;
 
 use crate::{
     Copy, Creds, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, FileUpdate, InetRec, Itimer,
-    Limits, Manifest, Mm, Pending, PipeRec, PipeRun, Process, Ptimer, PtyRec, SigRec, TcpRec,
-    Termios, Thread, Tree, TtyRec, UnixListenRec, UnixRec, Vma, VmaKind, Winsize, Zombie, HEADER,
-    ITIMER_KINDS, MAX_ARG_STRLEN, MAX_AUXV, MAX_ERRORS, MAX_EXEC_COUNT, MAX_EXEC_STRINGS,
-    MAX_FILE_SIZE, MAX_GROUPS, MAX_LINE, MAX_PATH, MAX_PENDING, MAX_PID, MAX_PIPES, MAX_PIPE_SIZE,
-    MAX_PTIMERS, MAX_PTIMER_ID, MAX_THREADS, MAX_VMAS, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE,
-    PTIMER_CLOCKS, RLIMITS, SIGEV_NONE, SIGEV_THREAD_ID,
+    Limits, Manifest, Mm, Pending, PipeRec, PipeRun, Process, Ptimer, PtyRec, ShmRec, ShmRun,
+    SigRec, TcpRec, Termios, Thread, Tree, TtyRec, UnixListenRec, UnixRec, Vma, VmaKind, Winsize,
+    Zombie, HEADER, ITIMER_KINDS, MAX_ARG_STRLEN, MAX_AUXV, MAX_ERRORS, MAX_EXEC_COUNT,
+    MAX_EXEC_STRINGS, MAX_FILE_SIZE, MAX_GROUPS, MAX_LINE, MAX_PATH, MAX_PENDING, MAX_PID,
+    MAX_PIPES, MAX_PIPE_SIZE, MAX_PTIMERS, MAX_PTIMER_ID, MAX_SHM_SIZE, MAX_THREADS, MAX_VMAS,
+    PAGE, PROT_EXEC, PROT_READ, PROT_WRITE, PTIMER_CLOCKS, RLIMITS, SIGEV_NONE, SIGEV_THREAD_ID,
 };
 
 /// `SIGKILL` and `SIGSTOP` (x86-64 Linux): they cannot have an action.
@@ -198,6 +198,8 @@ pub struct Parsed {
     pub files: Vec<FileRec>,
     /// The `pipe` records, in order.
     pub pipes: Vec<PipeRec>,
+    /// The `shm` records, in order.
+    pub shms: Vec<ShmRec>,
     /// The `inet` records, in order.
     pub inets: Vec<InetRec>,
     /// The `unix` records, in order.
@@ -247,6 +249,7 @@ impl Parsed {
         Ok(Manifest {
             files: self.files,
             pipes: self.pipes,
+            shms: self.shms,
             inets: self.inets,
             unixes: self.unixes,
             ulistens: self.ulistens,
@@ -475,6 +478,8 @@ impl Parser {
             "umsg" => self.umsg(rest),
             "udata" => self.udata(rest),
             "pdata" => self.pdata(rest),
+            "shm" => self.shm(rest),
+            "sdata" => self.sdata(rest),
             "pty" => self.pty(rest),
             "tty" => self.tty(rest),
             "ptyin" => self.pty_data("ptyin", rest),
@@ -948,6 +953,70 @@ impl Parser {
             "ptyout" => p.output.push(run),
             _ => p.typed.push(run),
         }
+        Ok(())
+    }
+
+    fn shm(&mut self, rest: &str) -> Result<(), ErrorKind> {
+        if !matches!(self.state, State::Files) {
+            return Err(ErrorKind::AfterFirstProcess { record: "shm" });
+        }
+        let (f, _) = fields(rest, 2, Tail::None)?;
+        let id = dec(f[0], "id")?;
+        let size = hex(f[1], "size")?;
+        if size > MAX_SHM_SIZE {
+            return Err(out_of_range("size", f[1]));
+        }
+        if self.out.shms.len() >= MAX_PIPES {
+            return Err(ErrorKind::TooMany {
+                what: "shm records",
+                limit: MAX_PIPES,
+            });
+        }
+        if self.out.shms.iter().any(|s| s.id == id) {
+            return Err(ErrorKind::Second { record: "shm" });
+        }
+        self.out.shms.push(ShmRec {
+            id,
+            size,
+            data: Vec::new(),
+        });
+        Ok(())
+    }
+
+    fn sdata(&mut self, rest: &str) -> Result<(), ErrorKind> {
+        if !matches!(self.state, State::Files) {
+            return Err(ErrorKind::AfterFirstProcess { record: "sdata" });
+        }
+        let (f, _) = fields(rest, 3, Tail::None)?;
+        let run = ShmRun {
+            offset: hex(f[0], "offset")?,
+            gpa: hex(f[1], "gpa")?,
+            len: hex(f[2], "len")?,
+        };
+        let Some(shm) = self.out.shms.last_mut() else {
+            return Err(ErrorKind::OutsideProcess { record: "sdata" });
+        };
+        let end = run.offset.checked_add(run.len);
+        if run.len == 0
+            || run.gpa.checked_add(run.len).is_none()
+            || end.is_none_or(|e| e > shm.size)
+        {
+            return Err(ErrorKind::Overflows { record: "sdata" });
+        }
+        if shm
+            .data
+            .last()
+            .is_some_and(|l| l.offset + l.len > run.offset)
+        {
+            return Err(ErrorKind::Overflows { record: "sdata" });
+        }
+        if shm.data.len() >= MAX_VMAS {
+            return Err(ErrorKind::TooMany {
+                what: "sdata records",
+                limit: MAX_VMAS,
+            });
+        }
+        shm.data.push(run);
         Ok(())
     }
 

@@ -75,6 +75,12 @@ impl Display for Manifest {
         for p in &self.pipes {
             write_pipe(f, p)?;
         }
+        for m in &self.shms {
+            writeln!(f, "shm {} {:x}", m.id, m.size)?;
+            for r in &m.data {
+                writeln!(f, "sdata {:x} {:x} {:x}", r.offset, r.gpa, r.len)?;
+            }
+        }
         for s in &self.inets {
             write_inet(f, s)?;
         }

@@ -476,6 +476,30 @@ fn manifest(r: &mut Rng) -> Manifest {
         pipes: (0..u32::try_from(r.below(4)).expect("n"))
             .map(|i| pipe(r, i * 7))
             .collect(),
+        shms: (0..u32::try_from(r.below(3)).expect("n"))
+            .map(|i| {
+                let size = r.below(1 << 30);
+                let mut at = 0;
+                let mut data = Vec::new();
+                while data.len() < 3 && at + 4096 <= size {
+                    at += r.below(1 << 20) & !4095;
+                    if at + 4096 > size {
+                        break;
+                    }
+                    data.push(owvmm_manifest::ShmRun {
+                        offset: at,
+                        gpa: r.below(1 << 40) & !4095,
+                        len: 4096,
+                    });
+                    at += 4096;
+                }
+                owvmm_manifest::ShmRec {
+                    id: i * 3 + 1,
+                    size,
+                    data,
+                }
+            })
+            .collect(),
         unixes: (0..u32::try_from(r.below(3)).expect("n"))
             .map(|i| UnixRec {
                 id: i * 5 + 2,

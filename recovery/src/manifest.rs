@@ -80,6 +80,14 @@ pub enum ManifestError {
     /// `saved_auxv` could not be read.
     #[error("saved auxv unreadable")]
     NoAuxv,
+    /// A memory file's pages could not be read.
+    #[error("fd {fd}: memfd: {problem}")]
+    MemoryFile {
+        /// The descriptor.
+        fd: u32,
+        /// Why.
+        problem: String,
+    },
     /// The credentials could not be read (restored as root it would gain privilege).
     #[error("credentials unreadable")]
     NoCreds,
@@ -343,6 +351,8 @@ struct Wanted {
     ptys: Vec<(u32, crate::ttys::Pty)>,
     /// The other terminals it holds (the console), by path.
     ttys: Vec<wire::TtyRec>,
+    /// The memory files (memfd) it holds by a descriptor, with their contents.
+    shms: Vec<wire::ShmRec>,
 }
 
 impl Wanted {
@@ -395,7 +405,7 @@ fn classify_vma(k: &Kernel<'_>, v: &Vma) -> Result<(VmaKind, Option<InodeInfo>),
     // internal mount, which no path reaches): one memory object, by its inode.
     if v.flags & VM_SHARED != 0
         && inode.s_magic == crate::process::TMPFS_MAGIC
-        && (path == "/dev/zero (deleted)" || path.starts_with("[tmpfs:"))
+        && (path == "/dev/zero (deleted)" || is_memfd_path(path))
     {
         return Ok((VmaKind::SharedAnon, Some(inode)));
     }
@@ -487,6 +497,53 @@ fn thread_state(
             Ok((final_user_regs(&pt, t.fsbase, t.gsbase, moved), fpu))
         }
     }
+}
+
+/// A file of the kernel's internal shmem mount (a memfd, SysV memory): pseudo files
+/// named through `d_dname`, `[tmpfs:memfd:NAME]` here (`/memfd:NAME (deleted)` in
+/// `/proc`).
+fn is_memfd_path(path: &str) -> bool {
+    path.starts_with("[tmpfs:") || path.starts_with("/memfd:")
+}
+
+/// Most bytes of memory files one manifest carries.
+const MAX_MEMFD_BYTES: u64 = 1 << 34;
+
+/// The size and pages of the memory file `inode` (id `id`), as `sdata` runs.
+fn memfd_content(k: &Kernel<'_>, id: u32, inode: &InodeInfo) -> Result<wire::ShmRec, String> {
+    if inode.size > MAX_MEMFD_BYTES.min(wire::MAX_SHM_SIZE) {
+        return Err(format!("{} bytes", inode.size));
+    }
+    let content = file_pages(k, inode.addr);
+    if let Some(p) = content.problems.first() {
+        return Err(p.clone());
+    }
+    let mut data: Vec<wire::ShmRun> = Vec::new();
+    let mut pages = content.value.pages;
+    pages.sort_unstable();
+    for (idx, phys) in pages {
+        let offset = idx.saturating_mul(4096);
+        if offset >= inode.size {
+            continue;
+        }
+        let len = (inode.size - offset).min(4096);
+        if let Some(r) = data.last_mut() {
+            if r.offset + r.len == offset && r.gpa + r.len == phys && r.len % 4096 == 0 {
+                r.len += len;
+                continue;
+            }
+        }
+        data.push(wire::ShmRun {
+            offset,
+            gpa: phys,
+            len,
+        });
+    }
+    Ok(wire::ShmRec {
+        id,
+        size: inode.size,
+        data,
+    })
 }
 
 /// Copies of a shared anonymous area: its shmem object's cached pages at `pgoff..`.
@@ -689,6 +746,32 @@ fn render_fds(
                 pos: 0,
                 kind: wire::FdKind::Other,
                 path: b"epoll".to_vec(),
+            });
+            continue;
+        }
+        if let Some(inode) = f
+            .inode
+            .filter(|i| i.kind() == FileKind::Reg && i.s_magic == crate::process::TMPFS_MAGIC)
+            .filter(|_| f.path.as_deref().is_some_and(is_memfd_path))
+        {
+            // A memory file (memfd): made again by the agent with its pages, and reopened
+            // by its holders; areas that map it are the same object.
+            let id = u32::try_from(inode.ino).map_err(|_| ManifestError::FdKind {
+                fd: f.fd,
+                kind: "memfd with a 64-bit inode number",
+            })?;
+            if !files.shms.iter().any(|s| s.id == id) {
+                files.shms.push(
+                    memfd_content(k, id, &inode)
+                        .map_err(|problem| ManifestError::MemoryFile { fd: f.fd, problem })?,
+                );
+            }
+            fds.push(wire::FdRec {
+                fd,
+                flags,
+                pos: f.pos,
+                kind: wire::FdKind::Other,
+                path: format!("shm:{id}").into_bytes(),
             });
             continue;
         }
@@ -1438,6 +1521,7 @@ pub fn build_manifest_excluding(
     let mut used_tcps: Vec<(u32, crate::tcp::TcpConn)> = Vec::new();
     let mut used_ptys: BTreeMap<u32, crate::ttys::Pty> = BTreeMap::new();
     let mut used_ttys: Vec<wire::TtyRec> = Vec::new();
+    let mut used_shms: Vec<wire::ShmRec> = Vec::new();
     let (mut processes, mut execs) = (Vec::new(), Vec::new());
     for (tgid, r) in rendered {
         let bad = r
@@ -1470,6 +1554,11 @@ pub fn build_manifest_excluding(
         for t in &r.wanted.ttys {
             if !used_ttys.iter().any(|u| u.path == t.path) {
                 used_ttys.push(t.clone());
+            }
+        }
+        for sh in r.wanted.shms {
+            if !used_shms.iter().any(|u| u.id == sh.id) {
+                used_shms.push(sh);
             }
         }
         match r.entry {
@@ -1624,6 +1713,7 @@ pub fn build_manifest_excluding(
         tcps: out_tcps,
         files: out_files,
         pipes: out_pipes,
+        shms: used_shms,
         inets: out_inets,
         unixes: out_unixes,
         ulistens: out_ulistens,

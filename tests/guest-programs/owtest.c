@@ -52,6 +52,12 @@
  *                        fast one's timer_getoverrun, the time left of the ITIMER_REAL
  *                        and of the long timer in ms (left=; timer_gettime) and whether
  *                        every call on the ids worked (ok=yes)
+ *   owtest memfd        a memory file (memfd_create "owtest-data") of 1 MiB + 5 bytes, its
+ *                        first 200 KiB a known pattern and "tail" at 900000, its position at
+ *                        12345, its first page also mapped shared; every second (n=) it
+ *                        writes n through the mapping, reads it back through the
+ *                        descriptor (shared=ok), checks the pattern, the size and the
+ *                        position (data=ok) and prints them
  *   owtest corrupt INIT_TASK TASKS PID MM MT_ROOT
  *                        (a hostile-kernel test, not an ordinary program) starts three
  *                        children that sleep, then corrupts the running kernel's view of
@@ -76,6 +82,7 @@
 #include <grp.h>
 #include <linux/capability.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -722,6 +729,46 @@ static int timers(void) {
     }
 }
 
+static int memfd(void) {
+    enum { PATTERN = 200 * 1024, SIZE = 1024 * 1024 + 5, TAIL = 900000, POS = 12345 };
+    int fd = memfd_create("owtest-data", 0);
+    if (fd < 0 || ftruncate(fd, SIZE) != 0) {
+        printf("memfd pid=%d setup failed: %s\n", getpid(), strerror(errno));
+        return 1;
+    }
+    static unsigned char buf[PATTERN];
+    for (int i = 0; i < PATTERN; i++)
+        buf[i] = (unsigned char)(i * 7 + 3);
+    volatile uint32_t *page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (pwrite(fd, buf, PATTERN, 0) != PATTERN || pwrite(fd, "tail", 4, TAIL) != 4 ||
+        lseek(fd, POS, SEEK_SET) != POS || page == MAP_FAILED) {
+        printf("memfd pid=%d setup failed: %s\n", getpid(), strerror(errno));
+        return 1;
+    }
+    for (int n = 1;; n++) {
+        /* Word 1000 (offset 4000) goes through the mapping; byte 4000..4003 of the pattern
+         * is replaced by it. */
+        page[1000] = (uint32_t)n;
+        uint32_t back = 0;
+        int shared = pread(fd, &back, 4, 4000) == 4 && back == (uint32_t)n;
+        static unsigned char now[PATTERN];
+        int data = pread(fd, now, PATTERN, 0) == PATTERN;
+        for (int i = 0; data && i < PATTERN; i++)
+            if ((i < 4000 || i >= 4004) && now[i] != buf[i])
+                data = 0;
+        char tail[5] = {0};
+        struct stat st;
+        data = data && pread(fd, tail, 4, TAIL) == 4 && strcmp(tail, "tail") == 0 &&
+               fstat(fd, &st) == 0 && st.st_size == SIZE;
+        off_t pos = lseek(fd, 0, SEEK_CUR);
+        printf("memfd pid=%d n=%d size=%lld pos=%lld data=%s shared=%s\n", getpid(), n,
+               (long long)st.st_size, (long long)pos, data && pos == POS ? "ok" : "bad",
+               shared ? "ok" : "bad");
+        struct timespec ts = {1, 0};
+        nanosleep(&ts, NULL);
+    }
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc == 3 && strcmp(argv[1], "heap") == 0)
@@ -746,8 +793,10 @@ int main(int argc, char **argv) {
         return creds();
     if (argc == 2 && strcmp(argv[1], "timers") == 0)
         return timers();
+    if (argc == 2 && strcmp(argv[1], "memfd") == 0)
+        return memfd();
     fprintf(stderr,
             "usage: owtest heap MIB | threads FILE | sleeper | events | unixpair | family | "
-            "pending | bigwrite | creds | timers\n");
+            "pending | bigwrite | creds | timers | memfd\n");
     return 2;
 }

@@ -364,7 +364,7 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
         sink(Event::Err(format!("resurrect: {}", reason(&e))));
     }
     let vmas = m.processes.iter().flatten().flat_map(|p| &p.vmas);
-    for (id, e) in pipes.make_shms(vmas) {
+    for (id, e) in pipes.make_shms(vmas, &m.shms, &mem) {
         sink(Event::Err(format!(
             "resurrect: shared memory {id}: {}",
             reason(&e)

@@ -10,7 +10,7 @@ use std::io;
 use std::os::fd::RawFd;
 
 use super::manifest::{
-    FdRec, InetRec, PipeRec, PtyRec, TcpRec, TtyRec, UnixListenRec, UnixRec, Vma,
+    FdRec, InetRec, PipeRec, PtyRec, ShmRec, ShmRun, TcpRec, TtyRec, UnixListenRec, UnixRec, Vma,
 };
 use super::{Error, MemSource};
 
@@ -210,11 +210,17 @@ impl PipeTable {
             .collect()
     }
 
-    /// Makes one memory file (memfd) for each shared memory object the areas `vmas` map,
-    /// as long as the furthest area needs; processes map it by [`PipeTable::shm_path`], so
-    /// what one writes the others see, as before the crash.
-    pub fn make_shms<'a>(&mut self, vmas: impl Iterator<Item = &'a Vma>) -> Vec<(u32, Error)> {
-        let mut sizes: Vec<(u32, u64)> = Vec::new();
+    /// Makes one memory file (memfd) for each shared memory object the areas `vmas` map
+    /// or a descriptor holds (`shms`, with their pages, written from `mem`), as long as
+    /// the furthest area or the file's size needs; processes map or open it by
+    /// [`PipeTable::shm_path`], so what one writes the others see, as before the crash.
+    pub fn make_shms<'a>(
+        &mut self,
+        vmas: impl Iterator<Item = &'a Vma>,
+        shms: &[ShmRec],
+        mem: &MemSource,
+    ) -> Vec<(u32, Error)> {
+        let mut sizes: Vec<(u32, u64)> = shms.iter().map(|s| (s.id, s.size)).collect();
         for v in vmas {
             let Some(id) = v.shm_id() else { continue };
             let end = v.pgoff.saturating_add(v.end - v.start);
@@ -225,7 +231,21 @@ impl PipeTable {
         }
         let mut failed = Vec::new();
         for (id, size) in sizes {
-            match make_shm(size) {
+            let made = make_shm(size).and_then(|fd| {
+                let runs = shms
+                    .iter()
+                    .find(|s| s.id == id)
+                    .map_or(&[][..], |s| &s.data);
+                match fill_shm(fd, runs, mem) {
+                    Ok(()) => Ok(fd),
+                    Err(e) => {
+                        // SAFETY: closes the memory file just made, once.
+                        unsafe { libc::close(fd) };
+                        Err(e)
+                    }
+                }
+            });
+            match made {
                 Ok(fd) => {
                     let path = format!("/proc/{}/fd/{fd}", std::process::id()).into_bytes();
                     self.shms.push((id, fd, path));
@@ -330,6 +350,30 @@ impl Drop for PipeTable {
             unsafe { libc::close(fd) };
         }
     }
+}
+
+/// Writes the old pages `runs` into the memory file `fd` at their offsets.
+fn fill_shm(fd: RawFd, runs: &[ShmRun], mem: &MemSource) -> Result<(), Error> {
+    for run in runs {
+        let m = mem.map(run.gpa, run.len)?;
+        let (mut left, mut at) = (m.bytes(), run.offset);
+        while !left.is_empty() {
+            let off = libc::off_t::try_from(at)
+                .map_err(|_| Error::Invalid(format!("memory file offset {at:#x}")))?;
+            // SAFETY: writes from the mapping, which lives across the call.
+            let n = unsafe { libc::pwrite(fd, left.as_ptr().cast(), left.len(), off) };
+            if n <= 0 {
+                return Err(Error::os(
+                    format!("write {} bytes of a memory file", left.len()),
+                    io::Error::last_os_error(),
+                ));
+            }
+            let n = usize::try_from(n).unwrap_or(left.len());
+            left = &left[n..];
+            at += n as u64;
+        }
+    }
+    Ok(())
 }
 
 /// A memfd of `size` bytes.

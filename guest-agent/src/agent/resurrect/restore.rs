@@ -154,6 +154,29 @@ impl Setup {
                 });
                 continue;
             }
+            // A memory file (memfd): the agent's copy, opened again by its path (a new
+            // open file description of the same file, at the old position).
+            let shm = (f.kind == FdKind::Other)
+                .then(|| f.path.strip_prefix(b"shm:"))
+                .flatten()
+                .and_then(|id| std::str::from_utf8(id).ok()?.parse::<u32>().ok());
+            if let Some(id) = shm {
+                let path = pipes.shm_path(id).ok_or_else(|| {
+                    Error::Invalid(format!("fd {}: memory file {id} was not made", f.fd))
+                })?;
+                let seek = libc::off_t::try_from(f.pos).map_err(|_| {
+                    Error::Invalid(format!("fd {}: position {:#x} too large", f.fd, f.pos))
+                })?;
+                plans.push(FdPlan {
+                    fd: f.fd,
+                    flags: flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL),
+                    seek: Some(seek),
+                    path: cstring(path)?,
+                    dup_from: None,
+                    made: None,
+                });
+                continue;
+            }
             let cannot = if f.kind == FdKind::Fifo && f.pipe_id().is_none() {
                 Some("named fifo")
             } else if !made_by_agent(f)
