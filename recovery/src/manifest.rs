@@ -506,7 +506,7 @@ fn is_memfd_path(path: &str) -> bool {
     path.starts_with("[tmpfs:") || path.starts_with("/memfd:")
 }
 
-/// Most bytes of memory files one manifest carries.
+/// Largest memory file read (bytes).
 const MAX_MEMFD_BYTES: u64 = 1 << 34;
 
 /// The size and pages of the memory file `inode` (id `id`), as `sdata` runs.
