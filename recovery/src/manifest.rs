@@ -988,7 +988,7 @@ fn render_process(
         });
     }
 
-    let (fds, epoll) = render_fds(k, proc_, false, &mut files, notes)?;
+    let (mut fds, epoll) = render_fds(k, proc_, false, &mut files, notes)?;
     let sigs = render_sigs(proc_, false)?;
     let syscall_entry = k.symbol("entry_SYSCALL_64").ok();
     let mut out_threads = Vec::with_capacity(threads.len());
@@ -1007,6 +1007,17 @@ fn render_process(
                 m.len,
                 m.moved
             ));
+        }
+        // The write or read returns its count: the file position moves on with it, as
+        // the kernel would have moved it on the way out (an O_APPEND write goes to the end
+        // anyway).
+        if let Some(m) = moved.filter(|m| m.moved > 0 && m.moves_position) {
+            if let Some(r) = fds
+                .iter_mut()
+                .find(|r| u64::try_from(r.fd).ok() == Some(m.fd) && r.kind == wire::FdKind::Reg)
+            {
+                r.pos = r.pos.saturating_add(m.moved);
+            }
         }
         let (regs, fpu) = thread_state(t, c, syscall_entry, moved.map(|m| m.moved), notes)?;
         out_threads.push(wire::Thread {

@@ -48,6 +48,11 @@ pub struct Transfer {
     pub len: u64,
     /// It was a write (data from the program).
     pub write: bool,
+    /// The descriptor (the call's first argument).
+    pub fd: u64,
+    /// It moves the file position (read, write, readv, writev: the kernel would have
+    /// advanced it by `moved` on its way out; the p* calls and sockets do not).
+    pub moves_position: bool,
 }
 
 /// The shape of system call `nr` with arguments `regs`, and whether it writes; user
@@ -206,6 +211,8 @@ pub fn transfer(k: &Kernel<'_>, task: &Task, pgd_phys: u64) -> Option<Transfer> 
         moved,
         len: total,
         write,
+        fd: regs.di,
+        moves_position: matches!(regs.orig_ax, 0 | 1 | 19 | 20),
     })
 }
 
@@ -338,7 +345,9 @@ mod tests {
             Transfer {
                 moved: 65536,
                 len: 1 << 20,
-                write: true
+                write: true,
+                fd: 0,
+                moves_position: true,
             }
         );
         // The same frames for a read of that buffer: the direction does not match.
