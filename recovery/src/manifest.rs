@@ -1028,7 +1028,16 @@ fn render_process(
             sigmask: t.effective_sigmask(),
             tid_address: Some(t.clear_child_tid),
             robust_list: Some((t.robust_list, ROBUST_LIST_HEAD_LEN)),
-            rseq: t.rseq.map(|r| (r.addr, r.len, r.sig)),
+            // An exec caught after start_thread: its rseq registration is the old
+            // program's, which the kernel was about to drop.
+            rseq: t
+                .rseq
+                .filter(|_| {
+                    !t.regs
+                        .as_ref()
+                        .is_some_and(crate::regs::exec_succeeded_in_flight)
+                })
+                .map(|r| (r.addr, r.len, r.sig)),
         });
     }
     let pending = pending_of(k, leader, threads, notes);

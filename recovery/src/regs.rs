@@ -258,6 +258,15 @@ impl UserRegs {
     }
 }
 
+/// True when the frame shows an `execve`/`execveat` that has succeeded (`start_thread`
+/// loaded the new program's registers) but not returned: the kernel drops the rseq
+/// registration after that point (`rseq_execve`), so the task's rseq fields still name
+/// the old program's area, which the new memory does not have.
+pub fn exec_succeeded_in_flight(regs: &PtRegs) -> bool {
+    matches!(classify_syscall(regs), SyscallState::InProgress { nr } if EXEC_SYSCALLS.contains(&nr))
+        && !exec_frame_intact(regs)
+}
+
 /// True when the saved frame is still the one `syscall` made (`cx == ip`): no exec has
 /// loaded a new program's registers into it.
 pub fn exec_frame_intact(regs: &PtRegs) -> bool {
@@ -537,6 +546,9 @@ mod tests {
         (f.ip, f.cx, f.di) = (0x7f00_1234, 0, 0);
         let r = final_user_regs(&f, 0, 0, None);
         assert_eq!((r.rax, r.rip), (0, 0x7f00_1234));
+        assert!(exec_succeeded_in_flight(&f));
+        assert!(!exec_succeeded_in_flight(&frame(59, -ENOSYS)));
+        assert!(!exec_succeeded_in_flight(&frame(1, -ENOSYS)));
         // A wait for descriptors with no time limit is run again; one with a limit fails
         // with EINTR (run again it would wait its whole time again).
         for (nr, set) in [
