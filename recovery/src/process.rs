@@ -471,12 +471,11 @@ pub fn read_files(k: &Kernel<'_>, files: u64) -> Partial<Vec<OpenFile>> {
             }
             None => 0,
         };
+        // Marked open without a file: a number an open, socket or accept in progress has
+        // reserved (`get_unused_fd_flags`) and not yet installed. The call comes back with
+        // EINTR or runs again, so the number is simply free: not a reason to leave the
+        // process out.
         if ptr == 0 {
-            if !scanning {
-                out.problems.push(format!(
-                    "fd {fd}: marked open but has no file (being opened?)"
-                ));
-            }
             continue;
         }
         let fd32 = u32::try_from(fd).unwrap_or(u32::MAX);
@@ -1056,11 +1055,13 @@ pub(crate) mod tests {
         let r = with_kernel(&m, |k| read_files(k, dm(FILES)));
         assert_eq!(r.value.len(), 3);
         assert!(r.problems.iter().any(|p| p.contains("scanning")));
-        // A set bit without a file.
+        // A set bit without a file (a number reserved by an open in progress): not open,
+        // and no problem.
         let mut m = world();
         m.put_u64(OPEN, 0b1111);
         let r = with_kernel(&m, |k| read_files(k, dm(FILES)));
-        assert!(r.problems.iter().any(|p| p.contains("fd 2: marked open")));
+        assert!(r.value.iter().all(|f| f.fd != 2), "{:?}", r.value);
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
     }
 
     #[test]
