@@ -6,8 +6,7 @@
 //! Enabled by the `kvm` feature (the README's test command turns it on).
 #![cfg(feature = "kvm")]
 
-use owvmm_tests::{boot_owtest, fields, last_line, num, wait_looper, wait_program, wait_recovery};
-use serde_json::json;
+use owvmm_tests::{boot_owtest, crash_and_go_on, fields, last_line, wait_looper};
 
 /// The line without its count.
 fn creds_of(line: &str) -> Vec<(String, String)> {
@@ -32,22 +31,7 @@ fn ids_groups_and_capabilities_survive_two_crashes() {
     assert_eq!(f.get("uid"), Some(&"1000,1001,1002,1001"), "{before}");
     assert_eq!(f.get("groups"), Some(&"5,27"), "{before}");
     for round in 1..=2 {
-        let from = vm.console().len();
-        let n = num(last_line(&vm.console(), "creds").unwrap_or_default(), "n");
-        let r = vm.call(json!({"cmd": "crash"}));
-        assert_eq!(r["ok"], json!(true), "{r}");
-        let (done, restored) = wait_recovery(&mut ev);
-        assert!(
-            restored.contains(&pid),
-            "round {round}: not restored: {done}"
-        );
-        let after = wait_program(
-            &mut vm,
-            from,
-            "creds",
-            u32::try_from(pid).unwrap_or(0),
-            |l| num(l, "n") > n,
-        );
+        let (_, after, _) = crash_and_go_on(&mut vm, &mut ev, "creds", pid, 1);
         assert_eq!(creds_of(&after), want, "round {round}: {after}");
     }
     vm.stop();
