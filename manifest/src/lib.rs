@@ -438,6 +438,9 @@ pub struct Process {
     pub fds: Vec<FdRec>,
     /// The interest lists of its epoll descriptors.
     pub epoll: Vec<EpollRec>,
+    /// The watches of its inotify descriptors, by descriptor and increasing watch
+    /// descriptor.
+    pub inotify: Vec<InotifyRec>,
     pub sigs: Vec<SigRec>,
     /// Its place in the process tree (absent in manifests of older writers).
     pub tree: Option<Tree>,
@@ -601,6 +604,21 @@ pub struct EpollRec {
     pub events: u32,
     pub data: u64,
 }
+
+/// `inotify <fd> <wd> <mask> <path>`: a watch of the inotify descriptor `fd` (an `fd`
+/// record of kind `other`, path `inotify:<next wd>`) with watch descriptor `wd` (1 or
+/// more), added with `mask` (hex, the `inotify_add_watch` mask) on the absolute `path`.
+/// Written after the process's `fd` records, by increasing `wd` for each `fd`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InotifyRec {
+    pub fd: i32,
+    pub wd: i32,
+    pub mask: u32,
+    pub path: Vec<u8>,
+}
+
+/// Most `inotify` records in one process.
+pub const MAX_INOTIFY_WATCHES: usize = 1 << 16;
 
 /// The `mm` record, in the order of `struct prctl_mm_map`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -863,6 +881,15 @@ impl FdRec {
     /// An epoll descriptor (kind `other`, path `epoll`).
     pub fn is_epoll(&self) -> bool {
         self.kind == FdKind::Other && self.path == b"epoll"
+    }
+
+    /// An inotify descriptor (kind `other`, path `inotify:<next wd>`): the id its group
+    /// would have given the next watch (0: not known).
+    pub fn inotify_next(&self) -> Option<u32> {
+        if self.kind != FdKind::Other {
+            return None;
+        }
+        decimal_id(self.path.strip_prefix(b"inotify:")?)
     }
 }
 

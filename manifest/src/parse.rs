@@ -10,13 +10,14 @@
 use std::collections::HashSet;
 
 use crate::{
-    Copy, Creds, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, FileUpdate, InetRec, Itimer,
-    Limits, Manifest, Mm, Pending, PipeRec, PipeRun, Process, Ptimer, PtyRec, ShmRec, ShmRun,
-    SigRec, TcpRec, Termios, Thread, Tree, TtyRec, UnixListenRec, UnixRec, Vma, VmaKind, Winsize,
-    Zombie, HEADER, ITIMER_KINDS, MAX_ARG_STRLEN, MAX_AUXV, MAX_ERRORS, MAX_EXEC_COUNT,
-    MAX_EXEC_STRINGS, MAX_FILE_SIZE, MAX_GROUPS, MAX_LINE, MAX_PATH, MAX_PENDING, MAX_PID,
-    MAX_PIPES, MAX_PIPE_SIZE, MAX_PTIMERS, MAX_PTIMER_ID, MAX_SHM_SIZE, MAX_THREADS, MAX_VMAS,
-    PAGE, PROT_EXEC, PROT_READ, PROT_WRITE, PTIMER_CLOCKS, RLIMITS, SIGEV_NONE, SIGEV_THREAD_ID,
+    Copy, Creds, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, FileUpdate, InetRec, InotifyRec,
+    Itimer, Limits, Manifest, Mm, Pending, PipeRec, PipeRun, Process, Ptimer, PtyRec, ShmRec,
+    ShmRun, SigRec, TcpRec, Termios, Thread, Tree, TtyRec, UnixListenRec, UnixRec, Vma, VmaKind,
+    Winsize, Zombie, HEADER, ITIMER_KINDS, MAX_ARG_STRLEN, MAX_AUXV, MAX_ERRORS, MAX_EXEC_COUNT,
+    MAX_EXEC_STRINGS, MAX_FILE_SIZE, MAX_GROUPS, MAX_INOTIFY_WATCHES, MAX_LINE, MAX_PATH,
+    MAX_PENDING, MAX_PID, MAX_PIPES, MAX_PIPE_SIZE, MAX_PTIMERS, MAX_PTIMER_ID, MAX_SHM_SIZE,
+    MAX_THREADS, MAX_VMAS, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE, PTIMER_CLOCKS, RLIMITS,
+    SIGEV_NONE, SIGEV_THREAD_ID,
 };
 
 /// `SIGKILL` and `SIGSTOP` (x86-64 Linux): they cannot have an action.
@@ -110,6 +111,10 @@ pub enum ErrorKind {
     EpollNotFd { epfd: i32 },
     #[error("epoll {epfd}: fd {fd} listed twice")]
     EpollTwice { epfd: i32, fd: i32 },
+    #[error("inotify {fd} is not an inotify fd listed before")]
+    InotifyNotFd { fd: i32 },
+    #[error("inotify {fd}: wd {wd} is not above the previous one")]
+    InotifyOrder { fd: i32, wd: i32 },
     #[error("'fcopy' without a preceding 'file'")]
     FcopyWithoutFile,
     #[error("empty fcopy")]
@@ -329,7 +334,7 @@ fn check_line(raw: &[u8]) -> Result<&str, ErrorKind> {
 }
 
 /// Records that belong inside a process block (besides `process` and `end`).
-const PROCESS_RECORDS: [&str; 22] = [
+const PROCESS_RECORDS: [&str; 23] = [
     "pending",
     "cred",
     "itimer",
@@ -345,6 +350,7 @@ const PROCESS_RECORDS: [&str; 22] = [
     "copy",
     "fd",
     "epoll",
+    "inotify",
     "sig",
     "thread",
     "regs",
@@ -404,6 +410,7 @@ struct ProcBuilder {
     vmas: Vec<Vma>,
     fds: Vec<FdRec>,
     epoll: Vec<EpollRec>,
+    inotify: Vec<InotifyRec>,
     sigs: Vec<SigRec>,
     threads: Vec<ThreadBuilder>,
     errors: Vec<ParseError>,
@@ -1058,6 +1065,7 @@ impl Parser {
             vmas: Vec::new(),
             fds: Vec::new(),
             epoll: Vec::new(),
+            inotify: Vec::new(),
             sigs: Vec::new(),
             threads: Vec::new(),
             errors,
@@ -1146,6 +1154,7 @@ impl ProcBuilder {
             "copy",
             "fd",
             "epoll",
+            "inotify",
             "sig",
             "pending",
             "itimer",
@@ -1233,6 +1242,26 @@ impl ProcBuilder {
                     events,
                     data,
                 });
+            }
+            "inotify" => {
+                let w = inotify_record(rest)?;
+                if !self
+                    .fds
+                    .iter()
+                    .any(|r| r.fd == w.fd && r.inotify_next().is_some())
+                {
+                    return Err(ErrorKind::InotifyNotFd { fd: w.fd });
+                }
+                if self.inotify.iter().any(|o| o.fd == w.fd && o.wd >= w.wd) {
+                    return Err(ErrorKind::InotifyOrder { fd: w.fd, wd: w.wd });
+                }
+                if self.inotify.len() >= MAX_INOTIFY_WATCHES {
+                    return Err(ErrorKind::TooMany {
+                        what: "inotify records",
+                        limit: MAX_INOTIFY_WATCHES,
+                    });
+                }
+                self.inotify.push(w);
             }
             "sig" => self.sigs.push(sig_record(rest, &self.sigs)?),
             "pending" => push_pending(&mut self.pending, rest)?,
@@ -1442,6 +1471,23 @@ fn fd_record(rest: &str, fds: &[FdRec]) -> Result<FdRec, ErrorKind> {
     })
 }
 
+/// `inotify <fd> <wd> <mask> <path>`.
+fn inotify_record(rest: &str) -> Result<InotifyRec, ErrorKind> {
+    let (f, path) = fields(rest, 3, Tail::Required)?;
+    let fd = i32::try_from(dec(f[0], "fd")?).map_err(|_| out_of_range("fd", f[0]))?;
+    let wd = i32::try_from(dec(f[1], "wd")?)
+        .ok()
+        .filter(|&w| w >= 1)
+        .ok_or_else(|| out_of_range("wd", f[1]))?;
+    let mask = u32::try_from(hex(f[2], "mask")?).map_err(|_| out_of_range("mask", f[2]))?;
+    Ok(InotifyRec {
+        fd,
+        wd,
+        mask,
+        path: abs_path(path.unwrap_or(""))?,
+    })
+}
+
 /// A `sig` record, not for a signal of `sigs` again.
 fn sig_record(rest: &str, sigs: &[SigRec]) -> Result<SigRec, ErrorKind> {
     let (f, _) = fields(rest, 5, Tail::None)?;
@@ -1554,6 +1600,7 @@ impl ProcBuilder {
                 vmas: self.vmas,
                 fds: self.fds,
                 epoll: self.epoll,
+                inotify: self.inotify,
                 sigs: self.sigs,
                 threads,
             }),

@@ -3,9 +3,9 @@
 use std::fmt::{self, Display, Formatter, Write as _};
 
 use crate::{
-    EpollRec, Exec, FdRec, FileRec, InetRec, Manifest, PipeRec, Process, PtyRec, SigRec, TcpRec,
-    Termios, Thread, Tree, UnixListenRec, UnixRec, Vma, Winsize, EXEC_CHUNK, HEADER, PROT_EXEC,
-    PROT_READ, PROT_WRITE,
+    EpollRec, Exec, FdRec, FileRec, InetRec, InotifyRec, Manifest, PipeRec, Process, PtyRec,
+    SigRec, TcpRec, Termios, Thread, Tree, UnixListenRec, UnixRec, Vma, Winsize, EXEC_CHUNK,
+    HEADER, PROT_EXEC, PROT_READ, PROT_WRITE,
 };
 
 /// Writes `bytes` as a manifest path/name field: bytes outside printable ASCII and `%`
@@ -274,6 +274,17 @@ fn write_epoll(f: &mut Formatter<'_>, e: &EpollRec) -> fmt::Result {
     writeln!(f, "epoll {} {} {:x} {:x}", e.epfd, e.fd, e.events, e.data)
 }
 
+fn write_inotify(f: &mut Formatter<'_>, w: &InotifyRec) -> fmt::Result {
+    writeln!(
+        f,
+        "inotify {} {} {:x} {}",
+        w.fd,
+        w.wd,
+        w.mask,
+        Field(&w.path)
+    )
+}
+
 fn write_pending(f: &mut Formatter<'_>, pending: &[crate::Pending]) -> fmt::Result {
     for q in pending {
         write!(f, "pending {} ", q.tid)?;
@@ -336,6 +347,9 @@ fn write_process(f: &mut Formatter<'_>, p: &Process) -> fmt::Result {
     }
     for e in &p.epoll {
         write_epoll(f, e)?;
+    }
+    for w in &p.inotify {
+        write_inotify(f, w)?;
     }
     for s in &p.sigs {
         write_sig(f, s)?;

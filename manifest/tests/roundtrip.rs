@@ -4,10 +4,10 @@
 //! every optional record both present and absent.
 
 use owvmm_manifest::{
-    parse, Copy, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, InetRec, Manifest, Mm, PipeRec,
-    PipeRun, Process, PtyRec, SigRec, TcpRec, Termios, Thread, Tree, TtyRec, UnixListenRec,
-    UnixRec, Vma, VmaKind, Winsize, Zombie, EXEC_CHUNK, MAX_FILE_SIZE, MAX_PID, MAX_PIPE_SIZE,
-    PAGE,
+    parse, Copy, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, InetRec, InotifyRec, Manifest,
+    Mm, PipeRec, PipeRun, Process, PtyRec, SigRec, TcpRec, Termios, Thread, Tree, TtyRec,
+    UnixListenRec, UnixRec, Vma, VmaKind, Winsize, Zombie, EXEC_CHUNK, MAX_FILE_SIZE, MAX_PID,
+    MAX_PIPE_SIZE, PAGE,
 };
 
 /// xorshift64*.
@@ -375,6 +375,28 @@ fn process(r: &mut Rng) -> Process {
             path: b"epoll".to_vec(),
         });
     }
+    // An inotify descriptor above those, with watches by increasing wd.
+    let ifd = epfd.saturating_add(1);
+    let mut inotify = Vec::new();
+    if r.bool() && ifd > 0 {
+        let mut wd = 0i32;
+        for _ in 0..r.below(4) {
+            wd = wd.saturating_add(1 + i32::try_from(r.below(5)).expect("small"));
+            inotify.push(InotifyRec {
+                fd: ifd,
+                wd,
+                mask: r.u32(),
+                path: r.path(),
+            });
+        }
+        fds.push(FdRec {
+            fd: ifd,
+            flags: 0o4000,
+            pos: 0,
+            kind: FdKind::Other,
+            path: format!("inotify:{}", wd + 1).into_bytes(),
+        });
+    }
     let sigs = sigs(r);
     let mut threads = vec![thread(r, pid)];
     for _ in 0..r.below(3) {
@@ -393,6 +415,7 @@ fn process(r: &mut Rng) -> Process {
         vmas: vmas(r),
         fds,
         epoll,
+        inotify,
         sigs,
         tree: r.bool().then(|| tree(r)),
         limits: r.bool().then(|| limits(r)),

@@ -11,6 +11,7 @@ pub mod btf;
 pub mod budget;
 pub mod eventfds;
 pub mod exec;
+pub mod inotify;
 pub mod inspect;
 pub mod kernel;
 pub mod list;

@@ -592,6 +592,14 @@ fn wire_pid(pid: i32) -> Result<u32, ManifestError> {
     u32::try_from(pid).map_err(|_| ManifestError::BadPid(pid))
 }
 
+/// The `fd` records of a process and the `epoll` and `inotify` records of its epoll
+/// and inotify descriptors.
+struct Fds {
+    fds: Vec<wire::FdRec>,
+    epoll: Vec<wire::EpollRec>,
+    inotify: Vec<wire::InotifyRec>,
+}
+
 /// The `fd` records of a process (`after_exec`: without the close-on-exec ones, which an
 /// exec closes).
 fn render_fds(
@@ -600,9 +608,10 @@ fn render_fds(
     after_exec: bool,
     files: &mut Wanted,
     notes: &mut Vec<String>,
-) -> Result<(Vec<wire::FdRec>, Vec<wire::EpollRec>), ManifestError> {
+) -> Result<Fds, ManifestError> {
     let mut fds = Vec::with_capacity(proc_.files.len());
     let mut epoll = Vec::new();
+    let mut inotify = Vec::new();
     let pid = proc_.tgid;
     for f in proc_.files.iter().filter(|f| !(after_exec && f.cloexec)) {
         let kind = f.kind();
@@ -710,6 +719,38 @@ fn render_fds(
                     })
                 }
             }
+        }
+        if crate::inotify::is_inotify(k, f.file) {
+            // Its watches are added again by path, at their watch descriptors.
+            let path = match crate::inotify::read_inotify(k, f.file, proc_.mnt_ns) {
+                Ok(i) => {
+                    for p in &i.problems {
+                        notes.push(format!("pid {pid} inotify fd {fd}: {p}: left out"));
+                    }
+                    inotify.extend(i.watches.iter().map(|w| wire::InotifyRec {
+                        fd,
+                        wd: w.wd,
+                        mask: w.mask,
+                        path: w.path.as_bytes().to_vec(),
+                    }));
+                    i.path()
+                }
+                Err(e) => {
+                    notes.push(format!(
+                        "pid {pid} inotify fd {fd}: unreadable ({}): comes back without watches",
+                        error_chain(&e)
+                    ));
+                    "inotify:0".to_owned()
+                }
+            };
+            fds.push(wire::FdRec {
+                fd,
+                flags,
+                pos: 0,
+                kind: wire::FdKind::Other,
+                path: path.into_bytes(),
+            });
+            continue;
         }
         if crate::sockets::is_epoll(k, f.file) {
             match crate::sockets::read_epoll(k, f.file) {
@@ -884,7 +925,11 @@ fn render_fds(
     }
     // Only descriptors the process has back may be watched.
     epoll.retain(|e| fds.iter().any(|f| f.fd == e.fd));
-    Ok((fds, epoll))
+    Ok(Fds {
+        fds,
+        epoll,
+        inotify,
+    })
 }
 
 /// The `sig` records of a process (`after_exec`: only the ignored signals, the actions
@@ -988,7 +1033,11 @@ fn render_process(
         });
     }
 
-    let (mut fds, epoll) = render_fds(k, proc_, false, &mut files, notes)?;
+    let Fds {
+        mut fds,
+        epoll,
+        inotify,
+    } = render_fds(k, proc_, false, &mut files, notes)?;
     let sigs = render_sigs(proc_, false)?;
     let syscall_entry = k.symbol("entry_SYSCALL_64").ok();
     let mut out_threads = Vec::with_capacity(threads.len());
@@ -1064,6 +1113,7 @@ fn render_process(
         vmas,
         fds,
         epoll,
+        inotify,
         sigs,
         pending,
         itimers: timers.itimers,
@@ -1234,8 +1284,8 @@ fn render_exec(
     let mut files = Wanted::default();
     want_exe(k, &args.path, args.file, &mut files)?;
     let cwd = cwd_of(proc_)?;
-    // An epoll descriptor kept across the exec comes back empty.
-    let (fds, _) = render_fds(k, proc_, true, &mut files, &mut Vec::new())?;
+    // An epoll or inotify descriptor kept across the exec comes back empty.
+    let fds = render_fds(k, proc_, true, &mut files, &mut Vec::new())?.fds;
     let sigs = render_sigs(proc_, true)?;
     let exec = wire::Exec {
         pid: wire_pid(leader.pid)?,

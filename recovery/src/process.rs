@@ -178,6 +178,9 @@ pub struct ProcessInfo {
     /// The leader's credentials and its mm's dumpable flag (None when unreadable: the
     /// process is then not restored, never with more privilege than it had).
     pub creds: Option<owvmm_manifest::Creds>,
+    /// Its mount namespace (`nsproxy->mnt_ns`; 0 when unreadable), where the paths of its
+    /// inotify watches are looked for.
+    pub mnt_ns: u64,
 }
 
 /// Why a process's files, inodes or directories could not be read.
@@ -597,6 +600,7 @@ pub fn read_fs(k: &Kernel<'_>, fs: u64) -> Partial<(Option<String>, Option<Strin
 pub fn read_process(k: &Kernel<'_>, leader: &Task) -> Partial<ProcessInfo> {
     let mut out = Partial::ok(ProcessInfo {
         tgid: leader.tgid,
+        mnt_ns: crate::inotify::task_mnt_ns(k, leader.addr),
         ..ProcessInfo::default()
     });
     let sig = read_sigactions(k, leader.sighand);

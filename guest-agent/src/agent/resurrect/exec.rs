@@ -82,7 +82,7 @@ impl Prepared {
 /// Plans the interrupted exec of `e` (nothing is created yet).
 pub(super) fn prepare(e: &Exec, pipes: &PipeTable) -> Result<Prepared, Error> {
     // A new program has no crash procedure yet: nothing may be lost.
-    let setup = Setup::new(&e.fds, e.cwd.as_deref(), &e.sigs, &[], pipes, false)?;
+    let setup = Setup::new(&e.fds, e.cwd.as_deref(), &e.sigs, &[], &[], pipes, false)?;
     let mut strings = Vec::with_capacity(e.argv.len() + e.envp.len());
     for a in &e.argv {
         strings.push(c_string("argument", a)?);

@@ -17,9 +17,10 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 
 use super::creds;
-use super::manifest::{Creds, EpollRec, FdKind, FdRec, Process, SigRec, VmaKind, PAGE};
+use super::manifest::{Creds, EpollRec, FdKind, FdRec, InotifyRec, Process, SigRec, VmaKind, PAGE};
 use super::pipes::PipeTable;
 use super::procedure::{self, Lost};
 use super::tracer::{self, reg, Injector, Regs, Tid};
@@ -53,6 +54,11 @@ const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
 const CLONE_PTRACE: u64 = 0x2000;
 /// `AT_FDCWD` as a register value.
 const AT_FDCWD: u64 = u64::from_ne_bytes((-100_i64).to_ne_bytes());
+/// `INOTIFY_IOC_SETNEXTWD` (`_IOW('I', 0, __s32)`, `CONFIG_CHECKPOINT_RESTORE`, which
+/// `PR_SET_MM_MAP` needs too): the id the group's next watch is tried with.
+const INOTIFY_IOC_SETNEXTWD: libc::c_ulong = 0x4004_4900;
+/// `IN_DONT_FOLLOW`.
+const IN_DONT_FOLLOW: u32 = 0x0200_0000;
 
 /// Steps of the child, for its error record.
 const STEP_WINDOW: u64 = 1;
@@ -62,6 +68,7 @@ const STEP_DUP: u64 = 4;
 const STEP_CHDIR: u64 = 5;
 const STEP_MAKE: u64 = 9;
 const STEP_EPOLL: u64 = 10;
+const STEP_INOTIFY: u64 = 12;
 const STEP_SIGACTION: u64 = 6;
 pub(super) const STEP_SIGMASK: u64 = 7;
 pub(super) const STEP_EXEC: u64 = 8;
@@ -91,6 +98,11 @@ pub(super) struct Setup {
     keep: Vec<RawFd>,
     /// (epoll fd, watched fd, event) to add once every descriptor is in place.
     epoll: Vec<(RawFd, RawFd, libc::epoll_event)>,
+    /// inotify watches to add once every descriptor is in place, by increasing wd for
+    /// each descriptor.
+    inotify: Vec<WatchPlan>,
+    /// (inotify fd, the id its next watch gets) to set after its watches.
+    inotify_next: Vec<NextWd>,
     cwd: CString,
     /// (signo, kernel `struct sigaction`: handler, flags, restorer, mask).
     sigs: Vec<(i32, [u64; 4])>,
@@ -108,6 +120,7 @@ impl Setup {
         cwd: Option<&[u8]>,
         sigs: &[SigRec],
         epoll: &[EpollRec],
+        inotify: &[InotifyRec],
         pipes: &PipeTable,
         lenient: bool,
     ) -> Result<Self, Error> {
@@ -117,8 +130,8 @@ impl Setup {
         for f in fds {
             // f_flags are 32 bits; open(2) takes them as an int.
             let flags = i32::from_ne_bytes(f.flags.to_ne_bytes());
-            // Made in the child: an eventfd, signalfd or timerfd, an epoll instance, or a
-            // socket whose peer is gone.
+            // Made in the child: an eventfd, signalfd, timerfd or inotify instance, an epoll
+            // instance, or a socket whose peer is gone.
             let made = if f.kind == FdKind::Other && !f.is_epoll() && f.pty_end().is_none() {
                 event_fd(&f.path)
             } else if f.is_epoll() {
@@ -263,10 +276,13 @@ impl Setup {
                 )
             })
             .collect();
+        let (inotify, inotify_next) = watch_plans(fds, inotify, &mut lost)?;
         Ok(Self {
             fds: plans,
             keep,
             epoll,
+            inotify,
+            inotify_next,
             cwd: cstring(cwd.unwrap_or(b"/"))?,
             sigs: sigs
                 .iter()
@@ -393,6 +409,13 @@ impl Setup {
                         }
                         Some(e)
                     }
+                    Some(Made::Inotify) => {
+                        let e = libc::inotify_init1(libc::IN_CLOEXEC | nonblock);
+                        if e < 0 {
+                            return Err((STEP_MAKE, i));
+                        }
+                        Some(e)
+                    }
                     None => None,
                 };
                 if let Some(fd) = made {
@@ -443,6 +466,22 @@ impl Setup {
                     return Err((STEP_EPOLL, i));
                 }
             }
+            // Each watch at its old wd: the group's next id set to it, then the watch added
+            // (the group is new: no watch holds that id).
+            for (i, w) in self.inotify.iter().enumerate() {
+                if libc::ioctl(w.fd, INOTIFY_IOC_SETNEXTWD, w.wd) != 0
+                    || libc::inotify_add_watch(w.fd, w.path.as_ptr(), w.mask)
+                        != i32::try_from(w.wd).unwrap_or(-1)
+                {
+                    return Err((STEP_INOTIFY, i));
+                }
+            }
+            // The id a new watch would have got.
+            for (i, &(fd, next)) in self.inotify_next.iter().enumerate() {
+                if libc::ioctl(fd, INOTIFY_IOC_SETNEXTWD, next) != 0 {
+                    return Err((STEP_INOTIFY, self.inotify.len() + i));
+                }
+            }
             if libc::chdir(self.cwd.as_ptr()) != 0 {
                 return Err((STEP_CHDIR, 0));
             }
@@ -488,6 +527,22 @@ impl Setup {
                 let (epfd, fd) = self.epoll.get(i).map_or((-1, -1), |e| (e.0, e.1));
                 format!("epoll_ctl(fd {epfd}, add fd {fd})")
             }
+            STEP_INOTIFY => match self.inotify.get(i) {
+                Some(w) => format!(
+                    "inotify fd {}: add watch {} on {}",
+                    w.fd,
+                    w.wd,
+                    w.path.to_string_lossy()
+                ),
+                None => {
+                    let (fd, next) = i
+                        .checked_sub(self.inotify.len())
+                        .and_then(|j| self.inotify_next.get(j))
+                        .copied()
+                        .unwrap_or((-1, 0));
+                    format!("inotify fd {fd}: set its next wd to {next}")
+                }
+            },
             STEP_SIGACTION => format!("rt_sigaction({})", self.sigs.get(i).map_or(0, |s| s.0)),
             STEP_SIGMASK => "rt_sigprocmask".to_owned(),
             STEP_EXEC => "execve".to_owned(),
@@ -578,6 +633,7 @@ fn event_fd(path: &[u8]) -> Option<Made> {
             semaphore: *sem == "1",
         }),
         ("signalfd", [mask]) => Some(Made::Signal { mask: hex(mask)? }),
+        ("inotify", [_next]) => Some(Made::Inotify),
         ("timerfd", [clock, abs, value, interval, _ticks]) => Some(Made::Timer {
             clockid: clock.parse().ok()?,
             absolute: *abs == "1",
@@ -615,6 +671,72 @@ enum Made {
     Reset(i32),
     /// An empty epoll instance (its interest list is added after every descriptor).
     Epoll,
+    /// An inotify instance without watches (they are added after every descriptor).
+    Inotify,
+}
+
+/// An inotify descriptor and the id its next watch gets.
+type NextWd = (RawFd, libc::c_ulong);
+
+/// One inotify watch to add again.
+struct WatchPlan {
+    fd: RawFd,
+    /// Its old watch descriptor (1 or more).
+    wd: libc::c_ulong,
+    mask: u32,
+    path: CString,
+}
+
+/// The watches of `inotify` to add again, and the next wd of each inotify descriptor of
+/// `fds`. A watch whose path is gone is left out, logged and listed in `lost`; its
+/// descriptor comes back with the others.
+fn watch_plans(
+    fds: &[FdRec],
+    inotify: &[InotifyRec],
+    lost: &mut Vec<Lost>,
+) -> Result<(Vec<WatchPlan>, Vec<NextWd>), Error> {
+    let mut plans = Vec::with_capacity(inotify.len());
+    for w in inotify {
+        if !fds
+            .iter()
+            .any(|f| f.fd == w.fd && f.inotify_next().is_some())
+        {
+            continue;
+        }
+        let path = std::ffi::OsStr::from_bytes(&w.path);
+        let there = if w.mask & IN_DONT_FOLLOW != 0 {
+            std::fs::symlink_metadata(path)
+        } else {
+            std::fs::metadata(path)
+        };
+        if let Err(e) = there {
+            crate::log!(
+                "inotify fd {}: watch {} on {} left out: {e}",
+                w.fd,
+                w.wd,
+                text(&w.path)
+            );
+            lost.push(Lost {
+                fd: w.fd,
+                kind: "inotify watch",
+                why: format!("watch {} on {}: {e}", w.wd, text(&w.path)),
+            });
+            continue;
+        }
+        plans.push(WatchPlan {
+            fd: w.fd,
+            wd: libc::c_ulong::from(w.wd.unsigned_abs()),
+            mask: w.mask,
+            path: cstring(&w.path)?,
+        });
+    }
+    let next = fds
+        .iter()
+        .filter_map(|f| Some((f.fd, f.inotify_next()?)))
+        .filter(|&(_, n)| (1..=i32::MAX.unsigned_abs()).contains(&n))
+        .map(|(fd, n)| (fd, libc::c_ulong::from(n)))
+        .collect();
+    Ok((plans, next))
 }
 
 /// Kills and reaps a half-built process unless disarmed.
@@ -714,6 +836,7 @@ pub(super) fn prepare(p: &Process, mem: &MemSource, pipes: &PipeTable) -> Result
         p.cwd.as_deref(),
         &p.sigs,
         &p.epoll,
+        &p.inotify,
         pipes,
         procedure::registered(&p.sigs),
     )?;
