@@ -31,6 +31,8 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 pub const MAX_PIPE_SIZE: u64 = 1 << 30;
 /// Most `pipe` records in one manifest.
 pub const MAX_PIPES: usize = 1 << 16;
+/// Most descriptors passed with one Unix socket message (the kernel's `SCM_MAX_FD`).
+pub const MAX_PASSED_FDS: usize = 253;
 
 /// Page size of the guest (x86-64).
 pub const PAGE: u64 = 4096;
@@ -111,7 +113,7 @@ impl Manifest {
             .pipes
             .iter()
             .flat_map(|p| &p.data)
-            .chain(self.unixes.iter().flat_map(|u| u.msgs.iter().flatten()))
+            .chain(self.unixes.iter().flat_map(UnixRec::runs))
             .chain(self.tcps.iter().flat_map(|t| t.send.iter().chain(&t.recv)))
             .chain(self.ptys.iter().flat_map(PtyRec::runs))
             .map(|r| r.len);
@@ -296,17 +298,43 @@ impl TcpRec {
     }
 }
 
-/// `unix <id> <peer> <type>`, then per queued message `umsg` and its `udata <gpa> <len>`
-/// runs: one end of a connected Unix socket (`type` 1 stream, 2 datagram, 5 seqpacket)
-/// and the messages queued for it to read. `peer` is the other end's id (0: no process
-/// holds it). Its holders are the `fd` records of kind `sock` with the path `unix:<id>`.
+/// `unix <id> <peer> <type>`, then per queued message `umsg`, its `udata <gpa> <len>`
+/// runs and its `ufd <n> <flags> <pos> <kind> <path>` descriptors in flight: one end of a
+/// connected Unix socket (`type` 1 stream, 2 datagram, 5 seqpacket) and the messages
+/// queued for it to read. `peer` is the other end's id (0: no process holds it). Its
+/// holders are the `fd` records of kind `sock` with the path `unix:<id>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnixRec {
     pub id: u32,
     pub peer: u32,
     pub sock_type: u32,
-    /// The queued messages, each as runs of old memory.
-    pub msgs: Vec<Vec<PipeRun>>,
+    /// The queued messages, in order.
+    pub msgs: Vec<UnixMsg>,
+}
+
+impl UnixRec {
+    /// The runs of old memory of all of its messages, in order.
+    pub fn runs(&self) -> impl Iterator<Item = &PipeRun> + Clone {
+        self.msgs.iter().flat_map(|m| &m.data)
+    }
+
+    /// The Unix sockets its messages carry in flight (`unix:<id>` descriptors).
+    pub fn passed_unixes(&self) -> impl Iterator<Item = u32> + '_ {
+        self.msgs
+            .iter()
+            .flat_map(|m| &m.fds)
+            .filter_map(FdRec::unix_id)
+    }
+}
+
+/// One message queued on a Unix socket: its bytes, and the descriptors passed with it
+/// (`SCM_RIGHTS`), each described as an `fd` record is (`fd` is its place in the message).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UnixMsg {
+    /// Runs of old memory.
+    pub data: Vec<PipeRun>,
+    /// The files in flight with it, in order.
+    pub fds: Vec<FdRec>,
 }
 
 /// `ulisten <id> <type> <backlog> <path>`: a listening Unix socket (`type` 1 stream, 5
@@ -850,6 +878,14 @@ impl FdRec {
             return None;
         }
         decimal_id(self.path.strip_prefix(b"unix:")?)
+    }
+
+    /// The memory file (`shm` record) a descriptor of kind `other` holds (`shm:<id>`).
+    pub fn shm_id(&self) -> Option<u32> {
+        if self.kind != FdKind::Other {
+            return None;
+        }
+        decimal_id(self.path.strip_prefix(b"shm:")?)
     }
 
     /// A socket that comes back with its peer gone (kind `sock`, path `reset:<type>` or `reset:<type>:<what it was>`).

@@ -12,12 +12,12 @@ use std::collections::HashSet;
 use crate::{
     Copy, Creds, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, FileUpdate, InetRec, InotifyRec,
     Itimer, Limits, Manifest, Mm, Pending, PipeRec, PipeRun, Process, Ptimer, PtyRec, ShmRec,
-    ShmRun, SigRec, TcpRec, Termios, Thread, Tree, TtyRec, UnixListenRec, UnixRec, Vma, VmaKind,
-    Winsize, Zombie, HEADER, ITIMER_KINDS, MAX_ARG_STRLEN, MAX_AUXV, MAX_ERRORS, MAX_EXEC_COUNT,
-    MAX_EXEC_STRINGS, MAX_FILE_SIZE, MAX_GROUPS, MAX_INOTIFY_WATCHES, MAX_LINE, MAX_PATH,
-    MAX_PENDING, MAX_PID, MAX_PIPES, MAX_PIPE_SIZE, MAX_PTIMERS, MAX_PTIMER_ID, MAX_SHM_SIZE,
-    MAX_THREADS, MAX_VMAS, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE, PTIMER_CLOCKS, RLIMITS,
-    SIGEV_NONE, SIGEV_THREAD_ID,
+    ShmRun, SigRec, TcpRec, Termios, Thread, Tree, TtyRec, UnixListenRec, UnixMsg, UnixRec, Vma,
+    VmaKind, Winsize, Zombie, HEADER, ITIMER_KINDS, MAX_ARG_STRLEN, MAX_AUXV, MAX_ERRORS,
+    MAX_EXEC_COUNT, MAX_EXEC_STRINGS, MAX_FILE_SIZE, MAX_GROUPS, MAX_INOTIFY_WATCHES, MAX_LINE,
+    MAX_PASSED_FDS, MAX_PATH, MAX_PENDING, MAX_PID, MAX_PIPES, MAX_PIPE_SIZE, MAX_PTIMERS,
+    MAX_PTIMER_ID, MAX_SHM_SIZE, MAX_THREADS, MAX_VMAS, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE,
+    PTIMER_CLOCKS, RLIMITS, SIGEV_NONE, SIGEV_THREAD_ID,
 };
 
 /// `SIGKILL` and `SIGSTOP` (x86-64 Linux): they cannot have an action.
@@ -484,6 +484,7 @@ impl Parser {
             "tsend" | "trecv" => self.tcp_data(kind == "tsend", rest),
             "umsg" => self.umsg(rest),
             "udata" => self.udata(rest),
+            "ufd" => self.ufd(rest),
             "pdata" => self.pdata(rest),
             "shm" => self.shm(rest),
             "sdata" => self.sdata(rest),
@@ -862,7 +863,25 @@ impl Parser {
                 limit: MAX_VMAS,
             });
         }
-        u.msgs.push(Vec::new());
+        u.msgs.push(UnixMsg::default());
+        Ok(())
+    }
+
+    fn ufd(&mut self, rest: &str) -> Result<(), ErrorKind> {
+        let m = self
+            .out
+            .unixes
+            .last_mut()
+            .and_then(|u| u.msgs.last_mut())
+            .ok_or(ErrorKind::WithoutUnix { record: "ufd" })?;
+        if m.fds.len() >= MAX_PASSED_FDS {
+            return Err(ErrorKind::TooMany {
+                what: "descriptors in flight in a message",
+                limit: MAX_PASSED_FDS,
+            });
+        }
+        let d = fd_record(rest, &m.fds)?;
+        m.fds.push(d);
         Ok(())
     }
 
@@ -879,7 +898,7 @@ impl Parser {
             .unixes
             .last_mut()
             .ok_or(ErrorKind::WithoutUnix { record: "udata" })?;
-        let total: u64 = u.msgs.iter().flatten().map(|r| r.len).sum();
+        let total: u64 = u.runs().map(|r| r.len).sum();
         if total.saturating_add(run.len) > MAX_PIPE_SIZE {
             return Err(ErrorKind::PipeDataBeyondSize);
         }
@@ -887,7 +906,7 @@ impl Parser {
             .msgs
             .last_mut()
             .ok_or(ErrorKind::WithoutUnix { record: "udata" })?;
-        m.push(run);
+        m.data.push(run);
         Ok(())
     }
 

@@ -194,8 +194,12 @@ fn write_unix(f: &mut Formatter<'_>, u: &UnixRec) -> fmt::Result {
     writeln!(f, "unix {} {} {}", u.id, u.peer, u.sock_type)?;
     for m in &u.msgs {
         writeln!(f, "umsg")?;
-        for r in m {
+        for r in &m.data {
             writeln!(f, "udata {:x} {:x}", r.gpa, r.len)?;
+        }
+        for d in &m.fds {
+            f.write_char('u')?;
+            write_fd(f, d)?;
         }
     }
     Ok(())

@@ -6,8 +6,8 @@
 use owvmm_manifest::{
     parse, Copy, EpollRec, Exec, FdKind, FdRec, FileRec, FileRun, InetRec, InotifyRec, Manifest,
     Mm, PipeRec, PipeRun, Process, PtyRec, SigRec, TcpRec, Termios, Thread, Tree, TtyRec,
-    UnixListenRec, UnixRec, Vma, VmaKind, Winsize, Zombie, EXEC_CHUNK, MAX_FILE_SIZE, MAX_PID,
-    MAX_PIPE_SIZE, PAGE,
+    UnixListenRec, UnixMsg, UnixRec, Vma, VmaKind, Winsize, Zombie, EXEC_CHUNK, MAX_FILE_SIZE,
+    MAX_PID, MAX_PIPE_SIZE, PAGE,
 };
 
 /// xorshift64*.
@@ -529,13 +529,22 @@ fn manifest(r: &mut Rng) -> Manifest {
                 peer: if r.bool() { 0 } else { i * 5 + 3 },
                 sock_type: [1, 2, 5][r.idx(3)],
                 msgs: (0..r.below(3))
-                    .map(|_| {
-                        (0..r.below(3))
+                    .map(|_| UnixMsg {
+                        data: (0..r.below(3))
                             .map(|_| PipeRun {
                                 gpa: r.below(1 << 40),
                                 len: 1 + r.below(1 << 16),
                             })
-                            .collect()
+                            .collect(),
+                        fds: (0..r.below(3))
+                            .map(|n| FdRec {
+                                fd: i32::try_from(n).expect("n"),
+                                flags: 2,
+                                pos: r.below(1 << 20),
+                                kind: FdKind::Sock,
+                                path: format!("unix:{}", r.below(100)).into_bytes(),
+                            })
+                            .collect(),
                     })
                     .collect(),
             })
@@ -659,7 +668,7 @@ fn write_then_parse_gives_the_same_manifest() {
             + m.pipes.iter().map(PipeRec::data_len).sum::<u64>()
             + m.unixes
                 .iter()
-                .flat_map(|u| u.msgs.iter().flatten())
+                .flat_map(UnixRec::runs)
                 .map(|r| r.len)
                 .sum::<u64>()
             + m.tcps

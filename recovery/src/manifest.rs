@@ -19,7 +19,9 @@ use crate::inspect::Report;
 use crate::kernel::Kernel;
 use crate::mm::{MmInfo, Vma, VM_EXEC, VM_GROWSDOWN, VM_READ, VM_SHARED, VM_WRITE};
 use crate::pages::{file_pages, FileContent};
-use crate::process::{file_inode, FileKind, InodeInfo, ProcessError, ProcessInfo, O_CLOEXEC};
+use crate::process::{
+    file_inode, FileKind, InodeInfo, OpenFile, ProcessError, ProcessInfo, O_CLOEXEC,
+};
 use crate::regs::{final_user_regs, CpuUserState, UserRegs};
 use crate::tasks::{FxSave, Task, ROBUST_LIST_HEAD_LEN, USER_CS};
 
@@ -222,6 +224,29 @@ pub enum ManifestError {
         /// Threads not exiting.
         threads: usize,
     },
+    /// A descriptor in flight on a Unix socket cannot be passed again.
+    #[error("descriptor {n} in flight with message {msg}")]
+    Passed {
+        /// The message (0: the first queued).
+        msg: usize,
+        /// Its place among the message's descriptors.
+        n: usize,
+        /// Why.
+        #[source]
+        source: Box<ManifestError>,
+    },
+    /// Descriptors in flight nest too deep.
+    #[error("in flight more than {MAX_PASSED_DEPTH} sockets deep")]
+    PassedTooDeep,
+    /// A descriptor in flight could not be read.
+    #[error("unreadable")]
+    PassedFile(#[source] ProcessError),
+    /// A descriptor in flight of a kind the agent cannot pass.
+    #[error("cannot pass a {kind}")]
+    PassedKind {
+        /// The kind.
+        kind: &'static str,
+    },
     /// An eventfd, signalfd or timerfd could not be read.
     #[error("fd {fd}")]
     EventFd {
@@ -341,8 +366,8 @@ struct Wanted {
     fifo_paths: Vec<(u64, String)>,
     /// The inet sockets it holds, by id.
     inets: Vec<(u32, crate::sockets::InetSocket)>,
-    /// The connected Unix sockets it holds, by id.
-    unixes: Vec<(u32, crate::sockets::UnixEnd)>,
+    /// The connected Unix sockets it holds (or that are in flight on those), by id.
+    unixes: Vec<UnixWanted>,
     /// The listening Unix sockets it holds, by id.
     ulistens: Vec<(u32, crate::sockets::UnixListener)>,
     /// The established TCP connections it holds, by id.
@@ -353,6 +378,15 @@ struct Wanted {
     ttys: Vec<wire::TtyRec>,
     /// The memory files (memfd) it holds by a descriptor, with their contents.
     shms: Vec<wire::ShmRec>,
+}
+
+/// A connected Unix socket to make again.
+#[derive(Debug, Clone)]
+struct UnixWanted {
+    id: u32,
+    end: crate::sockets::UnixEnd,
+    /// The descriptors in flight with each of its messages.
+    passed: Vec<Vec<wire::FdRec>>,
 }
 
 impl Wanted {
@@ -609,327 +643,436 @@ fn render_fds(
     files: &mut Wanted,
     notes: &mut Vec<String>,
 ) -> Result<Fds, ManifestError> {
-    let mut fds = Vec::with_capacity(proc_.files.len());
-    let mut epoll = Vec::new();
-    let mut inotify = Vec::new();
-    let pid = proc_.tgid;
+    let mut out = Fds {
+        fds: Vec::with_capacity(proc_.files.len()),
+        epoll: Vec::new(),
+        inotify: Vec::new(),
+    };
     for f in proc_.files.iter().filter(|f| !(after_exec && f.cloexec)) {
-        let kind = f.kind();
         let fd = i32::try_from(f.fd).map_err(|_| ManifestError::FdTooLarge { fd: f.fd })?;
         let flags = f.flags | if f.cloexec { O_CLOEXEC } else { 0 };
-        if let Some(inode) = f
-            .inode
-            .filter(|i| i.s_magic == crate::sockets::SOCKFS_MAGIC)
-        {
-            // A Unix socket: a connected one made again as a pair with its queued
-            // messages, a listening one bound at its path again.
-            let id = u32::try_from(inode.ino).ok();
-            let unix = match (id, crate::sockets::read_unix(k, f.file)) {
-                (Some(id), Ok(Some(end))) => {
-                    if !files.unixes.iter().any(|(i, _)| *i == id) {
-                        files.unixes.push((id, end));
-                    }
+        if let Some(r) = render_fd(k, proc_, f, fd, flags, files, notes, &mut out, 0)? {
+            out.fds.push(r);
+        }
+    }
+    // Only descriptors the process has back may be watched.
+    let fds = &out.fds;
+    out.epoll.retain(|e| fds.iter().any(|f| f.fd == e.fd));
+    Ok(out)
+}
+
+/// How deep descriptors in flight may nest (a Unix socket passed with a message queued
+/// on a Unix socket passed with a message ...).
+const MAX_PASSED_DEPTH: u32 = 4;
+
+/// The `fd` record of the open file `f` as descriptor `fd` with the status flags `flags`
+/// (None: nothing to restore), with the resources it needs added to `files` and an epoll
+/// instance's interest list or an inotify instance's watches to `side`. `depth` counts the messages in flight it was found
+/// in (0: a process holds it).
+#[allow(clippy::too_many_arguments)]
+fn render_fd(
+    k: &Kernel<'_>,
+    proc_: &ProcessInfo,
+    f: &OpenFile,
+    fd: i32,
+    flags: u32,
+    files: &mut Wanted,
+    notes: &mut Vec<String>,
+    side: &mut Fds,
+    depth: u32,
+) -> Result<Option<wire::FdRec>, ManifestError> {
+    let pid = proc_.tgid;
+    let kind = f.kind();
+    if let Some(inode) = f
+        .inode
+        .filter(|i| i.s_magic == crate::sockets::SOCKFS_MAGIC)
+    {
+        // A Unix socket: a connected one made again as a pair with its queued
+        // messages, a listening one bound at its path again.
+        let id = u32::try_from(inode.ino).ok();
+        let unix = match (id, crate::sockets::read_unix(k, f.file)) {
+            (Some(id), Ok(Some(end))) => {
+                if files.unixes.iter().any(|u| u.id == id) {
                     Some(id)
-                }
-                (_, Err(e)) => {
-                    notes.push(format!(
-                        "pid {pid} fd {fd}: unix socket not copied ({}): comes back reset",
-                        error_chain(&e)
-                    ));
-                    None
-                }
-                (Some(id), Ok(None)) => crate::sockets::read_unix_listener(k, f.file).map(|l| {
-                    if !files.ulistens.iter().any(|(i, _)| *i == id) {
-                        files.ulistens.push((id, l));
+                } else {
+                    // In the table before its messages' descriptors are read: a socket
+                    // in flight on itself (or on its peer) is then found, not read again.
+                    files.unixes.push(UnixWanted {
+                        id,
+                        end: end.clone(),
+                        passed: Vec::new(),
+                    });
+                    match render_passed(k, proc_, &end, files, notes, depth) {
+                        Ok(passed) => {
+                            if let Some(u) = files.unixes.iter_mut().find(|u| u.id == id) {
+                                u.passed = passed;
+                            }
+                            Some(id)
+                        }
+                        Err(e) => {
+                            files.unixes.retain(|u| u.id != id);
+                            notes.push(format!(
+                                "pid {pid} fd {fd}: unix socket not copied ({}): comes back reset",
+                                error_chain(&e)
+                            ));
+                            None
+                        }
                     }
-                    id
-                }),
-                _ => None,
-            };
-            if let Some(id) = unix {
-                fds.push(wire::FdRec {
-                    fd,
-                    flags,
-                    pos: 0,
-                    kind: wire::FdKind::Sock,
-                    path: format!("unix:{id}").into_bytes(),
-                });
-                continue;
+                }
             }
-            // A socket: made again when it listens (or is a bound UDP socket), else a
-            // stand-in whose peer is gone; never a reason to leave the process out.
-            let sock = crate::sockets::read_socket(k, f.file).unwrap_or_else(|e| {
-                crate::sockets::Socket::Reset {
-                    sock_type: 1,
-                    why: format!("unreadable socket: {}", error_chain(&e)),
+            (_, Err(e)) => {
+                notes.push(format!(
+                    "pid {pid} fd {fd}: unix socket not copied ({}): comes back reset",
+                    error_chain(&e)
+                ));
+                None
+            }
+            (Some(id), Ok(None)) => crate::sockets::read_unix_listener(k, f.file).map(|l| {
+                if !files.ulistens.iter().any(|(i, _)| *i == id) {
+                    files.ulistens.push((id, l));
                 }
-            });
-            let path = match sock {
-                crate::sockets::Socket::Inet(s) => match u32::try_from(inode.ino) {
-                    Ok(id) => {
-                        if !files.inets.iter().any(|(i, _)| *i == id) {
-                            files.inets.push((id, s));
-                        }
-                        format!("inet:{id}")
-                    }
-                    Err(_) => format!("reset:{}:inet socket", s.sock_type),
-                },
-                crate::sockets::Socket::Tcp(c) => match u32::try_from(inode.ino) {
-                    Ok(id) => {
-                        if !files.tcps.iter().any(|(i, _)| *i == id) {
-                            files.tcps.push((id, *c));
-                        }
-                        format!("inet:{id}")
-                    }
-                    Err(_) => "reset:1:tcp connection".to_owned(),
-                },
-                crate::sockets::Socket::Reset { sock_type, why } => {
-                    notes.push(format!("pid {pid} fd {fd}: {why}: comes back reset"));
-                    // What it was goes along, for a crash procedure's list of what was lost.
-                    let what: String = why.chars().take(160).collect();
-                    format!("reset:{sock_type}:{what}")
-                }
-            };
-            fds.push(wire::FdRec {
+                id
+            }),
+            _ => None,
+        };
+        if let Some(id) = unix {
+            return Ok(Some(wire::FdRec {
                 fd,
                 flags,
                 pos: 0,
                 kind: wire::FdKind::Sock,
-                path: path.into_bytes(),
-            });
-            continue;
+                path: format!("unix:{id}").into_bytes(),
+            }));
         }
-        if let Some(ev) = crate::eventfds::read_eventfd(k, f.file) {
-            // eventfd, signalfd, timerfd: made again by the child from the path.
-            match ev {
-                Ok(ev) => {
-                    fds.push(wire::FdRec {
-                        fd,
-                        flags,
-                        pos: 0,
-                        kind: wire::FdKind::Other,
-                        path: ev.path().into_bytes(),
-                    });
-                    continue;
+        // A socket: made again when it listens (or is a bound UDP socket), else a
+        // stand-in whose peer is gone; never a reason to leave the process out.
+        let sock = crate::sockets::read_socket(k, f.file).unwrap_or_else(|e| {
+            crate::sockets::Socket::Reset {
+                sock_type: 1,
+                why: format!("unreadable socket: {}", error_chain(&e)),
+            }
+        });
+        let path = match sock {
+            crate::sockets::Socket::Inet(s) => match u32::try_from(inode.ino) {
+                Ok(id) => {
+                    if !files.inets.iter().any(|(i, _)| *i == id) {
+                        files.inets.push((id, s));
+                    }
+                    format!("inet:{id}")
                 }
-                Err(e) => {
-                    return Err(ManifestError::EventFd {
-                        fd: f.fd,
-                        source: e,
-                    })
+                Err(_) => format!("reset:{}:inet socket", s.sock_type),
+            },
+            crate::sockets::Socket::Tcp(c) => match u32::try_from(inode.ino) {
+                Ok(id) => {
+                    if !files.tcps.iter().any(|(i, _)| *i == id) {
+                        files.tcps.push((id, *c));
+                    }
+                    format!("inet:{id}")
                 }
+                Err(_) => "reset:1:tcp connection".to_owned(),
+            },
+            crate::sockets::Socket::Reset { sock_type, why } => {
+                notes.push(format!("pid {pid} fd {fd}: {why}: comes back reset"));
+                // What it was goes along, for a crash procedure's list of what was lost.
+                let what: String = why.chars().take(160).collect();
+                format!("reset:{sock_type}:{what}")
+            }
+        };
+        return Ok(Some(wire::FdRec {
+            fd,
+            flags,
+            pos: 0,
+            kind: wire::FdKind::Sock,
+            path: path.into_bytes(),
+        }));
+    }
+    if let Some(ev) = crate::eventfds::read_eventfd(k, f.file) {
+        // eventfd, signalfd, timerfd: made again by the child from the path.
+        match ev {
+            Ok(ev) => {
+                return Ok(Some(wire::FdRec {
+                    fd,
+                    flags,
+                    pos: 0,
+                    kind: wire::FdKind::Other,
+                    path: ev.path().into_bytes(),
+                }));
+            }
+            Err(e) => {
+                return Err(ManifestError::EventFd {
+                    fd: f.fd,
+                    source: e,
+                })
             }
         }
-        if crate::inotify::is_inotify(k, f.file) {
-            // Its watches are added again by path, at their watch descriptors.
-            let path = match crate::inotify::read_inotify(k, f.file, proc_.mnt_ns) {
-                Ok(i) => {
-                    for p in &i.problems {
-                        notes.push(format!("pid {pid} inotify fd {fd}: {p}: left out"));
-                    }
-                    inotify.extend(i.watches.iter().map(|w| wire::InotifyRec {
+    }
+    if crate::inotify::is_inotify(k, f.file) {
+        // Its watches are added again by path, at their watch descriptors.
+        let path = match crate::inotify::read_inotify(k, f.file, proc_.mnt_ns) {
+            Ok(i) => {
+                for p in &i.problems {
+                    notes.push(format!("pid {pid} inotify fd {fd}: {p}: left out"));
+                }
+                side.inotify
+                    .extend(i.watches.iter().map(|w| wire::InotifyRec {
                         fd,
                         wd: w.wd,
                         mask: w.mask,
                         path: w.path.as_bytes().to_vec(),
                     }));
-                    i.path()
-                }
-                Err(e) => {
-                    notes.push(format!(
-                        "pid {pid} inotify fd {fd}: unreadable ({}): comes back without watches",
-                        error_chain(&e)
-                    ));
-                    "inotify:0".to_owned()
-                }
-            };
-            fds.push(wire::FdRec {
-                fd,
-                flags,
-                pos: 0,
-                kind: wire::FdKind::Other,
-                path: path.into_bytes(),
-            });
-            continue;
-        }
-        if crate::sockets::is_epoll(k, f.file) {
-            match crate::sockets::read_epoll(k, f.file) {
-                Ok(items) => {
-                    for it in items {
-                        // The item's fd must still be the same file in this process.
-                        let same = proc_
-                            .files
-                            .iter()
-                            .any(|o| i32::try_from(o.fd).ok() == Some(it.fd) && o.file == it.file);
-                        if same {
-                            epoll.push(wire::EpollRec {
-                                epfd: fd,
-                                fd: it.fd,
-                                events: it.events,
-                                data: it.data,
-                            });
-                        } else {
-                            notes.push(format!(
-                                "pid {pid} epoll fd {fd}: watched fd {} is no longer that file: left out",
-                                it.fd
-                            ));
-                        }
-                    }
-                }
-                Err(e) => notes.push(format!(
-                    "pid {pid} epoll fd {fd}: interest list unreadable ({}): comes back empty",
+                i.path()
+            }
+            Err(e) => {
+                notes.push(format!(
+                    "pid {pid} inotify fd {fd}: unreadable ({}): comes back without watches",
                     error_chain(&e)
-                )),
+                ));
+                "inotify:0".to_owned()
             }
-            fds.push(wire::FdRec {
-                fd,
-                flags,
-                pos: 0,
-                kind: wire::FdKind::Other,
-                path: b"epoll".to_vec(),
-            });
-            continue;
-        }
-        if let Some(inode) = f
-            .inode
-            .filter(|i| i.kind() == FileKind::Reg && i.s_magic == crate::process::TMPFS_MAGIC)
-            .filter(|_| f.path.as_deref().is_some_and(is_memfd_path))
-        {
-            // A memory file (memfd): made again by the agent with its pages, and reopened
-            // by its holders; areas that map it are the same object.
-            let id = u32::try_from(inode.ino).map_err(|_| ManifestError::FdKind {
-                fd: f.fd,
-                kind: "memfd with a 64-bit inode number",
-            })?;
-            if !files.shms.iter().any(|s| s.id == id) {
-                files.shms.push(
-                    memfd_content(k, id, &inode)
-                        .map_err(|problem| ManifestError::MemoryFile { fd: f.fd, problem })?,
-                );
-            }
-            fds.push(wire::FdRec {
-                fd,
-                flags,
-                pos: f.pos,
-                kind: wire::FdKind::Other,
-                path: format!("shm:{id}").into_bytes(),
-            });
-            continue;
-        }
-        if let Some(inode) = f.inode.filter(|i| i.kind() == FileKind::Fifo) {
-            // An end of a pipe, named by its inode number: an anonymous one, or a named
-            // FIFO, made again at its path.
-            let id = u32::try_from(inode.ino).map_err(|_| ManifestError::FdKind {
-                fd: f.fd,
-                kind: "pipe with a 64-bit inode number",
-            })?;
-            if inode.s_magic != crate::pipes::PIPEFS_MAGIC {
-                let path = f
-                    .path
-                    .as_deref()
-                    .ok_or(ManifestError::FdPathUnknown { fd: f.fd })?;
-                if deleted(path) || !path.starts_with('/') {
-                    return Err(ManifestError::FdNotReopenable {
-                        fd: f.fd,
-                        path: path.to_owned(),
-                    });
-                }
-                if !files.fifo_paths.iter().any(|(a, _)| *a == inode.addr) {
-                    files.fifo_paths.push((inode.addr, path.to_owned()));
-                }
-            }
-            if !files.pipes.iter().any(|p| p.addr == inode.addr) {
-                files.pipes.push(inode);
-            }
-            fds.push(wire::FdRec {
-                fd,
-                flags,
-                pos: 0,
-                kind: wire::FdKind::Fifo,
-                path: wire::FdRec::pipe_path(id),
-            });
-            continue;
-        }
-        match crate::ttys::read_tty(k, f.file) {
-            None => {}
-            Some(Err(source)) => return Err(ManifestError::Tty { fd: f.fd, source }),
-            Some(Ok(crate::ttys::TtyFile::Pty { end, pty })) => {
-                // A pty end, whichever path opened it (`/dev/ptmx`, `/dev/pts/N`,
-                // `/dev/tty`): the pair is made again before the processes.
-                let id = pty.index;
-                if !files.ptys.iter().any(|(i, _)| *i == id) {
-                    notes.extend(pty.notes.iter().map(|n| format!("pid {pid}: {n}")));
-                    files.ptys.push((id, *pty));
-                }
-                fds.push(wire::FdRec {
-                    fd,
-                    flags,
-                    pos: 0,
-                    kind: wire::FdKind::Other,
-                    path: wire::FdRec::pty_path(id, end == crate::ttys::End::Master),
-                });
-                continue;
-            }
-            Some(Ok(crate::ttys::TtyFile::Other {
-                termios,
-                winsize,
-                sid,
-                pgrp,
-                device,
-            })) => {
-                // The console: reopened by its path below, with its settings put back on
-                // the device itself (`/dev/tty` opens only as a controlling terminal).
-                if let Some(path) = device.as_deref().or(f.path.as_deref()) {
-                    if !files.ttys.iter().any(|t| t.path == path.as_bytes()) {
-                        files.ttys.push(wire::TtyRec {
-                            sid,
-                            pgrp,
-                            termios,
-                            winsize,
-                            path: path.as_bytes().to_vec(),
+        };
+        return Ok(Some(wire::FdRec {
+            fd,
+            flags,
+            pos: 0,
+            kind: wire::FdKind::Other,
+            path: path.into_bytes(),
+        }));
+    }
+    if crate::sockets::is_epoll(k, f.file) {
+        match crate::sockets::read_epoll(k, f.file) {
+            Ok(items) => {
+                for it in items {
+                    // The item's fd must still be the same file in this process.
+                    let same = proc_
+                        .files
+                        .iter()
+                        .any(|o| i32::try_from(o.fd).ok() == Some(it.fd) && o.file == it.file);
+                    if same {
+                        side.epoll.push(wire::EpollRec {
+                            epfd: fd,
+                            fd: it.fd,
+                            events: it.events,
+                            data: it.data,
                         });
+                    } else {
+                        notes.push(format!(
+                            "pid {pid} epoll fd {fd}: watched fd {} is no longer that file: left out",
+                            it.fd
+                        ));
                     }
                 }
             }
+            Err(e) => notes.push(format!(
+                "pid {pid} epoll fd {fd}: interest list unreadable ({}): comes back empty",
+                error_chain(&e)
+            )),
         }
-        if !matches!(kind, FileKind::Reg | FileKind::Chr | FileKind::Dir) {
-            return Err(ManifestError::FdKind {
-                fd: f.fd,
-                kind: kind.manifest_name(),
-            });
+        return Ok(Some(wire::FdRec {
+            fd,
+            flags,
+            pos: 0,
+            kind: wire::FdKind::Other,
+            path: b"epoll".to_vec(),
+        }));
+    }
+    if let Some(inode) = f
+        .inode
+        .filter(|i| i.kind() == FileKind::Reg && i.s_magic == crate::process::TMPFS_MAGIC)
+        .filter(|_| f.path.as_deref().is_some_and(is_memfd_path))
+    {
+        // A memory file (memfd): made again by the agent with its pages, and reopened
+        // by its holders; areas that map it are the same object.
+        let id = u32::try_from(inode.ino).map_err(|_| ManifestError::FdKind {
+            fd: f.fd,
+            kind: "memfd with a 64-bit inode number",
+        })?;
+        if !files.shms.iter().any(|s| s.id == id) {
+            files.shms.push(
+                memfd_content(k, id, &inode)
+                    .map_err(|problem| ManifestError::MemoryFile { fd: f.fd, problem })?,
+            );
         }
-        let path = f
-            .path
-            .as_deref()
-            .ok_or(ManifestError::FdPathUnknown { fd: f.fd })?;
-        if deleted(path) || path.starts_with('[') {
-            return Err(ManifestError::FdNotReopenable {
-                fd: f.fd,
-                path: path.to_owned(),
-            });
-        }
-        if let Some(inode) = f.inode {
-            files.want(path, inode, f.writable());
-        }
-        fds.push(wire::FdRec {
+        return Ok(Some(wire::FdRec {
             fd,
             flags,
             pos: f.pos,
-            kind: match kind {
-                FileKind::Reg => wire::FdKind::Reg,
-                FileKind::Chr => wire::FdKind::Chr,
-                _ => wire::FdKind::Dir,
-            },
-            path: path.as_bytes().to_vec(),
+            kind: wire::FdKind::Other,
+            path: format!("shm:{id}").into_bytes(),
+        }));
+    }
+    if let Some(inode) = f.inode.filter(|i| i.kind() == FileKind::Fifo) {
+        // An end of a pipe, named by its inode number: an anonymous one, or a named
+        // FIFO, made again at its path.
+        let id = u32::try_from(inode.ino).map_err(|_| ManifestError::FdKind {
+            fd: f.fd,
+            kind: "pipe with a 64-bit inode number",
+        })?;
+        if inode.s_magic != crate::pipes::PIPEFS_MAGIC {
+            let path = f
+                .path
+                .as_deref()
+                .ok_or(ManifestError::FdPathUnknown { fd: f.fd })?;
+            if deleted(path) || !path.starts_with('/') {
+                return Err(ManifestError::FdNotReopenable {
+                    fd: f.fd,
+                    path: path.to_owned(),
+                });
+            }
+            if !files.fifo_paths.iter().any(|(a, _)| *a == inode.addr) {
+                files.fifo_paths.push((inode.addr, path.to_owned()));
+            }
+        }
+        if !files.pipes.iter().any(|p| p.addr == inode.addr) {
+            files.pipes.push(inode);
+        }
+        return Ok(Some(wire::FdRec {
+            fd,
+            flags,
+            pos: 0,
+            kind: wire::FdKind::Fifo,
+            path: wire::FdRec::pipe_path(id),
+        }));
+    }
+    match crate::ttys::read_tty(k, f.file) {
+        None => {}
+        Some(Err(source)) => return Err(ManifestError::Tty { fd: f.fd, source }),
+        Some(Ok(crate::ttys::TtyFile::Pty { end, pty })) => {
+            // A pty end, whichever path opened it (`/dev/ptmx`, `/dev/pts/N`,
+            // `/dev/tty`): the pair is made again before the processes.
+            let id = pty.index;
+            if !files.ptys.iter().any(|(i, _)| *i == id) {
+                notes.extend(pty.notes.iter().map(|n| format!("pid {pid}: {n}")));
+                files.ptys.push((id, *pty));
+            }
+            return Ok(Some(wire::FdRec {
+                fd,
+                flags,
+                pos: 0,
+                kind: wire::FdKind::Other,
+                path: wire::FdRec::pty_path(id, end == crate::ttys::End::Master),
+            }));
+        }
+        Some(Ok(crate::ttys::TtyFile::Other {
+            termios,
+            winsize,
+            sid,
+            pgrp,
+            device,
+        })) => {
+            // The console: reopened by its path below, with its settings put back on
+            // the device itself (`/dev/tty` opens only as a controlling terminal).
+            if let Some(path) = device.as_deref().or(f.path.as_deref()) {
+                if !files.ttys.iter().any(|t| t.path == path.as_bytes()) {
+                    files.ttys.push(wire::TtyRec {
+                        sid,
+                        pgrp,
+                        termios,
+                        winsize,
+                        path: path.as_bytes().to_vec(),
+                    });
+                }
+            }
+        }
+    }
+    if !matches!(kind, FileKind::Reg | FileKind::Chr | FileKind::Dir) {
+        return Err(ManifestError::FdKind {
+            fd: f.fd,
+            kind: kind.manifest_name(),
         });
     }
-    // Only descriptors the process has back may be watched.
-    epoll.retain(|e| fds.iter().any(|f| f.fd == e.fd));
-    Ok(Fds {
-        fds,
-        epoll,
-        inotify,
-    })
+    let path = f
+        .path
+        .as_deref()
+        .ok_or(ManifestError::FdPathUnknown { fd: f.fd })?;
+    if deleted(path) || path.starts_with('[') {
+        return Err(ManifestError::FdNotReopenable {
+            fd: f.fd,
+            path: path.to_owned(),
+        });
+    }
+    if let Some(inode) = f.inode {
+        files.want(path, inode, f.writable());
+    }
+    Ok(Some(wire::FdRec {
+        fd,
+        flags,
+        pos: f.pos,
+        kind: match kind {
+            FileKind::Reg => wire::FdKind::Reg,
+            FileKind::Chr => wire::FdKind::Chr,
+            _ => wire::FdKind::Dir,
+        },
+        path: path.as_bytes().to_vec(),
+    }))
+}
+
+/// The `fd` records of the descriptors in flight with each message of `end`, found at
+/// `depth`: each must be one the agent can make and send (a pipe end, a socket it makes,
+/// a pty end, a memory file, a file it opens by path), or the socket is not copied.
+fn render_passed(
+    k: &Kernel<'_>,
+    proc_: &ProcessInfo,
+    end: &crate::sockets::UnixEnd,
+    files: &mut Wanted,
+    notes: &mut Vec<String>,
+    depth: u32,
+) -> Result<Vec<Vec<wire::FdRec>>, ManifestError> {
+    let mut out = Vec::with_capacity(end.queued.len());
+    for (msg, q) in end.queued.iter().enumerate() {
+        let mut recs = Vec::with_capacity(q.files.len());
+        for (n, &file) in q.files.iter().enumerate() {
+            let at = |source: ManifestError| ManifestError::Passed {
+                msg,
+                n,
+                source: Box::new(source),
+            };
+            if depth >= MAX_PASSED_DEPTH {
+                return Err(at(ManifestError::PassedTooDeep));
+            }
+            let nr = u32::try_from(n).unwrap_or(u32::MAX);
+            let (of, _) = crate::process::read_open_file(k, nr, file)
+                .map_err(|e| at(ManifestError::PassedFile(e)))?;
+            let fd = i32::try_from(n).unwrap_or(i32::MAX);
+            let mut ep = Fds {
+                fds: Vec::new(),
+                epoll: Vec::new(),
+                inotify: Vec::new(),
+            };
+            let rec = render_fd(
+                k,
+                proc_,
+                &of,
+                fd,
+                of.flags,
+                files,
+                notes,
+                &mut ep,
+                depth + 1,
+            )
+            .map_err(at)?
+            .ok_or_else(|| at(ManifestError::PassedKind { kind: "file" }))?;
+            if !sendable(&rec) {
+                return Err(at(ManifestError::PassedKind {
+                    kind: rec.kind.name(),
+                }));
+            }
+            recs.push(rec);
+        }
+        out.push(recs);
+    }
+    Ok(out)
+}
+
+/// Whether the agent can make the descriptor of `r` itself, to pass it with a message.
+fn sendable(r: &wire::FdRec) -> bool {
+    match r.kind {
+        wire::FdKind::Reg | wire::FdKind::Chr | wire::FdKind::Dir => true,
+        wire::FdKind::Fifo => r.pipe_id().is_some(),
+        wire::FdKind::Sock => r.unix_id().is_some() || r.inet_id().is_some(),
+        wire::FdKind::Other => r.pty_end().is_some() || r.shm_id().is_some(),
+        #[allow(unreachable_patterns)]
+        _ => false,
+    }
 }
 
 /// The `sig` records of a process (`after_exec`: only the ignored signals, the actions
@@ -1586,7 +1729,7 @@ pub fn build_manifest_excluding(
     let mut used: BTreeSet<u64> = BTreeSet::new();
     let mut used_pipes: BTreeSet<u64> = BTreeSet::new();
     let mut used_inets: Vec<(u32, crate::sockets::InetSocket)> = Vec::new();
-    let mut used_unixes: Vec<(u32, crate::sockets::UnixEnd)> = Vec::new();
+    let mut used_unixes: Vec<UnixWanted> = Vec::new();
     let mut used_ulistens: Vec<(u32, crate::sockets::UnixListener)> = Vec::new();
     let mut used_tcps: Vec<(u32, crate::tcp::TcpConn)> = Vec::new();
     let mut used_ptys: BTreeMap<u32, crate::ttys::Pty> = BTreeMap::new();
@@ -1678,27 +1821,29 @@ pub fn build_manifest_excluding(
         }
     }
     let mut out_unixes: Vec<wire::UnixRec> = Vec::new();
-    for (id, u) in &used_unixes {
-        if out_unixes.iter().any(|r| r.id == *id) {
+    for u in &used_unixes {
+        if out_unixes.iter().any(|r| r.id == u.id) {
             continue;
         }
         // The peer is named only when a process that comes back holds it.
         let peer = u
+            .end
             .peer_ino
             .and_then(|p| u32::try_from(p).ok())
-            .filter(|p| used_unixes.iter().any(|(i, _)| i == p))
+            .filter(|p| used_unixes.iter().any(|o| o.id == *p))
             .unwrap_or(0);
         out_unixes.push(wire::UnixRec {
-            id: *id,
+            id: u.id,
             peer,
-            sock_type: u.sock_type,
+            sock_type: u.end.sock_type,
             msgs: u
+                .end
                 .queued
                 .iter()
-                .map(|m| {
-                    m.iter()
-                        .map(|&(gpa, len)| wire::PipeRun { gpa, len })
-                        .collect()
+                .enumerate()
+                .map(|(i, m)| wire::UnixMsg {
+                    data: runs(&m.runs),
+                    fds: u.passed.get(i).cloned().unwrap_or_default(),
                 })
                 .collect(),
         });

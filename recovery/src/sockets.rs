@@ -45,6 +45,9 @@ pub enum SocketError {
         /// Its value.
         addr: u64,
     },
+    /// A message carries more descriptors than the kernel allows (garbage).
+    #[error("{0} descriptors in flight with one message (at most {SCM_MAX_FD})")]
+    TooManyPassed(u64),
     /// The interest list has more entries than we read, or a cycle.
     #[error("epoll interest list longer than {MAX_EPOLL_ITEMS} entries (or looped)")]
     TooManyItems,
@@ -316,14 +319,26 @@ pub struct UnixEnd {
     pub sock_type: u32,
     /// The inode number of the peer's socket, when a file holds it.
     pub peer_ino: Option<u64>,
-    /// The queued messages, in order, each as guest-physical runs (a stream's first
-    /// message without the bytes already read).
-    pub queued: Vec<Vec<(u64, u64)>>,
+    /// The queued messages, in order (a stream's first message without the bytes
+    /// already read).
+    pub queued: Vec<UnixQueued>,
+}
+
+/// Most descriptors one message carries (`SCM_MAX_FD`).
+pub const SCM_MAX_FD: u64 = 253;
+
+/// One message queued on a Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UnixQueued {
+    /// Its bytes, as guest-physical runs.
+    pub runs: Vec<(u64, u64)>,
+    /// The `struct file`s passed with it (`SCM_RIGHTS`), in order.
+    pub files: Vec<u64>,
 }
 
 /// Reads the connected Unix socket behind `file`: `Ok(None)` when it is not a connected
 /// Unix socket (listening, unbound, ...); an error when its queue cannot be copied
-/// exactly (descriptors in flight, a paged buffer, too much data).
+/// exactly (a paged buffer, too much data, an unreadable list of descriptors in flight).
 pub fn read_unix(k: &Kernel<'_>, file: u64) -> Result<Option<UnixEnd>, SocketError> {
     let sock = rd(
         "file private_data",
@@ -374,16 +389,17 @@ pub fn read_unix(k: &Kernel<'_>, file: u64) -> Result<Option<UnixEnd>, SocketErr
         let data_len = g("skb data_len", "data_len")? & 0xffff_ffff;
         let data = g("skb data", "data")?;
         let fp = rd("skb fds", k.read_u64(skb.wrapping_add(cb + fp_off)))?;
-        if fp != 0 || data_len != 0 {
+        if data_len != 0 {
             return Err(SocketError::BadPointer {
-                what: if fp != 0 {
-                    "descriptors in flight at skb"
-                } else {
-                    "paged data at skb"
-                },
+                what: "paged data at skb",
                 addr: skb,
             });
         }
+        let files = if fp == 0 {
+            Vec::new()
+        } else {
+            read_fp_list(k, fp)?
+        };
         let skip = if sock_type == 1 {
             rd(
                 "skb consumed",
@@ -412,8 +428,8 @@ pub fn read_unix(k: &Kernel<'_>, file: u64) -> Result<Option<UnixEnd>, SocketErr
             va = va.wrapping_add(in_page);
             left -= in_page;
         }
-        if !runs.is_empty() || sock_type != 1 {
-            queued.push(runs);
+        if !runs.is_empty() || !files.is_empty() || sock_type != 1 {
+            queued.push(UnixQueued { runs, files });
         }
         skb = g("skb next", "next")?;
     }
@@ -422,6 +438,33 @@ pub fn read_unix(k: &Kernel<'_>, file: u64) -> Result<Option<UnixEnd>, SocketErr
         peer_ino,
         queued,
     }))
+}
+
+/// The files of the `struct scm_fp_list` at `fp` (descriptors passed with a message).
+fn read_fp_list(k: &Kernel<'_>, fp: u64) -> Result<Vec<u64>, SocketError> {
+    if !is_kernel_addr(fp) {
+        return Err(SocketError::BadPointer {
+            what: "descriptor list",
+            addr: fp,
+        });
+    }
+    let count = rd("descriptor count", k.read_field("scm_fp_list", "count", fp))? & 0xffff;
+    if count > SCM_MAX_FD {
+        return Err(SocketError::TooManyPassed(count));
+    }
+    let at = fp.wrapping_add(rd("descriptor array", k.offset_of("scm_fp_list", "fp"))?);
+    let mut files = Vec::new();
+    for i in 0..count {
+        let file = rd("passed file", k.read_u64(at.wrapping_add(i * 8)))?;
+        if !is_kernel_addr(file) || file & 7 != 0 {
+            return Err(SocketError::BadPointer {
+                what: "passed file",
+                addr: file,
+            });
+        }
+        files.push(file);
+    }
+    Ok(files)
 }
 
 /// A listening Unix socket.
@@ -472,4 +515,68 @@ pub fn read_unix_listener(k: &Kernel<'_>, file: u64) -> Option<UnixListener> {
             .unwrap_or(0),
         path,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::btf::build::Builder;
+    use crate::btf::Btf;
+    use crate::kernel::testmem::{dm, Mem};
+    use crate::symbols::SymbolTable;
+
+    const MAP: &str = "\
+ffffffff81000000 T _text
+ffffffff81100100 D phys_base
+ffffffff81101000 D init_top_pgt
+ffffffff81400000 B _end
+";
+
+    #[test]
+    fn the_files_in_flight_with_a_message_bounded_and_checked() {
+        let mut b = Builder::new();
+        let short = b.int("short int", 2);
+        let ptr = b.int("long unsigned int", 8);
+        let arr = b.array(ptr, ptr, 253);
+        b.strukt(
+            "scm_fp_list",
+            16 + 253 * 8,
+            &[
+                ("count", short, 0),
+                ("max", short, 16),
+                ("user", ptr, 64),
+                ("fp", arr, 128),
+            ],
+        );
+        let btf = Btf::parse(&b.finish()).expect("btf");
+        let syms = SymbolTable::parse_system_map(MAP).expect("map");
+        let mut m = Mem::new(0x120_0000);
+        let fp = 0x100_0000;
+        m.put_u32(fp, 2);
+        m.put_u64(fp + 16, dm(0x100_1000));
+        m.put_u64(fp + 24, dm(0x100_2000));
+        let k = Kernel::new(&m, &syms, &btf).expect("kernel");
+        assert_eq!(
+            read_fp_list(&k, dm(fp)).expect("list"),
+            vec![dm(0x100_1000), dm(0x100_2000)]
+        );
+        // A user address among them: not believed.
+        m.put_u64(fp + 24, 0x7fff_0000_1000);
+        let k = Kernel::new(&m, &syms, &btf).expect("kernel");
+        assert!(matches!(
+            read_fp_list(&k, dm(fp)),
+            Err(SocketError::BadPointer {
+                what: "passed file",
+                ..
+            })
+        ));
+        // More than SCM_MAX_FD: garbage.
+        m.put_u32(fp, 254);
+        let k = Kernel::new(&m, &syms, &btf).expect("kernel");
+        assert!(matches!(
+            read_fp_list(&k, dm(fp)),
+            Err(SocketError::TooManyPassed(254))
+        ));
+        assert!(read_fp_list(&k, 0x1000).is_err());
+    }
 }

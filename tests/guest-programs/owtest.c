@@ -85,6 +85,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/epoll.h>
+#include <sys/inotify.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -769,6 +770,178 @@ static int memfd(void) {
     }
 }
 
+/* Sends message k on `s` with three descriptors in flight that only the message holds:
+ * the read end of a pipe holding "pipe k", a file opened at position 5, and one end of a
+ * socket pair whose other end (kept in *peer) has sent "sock k". *wpipe keeps the pipe's
+ * write end. */
+static int passfd_send(int s, unsigned n, int *wpipe, int *peer) {
+    char msg[16], b[16];
+    int p[2], sp[2];
+    snprintf(msg, sizeof msg, "msg %06u", n);
+    if (pipe(p) != 0 || socketpair(AF_UNIX, SOCK_STREAM, 0, sp) != 0)
+        return -1;
+    int f = open("/tmp/passfd.txt", O_RDWR);
+    if (f < 0 || lseek(f, 5, SEEK_SET) != 5)
+        return -1;
+    int len = snprintf(b, sizeof b, "pipe %u", n);
+    write_all(p[1], b, (size_t)len);
+    len = snprintf(b, sizeof b, "sock %u", n);
+    write_all(sp[1], b, (size_t)len);
+    int fds[3] = {p[0], f, sp[0]};
+    char control[CMSG_SPACE(sizeof fds)];
+    memset(control, 0, sizeof control);
+    struct iovec iov = {msg, 10};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
+                        .msg_controllen = sizeof control};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof fds);
+    memcpy(CMSG_DATA(c), fds, sizeof fds);
+    ssize_t r;
+    while ((r = sendmsg(s, &mh, 0)) < 0 && errno == EINTR) {
+    }
+    close(p[0]);
+    close(f);
+    close(sp[0]);
+    *wpipe = p[1];
+    *peer = sp[1];
+    return r == 10 ? 0 : -1;
+}
+
+/* Receives message k from `s` and checks it and its three descriptors (see passfd_send). */
+static int passfd_check(int s, unsigned n) {
+    char msg[16], want[16], b[32];
+    int fds[3] = {-1, -1, -1};
+    char control[CMSG_SPACE(sizeof fds)];
+    struct iovec iov = {msg, 10};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
+                        .msg_controllen = sizeof control};
+    ssize_t r;
+    while ((r = recvmsg(s, &mh, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR) {
+    }
+    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+    if (c && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(sizeof fds))
+        memcpy(fds, CMSG_DATA(c), sizeof fds);
+    snprintf(want, sizeof want, "msg %06u", n);
+    int ok = r == 10 && memcmp(msg, want, 10) == 0 && fds[0] >= 0;
+    int len = snprintf(want, sizeof want, "pipe %u", n);
+    ok = ok && read(fds[0], b, sizeof b) == len && memcmp(b, want, (size_t)len) == 0;
+    ok = ok && lseek(fds[1], 0, SEEK_CUR) == 5 && read(fds[1], b, 5) == 5 &&
+         memcmp(b, "56789", 5) == 0;
+    len = snprintf(want, sizeof want, "sock %u", n);
+    ok = ok && read(fds[2], b, sizeof b) == len && memcmp(b, want, (size_t)len) == 0;
+    for (int i = 0; i < 3; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    return ok;
+}
+
+/* Descriptors in flight (SCM_RIGHTS) across a crash: one message is always queued on a
+ * socket pair with a pipe end, a file and a socket that nothing else holds. Each second the
+ * next is sent, then the oldest received and its descriptors checked. */
+static int passfd(void) {
+    int f = open("/tmp/passfd.txt", O_RDWR | O_CREAT | O_TRUNC, 0644);
+    int sv[2];
+    if (f < 0 || write(f, "0123456789", 10) != 10 || socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) {
+        printf("passfd pid=%d setup: %s\n", getpid(), strerror(errno));
+        return 1;
+    }
+    close(f);
+    int wp[2], peer[2];
+    unsigned ok = 0, bad = 0;
+    if (passfd_send(sv[0], 1, &wp[1], &peer[1]) != 0) {
+        printf("passfd pid=%d send: %s\n", getpid(), strerror(errno));
+        return 1;
+    }
+    for (unsigned n = 1;; n++) {
+        struct timespec t = {1, 0};
+        while (nanosleep(&t, &t) != 0 && errno == EINTR) {
+        }
+        wp[0] = wp[1];
+        peer[0] = peer[1];
+        if (passfd_send(sv[0], n + 1, &wp[1], &peer[1]) != 0)
+            bad++;
+        if (passfd_check(sv[1], n))
+            ok++;
+        else
+            bad++;
+        close(wp[0]);
+        close(peer[0]);
+        printf("passfd pid=%d n=%u ok=%u bad=%u\n", getpid(), n, ok, bad);
+    }
+}
+
+/* Reads the inotify events of `fd` that arrive within a moment: sets bit 0 for a create and
+ * bit 1 for a delete on `dir`, bit 2 for a modify on `file`; an event for any other wd but
+ * `probe`'s IN_IGNORED counts in *stray. */
+static int inotify_drain(int fd, int dir, int file, int probe, int *stray) {
+    int got = 0;
+    char buf[4096] __attribute__((aligned(8)));
+    for (int tries = 0; tries < 20; tries++) {
+        ssize_t r = read(fd, buf, sizeof buf);
+        if (r <= 0) {
+            if (got == 7)
+                break;
+            struct timespec t = {0, 20000000};
+            nanosleep(&t, NULL);
+            continue;
+        }
+        for (char *p = buf; p < buf + r;) {
+            struct inotify_event *e = (struct inotify_event *)p;
+            if (e->wd == dir && (e->mask & IN_CREATE))
+                got |= 1;
+            else if (e->wd == dir && (e->mask & IN_DELETE))
+                got |= 2;
+            else if (e->wd == file && (e->mask & IN_MODIFY))
+                got |= 4;
+            else if (!(e->wd == probe && (e->mask & IN_IGNORED)))
+                (*stray)++;
+            p += sizeof *e + e->len;
+        }
+    }
+    return got;
+}
+
+/* inotify watches across a crash: watches at wds 1 and 3 (2 removed), events for both
+ * every second, and a probe watch added and removed each time, whose wd goes up by one
+ * each time (the kernel hands them out in turn), so it is n + 3 in round n. */
+static int inotify_mode(void) {
+    mkdir("/tmp/inodir", 0755);
+    int f = open("/tmp/inodir/f1", O_RDWR | O_CREAT | O_TRUNC, 0644);
+    int g = open("/tmp/inofile", O_RDWR | O_CREAT | O_TRUNC, 0644);
+    int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    int dir = inotify_add_watch(fd, "/tmp/inodir", IN_CREATE | IN_DELETE);
+    int gap = inotify_add_watch(fd, "/tmp/inofile", IN_MODIFY);
+    int file = inotify_add_watch(fd, "/tmp/inodir/f1", IN_MODIFY | IN_ATTRIB);
+    if (f < 0 || g < 0 || fd < 0 || dir != 1 || gap != 2 || file != 3 ||
+        inotify_rm_watch(fd, gap) != 0) {
+        printf("inotify pid=%d setup: %s\n", getpid(), strerror(errno));
+        return 1;
+    }
+    unsigned bad = 0;
+    int stray = 0;
+    inotify_drain(fd, dir, file, gap, &stray);
+    for (int n = 1;; n++) {
+        struct timespec t = {1, 0};
+        while (nanosleep(&t, &t) != 0 && errno == EINTR) {
+        }
+        char name[64];
+        snprintf(name, sizeof name, "/tmp/inodir/t%d", n);
+        int c = open(name, O_RDWR | O_CREAT, 0644);
+        close(c);
+        unlink(name);
+        write_all(f, "x", 1);
+        int probe = inotify_add_watch(fd, "/tmp/inofile", IN_MODIFY);
+        inotify_rm_watch(fd, probe);
+        int got = inotify_drain(fd, dir, file, probe, &stray);
+        if (got != 7 || probe != n + 3)
+            bad++;
+        printf("inotify pid=%d n=%d wds=%d,%d probe=%d events=%d stray=%d bad=%u\n", getpid(), n,
+               dir, file, probe, got, stray, bad);
+    }
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc == 3 && strcmp(argv[1], "heap") == 0)
@@ -795,8 +968,12 @@ int main(int argc, char **argv) {
         return timers();
     if (argc == 2 && strcmp(argv[1], "memfd") == 0)
         return memfd();
+    if (argc == 2 && strcmp(argv[1], "passfd") == 0)
+        return passfd();
+    if (argc == 2 && strcmp(argv[1], "inotify") == 0)
+        return inotify_mode();
     fprintf(stderr,
             "usage: owtest heap MIB | threads FILE | sleeper | events | unixpair | family | "
-            "pending | bigwrite | creds | timers | memfd\n");
+            "pending | bigwrite | creds | timers | memfd | passfd | inotify\n");
     return 2;
 }

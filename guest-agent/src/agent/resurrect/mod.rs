@@ -21,6 +21,7 @@ pub mod creds;
 pub mod exec;
 pub mod files;
 pub mod manifest;
+pub mod passed;
 pub mod pipes;
 pub mod procedure;
 pub mod ptys;
@@ -334,18 +335,6 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
             m.tcps.len()
         );
     }
-    for (id, e) in pipes.make_unixes(&m.unixes, above, &mem) {
-        sink(Event::Err(format!(
-            "resurrect: unix socket {id}: {}",
-            reason(&e)
-        )));
-    }
-    for (id, e) in pipes.make_ulistens(&m.ulistens, above) {
-        sink(Event::Err(format!(
-            "resurrect: unix listener {id}: {}",
-            reason(&e)
-        )));
-    }
     let (failed, notes) = pipes.make_ptys(&m.ptys, above, &mem);
     for (id, e) in failed {
         sink(Event::Err(format!("resurrect: pty {id}: {}", reason(&e))));
@@ -370,7 +359,24 @@ pub fn run(req: &Request, mem_path: &Path, sink: &mut dyn FnMut(Event)) -> Summa
             reason(&e)
         )));
     }
-    pipes.set_status_flags(all_fds);
+    // Unix sockets last: their messages may carry any of the above in flight.
+    for (id, e) in pipes.make_ulistens(&m.ulistens, above) {
+        sink(Event::Err(format!(
+            "resurrect: unix listener {id}: {}",
+            reason(&e)
+        )));
+    }
+    for (id, e) in pipes.make_unixes(&m.unixes, above, &mem) {
+        sink(Event::Err(format!(
+            "resurrect: unix socket {id}: {}",
+            reason(&e)
+        )));
+    }
+    let passed = m
+        .unixes
+        .iter()
+        .flat_map(|u| u.msgs.iter().flat_map(|g| &g.fds));
+    pipes.set_status_flags(all_fds.chain(passed));
     if !m.pipes.is_empty() {
         let bytes: u64 = m.pipes.iter().map(manifest::PipeRec::data_len).sum();
         crate::log!(

@@ -73,8 +73,9 @@ impl PipeTable {
     }
 
     /// Makes the connected Unix sockets of `unixes` as socket pairs (above `above`), each
-    /// end holding the messages queued for it; an end whose peer no process holds gets a
-    /// pair whose other end is closed once its messages are in.
+    /// end holding the messages queued for it with the descriptors in flight on them; an
+    /// end whose peer no process holds gets a pair whose other end is closed once its
+    /// messages are in. Run after everything else a message may carry is made.
     pub fn make_unixes(
         &mut self,
         unixes: &[UnixRec],
@@ -85,14 +86,15 @@ impl PipeTable {
         if !unixes.is_empty() {
             raise_fd_limit(above, self.pipes.len() + self.inets.len() + unixes.len());
         }
-        for u in unixes {
+        for i in super::passed::order(unixes) {
+            let u = &unixes[i];
             if self.unixes.iter().any(|(i, _)| *i == u.id) {
                 continue; // made as the peer of an earlier one
             }
             let peer = unixes
                 .iter()
                 .find(|p| u.peer != 0 && p.id == u.peer && p.id != u.id);
-            match make_unix(u, peer, above, mem) {
+            match make_unix(u, peer, above, mem, self) {
                 Ok((a, b)) => {
                     self.unixes.push((u.id, a));
                     if let (Some(p), Some(b)) = (peer, b) {
@@ -635,6 +637,7 @@ fn make_unix(
     peer: Option<&UnixRec>,
     above: RawFd,
     mem: &MemSource,
+    table: &PipeTable,
 ) -> Result<(RawFd, Option<RawFd>), Error> {
     let ty = match u.sock_type {
         2 => libc::SOCK_DGRAM,
@@ -666,9 +669,12 @@ fn make_unix(
     };
     let r = (|| {
         // Messages for `u` go in at the peer's end, and the other way round.
-        send_all(b, a, u, mem)?;
+        let mut pair = vec![(u.id, a)];
+        pair.extend(peer.map(|p| (p.id, b)));
+        let ctx = Passing { pair: &pair, table };
+        send_all(b, a, u, mem, &ctx)?;
         if let Some(p) = peer {
-            send_all(a, b, p, mem)?;
+            send_all(a, b, p, mem, &ctx)?;
         }
         let high = |fd: RawFd| {
             let h = move_above(fd, above, || format!("unix socket {}", u.id))?;
@@ -693,10 +699,24 @@ fn make_unix(
     r
 }
 
-/// Sends `to`'s queued messages into `from` (nonblocking), one `writev` per message, with
-/// the buffers made big enough for them.
-fn send_all(from: RawFd, to: RawFd, u: &UnixRec, mem: &MemSource) -> Result<(), Error> {
-    let total: u64 = u.msgs.iter().flatten().map(|r| r.len).sum();
+/// Where the descriptors in flight of a pair's messages come from: the pair's own ends,
+/// then everything made before it.
+struct Passing<'a> {
+    pair: &'a [(u32, RawFd)],
+    table: &'a PipeTable,
+}
+
+/// Sends `to`'s queued messages into `from` (nonblocking), one `sendmsg` per message with
+/// its descriptors in flight, with the buffers made big enough for them. A descriptor that
+/// cannot be made is left out of its message, with a log line.
+fn send_all(
+    from: RawFd,
+    to: RawFd,
+    u: &UnixRec,
+    mem: &MemSource,
+    ctx: &Passing<'_>,
+) -> Result<(), Error> {
+    let total: u64 = u.runs().map(|r| r.len).sum();
     if total == 0 && u.msgs.is_empty() {
         return Ok(());
     }
@@ -729,7 +749,7 @@ fn send_all(from: RawFd, to: RawFd, u: &UnixRec, mem: &MemSource) -> Result<(), 
     }
     // One mapping over all of its messages' bytes (one mmap, not one per message: each
     // system call is slow in the crash kernel here).
-    let runs = u.msgs.iter().flatten();
+    let runs = u.runs();
     let lo = runs.clone().map(|r| r.gpa).min().unwrap_or(0);
     let hi = runs.map(|r| r.gpa.saturating_add(r.len)).max().unwrap_or(0);
     let map = if hi > lo {
@@ -738,9 +758,9 @@ fn send_all(from: RawFd, to: RawFd, u: &UnixRec, mem: &MemSource) -> Result<(), 
         None
     };
     let bytes = map.as_ref().map_or(&[][..], |m| m.bytes());
-    for m in &u.msgs {
-        let mut iov: Vec<libc::iovec> = Vec::with_capacity(m.len());
-        for r in m {
+    for (i, m) in u.msgs.iter().enumerate() {
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(m.data.len());
+        for r in &m.data {
             let at = usize::try_from(r.gpa - lo).unwrap_or(usize::MAX);
             let n = usize::try_from(r.len).unwrap_or(usize::MAX);
             let chunk = bytes.get(at..at.saturating_add(n)).ok_or_else(|| {
@@ -752,14 +772,29 @@ fn send_all(from: RawFd, to: RawFd, u: &UnixRec, mem: &MemSource) -> Result<(), 
             });
         }
         let want: usize = iov.iter().map(|v| v.iov_len).sum();
-        let n_iov = libc::c_int::try_from(iov.len()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: the iovecs point into the mapping, which lives across the call; the
-        // kernel only reads them.
-        let n = unsafe { libc::writev(from, iov.as_ptr(), n_iov) };
-        if usize::try_from(n).ok() != Some(want) {
+        let mut held = Vec::with_capacity(m.fds.len());
+        for r in &m.fds {
+            match super::passed::open_passed(r, ctx.pair, ctx.table) {
+                Ok(h) => held.push(h),
+                Err(e) => crate::log!(
+                    "resurrect: unix socket {}: message {i}: descriptor {} in flight left out: {}",
+                    u.id,
+                    r.fd,
+                    super::reason(&e)
+                ),
+            }
+        }
+        let fds: Vec<RawFd> = held.iter().map(super::passed::Held::fd).collect();
+        let sent = super::passed::send(from, &iov, &fds);
+        if sent.as_ref().ok() != Some(&want) {
             return Err(Error::os(
-                format!("unix socket {}: queue {want} bytes", u.id),
-                io::Error::last_os_error(),
+                format!(
+                    "unix socket {}: queue {want} bytes with {} descriptors",
+                    u.id,
+                    fds.len()
+                ),
+                sent.err()
+                    .unwrap_or_else(|| io::Error::from(io::ErrorKind::WriteZero)),
             ));
         }
     }

@@ -169,11 +169,7 @@ impl Setup {
             }
             // A memory file (memfd): the agent's copy, opened again by its path (a new
             // open file description of the same file, at the old position).
-            let shm = (f.kind == FdKind::Other)
-                .then(|| f.path.strip_prefix(b"shm:"))
-                .flatten()
-                .and_then(|id| std::str::from_utf8(id).ok()?.parse::<u32>().ok());
-            if let Some(id) = shm {
+            if let Some(id) = f.shm_id() {
                 let path = pipes.shm_path(id).ok_or_else(|| {
                     Error::Invalid(format!("fd {}: memory file {id} was not made", f.fd))
                 })?;
