@@ -503,11 +503,19 @@ pub fn fields(line: &str) -> HashMap<&str, &str> {
 /// The last line of `mode` on `console` (a line starting with `"<mode> pid="`).
 pub fn last_line<'a>(console: &'a str, mode: &str) -> Option<&'a str> {
     let prefix = format!("{mode} pid=");
-    console
-        .lines()
+    complete_lines(console)
         .rev()
         .map(str::trim)
         .find(|l| l.starts_with(&prefix))
+}
+
+/// The lines of `console` that are whole (ended by a newline): the last one may still be
+/// arriving, cut off in the middle.
+pub fn complete_lines(console: &str) -> impl DoubleEndedIterator<Item = &str> {
+    console
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .map(|l| l.trim_end_matches(['\n', '\r']))
 }
 
 pub fn num(line: &str, key: &str) -> u64 {
@@ -547,7 +555,7 @@ pub fn wait_program(
 ) -> String {
     let prefix = format!("{mode} pid={pid} ");
     wait_console_after(vm, from, Duration::from_secs(120), &prefix, |c| {
-        c.lines()
+        complete_lines(c)
             .map(str::trim)
             .find(|l| l.starts_with(&prefix) && ok(l))
             .map(str::to_owned)
